@@ -1,0 +1,46 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TYPECHECK := build/typecheck
+
+.PHONY: install lint typecheck test test-all demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel is on the machine; anything else pulls multi-GB CUDA builds.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) typecheck
+
+# mypy does not follow setuptools' editable-install finder, so it checks a tree of links
+# that mirrors the installed package layout (fedchurn/client -> client/, ...).
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/fedchurn
+	for f in fedchurn/*; do ln -s ../../../$$f $(TYPECHECK)/fedchurn/; done
+	for d in client server shared simulations; do ln -s ../../../$$d $(TYPECHECK)/fedchurn/$$d; done
+	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p fedchurn
+	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml ../../tests
+
+test: lint
+	$(BIN)/pytest
+
+test-all: lint
+	$(BIN)/pytest -m ""
+
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fedchurn demo --out results/demo
+
+bench: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fedchurn bench
+
+clean:
+	rm -rf build results .pytest_cache .mypy_cache .ruff_cache

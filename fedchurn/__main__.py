@@ -1,0 +1,3 @@
+from fedchurn.cli import main
+
+main()

@@ -1,0 +1,296 @@
+"""The `fedchurn` command: thin shells over library functions (Typer + Rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="fedchurn: privacy-preserving, federated, on-device churn scoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def iso_day(day: int) -> str:
+    return (date(1970, 1, 1) + timedelta(days=int(day))).isoformat()
+
+
+def day_number(text: str) -> int:
+    return (date.fromisoformat(text) - date(1970, 1, 1)).days
+
+
+@app.command()
+def categories(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full catalogue as JSON.")] = False,
+    lang: Annotated[str, typer.Option(help="Table language: en or zh.")] = "en",
+) -> None:
+    """List the 17 categories of behaviour data a device records, and why."""
+    from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
+
+    if as_json:
+        doc = {"catalogue_version": CATALOGUE_VERSION, "categories": [as_dict(c) for c in CATEGORIES]}
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(title=f"fedchurn data categories (catalogue {CATALOGUE_VERSION})", show_lines=False)
+    for col in ("#", "id", "name", "retention", "never recorded", "Apple label", "Google Play", "features"):
+        table.add_column(col, overflow="fold")
+    for c in CATEGORIES:
+        d = as_dict(c)
+        table.add_row(
+            str(c.number),
+            c.id,
+            c.name_zh if lang == "zh" else c.name_en,
+            f"{c.retention_days} d",
+            ", ".join(c.never_recorded),
+            c.apple_privacy_label,
+            c.google_data_safety,
+            str(len(d["features_fed"])),
+        )
+    console.print(table)
+    console.print("Nothing of these leaves the device raw: only a masked model update, summed over a cohort.")
+
+
+@app.command()
+def features(
+    events: Annotated[
+        Path, typer.Option("--events", exists=True, dir_okay=False, help="CSV or Parquet log.")
+    ],
+    user: Annotated[str | None, typer.Option(help="Which user's device, when the log holds several.")] = None,
+    mapping: Annotated[
+        str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")
+    ] = None,
+    tz: Annotated[int | None, typer.Option(help="UTC offset (minutes) for times without one.")] = None,
+    today: Annotated[str | None, typer.Option(help="Last day (YYYY-MM-DD); default: last event day.")] = None,
+    with_signals: Annotated[
+        bool, typer.Option("--signals", help="Add the on-device signals per day.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every day's vector as JSON.")] = False,
+) -> None:
+    """Print the feature vectors of one device's event log (one vector per local day)."""
+    from fedchurn.client.importer import ColumnMapping, read_log
+    from fedchurn.client.pipeline import device_features
+    from fedchurn.client.signals import signals
+    from fedchurn.shared.feature_spec import FEATURE_NAMES
+
+    try:
+        per_user = read_log(events, ColumnMapping.parse(mapping, tz))
+    except ValueError as e:
+        _fail(str(e))
+    if not per_user:
+        _fail(f"{events.name}: the log holds no events")
+    if user is None:
+        if len(per_user) > 1:
+            _fail(
+                f"{events.name} holds {len(per_user)} users; choose one with --user "
+                f"(e.g. {', '.join(list(per_user)[:3])})"
+            )
+        user = next(iter(per_user))
+    if user not in per_user:
+        _fail(f"user {user!r} is not in {events.name}")
+    res = device_features(per_user[user], today=day_number(today) if today else None)
+    sig = signals(res.features) if with_signals else {}
+    if as_json:
+        rows: list[dict[str, Any]] = []
+        for i, d in enumerate(res.days):
+            row: dict[str, Any] = {
+                "date": iso_day(d),
+                "features": [round(float(v), 6) for v in res.features[i]],
+            }
+            if with_signals:
+                row["signals"] = {k: bool(v[i]) for k, v in sig.items()}
+            rows.append(row)
+        doc = {
+            "user": user,
+            "first_day": iso_day(res.first_day),
+            "feature_names": list(FEATURE_NAMES),
+            "days": rows,
+        }
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    table = Table(title=f"{user}: features on {iso_day(res.days[-1])} ({len(res.days)} days of history)")
+    table.add_column("feature")
+    table.add_column("value", justify="right")
+    for name, v in zip(FEATURE_NAMES, res.features[-1], strict=True):
+        table.add_row(name, f"{v:.4g}")
+    console.print(table)
+    for k, v in sig.items():
+        console.print(f"signal {k}: {'[bold red]ON[/]' if v[-1] else 'off'}")
+
+
+@app.command("import")
+def import_(
+    events: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet log.")],
+    stores: Annotated[Path, typer.Option(help="Folder of per-device SQLite stores (one per user).")],
+    mapping: Annotated[
+        str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")
+    ] = None,
+    tz: Annotated[int | None, typer.Option(help="UTC offset (minutes) for times without one.")] = None,
+) -> None:
+    """Replay a real event log onto per-device stores; a bad row rejects the whole import."""
+    from fedchurn.client.importer import ColumnMapping, import_log
+
+    try:
+        rep = import_log(events, stores, ColumnMapping.parse(mapping, tz))
+    except ValueError as e:
+        _fail(f"{e}\nnothing was written")
+    console.print(
+        f"imported {rep.rows} rows for {rep.users} devices into {stores} "
+        f"({rep.inserted} new, {rep.duplicates} duplicates ignored)"
+    )
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; finishes in minutes.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """Measure fedchurn's speed and size figures in one run and print them."""
+    from fedchurn.simulations.bench import print_table, run_bench
+
+    figures = run_bench(quick=quick, console=console)
+    print_table(figures, console)
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(f"figures written to {json_out}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/demo")) -> None:
+    """A small end-to-end run on a simulated population; prints where the results are."""
+    from fedchurn.simulations.demo import run_demo
+
+    run_demo(out, console)
+
+
+@app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="Simulated devices (one Flower SuperNode each).")] = 1000,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of everything fedchurn draws.")] = 0,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/simulate"),
+    scenario: Annotated[str, typer.Option(help="Population scenario (simulations/scenarios/*.toml).")] = "default",
+    days: Annotated[int, typer.Option(help="Days of history per device.")] = 120,
+    events: Annotated[Path | None, typer.Option("--events", exists=True, dir_okay=False,
+                                                help="Train on a real log (one user = one device).")] = None,
+    activity: Annotated[str, typer.Option(help="Categories that count as activity (comma-separated).")] = "sessions",
+    horizon: Annotated[int, typer.Option(help="Prediction horizon in days.")] = 14,
+    silence_days: Annotated[int, typer.Option(help="Days without activity that make a churn.")] = 14,
+    strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = "fedavg",
+    server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = 0.05,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 3,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.01,
+    eval_per_round: Annotated[int, typer.Option(help="Held-out devices evaluated after each round.")] = 200,
+    eval_fraction: Annotated[float, typer.Option(help="Share of devices held out for evaluation.")] = 0.2,
+    protection: Annotated[str, typer.Option(help="Update protection mode.")] = "plaintext",
+    audit_db: Annotated[str, typer.Option("--audit-db", help="SQLAlchemy URL of the audit database.")] = "",
+    baselines: Annotated[bool, typer.Option(help="Train the centralised baselines too.")] = True,
+) -> None:
+    """Train the churn model with Flower's simulation engine and report it beside baselines."""
+    from fedchurn.shared.run_config import RunConfig
+    from fedchurn.simulations.simulate import simulate as run
+
+    if events is not None and horizon + silence_days > 200:
+        console.print("[yellow]note:[/] long horizons need long logs: each device keeps horizon + silence days "
+                      "of history for its evaluation day")
+    cfg = RunConfig(num_server_rounds=rounds, devices=devices, per_round=per_round, eval_per_round=eval_per_round,
+                    eval_fraction=eval_fraction, seed=seed, scenario=scenario, days=days,
+                    events_file=str(events.resolve()) if events else "", activity=activity, horizon=horizon,
+                    silence_days=silence_days, strategy=strategy, server_lr=server_lr, local_epochs=local_epochs,
+                    lr=lr, protection=protection, out_dir=str(out), audit_db=audit_db)
+    try:
+        summary = run(cfg, console, baselines=baselines)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        _fail(str(e))
+    _print_summary(summary, console)
+    console.print(f"results in [bold]{out}[/]: metrics.json, rounds.jsonl, model/, *.png")
+
+
+def _print_summary(summary: dict[str, Any], con: Console) -> None:
+    table = Table(title="Held-out devices (churn within the horizon)")
+    for col in ("model", "ROC-AUC", "PR-AUC", "lift@10%", "ECE", "concordance"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    rows = [("federated (before training)", summary["federated"].get("initial_evaluation", {})),
+            ("federated", summary["federated"].get("final_evaluation", {}))]
+    rows += [(k, v) for k, v in summary.get("baselines", {}).items() if isinstance(v, dict) and k != "skipped"]
+    for name, m in rows:
+        table.add_row(name, *(f"{m[k]:.3f}" if k in m else "-" for k in
+                              ("roc_auc", "pr_auc", "lift_top_decile", "calibration_error", "concordance")))
+    con.print(table)
+
+
+@app.command()
+def score(
+    model: Annotated[Path, typer.Option(help="A run folder (or its model/ folder).")],
+    events: Annotated[Path, typer.Option("--events", exists=True, dir_okay=False, help="CSV or Parquet log.")],
+    mapping: Annotated[str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")] = None,
+    tz: Annotated[int | None, typer.Option(help="UTC offset (minutes) for times without one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score every device of a log with a trained model (as each device would, numpy only)."""
+    from fedchurn.client.importer import ColumnMapping, read_log
+    from fedchurn.client.scoring import score_device
+    from fedchurn.server.run_output import load_model
+
+    try:
+        params, meta = load_model(model)
+        per_user = read_log(events, ColumnMapping.parse(mapping, tz))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    results = [{"user": u, **score_device(params, ev, high=meta["high_risk"], medium=meta["medium_risk"])}
+               for u, ev in sorted(per_user.items())]
+    if as_json:
+        sys.stdout.write(json.dumps({"model_version": meta["model_version"], "devices": results}) + "\n")
+        return
+    table = Table(title=f"churn risk within {meta['spec']['horizon']} days (model v{meta['model_version']})")
+    for col in ("user", "date", "probability", "score", "tier"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["user"], r["date"], f"{r['probability']:.3f}", str(r["score"]), r["tier"])
+    console.print(table)
+
+
+@app.command("spec-doc")
+def spec_doc(
+    path: Annotated[Path, typer.Argument(help="The client spec to update.")] = Path("docs/client-spec.md"),
+    check: Annotated[bool, typer.Option("--check", help="Fail if the document is out of date.")] = False,
+) -> None:
+    """Regenerate the tables of docs/client-spec.md from the code's declarations."""
+    from fedchurn import spec_doc as sd
+
+    if check:
+        if sd.render(path.read_text()) != path.read_text():
+            _fail(f"{path} is out of date: run `fedchurn spec-doc`", code=1)
+        console.print(f"{path} is up to date")
+        return
+    console.print(f"{path} {'updated' if sd.update(path) else 'already up to date'}")
+
+
+def _mount_optional() -> None:
+    try:
+        from fedchurn.simulations.population_cli import app as population_app
+    except ImportError:  # pragma: no cover - the population generator is optional in a client-only install
+        return
+    app.add_typer(population_app, name="population")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()

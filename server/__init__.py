@@ -1,0 +1,1 @@
+"""Aggregator, key holder, audit store and transparency API. Never imported by `fedchurn.client`."""

@@ -1,0 +1,67 @@
+"""What a federated run leaves behind: config, per-round records, checkpoints, the final model.
+
+Files in the run folder:
+  config.json            the run configuration and the model spec
+  rounds.jsonl           one JSON object per finished round (the CLI tails it for progress)
+  checkpoints/round_NNN.npy  the global model after each round
+  model/params.npy, model/model.json   the final model (what `fedchurn score --model` reads)
+  federated.json         initial and final evaluation, per-round records
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, MEDIUM_RISK, ModelSpec
+
+MODEL_FORMAT_VERSION = 1
+
+
+class RunOutput:
+    def __init__(self, out_dir: Path) -> None:
+        self.dir = out_dir
+        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.rounds: list[dict[str, Any]] = []
+
+    def write_json(self, name: str, doc: Any) -> Path:
+        path = self.dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        tmp.replace(path)
+        return path
+
+    def record_round(self, record: dict[str, Any], params: np.ndarray) -> None:
+        np.save(self.dir / "checkpoints" / f"round_{record['round']:03d}.npy", params.astype(np.float32))
+        self.rounds.append(record)
+        with (self.dir / "rounds.jsonl").open("a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+    def write_model(self, params: np.ndarray, version: int, spec: ModelSpec = DEFAULT_SPEC) -> Path:
+        d = self.dir / "model"
+        d.mkdir(exist_ok=True)
+        np.save(d / "params.npy", params.astype(np.float32))
+        meta = {"format_version": MODEL_FORMAT_VERSION, "model_version": version, "spec": spec.to_dict(),
+                "high_risk": HIGH_RISK, "medium_risk": MEDIUM_RISK, "written_at": time.time()}
+        (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return d
+
+
+def load_model(model_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a model folder (a run folder or its `model/` subfolder)."""
+    d = model_dir / "model" if (model_dir / "model" / "model.json").exists() else model_dir
+    meta_path = d / "model.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{model_dir}: no model.json (is this a run folder?)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: model format {meta.get('format_version')}, expected {MODEL_FORMAT_VERSION}")
+    params = np.load(d / "params.npy")
+    spec = ModelSpec(**{k: v for k, v in meta["spec"].items() if k != "n_params"})
+    if params.shape != (spec.n_params,):
+        raise ValueError(f"{d}: params.npy has shape {params.shape}, the spec says {spec.n_params}")
+    return params, meta

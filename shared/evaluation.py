@@ -1,0 +1,99 @@
+"""Model quality from summed histograms, so no device reveals its own score.
+
+A device in an evaluation cohort reports a one-hot histogram over (score bin × outcome) plus
+the sum of its score in that bin; summed over the cohort (through the secure sum), they give
+ROC-AUC, PR-AUC, lift in the top decile, calibration error and the survival concordance.
+Outcome k in 1..H is "churn on day k"; outcome 0 is "no churn within the horizon".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+N_BINS = 50
+# Bins are equal steps of the score's logit between these bounds: churn scores crowd near 0,
+# and equal-width bins would tie most devices (ties cost AUC resolution).
+LOGIT_LO, LOGIT_HI = -7.0, 4.0
+
+
+def score_bin(prob: float, n_bins: int = N_BINS) -> int:
+    p = min(max(float(prob), 1e-12), 1 - 1e-12)
+    z = np.log(p / (1 - p))
+    return int(np.clip((z - LOGIT_LO) / (LOGIT_HI - LOGIT_LO) * n_bins, 0, n_bins - 1))
+
+
+def histogram_length(horizon: int, n_bins: int = N_BINS) -> int:
+    return 2 * n_bins * (horizon + 1)
+
+
+def device_histogram(prob: float, time: int, event: bool, horizon: int, n_bins: int = N_BINS) -> np.ndarray:
+    """One device's contribution: counts then score sums, each (n_bins, horizon + 1), flattened."""
+    b = score_bin(prob, n_bins)
+    k = int(time) if event else 0
+    counts = np.zeros((n_bins, horizon + 1))
+    sums = np.zeros((n_bins, horizon + 1))
+    counts[b, k] = 1.0
+    sums[b, k] = prob
+    return np.concatenate([counts.ravel(), sums.ravel()])
+
+
+def metrics_from_histogram(vec: np.ndarray, horizon: int, n_bins: int = N_BINS) -> dict[str, Any]:
+    """Quality metrics from a summed histogram (bins are ordered by increasing score)."""
+    half = n_bins * (horizon + 1)
+    counts = np.clip(np.asarray(vec[:half], dtype=np.float64).reshape(n_bins, horizon + 1), 0, None)
+    sums = np.asarray(vec[half:], dtype=np.float64).reshape(n_bins, horizon + 1)
+    pos = counts[:, 1:].sum(axis=1)
+    neg = counts[:, 0]
+    P, N = pos.sum(), neg.sum()
+    out: dict[str, Any] = {"devices": float(P + N), "positives": float(P)}
+    if P <= 0 or N <= 0:
+        return out
+    # ROC-AUC with ties inside a bin counted half (Mann-Whitney).
+    neg_below = np.cumsum(neg) - neg
+    out["roc_auc"] = float((pos * (neg_below + 0.5 * neg)).sum() / (P * N))
+    # PR-AUC (average precision) sweeping thresholds from the top bin down.
+    tp = np.cumsum(pos[::-1])
+    fp = np.cumsum(neg[::-1])
+    precision = tp / np.maximum(tp + fp, 1e-12)
+    recall = tp / P
+    out["pr_auc"] = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    # Lift in the top decile: bins from the top until 10% of devices (the last bin taken pro rata).
+    total = P + N
+    need, took_pos, took = 0.1 * total, 0.0, 0.0
+    for b in range(n_bins - 1, -1, -1):
+        n_b = pos[b] + neg[b]
+        if n_b <= 0:
+            continue
+        frac = min(1.0, (need - took) / n_b)
+        took += frac * n_b
+        took_pos += frac * pos[b]
+        if took >= need - 1e-9:
+            break
+    out["lift_top_decile"] = float((took_pos / took) / (P / total)) if took > 0 else float("nan")
+    # Expected calibration error over the score bins.
+    n_bin = counts.sum(axis=1)
+    mean_pred = np.divide(sums.sum(axis=1), n_bin, out=np.zeros(n_bins), where=n_bin > 0)
+    frac_pos = np.divide(pos, n_bin, out=np.zeros(n_bins), where=n_bin > 0)
+    out["calibration_error"] = float(np.sum(n_bin * np.abs(mean_pred - frac_pos)) / total)
+    keep = n_bin > 0
+    out["calib_predicted"] = [float(v) for v in mean_pred[keep]]
+    out["calib_observed"] = [float(v) for v in frac_pos[keep]]
+    out["calib_count"] = [float(v) for v in n_bin[keep]]
+    out["mean_predicted"] = float(sums.sum() / total)
+    out["observed_rate"] = float(P / total)
+    # Survival concordance (Harrell's C): a device churning on day k should score above every
+    # device still event-free after day k; ties in score bin count half.
+    conc = disc = 0.0
+    for k in range(1, horizon + 1):
+        ev_k = counts[:, k]
+        later = counts[:, k + 1 :].sum(axis=1) + counts[:, 0]
+        if ev_k.sum() == 0 or later.sum() == 0:
+            continue
+        below = np.cumsum(later) - later
+        conc += float((ev_k * (below + 0.5 * later)).sum())
+        disc += float(ev_k.sum() * later.sum())
+    if disc > 0:
+        out["concordance"] = conc / disc
+    return out

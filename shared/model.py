@@ -1,0 +1,50 @@
+"""The churn model in torch, for training. Same layout as `shared.model_format` (numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedchurn.shared.model_format import DEFAULT_SPEC, INPUT_SCALE, ModelSpec, flatten, unflatten
+
+
+class ChurnNet(nn.Module):
+    """features -> hazard logits for days 1..H (a discrete-time survival model)."""
+
+    def __init__(self, spec: ModelSpec = DEFAULT_SPEC) -> None:
+        super().__init__()
+        self.spec = spec
+        self.hidden = nn.Linear(spec.n_features, spec.hidden)
+        self.out = nn.Linear(spec.hidden, spec.horizon)
+        self.register_buffer("scale", torch.from_numpy(INPUT_SCALE.copy()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x / self.scale)))
+
+    def get_vector(self) -> np.ndarray:
+        return flatten([p.detach().cpu().numpy() for p in self._ordered()])
+
+    def set_vector(self, params: np.ndarray) -> None:
+        with torch.no_grad():
+            for p, a in zip(self._ordered(), unflatten(params, self.spec), strict=True):
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)))
+
+    def _ordered(self) -> list[nn.Parameter]:
+        return [self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias]
+
+
+def survival_nll(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of discrete-time survival data.
+
+    `time` in 1..H is the event day, or the last day known event-free when `event` is False.
+    """
+    H = logits.shape[-1]
+    days = torch.arange(1, H + 1, device=logits.device)
+    log_surv = torch.nn.functional.logsigmoid(-logits)  # log(1 - h)
+    log_h = torch.nn.functional.logsigmoid(logits)
+    t = time.unsqueeze(-1)
+    survived = (days < t) | ((days == t) & ~event.unsqueeze(-1))
+    happened = (days == t) & event.unsqueeze(-1)
+    ll = (log_surv * survived).sum(-1) + (log_h * happened).sum(-1)
+    return -ll.mean()

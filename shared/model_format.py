@@ -1,0 +1,114 @@
+"""The churn model's layout and forward pass in numpy: what a device needs to score.
+
+The model is a small discrete-time survival net: inputs (features / INPUT_SCALE) -> Linear ->
+ReLU -> Linear -> 14 hazard logits. Its parameters travel as one flat float32 vector in the
+order W1, b1, W2, b2 (row-major), which is also the vector every device's update refers to.
+`shared.model` builds the same network in torch for training; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fedchurn.shared.feature_spec import FEATURE_INDEX, N_FEATURES, RECENCY_CAP
+
+HORIZON_DAYS = 14
+HIGH_RISK = 0.78
+MEDIUM_RISK = 0.40
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    n_features: int = N_FEATURES
+    hidden: int = 16
+    horizon: int = HORIZON_DAYS
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden, self.n_features), (self.hidden,), (self.horizon, self.hidden), (self.horizon,))
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(np.prod(s) for s in self.shapes))
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "n_params": self.n_params}
+
+
+DEFAULT_SPEC = ModelSpec()
+
+
+def _input_scale() -> np.ndarray:
+    """Divide features by these before the first layer, so every input is roughly O(1)."""
+    scale = np.ones(N_FEATURES, dtype=np.float32)
+    for name, i in FEATURE_INDEX.items():
+        if name.endswith(".recency_days") or name == "promo.days_since_discount_end":
+            scale[i] = RECENCY_CAP
+        elif name in ("active_days_28d", "activity.days_below_baseline", "content.days_below_40pct"):
+            scale[i] = 28
+        elif name == "active_days_7d":
+            scale[i] = 7
+        elif name in ("activity.index", "activity.baseline"):
+            scale[i] = 100
+        elif name in ("activity.ratio", "content.vs_mean", "commerce.abandoned_cart_streak"):
+            scale[i] = 10
+        elif name == "account_age_days":
+            scale[i] = 6
+        elif name == "device.tier":
+            scale[i] = 3
+    return scale
+
+
+INPUT_SCALE = _input_scale()
+
+
+def unflatten(params: np.ndarray, spec: ModelSpec = DEFAULT_SPEC) -> list[np.ndarray]:
+    params = np.asarray(params, dtype=np.float32)
+    if params.shape != (spec.n_params,):
+        raise ValueError(f"expected {spec.n_params} parameters, got shape {params.shape}")
+    out, k = [], 0
+    for shape in spec.shapes:
+        n = int(np.prod(shape))
+        out.append(params[k : k + n].reshape(shape))
+        k += n
+    return out
+
+
+def flatten(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays])
+
+
+def hazards(params: np.ndarray, features: np.ndarray, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Per-day churn hazards h_1..h_H for each row of features (..., n_features)."""
+    w1, b1, w2, b2 = unflatten(params, spec)
+    x = np.asarray(features, dtype=np.float32) / INPUT_SCALE
+    h = np.maximum(x @ w1.T + b1, 0.0)
+    logits = h @ w2.T + b2
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float64)
+
+
+def survival(h: np.ndarray) -> np.ndarray:
+    """S(t) = prod_{s<=t} (1 - h_s), t = 1..H."""
+    return np.cumprod(1.0 - h, axis=-1)
+
+
+def churn_probability(params: np.ndarray, features: np.ndarray, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Probability of churn onset within the horizon: 1 - S(H)."""
+    return 1.0 - survival(hazards(params, features, spec))[..., -1]
+
+
+def tier(prob: np.ndarray, high: float = HIGH_RISK, medium: float = MEDIUM_RISK) -> np.ndarray:
+    """0 low, 1 medium, 2 high."""
+    p = np.asarray(prob)
+    return np.where(p >= high, 2, np.where(p >= medium, 1, 0))
+
+
+def init_params(seed: int, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
+    """He-style initial weights, zero biases; the output bias starts at a low daily hazard."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, np.sqrt(2.0 / spec.n_features), spec.shapes[0])
+    w2 = rng.normal(0, np.sqrt(1.0 / spec.hidden), spec.shapes[2])
+    b2 = np.full(spec.horizon, -4.0)  # sigmoid(-4) ~ 1.8% per day
+    return flatten([w1, np.zeros(spec.hidden), w2, b2])

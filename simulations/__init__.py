@@ -1,0 +1,1 @@
+"""Synthetic populations, scenarios, runners, reports and benchmarks for fedchurn simulations."""

@@ -1,0 +1,193 @@
+"""Run the fedchurn Flower app on Flower's simulation engine via `flwr run`.
+
+We start our own SuperLink (simulation mode, free loopback port, runtime dependency installation
+disabled so nothing is pip/uv-installed behind our back), point an isolated FLWR_HOME at it,
+run `flwr run` on a generated app folder, and always stop the SuperLink afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fedchurn import __version__
+from fedchurn.shared.run_config import RunConfig
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def app_pyproject(defaults: RunConfig | None = None) -> str:
+    """The Flower app's pyproject.toml; its config defaults come from RunConfig."""
+    cfg = (defaults or RunConfig()).to_flower()
+    lines = [
+        "[build-system]",
+        'requires = ["hatchling"]',
+        'build-backend = "hatchling.build"',
+        "",
+        "[project]",
+        'name = "fedchurn-app"',
+        f'version = "{__version__}"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        'publisher = "fedchurn"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "fedchurn.server.app:app"',
+        'clientapp = "fedchurn.simulations.flower_client:app"',
+        "",
+        "[tool.flwr.app.config]",
+    ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+class FlowerRunError(RuntimeError):
+    pass
+
+
+def run_flower(
+    cfg: RunConfig,
+    work_dir: Path,
+    num_supernodes: int,
+    on_poll: Callable[[], None] | None = None,
+    timeout_s: float = 4 * 3600,
+) -> None:
+    """Run one federated simulation; returns when the ServerApp has finished."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    app_dir = work_dir / "flower-app"
+    app_dir.mkdir(exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(app_pyproject())
+    home = work_dir / "flwr-home"
+    home.mkdir(exist_ok=True)
+    port = _free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fedchurn"\n\n[superlink.fedchurn]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_DEDUP_LOGS": "0",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    log_path = work_dir / "flower.log"
+    with log_path.open("w") as log:
+        link = subprocess.Popen(
+            [
+                _bin("flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation",
+                "subprocess",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_healthy(link, port, log_path)
+            overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.to_flower().items())
+            run = subprocess.Popen(
+                [
+                    _bin("flwr"),
+                    "run",
+                    str(app_dir),
+                    "fedchurn",
+                    "--stream",
+                    "--federation-config",
+                    f"num-supernodes={num_supernodes}",
+                    "--run-config",
+                    overrides,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + timeout_s
+            while run.poll() is None:
+                if on_poll:
+                    on_poll()
+                if time.monotonic() > deadline:
+                    run.kill()
+                    raise FlowerRunError(f"flwr run exceeded {timeout_s:.0f} s; see {log_path}")
+                time.sleep(0.5)
+            if run.returncode != 0:
+                raise FlowerRunError(f"flwr run exited with {run.returncode}; see {log_path}")
+        finally:
+            _stop(link)
+    if on_poll:
+        on_poll()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FlowerRunError(f"flower-superlink exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise FlowerRunError(
+        f"flower-superlink did not become healthy in {STARTUP_TIMEOUT_S:.0f} s; see {log_path}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the SuperLink and everything it started (its process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(RunConfig)]

@@ -1,0 +1,128 @@
+"""`fedchurn simulate`: a federated run on Flower's simulation engine, baselines, and a report."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedchurn.client.importer import read_log
+from fedchurn.server.run_output import load_model
+from fedchurn.shared.events import EVENT_DTYPE, local_day
+from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability
+from fedchurn.shared.run_config import RunConfig
+from fedchurn.simulations.baselines import evaluate_scores, run_baselines
+from fedchurn.simulations.dataset import Dataset, build_dataset
+from fedchurn.simulations.flower_runner import run_flower
+from fedchurn.simulations.population import generate_population
+from fedchurn.simulations.report import write_report
+from fedchurn.simulations.scenario import load_scenario
+
+
+def population_dataset(cfg: RunConfig) -> Dataset:
+    pop = generate_population(cfg.devices, cfg.seed, load_scenario(cfg.scenario), cfg.days)
+    ev = np.empty(pop.n_events, dtype=EVENT_DTYPE)
+    for name in EVENT_DTYPE.names or ():
+        ev[name] = pop.events[name]
+    return build_dataset(
+        ev,
+        np.asarray(pop.events["device"]),
+        np.asarray(pop.truth["start_day"]),
+        np.asarray(pop.truth["today"]),
+        cfg,
+    )
+
+
+def log_dataset(cfg: RunConfig) -> Dataset:
+    per_user = read_log(Path(cfg.events_file))
+    arrays = [per_user[u] for u in sorted(per_user)]
+    today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
+    ev = np.concatenate(arrays)
+    dev = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
+    start = np.array([int(local_day(a["ts"], a["tz_min"]).min()) for a in arrays])
+    return build_dataset(ev, dev, start, np.full(len(arrays), today), cfg)
+
+
+def log_devices(path: str) -> int:
+    return len(read_log(Path(path)))
+
+
+def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[str, Any]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_devices = log_devices(cfg.events_file) if cfg.events_file else cfg.devices
+    cfg = replace(cfg, devices=n_devices, out_dir=str(out.resolve()))
+    (out / "rounds.jsonl").unlink(missing_ok=True)
+    (out / "config.json").write_text(
+        json.dumps({"run": asdict(cfg), "model": DEFAULT_SPEC.to_dict()}, indent=2)
+    )
+    if cfg.protection == "plaintext":
+        console.print(
+            "[bold yellow]PLAINTEXT MODE[/]: updates travel unprotected; a baseline, not for devices."
+        )
+    t0 = time.time()
+    seen = 0
+    with Progress(
+        TextColumn("[bold]federated rounds"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task("starting Flower (SuperLink, Ray)…", total=cfg.num_server_rounds)
+
+        def poll() -> None:
+            nonlocal seen
+            path = out / "rounds.jsonl"
+            if not path.exists():
+                return
+            lines = path.read_text().splitlines()
+            for line in lines[seen:]:
+                r = json.loads(line)
+                ev = r.get("evaluation") or {}
+                auc = f" AUC {ev['roc_auc']:.3f}" if "roc_auc" in ev else ""
+                bar.update(
+                    task,
+                    completed=r["round"],
+                    description=(
+                        f"round {r['round']}: {r['trained']}/{r['sampled']} trained, "
+                        f"{r['bytes_per_device']:.0f} B/device{auc}"
+                    ),
+                )
+            seen = len(lines)
+
+        run_flower(cfg, out / "flower", num_supernodes=n_devices, on_poll=poll)
+    wall = time.time() - t0
+    fed = json.loads((out / "federated.json").read_text())
+    params, _meta = load_model(out)
+    summary: dict[str, Any] = {
+        "config": asdict(cfg),
+        "wall_seconds": wall,
+        "updates_per_second": cfg.num_server_rounds * cfg.per_round / max(wall, 1e-9),
+        "peak_rss_mb_runner": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "federated": fed,
+    }
+    data: Dataset | None = None
+    if baselines:
+        console.print("building the same examples centrally for the baselines…")
+        data = log_dataset(cfg) if cfg.events_file else population_dataset(cfg)
+        base = run_baselines(data, cfg.seed, cfg.horizon, progress=lambda m: console.print(f"  training {m}"))
+        central_params = base.pop("_central_net_params", None)
+        if len(data.test.x):
+            base["federated_checked_centrally"] = evaluate_scores(
+                churn_probability(params, data.test.x), data.test, cfg.horizon
+            )
+        summary["baselines"] = base
+        if central_params is not None:
+            np.save(out / "central_net_params.npy", central_params)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    write_report(out, summary, data.test.x if data is not None and len(data.test.x) else None)
+    return summary

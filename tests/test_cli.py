@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import RunCli
+from fedchurn.shared.feature_spec import FEATURE_NAMES
+
+LOG = (
+    "user_id,timestamp,category,action,value\n"
+    "alice,2026-01-01T09:00:00+01:00,sessions,session,300\n"
+    "alice,2026-01-02T21:00:00+01:00,sessions,session,120\n"
+    "alice,2026-01-04T08:00:00+01:00,purchases,purchase,20\n"
+    "bob,2026-01-01T09:00:00Z,sessions,session,60\n"
+)
+
+
+def test_features_json_prints_one_vector_per_day(tmp_path: Path, run_cli: RunCli) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    res = run_cli("features", "--events", str(log), "--user", "alice", "--json", "--signals", check=True)
+    doc = json.loads(res.stdout)
+    assert doc["feature_names"] == list(FEATURE_NAMES)
+    assert [d["date"] for d in doc["days"]] == ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]
+    assert all(len(d["features"]) == len(FEATURE_NAMES) for d in doc["days"])
+    assert set(doc["days"][0]["signals"]) >= {"silence_alert", "content_below_mean"}
+
+
+def test_features_asks_which_user_when_there_are_several(tmp_path: Path, run_cli: RunCli) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    res = run_cli("features", "--events", str(log))
+    assert res.returncode == 2 and "--user" in res.stderr
+
+
+def test_import_reports_the_bad_row_and_writes_nothing(tmp_path: Path, run_cli: RunCli) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(LOG + "bob,2026-01-02T09:00:00Z,sessions,sesion,60\n")
+    res = run_cli("import", str(log), "--stores", str(tmp_path / "stores"))
+    assert res.returncode == 2
+    assert "row 5 (line 6)" in res.stderr and "'sesion' is not an action" in res.stderr
+    assert not list((tmp_path / "stores").glob("*.sqlite"))
+    log.write_text(LOG)
+    ok = run_cli("import", str(log), "--stores", str(tmp_path / "stores"), check=True)
+    assert "imported 4 rows for 2 devices" in ok.stdout
