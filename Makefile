@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TYPECHECK := build/typecheck
 
-.PHONY: install lint typecheck test test-all demo bench clean
+.PHONY: install lint typecheck test test-all demo bench bench-api chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +30,22 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p fedchurn
 	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml ../../tests
 
-test: lint
+test: lint chromium
 	$(BIN)/pytest
 
-test-all: lint
+test-all: lint chromium
 	$(BIN)/pytest -m ""
+
+# tests/test_reviewer_page.py renders the reviewer page in headless Chromium (it fails, not skips, without it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium for tests/test_reviewer_page.py"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+bench-api: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || echo "wrk not installed (apt-get install -y wrk): falling back to httpx"
+	$(BIN)/python -m fedchurn.server.api_bench --connections 100 --seconds 10
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fedchurn demo --out results/demo

@@ -7,6 +7,7 @@ a device column), so the simulation exercises exactly the code a device runs.
 from __future__ import annotations
 
 import numpy as np
+
 from fedchurn.shared.catalogue import BY_ID, CATEGORIES
 from fedchurn.shared.events import local_day, local_hour
 from fedchurn.shared.feature_spec import BEHAVIOUR, CHANNELS, NIGHT_HOURS

@@ -46,4 +46,6 @@ def prepare_device(
     eval_day = ev if ev >= 0 and bool(labels.usable[ev]) else None
     usable = labels.usable.copy()
     usable[max(ev, 0) :] = False
-    return DeviceData(features=res.features, time=labels.time, event=labels.event, usable=usable, eval_day=eval_day)
+    return DeviceData(
+        features=res.features, time=labels.time, event=labels.event, usable=usable, eval_day=eval_day
+    )

@@ -8,6 +8,7 @@ any leading batch axes are carried through. The formulas are declared in
 from __future__ import annotations
 
 import numpy as np
+
 from fedchurn.shared import feature_spec as fs
 from fedchurn.shared.catalogue import BY_ID, CATEGORY_IDS
 from fedchurn.shared.events import weekday

@@ -2,9 +2,9 @@
 
 `make_client_app(loader)` builds the app around a device loader: a phone (or a SuperNode
 serving stores) loads its event store; a simulation generates its device from the population
-seed. Replies carry only: the device index (roll call), a model update (train), and a
-score histogram (evaluate) — never events, features or an individual score in the clear
-outside plaintext mode, which is a labelled baseline.
+seed. Replies carry only a protected model update (train) or a protected score histogram
+(evaluate), usable by the server only inside a cohort sum — never events, features or a score.
+Plaintext mode, a labelled baseline, sends the new parameters in the clear instead.
 """
 
 from __future__ import annotations
@@ -18,12 +18,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedchurn.client.device_data import DeviceData, prepare_device
+from fedchurn.client.protect import protect_update
 from fedchurn.client.training import TrainConfig, local_train
 from fedchurn.shared.evaluation import device_histogram, histogram_length
 from fedchurn.shared.model_format import churn_probability
+from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 
 PARAMS_KEY = "params"
+UPLOAD_RECORD, UPLOAD_KEY = "upload", "blob"  # one bytes value in one record: one request on the wire
+ROUND_SEED_KEY, COHORT_KEY, MODEL_VERSION_KEY = "round-seed", "cohort-id", "model-version"
+KEY_KEY, NOISE_KEY = "keyholder-key", "noise-multiplier"
+DEVICE_KEY = "device-index"  # in simulation (slots), which device the node plays; -1: its own
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,8 @@ class LoadedDevice:
     today: int | None = None
 
 
-DeviceLoader = Callable[[Context, RunConfig], LoadedDevice]
+DeviceLoader = Callable[[Context, RunConfig, int], LoadedDevice]
+DeviceIndex = Callable[[Context], int]
 
 
 def device_seed(cfg: RunConfig, device: int, server_round: int) -> int:
@@ -42,59 +49,138 @@ def device_seed(cfg: RunConfig, device: int, server_round: int) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def make_client_app(loader: DeviceLoader) -> ClientApp:
+def _protect(
+    conf: ConfigRecord, params: ProtectionParams, vector: np.ndarray, round_id: int, rng: np.random.Generator
+) -> bytes:
+    """Protect a vector with the round's public parameters from the server's message."""
+    return protect_update(
+        vector,
+        params,
+        conf_bytes(conf, KEY_KEY),
+        round_id=round_id,
+        cohort_id=conf_int(conf, COHORT_KEY),
+        model_version=conf_int(conf, MODEL_VERSION_KEY),
+        round_seed=conf_bytes(conf, ROUND_SEED_KEY),
+        rng=rng,
+    )
+
+
+def _conf(conf: ConfigRecord, key: str, kind: type) -> object:
+    """A server-sent setting of the expected type, or a clear error naming it."""
+    if key not in conf:
+        raise ValueError(f"the server's message lacks {key!r}")
+    value = conf[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"the server's {key!r} is {type(value).__name__}, expected {kind.__name__}")
+    return value
+
+
+def conf_int(conf: ConfigRecord, key: str) -> int:
+    return int(_conf(conf, key, int))  # type: ignore[call-overload]
+
+
+def conf_float(conf: ConfigRecord, key: str) -> float:
+    value = conf[key] if key in conf else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return float(_conf(conf, key, float))  # type: ignore[arg-type]
+
+
+def conf_bytes(conf: ConfigRecord, key: str) -> bytes:
+    return bytes(_conf(conf, key, bytes))  # type: ignore[call-overload]
+
+
+def make_client_app(
+    loader: DeviceLoader, index_of: DeviceIndex, accept_assigned_device: bool = False
+) -> ClientApp:
+    """`accept_assigned_device`: simulation only — the node plays the device the server names."""
     app = ClientApp()
     cache: dict[tuple[object, ...], DeviceData] = {}
 
-    def data_for(context: Context, cfg: RunConfig) -> tuple[int, DeviceData]:
-        dev = loader(context, cfg)
-        key = (cfg.seed, cfg.scenario, cfg.days, cfg.events_file, dev.index, cfg.horizon, cfg.silence_days,
-               cfg.activity)
+    def data_for(msg: Message, context: Context, cfg: RunConfig) -> tuple[int, DeviceData]:
+        conf = msg.content.config_records["config"]
+        assigned = conf_int(conf, DEVICE_KEY) if DEVICE_KEY in conf else -1
+        dev = loader(
+            context, cfg, assigned if accept_assigned_device and assigned >= 0 else index_of(context)
+        )
+        key = (
+            cfg.seed,
+            cfg.scenario,
+            cfg.days,
+            cfg.events_file,
+            dev.index,
+            cfg.horizon,
+            cfg.silence_days,
+            cfg.activity,
+        )
         if key not in cache:
             if len(cache) >= 256:
                 cache.pop(next(iter(cache)))
-            cache[key] = prepare_device(dev.events, dev.first_day, dev.today, cfg.horizon, cfg.silence_days,
-                                        cfg.activity_categories())
+            cache[key] = prepare_device(
+                dev.events, dev.first_day, dev.today, cfg.horizon, cfg.silence_days, cfg.activity_categories()
+            )
         return dev.index, cache[key]
-
-    @app.query()
-    def roll_call(msg: Message, context: Context) -> Message:
-        """Tell the server which device this node holds (an index, not user data)."""
-        cfg = RunConfig.from_flower(context.run_config)
-        index = loader(context, cfg).index
-        return Message(RecordDict({"device": ConfigRecord({"index": index})}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = RunConfig.from_flower(context.run_config)
+        conf = msg.content.config_records["config"]
         global_params = msg.content.array_records["arrays"][PARAMS_KEY].numpy()
-        server_round = int(msg.content.config_records["config"]["server-round"])
-        index, data = data_for(context, cfg)
+        server_round = conf_int(conf, "server-round")
+        index, data = data_for(msg, context, cfg)
         n = 0
         new_params = global_params
         if not is_eval_device(cfg.seed, index, cfg.eval_fraction):
             x, t, e = data.training_rows()
-            res = local_train(global_params, x, t, e,
-                              TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
-                              seed=device_seed(cfg, index, server_round))
+            res = local_train(
+                global_params,
+                x,
+                t,
+                e,
+                TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
+                seed=device_seed(cfg, index, server_round),
+            )
             n, new_params = res.n_examples, res.params
-        content = RecordDict({
-            "arrays": ArrayRecord({PARAMS_KEY: Array(np.asarray(new_params, dtype=np.float32))}),
-            "metrics": MetricRecord({"num-examples": n}),
-        })
-        return Message(content, reply_to=msg)
+        if cfg.protection == "plaintext":
+            content = RecordDict(
+                {
+                    "arrays": ArrayRecord({PARAMS_KEY: Array(np.asarray(new_params, dtype=np.float32))}),
+                    "metrics": MetricRecord({"num-examples": n}),
+                }
+            )
+            return Message(content, reply_to=msg)
+        # Only the protected delta leaves; a device with nothing to learn sends a masked zero.
+        delta = np.asarray(new_params, dtype=np.float32) - np.asarray(global_params, dtype=np.float32)
+        blob = _protect(
+            conf,
+            cfg.train_protection(conf_float(conf, NOISE_KEY)),
+            delta,
+            server_round,
+            np.random.default_rng(device_seed(cfg, index, server_round)),
+        )
+        return Message(RecordDict({UPLOAD_RECORD: ConfigRecord({UPLOAD_KEY: blob})}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         cfg = RunConfig.from_flower(context.run_config)
+        conf = msg.content.config_records["config"]
         params = msg.content.array_records["arrays"][PARAMS_KEY].numpy()
-        index, data = data_for(context, cfg)
+        index, data = data_for(msg, context, cfg)
         hist = np.zeros(histogram_length(cfg.horizon))
         if is_eval_device(cfg.seed, index, cfg.eval_fraction) and data.eval_day is not None:
             d = data.eval_day
             prob = float(churn_probability(params, data.features[d])[()])
             hist = device_histogram(prob, int(data.time[d]), bool(data.event[d]), cfg.horizon)
-        content = RecordDict({"histogram": ArrayRecord({"counts": Array(hist.astype(np.float32))})})
-        return Message(content, reply_to=msg)
+        if cfg.protection == "plaintext":
+            content = RecordDict({"histogram": ArrayRecord({"counts": Array(hist.astype(np.float32))})})
+            return Message(content, reply_to=msg)
+        blob = _protect(
+            conf,
+            cfg.eval_protection(),
+            hist,
+            conf_int(conf, "server-round"),
+            np.random.default_rng(device_seed(cfg, index, -conf_int(conf, COHORT_KEY))),
+        )
+        return Message(RecordDict({UPLOAD_RECORD: ConfigRecord({UPLOAD_KEY: blob})}), reply_to=msg)
 
     return app

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
 from fedchurn.client.store import EventStore
 from fedchurn.shared.events import (
     EVENT_DTYPE,

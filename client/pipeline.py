@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from fedchurn.client.aggregates import daily_aggregates, history_days
 from fedchurn.client.features import extract_features
 

@@ -13,17 +13,23 @@ from fedchurn.shared.model_format import HIGH_RISK, MEDIUM_RISK, hazards, surviv
 TIERS = ("low", "medium", "high")
 
 
-def score_features(params: np.ndarray, x: np.ndarray, high: float = HIGH_RISK,
-                   medium: float = MEDIUM_RISK) -> dict[str, Any]:
+def score_features(
+    params: np.ndarray, x: np.ndarray, high: float = HIGH_RISK, medium: float = MEDIUM_RISK
+) -> dict[str, Any]:
     s = survival(hazards(params, x))
     prob = float(1.0 - s[-1])
     t = 2 if prob >= high else 1 if prob >= medium else 0
-    return {"probability": prob, "score": int(round(100 * prob)), "tier": TIERS[t],
-            "survival": [float(v) for v in s]}
+    return {
+        "probability": prob,
+        "score": round(100 * prob),
+        "tier": TIERS[t],
+        "survival": [float(v) for v in s],
+    }
 
 
-def score_device(params: np.ndarray, events: np.ndarray, high: float = HIGH_RISK,
-                 medium: float = MEDIUM_RISK) -> dict[str, Any]:
+def score_device(
+    params: np.ndarray, events: np.ndarray, high: float = HIGH_RISK, medium: float = MEDIUM_RISK
+) -> dict[str, Any]:
     """Score a device on its last day of history."""
     res = device_features(events)
     out = score_features(params, res.features[-1], high, medium)

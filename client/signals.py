@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from fedchurn.client.features import extract_features
 from fedchurn.shared.feature_spec import FEATURE_INDEX
 

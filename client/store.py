@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
 from fedchurn.shared.catalogue import BY_ID, CATALOGUE_VERSION, CATEGORIES
 from fedchurn.shared.events import EVENT_DTYPE, SECONDS_PER_DAY, Event, EventError, from_array, to_array
 

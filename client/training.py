@@ -16,10 +16,11 @@ from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 32
-    lr: float = 0.01
+    lr: float = 0.1
     max_examples: int = 120  # most recent labelled days used per device and round
+    optimizer: str = "sgd"  # sgd keeps gradient scale, so averaging updates ~ large-batch SGD
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,26 @@ def local_train(
     """Train from `params` on (features, time, event) rows; returns the new parameters."""
     n = len(features)
     if n == 0:
-        return LocalResult(params=np.asarray(params, dtype=np.float32).copy(), n_examples=0, loss=float("nan"))
+        return LocalResult(
+            params=np.asarray(params, dtype=np.float32).copy(), n_examples=0, loss=float("nan")
+        )
     if n > cfg.max_examples:
-        features, time, event = features[-cfg.max_examples :], time[-cfg.max_examples :], event[-cfg.max_examples :]
+        features, time, event = (
+            features[-cfg.max_examples :],
+            time[-cfg.max_examples :],
+            event[-cfg.max_examples :],
+        )
         n = cfg.max_examples
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = ChurnNet(spec)
     model.set_vector(params)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use sgd or adam")
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     t = torch.from_numpy(np.asarray(time, dtype=np.int64))
     e = torch.from_numpy(np.asarray(event, dtype=bool))
@@ -61,7 +73,7 @@ def local_train(
             idx = order[k : k + cfg.batch_size]
             opt.zero_grad()
             loss = survival_nll(model(x[idx]), t[idx], e[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
     return LocalResult(params=model.get_vector(), n_examples=n, loss=total / n)

@@ -12,6 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedchurn.shared.run_config import RunConfig
+
+_RC = RunConfig()  # the run configuration's defaults are the CLI's defaults
+
 app = typer.Typer(
     help="fedchurn: privacy-preserving, federated, on-device churn scoring.",
     no_args_is_help=True,
@@ -184,35 +188,78 @@ def simulate(
     per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of everything fedchurn draws.")] = 0,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/simulate"),
-    scenario: Annotated[str, typer.Option(help="Population scenario (simulations/scenarios/*.toml).")] = "default",
-    days: Annotated[int, typer.Option(help="Days of history per device.")] = 120,
-    events: Annotated[Path | None, typer.Option("--events", exists=True, dir_okay=False,
-                                                help="Train on a real log (one user = one device).")] = None,
-    activity: Annotated[str, typer.Option(help="Categories that count as activity (comma-separated).")] = "sessions",
-    horizon: Annotated[int, typer.Option(help="Prediction horizon in days.")] = 14,
-    silence_days: Annotated[int, typer.Option(help="Days without activity that make a churn.")] = 14,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = "fedavg",
-    server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = 0.05,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 3,
-    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.01,
+    scenario: Annotated[
+        str, typer.Option(help="Population scenario (simulations/scenarios/*.toml).")
+    ] = "default",
+    days: Annotated[int, typer.Option(help="Days of history per device.")] = _RC.days,
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            "--events", exists=True, dir_okay=False, help="Train on a real log (one user = one device)."
+        ),
+    ] = None,
+    activity: Annotated[
+        str, typer.Option(help="Categories that count as activity (comma-separated).")
+    ] = "sessions",
+    horizon: Annotated[int, typer.Option(help="Prediction horizon in days.")] = _RC.horizon,
+    silence_days: Annotated[
+        int, typer.Option(help="Days without activity that make a churn.")
+    ] = _RC.silence_days,
+    strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = _RC.strategy,
+    server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = _RC.server_lr,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _RC.local_epochs,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = _RC.lr,
     eval_per_round: Annotated[int, typer.Option(help="Held-out devices evaluated after each round.")] = 200,
-    eval_fraction: Annotated[float, typer.Option(help="Share of devices held out for evaluation.")] = 0.2,
-    protection: Annotated[str, typer.Option(help="Update protection mode.")] = "plaintext",
+    eval_fraction: Annotated[
+        float, typer.Option(help="Share of devices held out for evaluation.")
+    ] = _RC.eval_fraction,
+    protection: Annotated[
+        str, typer.Option(help="secagg (default), ckks, or plaintext (baseline).")
+    ] = _RC.protection,
+    target_epsilon: Annotated[
+        float, typer.Option(help="Differential privacy target ε (0: no DP).")
+    ] = _RC.target_epsilon,
+    delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _RC.delta,
+    clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _RC.clip_norm,
+    coords_per_round: Annotated[
+        int, typer.Option(help="secagg: coordinates uploaded per round.")
+    ] = _RC.coords_per_round,
     audit_db: Annotated[str, typer.Option("--audit-db", help="SQLAlchemy URL of the audit database.")] = "",
     baselines: Annotated[bool, typer.Option(help="Train the centralised baselines too.")] = True,
 ) -> None:
     """Train the churn model with Flower's simulation engine and report it beside baselines."""
-    from fedchurn.shared.run_config import RunConfig
     from fedchurn.simulations.simulate import simulate as run
 
     if events is not None and horizon + silence_days > 200:
-        console.print("[yellow]note:[/] long horizons need long logs: each device keeps horizon + silence days "
-                      "of history for its evaluation day")
-    cfg = RunConfig(num_server_rounds=rounds, devices=devices, per_round=per_round, eval_per_round=eval_per_round,
-                    eval_fraction=eval_fraction, seed=seed, scenario=scenario, days=days,
-                    events_file=str(events.resolve()) if events else "", activity=activity, horizon=horizon,
-                    silence_days=silence_days, strategy=strategy, server_lr=server_lr, local_epochs=local_epochs,
-                    lr=lr, protection=protection, out_dir=str(out), audit_db=audit_db)
+        console.print(
+            "[yellow]note:[/] long horizons need long logs: each device keeps horizon + silence days "
+            "of history for its evaluation day"
+        )
+    cfg = RunConfig(
+        num_server_rounds=rounds,
+        devices=devices,
+        per_round=per_round,
+        eval_per_round=eval_per_round,
+        eval_fraction=eval_fraction,
+        seed=seed,
+        scenario=scenario,
+        days=days,
+        events_file=str(events.resolve()) if events else "",
+        activity=activity,
+        horizon=horizon,
+        silence_days=silence_days,
+        strategy=strategy,
+        server_lr=server_lr,
+        local_epochs=local_epochs,
+        lr=lr,
+        protection=protection,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        clip_norm=clip_norm,
+        coords_per_round=coords_per_round,
+        out_dir=str(out),
+        audit_db=audit_db,
+    )
     try:
         summary = run(cfg, console, baselines=baselines)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
@@ -225,20 +272,33 @@ def _print_summary(summary: dict[str, Any], con: Console) -> None:
     table = Table(title="Held-out devices (churn within the horizon)")
     for col in ("model", "ROC-AUC", "PR-AUC", "lift@10%", "ECE", "concordance"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    rows = [("federated (before training)", summary["federated"].get("initial_evaluation", {})),
-            ("federated", summary["federated"].get("final_evaluation", {}))]
-    rows += [(k, v) for k, v in summary.get("baselines", {}).items() if isinstance(v, dict) and k != "skipped"]
+    rows = [
+        ("federated (before training)", summary["federated"].get("initial_evaluation", {})),
+        ("federated", summary["federated"].get("final_evaluation", {})),
+    ]
+    rows += [
+        (k, v) for k, v in summary.get("baselines", {}).items() if isinstance(v, dict) and k != "skipped"
+    ]
     for name, m in rows:
-        table.add_row(name, *(f"{m[k]:.3f}" if k in m else "-" for k in
-                              ("roc_auc", "pr_auc", "lift_top_decile", "calibration_error", "concordance")))
+        table.add_row(
+            name,
+            *(
+                f"{m[k]:.3f}" if k in m else "-"
+                for k in ("roc_auc", "pr_auc", "lift_top_decile", "calibration_error", "concordance")
+            ),
+        )
     con.print(table)
 
 
 @app.command()
 def score(
     model: Annotated[Path, typer.Option(help="A run folder (or its model/ folder).")],
-    events: Annotated[Path, typer.Option("--events", exists=True, dir_okay=False, help="CSV or Parquet log.")],
-    mapping: Annotated[str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")] = None,
+    events: Annotated[
+        Path, typer.Option("--events", exists=True, dir_okay=False, help="CSV or Parquet log.")
+    ],
+    mapping: Annotated[
+        str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")
+    ] = None,
     tz: Annotated[int | None, typer.Option(help="UTC offset (minutes) for times without one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -252,8 +312,10 @@ def score(
         per_user = read_log(events, ColumnMapping.parse(mapping, tz))
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    results = [{"user": u, **score_device(params, ev, high=meta["high_risk"], medium=meta["medium_risk"])}
-               for u, ev in sorted(per_user.items())]
+    results = [
+        {"user": u, **score_device(params, ev, high=meta["high_risk"], medium=meta["medium_risk"])}
+        for u, ev in sorted(per_user.items())
+    ]
     if as_json:
         sys.stdout.write(json.dumps({"model_version": meta["model_version"], "devices": results}) + "\n")
         return
@@ -263,6 +325,39 @@ def score(
     for r in results:
         table.add_row(r["user"], r["date"], f"{r['probability']:.3f}", str(r["score"]), r["tier"])
     console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database-url", help="SQLAlchemy URL of the audit database (SQLite file or PostgreSQL)."
+        ),
+    ] = "sqlite:///fedchurn-audit.sqlite",
+    writable: Annotated[
+        bool,
+        typer.Option(
+            "--writable", help="Accept the aggregator's authenticated writes (needs a write token)."
+        ),
+    ] = False,
+    write_token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the write token.")
+    ] = "FEDCHURN_WRITE_TOKEN",
+    write_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the write token instead.")
+    ] = None,
+) -> None:
+    """Serve the transparency API and the reviewer page (read-only unless --writable)."""
+    from fedchurn.server.serve_cli import ServeError
+    from fedchurn.server.serve_cli import serve as run_server
+
+    try:
+        run_server(host, port, database_url, write_token_env, writable=writable, token_file=write_token_file)
+    except ServeError as e:
+        _fail(str(e))
 
 
 @app.command("spec-doc")

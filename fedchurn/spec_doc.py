@@ -30,7 +30,11 @@ def events_table() -> str:
 def channels_table() -> str:
     rows = ["| # | channel | category | actions | statistic |", "|---|---|---|---|---|"]
     for i, ch in enumerate(fs.CHANNELS):
-        stat = ch.stat + (f" × {ch.scale:.6g}" if ch.scale != 1 else "") + (" (local hours 0–5)" if ch.night_only else "")
+        stat = (
+            ch.stat
+            + (f" × {ch.scale:.6g}" if ch.scale != 1 else "")
+            + (" (local hours 0–5)" if ch.night_only else "")
+        )
         acts = ", ".join(ch.actions) or "all"
         cat = "all but device_context" if ch.category == fs.BEHAVIOUR else ch.category
         rows.append(f"| {i} | `{ch.name}` | {cat} | {acts} | {stat} |")
@@ -65,7 +69,8 @@ def render(text: str) -> str:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if not pattern.search(text):
             raise ValueError(f"section {name!r} markers are missing")
-        text = pattern.sub(lambda _m, b=begin, e=end, f=fn: f"{b}\n{f()}\n{e}", text)
+        replacement = f"{begin}\n{fn()}\n{end}"
+        text = pattern.sub(lambda _m: replacement, text)
     return text
 
 

@@ -45,8 +45,14 @@ class RunOutput:
         d = self.dir / "model"
         d.mkdir(exist_ok=True)
         np.save(d / "params.npy", params.astype(np.float32))
-        meta = {"format_version": MODEL_FORMAT_VERSION, "model_version": version, "spec": spec.to_dict(),
-                "high_risk": HIGH_RISK, "medium_risk": MEDIUM_RISK, "written_at": time.time()}
+        meta = {
+            "format_version": MODEL_FORMAT_VERSION,
+            "model_version": version,
+            "spec": spec.to_dict(),
+            "high_risk": HIGH_RISK,
+            "medium_risk": MEDIUM_RISK,
+            "written_at": time.time(),
+        }
         (d / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         return d
 
@@ -59,7 +65,9 @@ def load_model(model_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise FileNotFoundError(f"{model_dir}: no model.json (is this a run folder?)")
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: model format {meta.get('format_version')}, expected {MODEL_FORMAT_VERSION}")
+        raise ValueError(
+            f"{meta_path}: model format {meta.get('format_version')}, expected {MODEL_FORMAT_VERSION}"
+        )
     params = np.load(d / "params.npy")
     spec = ModelSpec(**{k: v for k, v in meta["spec"].items() if k != "n_params"})
     if params.shape != (spec.n_params,):

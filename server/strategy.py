@@ -1,9 +1,14 @@
 """Flower strategies for fedchurn: Flower's FedAvg / FedAdam with device-level sampling.
 
-Sampling is over *devices* (known from the roll call) with a seeded RNG, so a simulation is
-reproducible from its seed even though Flower assigns random node ids. Training samples only
-training devices; evaluation messages go only to held-out devices, whose replies are score
-histograms summed into quality metrics.
+Two ways to map devices onto Flower's SuperNodes:
+
+* `slots` (simulation): the federation has as many SuperNodes as devices per round; every round the
+  server draws devices by index with a seeded RNG and tells each node which device to play. A run
+  is reproducible from its seed, and Flower's dispatcher (which polls every node for every stored
+  message) stays small however large the simulated population is.
+* `nodes` (deployment, or Flower-style simulation): each node is its own device; the server samples
+  node ids. Held-out devices know they are held out and answer a training request with zero
+  examples; other devices answer an evaluation request with an empty histogram.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +28,11 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
-from fedchurn.client.flower_app import PARAMS_KEY
-from fedchurn.shared.evaluation import metrics_from_histogram
+from fedchurn.client.flower_app import DEVICE_KEY, PARAMS_KEY, UPLOAD_KEY, UPLOAD_RECORD
+from fedchurn.server.secure_rounds import SecureRounds
+from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
+from fedchurn.shared.protection import ProtectionParams
+from fedchurn.shared.run_config import RunConfig, is_eval_device
 
 
 @dataclass
@@ -36,7 +45,14 @@ class RoundStats:
     refused: list[dict[str, str]] = field(default_factory=list)
     bytes_received: int = 0
     started: float = 0.0
-    evaluation: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    upload_bytes: int = 0  # protected uploads alone (the wire format's bytes)
+    eval_bytes: int = 0
+    noise_std: float | None = None
+    epsilon: float | None = None
+
+
+EVAL_COHORTS = 100_000  # evaluation cohort ids start here, apart from training cohorts
 
 
 def reply_bytes(msg: Message) -> int:
@@ -51,32 +67,79 @@ class ChurnFedAvg(FedAvg):
     fedchurn-specific settings cannot be constructor arguments of a shared base.)
     """
 
-    train_nodes: list[int]
-    eval_nodes: list[int]
-
-    def setup(
-        self, *, train_nodes: list[int], eval_nodes: list[int], per_round: int, eval_per_round: int, seed: int,
-        horizon: int,
-    ) -> None:
-        self.train_nodes = sorted(train_nodes)
-        self.eval_nodes = sorted(eval_nodes)
-        self.per_round = per_round
-        self.eval_per_round = eval_per_round
-        self.horizon = horizon
-        self.rng = random.Random(seed)
+    def setup(self, cfg: RunConfig, nodes: list[int], state_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.nodes = sorted(nodes)
+        self.rng = random.Random(cfg.seed)
         self.stats = RoundStats()
+        self.current: np.ndarray | None = None
+        self._cohort_of: dict[int, int] = {}
+        if cfg.sampling == "slots":
+            pool = range(cfg.devices)
+            self.train_pool = [d for d in pool if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+            self.eval_pool = [d for d in pool if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+            n_train = len(self.train_pool)
+        elif cfg.sampling == "nodes":
+            n_train = round(len(self.nodes) * (1 - cfg.eval_fraction))
+        else:
+            raise ValueError(f"unknown sampling {cfg.sampling!r}: use slots or nodes")
+        self.secure: SecureRounds | None = None
+        if cfg.protection != "plaintext":
+            self.secure = SecureRounds(cfg, n_train, state_dir / "keyholder.sqlite" if state_dir else None)
 
-    def _messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return list(self._construct_messages(record, nodes, kind))
+    # -- planning: which node plays which device ------------------------------------------
+    def _plan(self, devices: list[int] | None, k: int) -> list[tuple[int, int]]:
+        """(node, device) pairs; device -1 means "the node's own device"."""
+        if self.cfg.sampling == "slots":
+            assert devices is not None
+            return list(zip(self.nodes, devices, strict=False))
+        return [(n, -1) for n in self.rng.sample(self.nodes, min(k, len(self.nodes)))]
+
+    def _messages(
+        self,
+        plan: list[tuple[int, int]],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        kind: str,
+        cohort_base: int = 0,
+        params: ProtectionParams | None = None,
+    ) -> list[Message]:
+        """One message per (node, device); in protected modes each carries its cohort's parameters."""
+        out = []
+        server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
+        n_cohorts = self.secure.cohorts(len(plan), params) if self.secure and params else 1
+        for i, (node, device) in enumerate(plan):
+            extra: dict[str, Any] = {DEVICE_KEY: device}
+            if self.secure is not None and params is not None:
+                cohort = cohort_base + i % n_cohorts
+                self._cohort_of[node] = cohort
+                extra.update(self.secure.message_config(params, server_round, cohort))
+            cfg = ConfigRecord({**dict(config.items()), **extra})
+            out.append(
+                Message(
+                    RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg}),
+                    dst_node_id=node,
+                    message_type=kind,
+                )
+            )
+        return out
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = self.rng.sample(self.train_nodes, min(self.per_round, len(self.train_nodes)))
+        k = min(self.cfg.per_round, len(self.nodes))
+        devices = (
+            self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
+            if self.cfg.sampling == "slots"
+            else None
+        )
+        plan = self._plan(devices, k)
         config["server-round"] = server_round
-        self.stats = RoundStats(sampled=len(nodes), started=time.time())
-        return self._messages(nodes, arrays, config, MessageType.TRAIN)
+        self.stats = RoundStats(sampled=len(plan), started=time.time())
+        self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
+        self._cohort_of = {}
+        params = self.secure.train_params if self.secure else None
+        return self._messages(plan, arrays, config, MessageType.TRAIN, params=params)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -84,6 +147,8 @@ class ChurnFedAvg(FedAvg):
         replies = list(replies)
         s = self.stats
         s.received = len(replies)
+        if self.secure is not None:
+            return self._aggregate_secure(server_round, replies)
         total = np.zeros(0, dtype=np.float64)
         weight = 0.0
         for msg in replies:
@@ -98,11 +163,11 @@ class ChurnFedAvg(FedAvg):
             except (KeyError, TypeError, ValueError) as e:
                 s.refused.append({"device": node, "reason": f"malformed reply: {e}"})
                 continue
-            if not np.all(np.isfinite(params)):
-                s.refused.append({"device": node, "reason": "non-finite parameters"})
+            if not np.all(np.isfinite(params)) or not np.isfinite(n) or n < 0:
+                s.refused.append({"device": node, "reason": "non-finite parameters or weight"})
                 continue
-            if n <= 0:
-                continue  # a held-out device: it does not train
+            if n == 0:
+                continue  # a held-out device, or one with no labelled day yet
             total = params * n if total.size == 0 else total + params * n
             weight += n
             s.trained += 1
@@ -112,30 +177,115 @@ class ChurnFedAvg(FedAvg):
             return None, metrics
         return ArrayRecord({PARAMS_KEY: Array((total / weight).astype(np.float32))}), metrics
 
+    def _uploads(self, replies: list[Message], train: bool = True) -> dict[int, list[tuple[str, bytes]]]:
+        """Protected uploads by cohort; errors and malformed replies are refused and named."""
+        by_cohort: dict[int, list[tuple[str, bytes]]] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                self.stats.refused.append(
+                    {"device": str(node), "reason": f"client error: {msg.error.reason}"}
+                )
+                continue
+            if train:
+                self.stats.bytes_received += reply_bytes(msg)
+            else:
+                self.stats.eval_bytes += reply_bytes(msg)
+            try:
+                blob = msg.content.config_records[UPLOAD_RECORD][UPLOAD_KEY]
+                if not isinstance(blob, bytes):
+                    raise TypeError(f"upload is {type(blob).__name__}, not bytes")
+            except (KeyError, TypeError) as e:
+                self.stats.refused.append({"device": str(node), "reason": f"malformed reply: {e}"})
+                continue
+            by_cohort.setdefault(self._cohort_of.get(node, -1), []).append((str(node), blob))
+        return by_cohort
+
+    def _aggregate_secure(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.secure is not None and self.current is not None
+        s = self.stats
+        res = self.secure.aggregate(
+            self.secure.train_params, server_round, self._uploads(replies), self.current.size
+        )
+        s.refused += res.refused
+        s.trained = res.count
+        s.upload_bytes = res.upload_bytes
+        s.noise_std = res.noise_std
+        s.epsilon = (
+            self.secure.accountant.step(delta=self.cfg.delta) if self.secure.accountant.enabled else None
+        )
+        metrics = MetricRecord({"trained": res.count, "bytes": s.bytes_received})
+        if res.count == 0:
+            log(WARNING, "round %d: no cohort was unmasked; the model is unchanged", server_round)
+            return None, metrics
+        new = self.current + res.mean().astype(np.float32)
+        return ArrayRecord({PARAMS_KEY: Array(new.astype(np.float32))}), metrics
+
+    def _sum_eval(self, server_round: int, replies: Iterable[Message]) -> np.ndarray | None:
+        replies = list(replies)
+        if self.secure is None:
+            return sum_histograms(replies)
+        params = self.secure.eval_params
+        res = self.secure.aggregate(
+            params, server_round, self._uploads(replies, train=False), histogram_length(self.cfg.horizon)
+        )
+        return res.sum if res.count else None
+
+    # -- evaluation ---------------------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.eval_per_round <= 0:
+        k = min(self.cfg.eval_per_round, len(self.nodes))
+        if k <= 0:
             return []
-        nodes = self.rng.sample(self.eval_nodes, min(self.eval_per_round, len(self.eval_nodes)))
+        devices = (
+            self.rng.sample(self.eval_pool, min(k, len(self.eval_pool)))
+            if self.cfg.sampling == "slots"
+            else None
+        )
         config["server-round"] = server_round
-        return self._messages(nodes, arrays, config, MessageType.EVALUATE)
+        self._cohort_of = {}
+        return self._messages(
+            self._plan(devices, k),
+            arrays,
+            config,
+            MessageType.EVALUATE,
+            EVAL_COHORTS,
+            self.secure.eval_params if self.secure else None,
+        )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        summed = sum_histograms(replies)
+        summed = self._sum_eval(server_round, replies)
         if summed is None:
             return None
-        m = metrics_from_histogram(summed, self.horizon)
+        m = metrics_from_histogram(summed, self.cfg.horizon)
         self.stats.evaluation = m
-        return MetricRecord(m)  # type: ignore[arg-type]
+        return MetricRecord(m)
 
-    def evaluate_all(self, grid: Grid, arrays: ArrayRecord, timeout: float) -> dict[str, float]:
-        """Evaluate on every held-out device (before training and after the last round)."""
-        config = ConfigRecord({"server-round": 0})
-        replies = grid.send_and_receive(self._messages(self.eval_nodes, arrays, config, MessageType.EVALUATE),
-                                        timeout=timeout)
-        summed = sum_histograms(replies)
-        return {} if summed is None else metrics_from_histogram(summed, self.horizon)
+    def evaluate_all(
+        self, grid: Grid, arrays: ArrayRecord, server_round: int, timeout: float
+    ) -> dict[str, Any]:
+        """Evaluate on every held-out device (before training and after the last round).
+
+        Batches are as equal as possible, so every cohort reaches the key holder's minimum."""
+        config = ConfigRecord({"server-round": server_round})
+        total: np.ndarray | None = None
+        if self.cfg.sampling == "slots":
+            n_batches = max(1, -(-len(self.eval_pool) // len(self.nodes)))
+            batches = np.array_split(np.array(self.eval_pool, dtype=np.int64), n_batches)
+            plans = [self._plan([int(d) for d in b], len(b)) for b in batches]
+        else:
+            plans = [[(n, -1) for n in self.nodes]]
+        params = self.secure.eval_params if self.secure else None
+        for b, plan in enumerate(plans):
+            self._cohort_of = {}
+            msgs = self._messages(plan, arrays, config, MessageType.EVALUATE, EVAL_COHORTS + 1000 * b, params)
+            part = self._sum_eval(server_round, grid.send_and_receive(msgs, timeout=timeout))
+            if part is not None:
+                total = part if total is None else total + part
+        return {} if total is None else metrics_from_histogram(total, self.cfg.horizon)
 
 
 def sum_histograms(replies: Iterable[Message]) -> np.ndarray | None:
@@ -155,19 +305,15 @@ class ChurnFedAdam(FedAdam, ChurnFedAvg):
     """FedAdam's server optimiser on top of ChurnFedAvg's sampling and aggregation."""
 
 
-def make_strategy(
-    name: str, *, server_lr: float, train_nodes: list[int], eval_nodes: list[int], per_round: int,
-    eval_per_round: int, seed: int, horizon: int,
-) -> ChurnFedAvg:
+def make_strategy(cfg: RunConfig, nodes: list[int], state_dir: Path | None = None) -> ChurnFedAvg:
     """`fedavg`: weighted averaging; `fedadam`: FedAdam's server optimiser on the averaged update."""
     common: dict[str, Any] = {"min_available_nodes": 0, "min_train_nodes": 0, "min_evaluate_nodes": 0}
     strategy: ChurnFedAvg
-    if name == "fedavg":
+    if cfg.strategy == "fedavg":
         strategy = ChurnFedAvg(**common)
-    elif name == "fedadam":
-        strategy = ChurnFedAdam(eta=server_lr, eta_l=server_lr, **common)
+    elif cfg.strategy == "fedadam":
+        strategy = ChurnFedAdam(eta=cfg.server_lr, eta_l=cfg.server_lr, **common)
     else:
-        raise ValueError(f"unknown strategy {name!r}: use fedavg or fedadam")
-    strategy.setup(train_nodes=train_nodes, eval_nodes=eval_nodes, per_round=per_round,
-                   eval_per_round=eval_per_round, seed=seed, horizon=horizon)
+        raise ValueError(f"unknown strategy {cfg.strategy!r}: use fedavg or fedadam")
+    strategy.setup(cfg, nodes, state_dir)
     return strategy

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
 from fedchurn.shared.catalogue import BY_ID, CATEGORIES, CATEGORY_IDS
 
 SECONDS_PER_DAY = 86_400

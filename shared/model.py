@@ -12,6 +12,8 @@ from fedchurn.shared.model_format import DEFAULT_SPEC, INPUT_SCALE, ModelSpec, f
 class ChurnNet(nn.Module):
     """features -> hazard logits for days 1..H (a discrete-time survival model)."""
 
+    scale: torch.Tensor
+
     def __init__(self, spec: ModelSpec = DEFAULT_SPEC) -> None:
         super().__init__()
         self.spec = spec
@@ -30,7 +32,7 @@ class ChurnNet(nn.Module):
             for p, a in zip(self._ordered(), unflatten(params, self.spec), strict=True):
                 p.copy_(torch.from_numpy(np.ascontiguousarray(a)))
 
-    def _ordered(self) -> list[nn.Parameter]:
+    def _ordered(self) -> list[torch.Tensor]:
         return [self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias]
 
 

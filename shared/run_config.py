@@ -7,8 +7,12 @@ are the ones `[tool.flwr.app.config]` in pyproject.toml declares (a test checks 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from fedchurn.shared.evaluation import histogram_length
+from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams
 
 
 @dataclass(frozen=True)
@@ -25,12 +29,22 @@ class RunConfig:
     silence_days: int = 14
     activity: str = "sessions"  # comma-separated categories that count as activity
     events_file: str = ""  # a real event log instead of the synthetic population
-    local_epochs: int = 3
+    local_epochs: int = 2
     batch_size: int = 32
-    lr: float = 0.01
-    strategy: str = "fedavg"  # fedavg | fedadam
-    server_lr: float = 0.05  # FedAdam's eta
-    protection: str = "plaintext"
+    lr: float = 0.1  # local SGD (gradient scale kept, so averaging behaves like large-batch SGD)
+    strategy: str = "fedadam"  # fedavg | fedadam
+    server_lr: float = 0.1  # FedAdam's eta
+    protection: str = "secagg"  # secagg | ckks | plaintext (a labelled baseline, never for devices)
+    clip_norm: float = 0.5  # L2 bound of a device's uploaded update (the DP sensitivity)
+    coords_per_round: int = 680  # secagg: coordinates each device uploads per round (public choice)
+    quant_bits: int = 3  # signed levels -3..3 per coordinate, stochastic rounding
+    ring_bits: int = 8  # the ring holds max_cohort x 3 plus noise without wrapping
+    cohort_size: int = 20  # devices per cohort; a round's cohorts upload different coordinates
+    max_cohort: int = 32
+    k_min: int = 10  # smallest cohort the key holder will unmask
+    target_epsilon: float = 0.0  # 0: no differential privacy
+    delta: float = 1e-5
+    sampling: str = "slots"  # slots: K SuperNodes play devices the server draws; nodes: node = device
     out_dir: str = ""
     audit_db: str = ""
 
@@ -49,8 +63,76 @@ class RunConfig:
     def to_flower(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
+    def train_protection(self, noise_multiplier: float = 0.0) -> ProtectionParams:
+        """What a training upload is protected with; both sides build it from the run config.
+
+        With DP noise the ring needs headroom: the ring grows until the cohort sum plus noise fits,
+        and the coordinates per upload shrink so the upload stays within UPLOAD_BUDGET bytes."""
+        if self.protection == "ckks":
+            return CKKS_DEFAULT.replace(
+                clip_norm=self.clip_norm, noise_multiplier=noise_multiplier, k_min=self.k_min
+            )
+        last: ValueError | None = None
+        for ring in range(self.ring_bits, 33):
+            coords = self.coords_per_round
+            if ring > self.ring_bits:
+                coords = min(coords, (UPLOAD_BUDGET - UPLOAD_OVERHEAD) * 8 // ring)
+            try:
+                return DEFAULT.replace(
+                    mode=self.protection,
+                    clip_norm=self.clip_norm,
+                    coords_per_round=coords,
+                    quant_bits=self.quant_bits,
+                    ring_bits=ring,
+                    max_cohort=self.max_cohort,
+                    k_min=self.k_min,
+                    noise_multiplier=noise_multiplier,
+                )
+            except ValueError as e:
+                last = e
+        raise ValueError(f"no ring width fits these protection settings: {last}")
+
+    def eval_protection(self) -> ProtectionParams:
+        """Evaluation histograms: every coordinate, counts exact (7 ring units each), 12-bit ring."""
+        n = histogram_length(self.horizon)
+        clip = 1.5  # a device's histogram holds one count and one score in [0, 1]: norm <= sqrt(2)
+        if self.protection == "ckks":
+            return CKKS_DEFAULT.replace(clip_norm=clip, k_min=self.k_min)
+        return DEFAULT.replace(
+            mode=self.protection,
+            coords_per_round=None,
+            quant_bits=4,
+            ring_bits=12,
+            clip_norm=clip,
+            coord_clip_factor=math.sqrt(n) / clip,
+            k_min=self.k_min,
+            max_upload_bytes=4096,
+        )
+
     def activity_categories(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.activity.split(",") if c.strip())
+
+
+UPLOAD_BUDGET = 780  # bytes per device per round, all included (the brief's figure)
+UPLOAD_OVERHEAD = 100  # header (20) + sealed seed (80)
+
+
+def round_seed(seed: int, server_round: int, cohort: int) -> bytes:
+    """The public seed that chooses a cohort's coordinates in a round (32 bytes).
+
+    Each cohort of a round uploads its own random subset of coordinates, so a round of several
+    cohorts moves most of the model although each device sends only `coords_per_round` values."""
+    return hashlib.blake2b(f"fedchurn-round|{seed}|{server_round}|{cohort}".encode(), digest_size=32).digest()
+
+
+def cohort_count(n_devices: int, target: int, max_cohort: int, k_min: int) -> int:
+    """How many cohorts to split n devices into: about `target` each, never above `max_cohort`,
+    never below `k_min` when that can be helped."""
+    n = max(1, round(n_devices / max(target, 1)))
+    n = max(n, -(-n_devices // max_cohort))
+    while n > 1 and n_devices // n < k_min:
+        n -= 1
+    return n
 
 
 def is_eval_device(seed: int, device: int, fraction: float) -> bool:

@@ -62,7 +62,7 @@ def train_central_net(
         for k in range(0, len(x), batch):
             idx = order[k : k + batch]
             opt.zero_grad()
-            survival_nll(model(x[idx]), t[idx], e[idx]).backward()
+            survival_nll(model(x[idx]), t[idx], e[idx]).backward()  # type: ignore[no-untyped-call]
             opt.step()
     return model.get_vector()
 

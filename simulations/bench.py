@@ -20,8 +20,12 @@ def _features(quick: bool, console: Console) -> dict[str, Any]:
     devices = 10_000 if quick else 100_000
     with console.status(f"features: {devices:,} devices × 90 days…"):
         batch = bench_batch(devices=devices, days=90)
-    out: dict[str, Any] = {"one_device_90d_ms": bench_one_device(90), "batch_devices": devices,
-                           "batch_device_days": batch["device_days"], "batch_events": batch["events"]}
+    out: dict[str, Any] = {
+        "one_device_90d_ms": bench_one_device(90),
+        "batch_devices": devices,
+        "batch_device_days": batch["device_days"],
+        "batch_events": batch["events"],
+    }
     out["batch_100k_devices_s"] = batch["seconds"] * (100_000 / devices)
     out["batch_measured_s"] = batch["seconds"]
     if quick:
@@ -33,11 +37,17 @@ SECTIONS: dict[str, Section] = {"features": _features}
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
-def run_bench(quick: bool = False, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
+def run_bench(
+    quick: bool = False, console: Console | None = None, only: list[str] | None = None
+) -> dict[str, Any]:
     console = console or Console()
     if quick:
         console.print("[yellow]--quick[/]: smaller sizes; figures marked as extrapolated where they are")

@@ -9,14 +9,22 @@ from rich.console import Console
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.simulate import simulate
 
-DEMO = RunConfig(num_server_rounds=5, devices=300, per_round=40, eval_per_round=40, eval_fraction=0.3, seed=7,
-                 local_epochs=3)
+DEMO = RunConfig(
+    num_server_rounds=5,
+    devices=300,
+    per_round=40,
+    eval_per_round=40,
+    eval_fraction=0.3,
+    seed=7,
+)
 
 
 def run_demo(out: Path, console: Console) -> None:
     console.rule("fedchurn demo")
-    console.print(f"{DEMO.devices} simulated devices, {DEMO.num_server_rounds} rounds of {DEMO.per_round}, "
-                  f"seed {DEMO.seed}; Flower simulation engine; plaintext updates (baseline mode)")
+    console.print(
+        f"{DEMO.devices} simulated devices, {DEMO.num_server_rounds} rounds of {DEMO.per_round}, "
+        f"seed {DEMO.seed}; Flower simulation engine; plaintext updates (baseline mode)"
+    )
     from dataclasses import replace
 
     summary = simulate(replace(DEMO, out_dir=str(out)), console)
@@ -24,9 +32,17 @@ def run_demo(out: Path, console: Console) -> None:
     before = fed.get("initial_evaluation", {}).get("roc_auc")
     after = fed.get("final_evaluation", {}).get("roc_auc")
     xgb = summary.get("baselines", {}).get("xgboost", {}).get("roc_auc")
-    console.print(f"ROC-AUC on held-out devices: before training {before}, after {after}, centralised XGBoost {xgb}")
+    console.print(
+        f"ROC-AUC on held-out devices: before training {before}, after {after}, centralised XGBoost {xgb}"
+    )
     console.rule()
     console.print(f"results: [bold]{out.resolve()}[/]")
-    for name in ("metrics.json", "rounds.jsonl", "model/", "auc_by_round.png", "calibration.png",
-                 "survival_by_tier.png"):
+    for name in (
+        "metrics.json",
+        "rounds.jsonl",
+        "model/",
+        "auc_by_round.png",
+        "calibration.png",
+        "survival_by_tier.png",
+    ):
         console.print(f"  {out / name}")

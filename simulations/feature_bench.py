@@ -27,8 +27,13 @@ def bench_one_device(days: int = 90, repeats: int = 50, seed: int = 0) -> float:
     return float(np.median(times) * 1000)
 
 
-def bench_batch(devices: int = 100_000, days: int = 90, seed: int = 0, chunk: int = 200,
-                progress: Callable[[int], None] | None = None) -> dict[str, float]:
+def bench_batch(
+    devices: int = 100_000,
+    days: int = 90,
+    seed: int = 0,
+    chunk: int = 200,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     """Seconds to turn a generated population's events into every device-day's feature vector.
 
     Generation is excluded (timed separately); the batch runs in chunks so memory stays bounded.
@@ -53,4 +58,10 @@ def bench_batch(devices: int = 100_000, days: int = 90, seed: int = 0, chunk: in
         events_total += len(ev)
         if progress:
             progress(c0 + n)
-    return {"devices": devices, "days": days, "seconds": extract, "device_days": n_vectors, "events": events_total}
+    return {
+        "devices": devices,
+        "days": days,
+        "seconds": extract,
+        "device_days": n_vectors,
+        "events": events_total,
+    }

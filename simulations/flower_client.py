@@ -41,8 +41,7 @@ def device_index(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
-def load_device(context: Context, cfg: RunConfig) -> LoadedDevice:
-    index = device_index(context)
+def load_device(context: Context, cfg: RunConfig, index: int) -> LoadedDevice:
     if cfg.events_file:
         arrays, today = _log(cfg.events_file)
         return LoadedDevice(index=index, events=arrays[index], today=today)
@@ -55,4 +54,4 @@ def load_device(context: Context, cfg: RunConfig) -> LoadedDevice:
     )
 
 
-app = make_client_app(load_device)
+app = make_client_app(load_device, device_index, accept_assigned_device=True)

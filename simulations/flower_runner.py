@@ -7,12 +7,15 @@ run `flwr run` on a generated app folder, and always stop the SuperLink afterwar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -92,7 +95,8 @@ def run_flower(
     home.mkdir(exist_ok=True)
     port = _free_port()
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "fedchurn"\n\n[superlink.fedchurn]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        '[superlink]\ndefault = "fedchurn"\n\n'
+        f'[superlink.fedchurn]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = {
         **os.environ,
@@ -104,6 +108,12 @@ def run_flower(
         "MKL_NUM_THREADS": "1",
     }
     log_path = work_dir / "flower.log"
+    # A SIGTERM must still stop the SuperLink (Python skips `finally` blocks on SIGTERM by default).
+    previous = (
+        signal.signal(signal.SIGTERM, _raise_exit)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     with log_path.open("w") as log:
         link = subprocess.Popen(
             [
@@ -155,8 +165,14 @@ def run_flower(
                 raise FlowerRunError(f"flwr run exited with {run.returncode}; see {log_path}")
         finally:
             _stop(link)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     if on_poll:
         on_poll()
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
@@ -182,10 +198,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, 15)
             proc.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=10)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedchurn.shared.catalogue import BY_ID, CATEGORIES, CATEGORY_IDS
 from fedchurn.shared.events import EVENT_DTYPE, SECONDS_PER_DAY
 from fedchurn.simulations.scenario import SEGMENTS, Scenario

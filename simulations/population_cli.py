@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import typer
-from fedchurn.simulations.scenario import ScenarioError, known_scenarios, load_scenario
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from fedchurn.simulations.scenario import ScenarioError, known_scenarios, load_scenario
 
 app = typer.Typer(
     help="Simulated device populations: behaviour histories in the event schema, ground truth kept apart.",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedchurn.shared.catalogue import CATEGORY_IDS
 
 Array = np.ndarray

@@ -8,11 +8,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fedchurn.server.run_output import load_model  # noqa: E402
-from fedchurn.shared.model_format import hazards, survival, tier  # noqa: E402
+from fedchurn.server.run_output import load_model
+from fedchurn.shared.model_format import hazards, survival, tier
 
 BASELINES = ("logreg", "xgboost", "central_net")
 

@@ -99,9 +99,13 @@ def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[s
                 )
             seen = len(lines)
 
-        run_flower(cfg, out / "flower", num_supernodes=n_devices, on_poll=poll)
+        supernodes = max(cfg.per_round, cfg.eval_per_round, 1) if cfg.sampling == "slots" else n_devices
+        run_flower(cfg, out / "flower", num_supernodes=supernodes, on_poll=poll)
     wall = time.time() - t0
-    fed = json.loads((out / "federated.json").read_text())
+    fed_path = out / "federated.json"
+    fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}
+    if fed.get("status") != "finished":
+        raise RuntimeError(f"the federated run did not finish; see {out / 'flower' / 'flower.log'}")
     params, _meta = load_model(out)
     summary: dict[str, Any] = {
         "config": asdict(cfg),

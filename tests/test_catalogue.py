@@ -5,6 +5,7 @@ import json
 
 import pytest
 from conftest import RunCli
+
 from fedchurn.shared import catalogue as cat
 from fedchurn.shared.feature_spec import FEATURES, features_fed_by
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from conftest import RunCli
+
 from fedchurn.shared.feature_spec import FEATURE_NAMES
 
 LOG = (

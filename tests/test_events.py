@@ -4,6 +4,9 @@ from datetime import date
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.shared.events import (
     MAX_TIMESTAMP,
@@ -16,8 +19,6 @@ from fedchurn.shared.events import (
     to_array,
     weekday,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 pairs = [(c.id, a.name) for c in CATEGORIES for a in c.actions]
 events_st = st.builds(

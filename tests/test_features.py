@@ -3,14 +3,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedchurn.client.aggregates import daily_aggregates, daily_aggregates_batch
 from fedchurn.client.features import extract_features
 from fedchurn.client.pipeline import device_features
 from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.shared.events import EVENT_DTYPE, Event, to_array
 from fedchurn.shared.feature_spec import CHANNEL_INDEX, FEATURE_INDEX, N_FEATURES
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 T0 = 1_767_225_600  # 2026-01-01 (a Thursday), day 20454
 D0 = T0 // 86_400

@@ -5,6 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from fedchurn.client.importer import ColumnMapping, ImportRowError, import_log, read_log, store_path
 from fedchurn.client.store import EventStore
 

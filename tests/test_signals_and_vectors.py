@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fedchurn.client.aggregates import daily_aggregates, history_days
 from fedchurn.client.features import extract_features
 from fedchurn.client.signals import SIGNAL_NAMES, SignalThresholds, signals

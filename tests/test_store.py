@@ -4,6 +4,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from fedchurn.client.store import EventStore
 from fedchurn.shared.catalogue import BY_ID
 from fedchurn.shared.events import Event, EventError, from_array

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fedchurn.client.aggregates import daily_aggregates, history_days
 from fedchurn.client.features import extract_features
 from fedchurn.client.signals import SIGNAL_NAMES, signals

@@ -1,0 +1,122 @@
+"""Writes a federated run into the audit database the transparency API serves.
+
+One record per run (configuration, protection, DP settings, model) and one per round; a round
+is recorded once (the store refuses a second write), and the run is closed with the final
+evaluation and the model card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fedchurn.server.audit import AuditStore
+from fedchurn.shared.catalogue import CATEGORY_IDS
+from fedchurn.shared.feature_spec import FEATURES
+from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, HORIZON_DAYS
+from fedchurn.shared.protection import MODE_LABELS, PARTY_VIEWS, ProtectionParams
+from fedchurn.shared.run_config import RunConfig
+
+LOGIC = (
+    "On the device, 127 features summarise the last 1-28 days of each behaviour category (counts, "
+    "trends, days since last use), an activity index against the user's own baseline, segment signals "
+    "(discounts, content, friends, carts) and static context. A small neural network turns them into "
+    f"the probability that the user stops using the app on each of the next {HORIZON_DAYS} days; the "
+    f"churn risk is the chance of stopping within {HORIZON_DAYS} days, shown as a 0-100 score, and "
+    f"users at {HIGH_RISK:.2f} or above are in the high-risk tier. The score never leaves the device."
+)
+
+
+def _views(party: str) -> str:
+    for v in PARTY_VIEWS:
+        if v.party == party:
+            return "; ".join((*v.learns,))
+    return ""
+
+
+def protection_record(cfg: RunConfig, params: ProtectionParams | None) -> dict[str, Any]:
+    if params is None:
+        return {
+            "mode": "plaintext",
+            "params": {"label": MODE_LABELS["plaintext"]},
+            "upload_bytes": 4 * DEFAULT_SPEC.n_params,
+            "aggregator_learns": "every device's new model parameters, in the clear (baseline mode)",
+            "keyholder_learns": "nothing (no key holder in plaintext mode)",
+        }
+    upload = params.upload_bytes(DEFAULT_SPEC.n_params) if params.mode == "secagg" else 0
+    return {
+        "mode": params.mode,
+        "params": params.to_dict(),
+        "upload_bytes": upload,
+        "aggregator_learns": _views("aggregator"),
+        "keyholder_learns": _views("key_holder"),
+    }
+
+
+def feature_group_importance(params_vector: Any) -> dict[str, float]:
+    """Share of first-layer weight magnitude per source category: which data drive the score."""
+    import numpy as np
+
+    from fedchurn.shared.model_format import INPUT_SCALE, unflatten
+
+    w1 = unflatten(np.asarray(params_vector))[0]
+    per_feature = np.abs(w1).sum(axis=0) / INPUT_SCALE
+    out = dict.fromkeys(CATEGORY_IDS, 0.0)
+    for f, v in zip(FEATURES, per_feature, strict=True):
+        for c in f.categories:
+            out[c] += float(v) / len(f.categories)
+    total = sum(out.values()) or 1.0
+    return {c: v / total for c, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+class RunAudit:
+    """The run's audit trail; every method is a no-op when no database is configured."""
+
+    def __init__(self, cfg: RunConfig, params: ProtectionParams | None, dp: dict[str, Any]) -> None:
+        self.store = AuditStore(cfg.audit_db) if cfg.audit_db else None
+        self.run_id = ""
+        if self.store:
+            self.run_id = self.store.start_run(
+                config=asdict(cfg),
+                protection=protection_record(cfg, params),
+                dp=dp,
+                model={
+                    "name": "fedchurn survival net",
+                    "version": "0",
+                    "n_params": DEFAULT_SPEC.n_params,
+                    "layers": DEFAULT_SPEC.to_dict(),
+                },
+            )
+
+    def round(self, record: dict[str, Any], started: float, finished: float) -> None:
+        if not self.store:
+            return
+        self.store.record_round(
+            self.run_id,
+            record["round"],
+            started_at=started,
+            finished_at=finished,
+            sampled=record["sampled"],
+            received=record["received"],
+            refused=record["refused"],
+            bytes_received=record["bytes_received"],
+            protection_mode=record["protection"],
+            dp_noise_std=record.get("dp_noise_std"),
+            epsilon_spent=record.get("epsilon"),
+            metrics={k: v for k, v in record.get("evaluation", {}).items() if not isinstance(v, list)},
+        )
+
+    def finish(
+        self, cfg: RunConfig, final: dict[str, Any], params_vector: Any, status: str = "completed"
+    ) -> None:
+        if not self.store:
+            return
+        metrics = {k: v for k, v in final.items() if not isinstance(v, list)}
+        card = {
+            "version": str(cfg.num_server_rounds),
+            "training_rounds": cfg.num_server_rounds,
+            "metrics": metrics,
+            "logic": LOGIC,
+            "feature_group_importance": feature_group_importance(params_vector),
+        }
+        self.store.finish_run(self.run_id, status, final_metrics=metrics, model_card=card)

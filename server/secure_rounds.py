@@ -1,0 +1,134 @@
+"""The server side of protected rounds: cohorts, the key holder, DP calibration and accounting.
+
+In simulation the key holder runs in-process (its own object, its own state file); in deployment
+the same calls go to `server.keyholder_service` over HTTP. The aggregator never holds an
+individual update: `server.secure_sum.CohortAggregator` sums masked vectors in the ring and the
+key holder returns only the cohort's mask sum (plus DP noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedchurn.client.flower_app import COHORT_KEY, KEY_KEY, MODEL_VERSION_KEY, NOISE_KEY, ROUND_SEED_KEY
+from fedchurn.server.dp import PrivacyAccountant, calibrate_noise_multiplier
+from fedchurn.server.keyholder import KeyHolder
+from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
+from fedchurn.shared.protection import ProtectionParams
+from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
+
+ACCOUNTANT = "dp-accounting RDP, fixed-size sampling without replacement (replace-one)"
+
+
+@dataclass
+class CohortSum:
+    """Sum of the accepted vectors of every cohort of one round, and what was refused."""
+
+    sum: np.ndarray
+    coord_count: np.ndarray  # devices whose upload covered each coordinate
+    count: int = 0
+    refused: list[dict[str, str]] = field(default_factory=list)
+    upload_bytes: int = 0
+    noise_std: float = 0.0
+    cohorts: int = 0
+
+    def mean(self) -> np.ndarray:
+        """Per-coordinate mean over the devices that uploaded it (0 where none did)."""
+        return np.divide(self.sum, self.coord_count, out=np.zeros_like(self.sum), where=self.coord_count > 0)
+
+
+class SecureRounds:
+    def __init__(self, cfg: RunConfig, n_train_devices: int, state_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.noise_multiplier = 0.0
+        if cfg.target_epsilon > 0:
+            self.noise_multiplier = calibrate_noise_multiplier(
+                cfg.target_epsilon,
+                cfg.delta,
+                sample_rate=cfg.per_round / max(n_train_devices, 1),
+                rounds=cfg.num_server_rounds,
+                sampling="fixed",
+                population=n_train_devices,
+            )
+            self.accountant = PrivacyAccountant(
+                self.noise_multiplier,
+                cfg.per_round / max(n_train_devices, 1),
+                sampling="fixed",
+                population=n_train_devices,
+            )
+        else:
+            self.accountant = PrivacyAccountant.none()
+        self.train_params = cfg.train_protection(self.noise_multiplier)
+        self.eval_params = cfg.eval_protection()
+        self.keyholder = KeyHolder.generate(
+            state_path=state_path, k_min=cfg.k_min, min_noise_multiplier=self.noise_multiplier
+        )
+        self.key = (
+            self.keyholder.ckks_public_context() if cfg.protection == "ckks" else self.keyholder.public_key()
+        )
+
+    def cohorts(self, n_devices: int, params: ProtectionParams) -> int:
+        return cohort_count(n_devices, self.cfg.cohort_size, params.max_cohort, self.cfg.k_min)
+
+    def message_config(self, params: ProtectionParams, server_round: int, cohort: int) -> dict[str, Any]:
+        return {
+            ROUND_SEED_KEY: round_seed(self.cfg.seed, server_round, cohort),
+            COHORT_KEY: cohort,
+            MODEL_VERSION_KEY: server_round,
+            KEY_KEY: self.key,
+            NOISE_KEY: params.noise_multiplier,
+        }
+
+    def aggregate(
+        self, params: ProtectionParams, server_round: int, uploads: dict[int, list[tuple[str, bytes]]], n: int
+    ) -> CohortSum:
+        """Sum each cohort's uploads through the key holder; a refused cohort contributes nothing."""
+        out = CohortSum(sum=np.zeros(n), coord_count=np.zeros(n))
+        for cohort, items in sorted(uploads.items()):
+            agg = CohortAggregator(
+                params,
+                server_round,
+                cohort,
+                server_round,
+                round_seed(self.cfg.seed, server_round, cohort),
+                n,
+                ckks_public_context=self.key if params.mode == "ckks" else None,
+            )
+            for device, blob in items:
+                verdict = agg.add(device, blob)
+                if not verdict.accepted:
+                    out.refused.append(
+                        {
+                            "device": device,
+                            "reason": f"{verdict.reason.value}: {verdict.detail}"
+                            if verdict.reason
+                            else verdict.detail,
+                        }
+                    )
+            out.upload_bytes += agg.bytes_received
+            try:
+                res = agg.finalize(self.keyholder)
+            except CohortRefusedError as e:
+                out.refused.append({"device": f"cohort {cohort}", "reason": f"{e.reason.value}: {e.detail}"})
+                out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in e.dropped]
+                continue
+            out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in res.dropped]
+            out.sum += res.sum
+            out.coord_count[res.selected] += res.count
+            out.count += res.count
+            out.noise_std = max(out.noise_std, res.noise_std)
+            out.cohorts += 1
+        return out
+
+    def dp_record(self) -> dict[str, Any]:
+        return {
+            "target_epsilon": self.cfg.target_epsilon or None,
+            "delta": self.cfg.delta,
+            "accountant": ACCOUNTANT if self.accountant.enabled else "none",
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.cfg.clip_norm,
+        }

@@ -1,0 +1,368 @@
+"""The aggregator (leader): validate uploads, sum a cohort in the ring, unmask via the key holder, dequantise.
+
+It only ever holds masked ring vectors (uniformly random on their own), ciphertexts, or, in the
+plaintext baseline, floats it warns about. Every refusal returns a `Verdict` with a
+machine-readable reason before anything is added, so a bad upload never touches the sum, and
+`finalize` raises `CohortRefusedError` rather than return a partial or unverified result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedchurn.server.keyholder import (
+    CkksSumRequest,
+    CkksSumResponse,
+    Dropped,
+    KeyHolderRefusedError,
+    MaskSumRequest,
+    MaskSumResponse,
+    SealedEntry,
+)
+from fedchurn.shared import wire
+from fedchurn.shared.protection import ProtectionParams, round_seed_bytes, select_coordinates
+from fedchurn.shared.wire import Reason
+
+log = logging.getLogger(__name__)
+
+
+class PlaintextModeWarning(UserWarning):
+    """Raised (as a warning) whenever plaintext uploads are aggregated: a baseline, not a deployment."""
+
+
+class CohortRefusedError(Exception):
+    """No result for this cohort (too few devices, key holder refused, ...); nothing was applied."""
+
+    def __init__(self, reason: Reason, detail: str, dropped: Sequence[Dropped] = ()) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.dropped = tuple(dropped)
+
+
+class KeyHolderClient(Protocol):
+    """What the aggregator needs from a key holder: the in-process `KeyHolder` or the HTTP client."""
+
+    def mask_sum(self, request: MaskSumRequest) -> MaskSumResponse: ...
+
+    def ckks_decrypt_sum(self, request: CkksSumRequest) -> CkksSumResponse: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    device_id: str
+    accepted: bool
+    reason: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """The dequantised SUM of the included updates (dense, zeros outside `selected`) and its provenance."""
+
+    mode: str
+    label: str
+    round_id: int
+    cohort_id: int
+    model_version: int
+    sum: np.ndarray  # float64, length n_params
+    count: int
+    included: tuple[str, ...]
+    selected: np.ndarray  # coordinates this round updated
+    dropped: tuple[Dropped, ...]
+    bytes_received: int
+    noise_std: float  # std of the DP noise in `sum` per selected coordinate (0: no DP)
+
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.count, 1)
+
+    def summary(self) -> dict[str, Any]:
+        """Audit-log view: no vectors, every refusal named."""
+        return {
+            "mode": self.mode,
+            "label": self.label,
+            "round_id": self.round_id,
+            "cohort_id": self.cohort_id,
+            "model_version": self.model_version,
+            "count": self.count,
+            "included": list(self.included),
+            "dropped": [{"device_id": d.device_id, "reason": d.reason.value} for d in self.dropped],
+            "n_selected": int(self.selected.size),
+            "bytes_received": self.bytes_received,
+            "noise_std": self.noise_std,
+        }
+
+
+def mean_update(results: Sequence[AggregateResult], n_params: int) -> np.ndarray:
+    """Average update over several cohorts of one round (sum of sums / total count)."""
+    total = np.zeros(n_params, dtype=np.float64)
+    count = 0
+    for r in results:
+        total += r.sum
+        count += r.count
+    return total / max(count, 1)
+
+
+def apply_update(
+    weights: np.ndarray, results: Sequence[AggregateResult], server_lr: float = 1.0
+) -> np.ndarray:
+    """New float32 weights: old + server_lr x mean update; coordinates not selected this round stay."""
+    w = np.asarray(weights, dtype=np.float32)
+    return (w + server_lr * mean_update(results, w.size)).astype(np.float32)
+
+
+@dataclass
+class _Upload:
+    values: Any  # masked ring vector (secagg), float vector (plaintext) or list of CKKS vectors
+    sealed_seed: bytes
+    payload_digest: bytes
+
+
+@dataclass
+class CohortAggregator:
+    """One cohort of one round. `add` each upload, then `finalize` once with a key holder client."""
+
+    params: ProtectionParams
+    round_id: int
+    cohort_id: int
+    model_version: int
+    round_seed: bytes | int
+    n_params: int
+    ckks_public_context: bytes | None = None
+    bytes_received: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self._seed = round_seed_bytes(self.round_seed)
+        self._m = p.n_coords(self.n_params)
+        self._selected = select_coordinates(p, self._seed, self.n_params)
+        self._digest = p.config_digest(self._seed, self.n_params)
+        self._tag = self._digest[: wire.CONFIG_TAG_LEN]
+        self._uploads: dict[str, _Upload] = {}
+        self._seals: set[bytes] = set()
+        self._refused: list[Dropped] = []
+        self._closed = False
+        self._ring_mask = np.uint64((1 << p.ring_bits) - 1)
+        self._sum: Any = np.zeros(self._m, dtype=np.uint64 if p.mode == "secagg" else np.float64)
+        self._ctx: Any = None
+        if p.mode == "secagg":
+            p.check_ring(self.n_params)
+            self._expected = p.upload_bytes(self.n_params)
+            if self._expected > p.max_upload_bytes:
+                raise ValueError(
+                    f"uploads of {self._expected} B exceed max_upload_bytes={p.max_upload_bytes}"
+                )
+        elif p.mode == "plaintext":
+            self._expected = p.upload_bytes(self.n_params)
+            self._warn()
+        else:
+            if self.ckks_public_context is None:
+                raise ValueError("CKKS mode needs the key holder's public context")
+            from fedchurn.client.ckks import load_public_context
+
+            self._ctx = load_public_context(self.ckks_public_context)
+            self._sum = None
+
+    def _warn(self) -> None:
+        msg = (
+            f"PLAINTEXT MODE (round {self.round_id}, cohort {self.cohort_id}): updates arrive in the clear; "
+            "baseline only, NOT PRIVATE"
+        )
+        warnings.warn(msg, PlaintextModeWarning, stacklevel=3)
+        log.warning(msg)
+
+    @property
+    def count(self) -> int:
+        return len(self._uploads)
+
+    @property
+    def selected(self) -> np.ndarray:
+        return self._selected
+
+    def _refuse(self, device_id: str, reason: Reason, detail: str) -> Verdict:
+        self._refused.append(Dropped(device_id, reason))
+        log.info("refused upload from %s: %s (%s)", device_id, reason.value, detail)
+        return Verdict(device_id, False, reason, detail)
+
+    def add(self, device_id: str, blob: bytes) -> Verdict:
+        """Validate one upload completely, then (and only then) add it to the cohort sum."""
+        self.bytes_received += len(blob)
+        p = self.params
+        if self._closed:
+            return self._refuse(device_id, Reason.COHORT_CLOSED, "cohort already finalized")
+        if device_id in self._uploads:
+            return self._refuse(device_id, Reason.DUPLICATE_DEVICE, "one upload per device and round")
+        if len(blob) > p.max_upload_bytes:
+            return self._refuse(device_id, Reason.OVERSIZED, f"{len(blob)} B > {p.max_upload_bytes} B")
+        try:
+            h = wire.Header.parse(blob)
+            checks = (
+                (h.mode == p.wire_mode, Reason.WRONG_MODE, f"mode {h.mode.name}"),
+                (h.round_id == self.round_id, Reason.WRONG_ROUND, f"round {h.round_id} != {self.round_id}"),
+                (h.cohort_id == self.cohort_id, Reason.WRONG_COHORT, f"cohort {h.cohort_id}"),
+                (
+                    h.model_version == self.model_version,
+                    Reason.WRONG_MODEL_VERSION,
+                    f"model {h.model_version}",
+                ),
+                (h.config_tag == self._tag, Reason.WRONG_CONFIG, "parameters or round seed differ"),
+            )
+            for ok, reason, detail in checks:
+                if not ok:
+                    return self._refuse(device_id, reason, detail)
+            if self.count >= p.max_cohort:
+                return self._refuse(device_id, Reason.COHORT_FULL, f"max_cohort={p.max_cohort}")
+            upload = self._parse_body(blob)
+        except wire.WireError as e:
+            return self._refuse(device_id, e.reason, e.detail)
+        if upload.sealed_seed:
+            sid = upload.sealed_seed[: wire.X25519_KEY_LEN]
+            if sid in self._seals:
+                return self._refuse(
+                    device_id, Reason.DUPLICATE_SEAL, "this sealed seed was already submitted"
+                )
+            self._seals.add(sid)
+        self._accumulate(upload.values, +1)
+        self._uploads[device_id] = upload
+        return Verdict(device_id, True)
+
+    def _parse_body(self, blob: bytes) -> _Upload:
+        p, body = self.params, blob[wire.HEADER_LEN :]
+        if p.mode == "secagg":
+            if len(blob) != self._expected:
+                raise wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {self._expected} B")
+            sealed, payload = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
+            values = wire.unpack_bits(payload, p.ring_bits, self._m)
+            return _Upload(values, sealed, wire.sha256(payload))
+        if p.mode == "plaintext":
+            if len(blob) != self._expected:
+                raise wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {self._expected} B")
+            values = np.frombuffer(body, dtype="<f4").astype(np.float64)
+            if not np.all(np.isfinite(values)):
+                raise wire.WireError(Reason.NON_FINITE, "NaN or infinity in a plaintext update")
+            return _Upload(values, b"", b"")
+        import tenseal as ts
+
+        try:
+            vecs = [ts.ckks_vector_from(self._ctx, c) for c in wire.parse_ckks_body(body)]
+        except wire.WireError:
+            raise
+        except Exception as e:  # TenSEAL raises plain exceptions on malformed input
+            raise wire.WireError(Reason.MALFORMED_PAYLOAD, f"not a CKKS vector: {e}") from None
+        slots = p.ckks_poly_modulus // 2
+        sizes = [v.size() for v in vecs]
+        want = [min(slots, self._m - i) for i in range(0, self._m, slots)]
+        if sizes != want:
+            raise wire.WireError(Reason.WRONG_LENGTH, f"CKKS chunk sizes {sizes}, expected {want}")
+        return _Upload(vecs, b"", b"")
+
+    def _accumulate(self, values: Any, sign: int) -> None:
+        if self.params.mode == "secagg":
+            v = values if sign > 0 else (np.uint64(0) - values)
+            self._sum = (self._sum + v) & self._ring_mask
+        elif self.params.mode == "plaintext":
+            self._sum = self._sum + sign * values
+        elif self._sum is None:
+            self._sum = [v.copy() for v in values]
+        else:
+            self._sum = [a + b for a, b in zip(self._sum, values, strict=True)]
+
+    def finalize(self, keyholder: KeyHolderClient) -> AggregateResult:
+        """Unmask (secagg) or decrypt (ckks) the cohort sum through the key holder; dequantise."""
+        if self._closed:
+            raise CohortRefusedError(Reason.COHORT_CLOSED, "finalize was already called")
+        self._closed = True
+        p = self.params
+        k = p.k_min
+        if self.count < k:
+            raise CohortRefusedError(
+                Reason.COHORT_TOO_SMALL, f"{self.count} accepted uploads < k={k}", self._refused
+            )
+        try:
+            if p.mode == "secagg":
+                values, included, dropped, noise = self._finalize_secagg(keyholder)
+            elif p.mode == "ckks":
+                values, included, dropped, noise = self._finalize_ckks(keyholder)
+            else:
+                self._warn()
+                values, included, dropped, noise = self._sum, tuple(self._uploads), (), 0.0
+        except KeyHolderRefusedError as e:
+            raise CohortRefusedError(
+                e.reason, f"key holder: {e.detail}", [*self._refused, *e.dropped]
+            ) from None
+        dense = np.zeros(self.n_params, dtype=np.float64)
+        dense[self._selected] = values
+        return AggregateResult(
+            mode=p.mode,
+            label=p.label,
+            round_id=self.round_id,
+            cohort_id=self.cohort_id,
+            model_version=self.model_version,
+            sum=dense,
+            count=len(included),
+            included=tuple(included),
+            selected=self._selected,
+            dropped=(*self._refused, *dropped),
+            bytes_received=self.bytes_received,
+            noise_std=noise,
+        )
+
+    def _finalize_secagg(
+        self, keyholder: KeyHolderClient
+    ) -> tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]:
+        p = self.params
+        entries = tuple(SealedEntry(d, u.sealed_seed, u.payload_digest) for d, u in self._uploads.items())
+        req = MaskSumRequest(
+            self.round_id, self.cohort_id, self.model_version, self._seed, self.n_params, p, entries
+        )
+        resp = keyholder.mask_sum(req)
+        dropped_ids = {d.device_id for d in resp.dropped}
+        if set(resp.included) != set(self._uploads) - dropped_ids or len(resp.included) != len(
+            set(resp.included)
+        ):
+            raise CohortRefusedError(
+                Reason.BAD_REQUEST, "key holder's included set does not match the cohort"
+            )
+        if resp.mask_sum.shape != (self._m,):
+            raise CohortRefusedError(Reason.WRONG_LENGTH, "key holder's mask sum has the wrong length")
+        for d in dropped_ids:  # their masked vectors leave the sum: no partial mask is ever applied
+            self._accumulate(self._uploads[d].values, -1)
+        total = (self._sum - (resp.mask_sum.astype(np.uint64) & self._ring_mask)) & self._ring_mask
+        half = 1 << (p.ring_bits - 1)
+        signed = total.astype(np.int64) - np.where(total >= half, 1 << p.ring_bits, 0)
+        values = signed.astype(np.float64) / p.scale(self.n_params)
+        return values, resp.included, resp.dropped, resp.noise_std_int / p.scale(self.n_params)
+
+    def _finalize_ckks(
+        self, keyholder: KeyHolderClient
+    ) -> tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]:
+        from fedchurn.shared.wire import pack_ckks_body
+
+        body = pack_ckks_body([v.serialize() for v in self._sum])
+        ids = tuple(self._uploads)
+        req = CkksSumRequest(
+            self.round_id,
+            self.cohort_id,
+            self.model_version,
+            self._seed,
+            self.n_params,
+            self.params,
+            ids,
+            body,
+        )
+        resp = keyholder.ckks_decrypt_sum(req)
+        if resp.values.shape != (self._m,) or not np.all(np.isfinite(resp.values)):
+            raise CohortRefusedError(Reason.WRONG_LENGTH, "key holder's CKKS sum has the wrong shape")
+        return np.asarray(resp.values, dtype=np.float64), ids, (), resp.noise_std
+
+
+def expected_quantisation_error(params: ProtectionParams, n_params: int, count: int) -> float:
+    """Per-coordinate bound on |dequantised sum - clipped sum| from rounding alone (no noise): count / s."""
+    return count / params.scale(n_params) if math.isfinite(params.clip_norm) else 0.0

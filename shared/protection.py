@@ -1,0 +1,300 @@
+"""How a device's update is protected: the parameters, the public coordinate selection, and who learns what.
+
+`ProtectionParams` is the one contract the device, the aggregator and the key holder share. Its
+canonical bytes (`config_bytes`) are bound into every seal, so a party that changes any parameter
+(the clip norm, the noise, the coordinates) makes every seal of the round fail to open instead of
+silently weakening the protection. The derived quantities (quantisation scale, integer sensitivity,
+noise in ring units) live here so that all three parties compute them identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from fedchurn.shared import wire
+
+ModeName = Literal["secagg", "ckks", "plaintext"]
+
+# A discrete Gaussian exceeds 8 standard deviations with probability < 1e-15 per coordinate.
+NOISE_TAIL_SIGMAS = 8.0
+# Conditional stochastic rounding (Kairouz, Liu, Steinke 2021, "The Distributed Discrete Gaussian
+# Mechanism"): the norm bound holds for each draw with probability >= 1 - beta, beta = exp(-1/2).
+ROUNDING_BETA = math.exp(-0.5)
+
+MODE_LABELS: dict[str, str] = {
+    "secagg": "SECAGG (masked, key holder unmasks cohort sums only)",
+    "ckks": "CKKS (homomorphic encryption, key holder decrypts cohort sums only)",
+    "plaintext": "PLAINTEXT BASELINE - NOT PRIVATE - DO NOT DEPLOY",
+}
+
+
+def round_seed_bytes(round_seed: bytes | int) -> bytes:
+    """The 32-byte round seed: bytes as given, or a non-negative int as 32 bytes little-endian."""
+    if isinstance(round_seed, bytes):
+        if len(round_seed) != wire.ROUND_SEED_LEN:
+            raise ValueError(f"round seed must be {wire.ROUND_SEED_LEN} bytes")
+        return round_seed
+    if not 0 <= round_seed < 2 ** (8 * wire.ROUND_SEED_LEN):
+        raise ValueError("round seed int must be non-negative and below 2**256")
+    return round_seed.to_bytes(wire.ROUND_SEED_LEN, "little")
+
+
+@dataclass(frozen=True)
+class ProtectionParams:
+    """Everything the three parties must agree on for one round; validated at construction.
+
+    secagg: the device sends `coords_per_round` coordinates (chosen publicly per round), each
+    clipped, quantised to `quant_bits` signed levels with stochastic rounding and lifted into the
+    ring Z_{2^ring_bits}. The ring must hold `max_cohort` worst-case values plus the key holder's
+    noise (checked here), so no cohort sum wraps around.
+    """
+
+    mode: ModeName = "secagg"
+    coords_per_round: int | None = 453  # None: every coordinate
+    quant_bits: int = 4  # signed levels -(2^(q-1)-1) .. 2^(q-1)-1 per device and coordinate
+    ring_bits: int = 12
+    clip_norm: float = 1.0  # L2 bound of the uploaded coordinates (the DP sensitivity)
+    coord_clip_factor: float = 3.0  # each coordinate clipped to factor * clip_norm / sqrt(m)
+    noise_multiplier: float = 0.0  # DP noise std / clip_norm, added by the key holder; 0 = no DP
+    max_cohort: int = 128
+    k_min: int = 10
+    max_upload_bytes: int = 1024
+    ckks_poly_modulus: int = 4096
+    ckks_coeff_mod_bits: tuple[int, ...] = (60, 49)
+    ckks_scale_bits: int = 40
+
+    def __post_init__(self) -> None:
+        if self.mode not in wire.MODE_BY_NAME:
+            raise ValueError(f"mode must be one of {sorted(wire.MODE_BY_NAME)}, got {self.mode!r}")
+        if self.coords_per_round is not None and self.coords_per_round < 1:
+            raise ValueError("coords_per_round must be positive (or None for all)")
+        if not 2 <= self.quant_bits <= self.ring_bits <= wire.MAX_RING_BITS:
+            raise ValueError("need 2 <= quant_bits <= ring_bits <= 32")
+        if not (self.clip_norm > 0 and (math.isfinite(self.clip_norm) or self.mode == "plaintext")):
+            raise ValueError("clip_norm must be positive and finite (inf only in plaintext mode)")
+        if not (math.isfinite(self.coord_clip_factor) and self.coord_clip_factor > 0):
+            raise ValueError("coord_clip_factor must be positive")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError("noise_multiplier must be >= 0")
+        if not 1 <= self.k_min <= self.max_cohort <= wire.MAX_U32:
+            raise ValueError("need 1 <= k_min <= max_cohort")
+        if self.mode == "secagg" and self.coords_per_round is not None:
+            self.check_ring(self.coords_per_round)
+
+    # --- derived quantities (functions of n_params, because the model size is a parameter) ---
+
+    def n_coords(self, n_params: int) -> int:
+        """m: coordinates uploaded per round."""
+        if n_params < 1:
+            raise ValueError("n_params must be positive")
+        return n_params if self.coords_per_round is None else min(self.coords_per_round, n_params)
+
+    @property
+    def level(self) -> int:
+        """Largest quantised magnitude per device and coordinate: 2^(q-1) - 1."""
+        return 2 ** (self.quant_bits - 1) - 1
+
+    def coord_clip(self, n_params: int) -> float:
+        return self.coord_clip_factor * self.clip_norm / math.sqrt(self.n_coords(n_params))
+
+    def scale(self, n_params: int) -> float:
+        """Quantisation scale s: ring units per unit of update."""
+        return self.level / self.coord_clip(n_params)
+
+    def sensitivity_int(self, n_params: int) -> float:
+        """L2 bound of one device's quantised vector in ring units (conditional rounding, KLS21)."""
+        m = self.n_coords(n_params)
+        cs = self.clip_norm * self.scale(n_params)
+        return math.sqrt(cs**2 + m / 4 + math.sqrt(2 * math.log(1 / ROUNDING_BETA)) * (cs + math.sqrt(m) / 2))
+
+    def noise_std_int(self, n_params: int) -> float:
+        """Std of the key holder's discrete Gaussian noise, in ring units (0 without DP)."""
+        return self.noise_multiplier * self.sensitivity_int(n_params)
+
+    def noise_std(self, n_params: int) -> float:
+        """The same noise in units of the update (what the dequantised sum carries)."""
+        if self.mode == "secagg":
+            return self.noise_std_int(n_params) / self.scale(n_params)
+        return self.noise_multiplier * self.clip_norm if math.isfinite(self.clip_norm) else 0.0
+
+    def check_ring(self, n_params: int) -> None:
+        """Refuse parameters whose cohort sum (plus 8 sigma of noise) could wrap around the ring."""
+        worst = self.max_cohort * self.level + NOISE_TAIL_SIGMAS * self.noise_std_int(n_params)
+        if worst >= 2 ** (self.ring_bits - 1):
+            raise ValueError(
+                f"ring of {self.ring_bits} bits cannot hold {self.max_cohort} devices x {self.level} "
+                f"plus noise (needs {math.ceil(math.log2(worst + 1)) + 1} bits)"
+            )
+
+    def payload_bytes(self, n_params: int) -> int:
+        if self.mode == "secagg":
+            return wire.packed_len(self.n_coords(n_params), self.ring_bits)
+        if self.mode == "plaintext":
+            return 4 * self.n_coords(n_params)
+        raise ValueError("a CKKS payload's size is TenSEAL's; measure it")
+
+    def upload_bytes(self, n_params: int) -> int:
+        """Exact bytes of one upload (secagg: header + sealed seed + packed payload)."""
+        seal = wire.SEAL_LEN if self.mode == "secagg" else 0
+        return wire.HEADER_LEN + seal + self.payload_bytes(n_params)
+
+    @property
+    def wire_mode(self) -> wire.Mode:
+        return wire.MODE_BY_NAME[self.mode]
+
+    @property
+    def label(self) -> str:
+        """What every output carrying results under these parameters must say."""
+        return MODE_LABELS[self.mode]
+
+    # --- canonical encoding, bound into every seal ---
+
+    def config_bytes(self, round_seed: bytes | int, n_params: int) -> bytes:
+        """Canonical little-endian encoding of the parameters, model size and round seed (version 1)."""
+        mods = self.ckks_coeff_mod_bits
+        return b"".join(
+            [
+                wire.CONFIG_LABEL,
+                struct.pack(
+                    "<BIIBBdddIII",
+                    int(self.wire_mode),
+                    n_params,
+                    self.n_coords(n_params),
+                    self.quant_bits,
+                    self.ring_bits,
+                    self.clip_norm,
+                    self.coord_clip_factor,
+                    self.noise_multiplier,
+                    self.max_cohort,
+                    self.k_min,
+                    self.ckks_poly_modulus,
+                ),
+                struct.pack(f"<B{len(mods)}BB", len(mods), *mods, self.ckks_scale_bits),
+                round_seed_bytes(round_seed),
+            ]
+        )
+
+    def config_digest(self, round_seed: bytes | int, n_params: int) -> bytes:
+        return wire.sha256(self.config_bytes(round_seed, n_params))
+
+    def config_tag(self, round_seed: bytes | int, n_params: int) -> bytes:
+        return self.config_digest(round_seed, n_params)[: wire.CONFIG_TAG_LEN]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ckks_coeff_mod_bits"] = list(self.ckks_coeff_mod_bits)
+        d["label"] = self.label
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProtectionParams:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "ckks_coeff_mod_bits" in kw:
+            kw["ckks_coeff_mod_bits"] = tuple(kw["ckks_coeff_mod_bits"])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> ProtectionParams:
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT = ProtectionParams()
+CKKS_DEFAULT = ProtectionParams(mode="ckks", coords_per_round=None, max_upload_bytes=1 << 20)
+PLAINTEXT_DEFAULT = ProtectionParams(
+    mode="plaintext", coords_per_round=None, clip_norm=math.inf, max_upload_bytes=1 << 20
+)
+
+
+def select_coordinates(params: ProtectionParams, round_seed: bytes | int, n_params: int) -> np.ndarray:
+    """The m coordinates uploaded this round, ascending; public and the same for every device.
+
+    Partial Fisher-Yates over 0..n_params-1 driven by little-endian u32 words of the ChaCha20
+    keystream keyed by SHA-256(label || round seed), with rejection sampling so that every subset
+    is equally likely.
+    """
+    m = params.n_coords(n_params)
+    if m == n_params:
+        return np.arange(n_params, dtype=np.int64)
+    key = wire.sha256(wire.SELECT_LABEL + round_seed_bytes(round_seed))
+    words = _WordStream(key)
+    perm = list(range(n_params))
+    for i in range(m):
+        bound = n_params - i
+        limit = 2**32 - (2**32 % bound)
+        w = words.next()
+        while w >= limit:
+            w = words.next()
+        j = i + w % bound
+        perm[i], perm[j] = perm[j], perm[i]
+    return np.sort(np.asarray(perm[:m], dtype=np.int64))
+
+
+class _WordStream:
+    """Consecutive little-endian u32 words of a ChaCha20 keystream (regenerated longer when exhausted)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key, self._pos, self._buf = key, 0, b""
+
+    def next(self) -> int:
+        if self._pos + 4 > len(self._buf):
+            self._buf = wire.chacha20_keystream(self._key, max(4096, 2 * len(self._buf)))
+        (w,) = struct.unpack_from("<I", self._buf, self._pos)
+        self._pos += 4
+        return int(w)
+
+
+# --- who learns what, as data (docs/privacy.md explains it in prose) ---
+
+
+@dataclass(frozen=True)
+class PartyView:
+    party: str
+    sees: tuple[str, ...]
+    learns: tuple[str, ...]
+    can_do: tuple[str, ...]
+
+
+PARTY_VIEWS: tuple[PartyView, ...] = (
+    PartyView(
+        "device",
+        ("the model", "the round parameters and round seed", "the key holder's public key"),
+        ("nothing about other devices",),
+        ("upload one protected update per round",),
+    ),
+    PartyView(
+        "aggregator",
+        ("each upload: header, sealed seed, masked payload (uniform in the ring)", "cohort mask sums"),
+        ("the noisy sum of each cohort of >= k devices", "who took part and how many bytes they sent"),
+        ("drop devices", "refuse uploads", "choose cohorts (cannot reuse a seal across cohorts)"),
+    ),
+    PartyView(
+        "key_holder",
+        ("sealed seeds and payload digests, never payloads", "CKKS: the cohort-sum ciphertext"),
+        ("the masks (which carry no information)", "cohort sizes", "CKKS: the noise-free cohort sum"),
+        ("refuse cohorts < k", "answer each (round, cohort) and each seal once", "add DP noise"),
+    ),
+    PartyView(
+        "network_observer",
+        ("TLS-protected traffic: sizes and timing",),
+        ("that a device took part in a round",),
+        ("nothing else while TLS holds",),
+    ),
+    PartyView(
+        "malicious_device",
+        ("what any device sees",),
+        ("nothing about other devices",),
+        ("shift its cohort's sum by up to max_cohort-worth of ring range (no validity proofs)",),
+    ),
+)
+
+COLLUSION: dict[str, str] = {
+    "aggregator+key_holder": "see every individual update in the clear (masks subtracted)",
+    "aggregator+devices": "n-1 colluding devices of a cohort reveal the last one's noisy update",
+    "aggregator+sybil_devices": "the aggregator alone can fake k-1 devices; then only DP noise protects",
+}

@@ -1,0 +1,238 @@
+"""Byte formats of a device's upload: header, bit packing, mask stream and seal recipe (version 1).
+
+Every byte a device sends is defined here, so a Kotlin/Swift port has one module to mirror
+(docs/wire-format.md explains it byte by byte; tests/vectors/wire/ holds golden vectors). The
+cryptography is composed only from `cryptography` primitives: RFC 9180 HPKE (base mode,
+DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) seals the mask seed, and the
+RFC 8439 ChaCha20 keystream is the only pseudo-random generator. Nothing here is secret-dependent
+except the seal, and nothing here is home-made cryptography.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+import numpy as np
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+WIRE_VERSION = 1
+MAGIC = b"FC"
+HEADER_FORMAT = "<2sBBIII4s"  # magic, version, mode, round id, cohort id, model version, config tag
+HEADER_LEN = struct.calcsize(HEADER_FORMAT)  # 20
+CONFIG_TAG_LEN = 4
+DIGEST_LEN = 32  # SHA-256
+SEED_LEN = 32  # mask seed, fresh per upload from os.urandom
+ROUND_SEED_LEN = 32  # public per-round seed that selects the coordinates
+X25519_KEY_LEN = 32
+AEAD_TAG_LEN = 16
+SEAL_LEN = X25519_KEY_LEN + SEED_LEN + AEAD_TAG_LEN  # 80: HPKE enc || ciphertext || tag
+MAX_U32 = 2**32 - 1
+MAX_RING_BITS = 32
+CKKS_CHUNK_COUNT_LEN = 1
+CKKS_CHUNK_LEN_LEN = 4
+
+# Domain-separation labels: every derived value names its purpose and the format version.
+SEAL_INFO_LABEL = b"fedchurn/v1/seal"
+CONFIG_LABEL = b"fedchurn/v1/config"
+SELECT_LABEL = b"fedchurn/v1/select"
+CHACHA20_NONCE = bytes(16)  # 32-bit block counter 0 || 96-bit nonce 0; each key is used for one stream
+
+SEAL_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+
+
+class Mode(IntEnum):
+    """The header's mode byte."""
+
+    SECAGG = 1
+    CKKS = 2
+    PLAINTEXT = 3
+
+
+MODE_BY_NAME: dict[str, Mode] = {"secagg": Mode.SECAGG, "ckks": Mode.CKKS, "plaintext": Mode.PLAINTEXT}
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons for refusing an upload, a seal or a cohort (for the audit log)."""
+
+    BAD_MAGIC = "bad_magic"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    WRONG_MODE = "wrong_mode"
+    WRONG_ROUND = "wrong_round"
+    WRONG_COHORT = "wrong_cohort"
+    WRONG_MODEL_VERSION = "wrong_model_version"
+    WRONG_CONFIG = "wrong_config"
+    WRONG_LENGTH = "wrong_length"
+    OVERSIZED = "oversized"
+    MALFORMED_PAYLOAD = "malformed_payload"
+    NON_FINITE = "non_finite"
+    DUPLICATE_DEVICE = "duplicate_device"
+    DUPLICATE_SEAL = "duplicate_seal"
+    COHORT_FULL = "cohort_full"
+    COHORT_CLOSED = "cohort_closed"
+    SEAL_INVALID = "seal_invalid"
+    SEAL_ALREADY_USED = "seal_already_used"
+    COHORT_TOO_SMALL = "cohort_too_small"
+    COHORT_TOO_LARGE = "cohort_too_large"
+    ALREADY_ANSWERED = "already_answered"
+    DP_POLICY = "dp_policy"
+    BAD_REQUEST = "bad_request"
+    MODE_DISABLED = "mode_disabled"
+
+
+class WireError(ValueError):
+    """A byte string that is not a valid version-1 upload; `reason` says why."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Header:
+    """The 20-byte header every upload starts with (all integers little-endian)."""
+
+    mode: Mode
+    round_id: int
+    cohort_id: int
+    model_version: int
+    config_tag: bytes
+    version: int = WIRE_VERSION
+
+    def pack(self) -> bytes:
+        for name in ("round_id", "cohort_id", "model_version"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_U32:
+                raise ValueError(f"{name} must fit in an unsigned 32-bit integer, got {value}")
+        if len(self.config_tag) != CONFIG_TAG_LEN:
+            raise ValueError(f"config tag must be {CONFIG_TAG_LEN} bytes")
+        return struct.pack(
+            HEADER_FORMAT,
+            MAGIC,
+            self.version,
+            int(self.mode),
+            self.round_id,
+            self.cohort_id,
+            self.model_version,
+            self.config_tag,
+        )
+
+    @classmethod
+    def parse(cls, blob: bytes) -> Header:
+        """Parse and check magic, version and mode; the caller checks the values against its round."""
+        if len(blob) < HEADER_LEN:
+            raise WireError(Reason.WRONG_LENGTH, f"{len(blob)} bytes is shorter than the header")
+        magic, version, mode, round_id, cohort_id, model_version, tag = struct.unpack_from(
+            HEADER_FORMAT, blob
+        )
+        if magic != MAGIC:
+            raise WireError(Reason.BAD_MAGIC, f"magic {magic!r}")
+        if version != WIRE_VERSION:
+            raise WireError(Reason.UNSUPPORTED_VERSION, f"wire version {version}")
+        try:
+            parsed_mode = Mode(mode)
+        except ValueError:
+            raise WireError(Reason.WRONG_MODE, f"unknown mode byte {mode}") from None
+        return cls(parsed_mode, round_id, cohort_id, model_version, tag, version)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def seal_info(header: bytes, config_digest: bytes, payload_digest: bytes) -> bytes:
+    """HPKE `info` for a seed's seal: binds header (round, cohort, model), config and payload.
+
+    cryptography's single-shot HPKE takes `info` but no separate AAD; `info` enters the key
+    schedule, so a seal opens only under exactly this context, which is the binding we need.
+    """
+    if len(header) != HEADER_LEN or len(config_digest) != DIGEST_LEN or len(payload_digest) != DIGEST_LEN:
+        raise ValueError("seal context has the wrong lengths")
+    return SEAL_INFO_LABEL + header + config_digest + payload_digest
+
+
+def chacha20_keystream(key: bytes, n_bytes: int) -> bytes:
+    """The first n bytes of the RFC 8439 ChaCha20 keystream under `key` (counter 0, nonce 0)."""
+    if len(key) != 32:
+        raise ValueError("ChaCha20 key must be 32 bytes")
+    enc = Cipher(algorithms.ChaCha20(key, CHACHA20_NONCE), mode=None).encryptor()
+    return enc.update(bytes(n_bytes))
+
+
+def packed_len(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers < 2**bits LSB-first into a little-endian bit stream, zero-padded."""
+    _check_bits(bits)
+    v = np.asarray(values, dtype=np.uint64).ravel()
+    if v.size and int(v.max()) >> bits:
+        raise ValueError(f"value does not fit in {bits} bits")
+    shifts = np.arange(bits, dtype=np.uint64)
+    stream = ((v[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).ravel()
+    return np.packbits(stream, bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of `pack_bits`; refuses a wrong length or non-zero padding (one encoding per vector)."""
+    _check_bits(bits)
+    if len(data) != packed_len(count, bits):
+        raise WireError(Reason.WRONG_LENGTH, f"{len(data)} bytes for {count} values of {bits} bits")
+    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    if stream[count * bits :].any():
+        raise WireError(Reason.MALFORMED_PAYLOAD, "non-zero padding bits")
+    return _fields(stream, bits, count)
+
+
+def _fields(stream: np.ndarray, bits: int, count: int) -> np.ndarray:
+    grid = stream[: count * bits].reshape(count, bits).astype(np.uint64)
+    return (grid << np.arange(bits, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def mask_stream(seed: bytes, count: int, bits: int) -> np.ndarray:
+    """The mask: `count` ring elements, the keystream read as consecutive `bits`-bit fields.
+
+    Reads the first ceil(count * bits / 8) keystream bytes; the unused high bits of the last byte
+    are discarded.
+    """
+    _check_bits(bits)
+    ks = np.frombuffer(chacha20_keystream(seed, packed_len(count, bits)), dtype=np.uint8)
+    return _fields(np.unpackbits(ks, bitorder="little"), bits, count)
+
+
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= MAX_RING_BITS:
+        raise ValueError(f"bit width must be in 1..{MAX_RING_BITS}, got {bits}")
+
+
+def pack_ckks_body(chunks: list[bytes]) -> bytes:
+    """CKKS body: u8 chunk count, then per chunk u32 length and TenSEAL's serialised CKKSVector."""
+    if not 1 <= len(chunks) <= 255:
+        raise ValueError("1..255 ciphertext chunks")
+    out = [struct.pack("<B", len(chunks))]
+    for c in chunks:
+        out += [struct.pack("<I", len(c)), c]
+    return b"".join(out)
+
+
+def parse_ckks_body(body: bytes) -> list[bytes]:
+    if len(body) < CKKS_CHUNK_COUNT_LEN:
+        raise WireError(Reason.WRONG_LENGTH, "empty CKKS body")
+    n, pos, chunks = body[0], CKKS_CHUNK_COUNT_LEN, []
+    for _ in range(n):
+        if pos + CKKS_CHUNK_LEN_LEN > len(body):
+            raise WireError(Reason.WRONG_LENGTH, "truncated CKKS chunk length")
+        (size,) = struct.unpack_from("<I", body, pos)
+        pos += CKKS_CHUNK_LEN_LEN
+        if size == 0 or pos + size > len(body):
+            raise WireError(Reason.WRONG_LENGTH, "truncated CKKS chunk")
+        chunks.append(body[pos : pos + size])
+        pos += size
+    if n == 0 or pos != len(body):
+        raise WireError(Reason.WRONG_LENGTH, "CKKS body has trailing bytes or no chunk")
+    return chunks

@@ -1,0 +1,88 @@
+"""The key holder's HTTP service: same answers as in-process, bearer token, problem+json refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from fedchurn.client.protect import protect_update, selected_clipped
+from fedchurn.server.keyholder import KeyHolder, KeyHolderRefusedError
+from fedchurn.server.keyholder_service import PROBLEM_JSON, KeyHolderHttpClient, create_app
+from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
+from fedchurn.shared.protection import DEFAULT
+from fedchurn.shared.wire import Reason
+
+P, SEED = 2286, 5
+TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture
+def served() -> tuple[KeyHolder, TestClient]:
+    kh = KeyHolder.generate(k_min=10)
+    return kh, TestClient(create_app(kh, TOKEN))
+
+
+def _cohort(pk: bytes, n: int, cohort: int = 1) -> tuple[CohortAggregator, list[np.ndarray]]:
+    rng = np.random.default_rng(2)
+    agg = CohortAggregator(DEFAULT, 3, cohort, 1, SEED, P)
+    ups = [rng.normal(size=P) * 0.01 for _ in range(n)]
+    for i, u in enumerate(ups):
+        assert agg.add(f"d{i}", protect_update(u, DEFAULT, pk, 3, cohort, 1, SEED, rng)).accepted
+    return agg, ups
+
+
+def test_http_round_trip_matches_the_plaintext_sum(served: tuple[KeyHolder, TestClient]) -> None:
+    kh, http = served
+    client = KeyHolderHttpClient("http://testserver", TOKEN, client=http)
+    assert client.public_key() == kh.public_key()
+    agg, ups = _cohort(client.public_key(), 12)
+    res = agg.finalize(client)
+    ref = np.sum([selected_clipped(u, DEFAULT, SEED) for u in ups], axis=0)
+    assert np.abs(res.sum[res.selected] - ref).max() <= 12 / DEFAULT.scale(P)
+    agg2, _ = _cohort(client.public_key(), 12)
+    with pytest.raises(CohortRefusedError) as e:
+        agg2.finalize(client)
+    assert e.value.reason is Reason.ALREADY_ANSWERED
+
+
+def test_token_is_required(served: tuple[KeyHolder, TestClient]) -> None:
+    kh, http = served
+    agg, _ = _cohort(kh.public_key(), 10)
+    for token in ("wrong-token-0123456789abcdef",):
+        with pytest.raises(CohortRefusedError):
+            agg.finalize(KeyHolderHttpClient("http://testserver", token, client=http))
+    r = http.post("/v1/mask-sum", json={})
+    assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM_JSON)
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert not kh.answered(3, 1)
+
+
+def test_refusals_are_problem_json_with_reason(served: tuple[KeyHolder, TestClient]) -> None:
+    kh, http = served
+    client = KeyHolderHttpClient("http://testserver", TOKEN, client=http)
+    agg, _ = _cohort(kh.public_key(), 10)
+    agg._uploads.pop("d0")  # a cohort of 9 reaches the key holder only if the aggregator cheats
+    from fedchurn.server.keyholder import MaskSumRequest, SealedEntry
+
+    entries = tuple(SealedEntry(d, u.sealed_seed, u.payload_digest) for d, u in agg._uploads.items())
+    with pytest.raises(KeyHolderRefusedError) as e:
+        client.mask_sum(MaskSumRequest(3, 1, 1, (SEED).to_bytes(32, "little"), P, DEFAULT, entries))
+    assert e.value.reason is Reason.COHORT_TOO_SMALL
+    r = http.post("/v1/mask-sum", json={"round_id": -1}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM_JSON)
+    assert r.json()["reason"] == "bad_request"
+
+
+def test_every_route_declares_a_response_model(served: tuple[KeyHolder, TestClient]) -> None:
+    _, http = served
+    spec = http.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            assert "$ref" in str(op["responses"]["200"]), path
+    assert http.get("/v1/health").json()["status"] == "ok"
+
+
+def test_short_tokens_are_refused() -> None:
+    with pytest.raises(ValueError):
+        create_app(KeyHolder.generate(), "short")
