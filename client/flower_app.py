@@ -80,7 +80,7 @@ def conf_int(conf: ConfigRecord, key: str) -> int:
 
 
 def conf_float(conf: ConfigRecord, key: str) -> float:
-    value = conf[key] if key in conf else None
+    value = conf.get(key)
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return float(_conf(conf, key, float))  # type: ignore[arg-type]

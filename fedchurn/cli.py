@@ -198,6 +198,9 @@ def simulate(
             "--events", exists=True, dir_okay=False, help="Train on a real log (one user = one device)."
         ),
     ] = None,
+    mapping: Annotated[
+        str, typer.Option("--map", help="With --events: column mapping, e.g. user=uid,timestamp=t.")
+    ] = "",
     activity: Annotated[
         str, typer.Option(help="Categories that count as activity (comma-separated).")
     ] = "sessions",
@@ -245,6 +248,7 @@ def simulate(
         scenario=scenario,
         days=days,
         events_file=str(events.resolve()) if events else "",
+        events_map=mapping,
         activity=activity,
         horizon=horizon,
         silence_days=silence_days,

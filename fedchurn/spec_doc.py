@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from fedchurn.shared import feature_spec as fs
@@ -62,6 +63,10 @@ SECTIONS = {
 }
 
 
+def _literal(replacement: str) -> Callable[[re.Match[str]], str]:
+    return lambda _m: replacement
+
+
 def render(text: str) -> str:
     """Replace every generated section of `text` with its current rendering."""
     for name, fn in SECTIONS.items():
@@ -69,8 +74,8 @@ def render(text: str) -> str:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if not pattern.search(text):
             raise ValueError(f"section {name!r} markers are missing")
-        replacement = f"{begin}\n{fn()}\n{end}"
-        text = pattern.sub(lambda _m: replacement, text)
+        # A function, so that backslashes in the rendering are not read as group references.
+        text = pattern.sub(_literal(f"{begin}\n{fn()}\n{end}"), text)
     return text
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedchurn.shared.evaluation import histogram_length
+from fedchurn.shared import wire
 from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams
 
 
@@ -29,6 +30,7 @@ class RunConfig:
     silence_days: int = 14
     activity: str = "sessions"  # comma-separated categories that count as activity
     events_file: str = ""  # a real event log instead of the synthetic population
+    events_map: str = ""  # its column mapping, e.g. "user=uid,timestamp=time" (see client.importer)
     local_epochs: int = 2
     batch_size: int = 32
     lr: float = 0.1  # local SGD (gradient scale kept, so averaging behaves like large-batch SGD)
@@ -106,7 +108,7 @@ class RunConfig:
             clip_norm=clip,
             coord_clip_factor=math.sqrt(n) / clip,
             k_min=self.k_min,
-            max_upload_bytes=4096,
+            max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, 12),
         )
 
     def activity_categories(self) -> tuple[str, ...]:

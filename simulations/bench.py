@@ -33,7 +33,64 @@ def _features(quick: bool, console: Console) -> dict[str, Any]:
     return out
 
 
-SECTIONS: dict[str, Section] = {"features": _features}
+def _population(quick: bool, console: Console) -> dict[str, Any]:
+    from fedchurn.simulations.population_bench import bench_population
+
+    devices = 20_000 if quick else 100_000
+    with console.status(f"population: {devices:,} devices × 120 days…"):
+        r = bench_population(devices=devices, days=120, write=False)
+    out = {k: v for k, v in r.items() if isinstance(v, int | float)}
+    out["devices_100k_days_120_s"] = r["seconds"] * (100_000 / devices)
+    out["peak_rss_mb"] = r["peak_rss_mb"]
+    if quick:
+        out["devices_100k_days_120_s_note"] = f"extrapolated linearly from {devices:,} devices (--quick)"
+    return out
+
+
+def _protection(quick: bool, console: Console) -> dict[str, Any]:
+    import warnings
+
+    from fedchurn.server.secure_sum import PlaintextModeWarning
+    from fedchurn.shared.run_config import RunConfig
+    from fedchurn.simulations.protection_bench import BENCH_NOISE_MULTIPLIER, bench_protection
+
+    n = 200 if quick else 1000
+    with console.status(f"protection: {n} updates per mode…"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlaintextModeWarning)
+        # The product's default protection, with DP noise (which widens the ring, not the upload).
+        r = bench_protection(n, secagg=RunConfig().train_protection(BENCH_NOISE_MULTIPLIER))
+    rows = (
+        "fedchurn_default",
+        "fedchurn_ckks",
+        "fedchurn_plaintext",
+        "flower_plain_fedavg",
+        "flower_secaggplus",
+    )
+    out: dict[str, Any] = {"n_updates": n}
+    for key in ("upload_bytes", "protect_update_ms", "aggregate_1000_s"):
+        out[key] = {row: r[row].get(key) for row in rows if isinstance(r.get(row), dict)}
+    out["details"] = {row: r[row] for row in rows if isinstance(r.get(row), dict)}
+    return out
+
+
+def _api(quick: bool, console: Console) -> dict[str, Any]:
+    import shutil
+
+    from fedchurn.server.api_bench import bench_api
+
+    with console.status("transparency API: 100 connections on loopback…"):
+        r = bench_api(
+            connections=100, seconds=5 if quick else 10, tool="wrk" if shutil.which("wrk") else "httpx"
+        )
+    return {k: v for k, v in r.items() if isinstance(v, int | float | str)}
+
+
+SECTIONS: dict[str, Section] = {
+    "features": _features,
+    "population": _population,
+    "protection": _protection,
+    "api": _api,
+}
 
 
 def machine() -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Context
 
 from fedchurn.client.flower_app import LoadedDevice, make_client_app
-from fedchurn.client.importer import read_log
+from fedchurn.client.importer import ColumnMapping, read_log
 from fedchurn.shared.events import local_day
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.population import generate_device
@@ -26,9 +26,9 @@ def _scenario(name: str) -> Scenario:
 
 
 @lru_cache(maxsize=2)
-def _log(path: str) -> tuple[list[np.ndarray], int]:
+def _log(path: str, mapping: str) -> tuple[list[np.ndarray], int]:
     """A real log split per user (users sorted by id); today = the log's last local day."""
-    per_user = read_log(Path(path))
+    per_user = read_log(Path(path), ColumnMapping.parse(mapping))
     users = sorted(per_user)
     arrays = [per_user[u] for u in users]
     today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
@@ -43,7 +43,7 @@ def device_index(context: Context) -> int:
 
 def load_device(context: Context, cfg: RunConfig, index: int) -> LoadedDevice:
     if cfg.events_file:
-        arrays, today = _log(cfg.events_file)
+        arrays, today = _log(cfg.events_file, cfg.events_map)
         return LoadedDevice(index=index, events=arrays[index], today=today)
     hist = generate_device(cfg.seed, index, _scenario(cfg.scenario), cfg.days)
     return LoadedDevice(

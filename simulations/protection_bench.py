@@ -305,9 +305,11 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def bench_protection(n_updates: int = 1000, n_params: int = 2286) -> dict[str, Any]:
+def bench_protection(
+    n_updates: int = 1000, n_params: int = 2286, secagg: ProtectionParams | None = None
+) -> dict[str, Any]:
     """Every protection mode's upload size, client time and server time for `n_updates` updates."""
-    secagg = DEFAULT.replace(noise_multiplier=BENCH_NOISE_MULTIPLIER)
+    secagg = secagg or DEFAULT.replace(noise_multiplier=BENCH_NOISE_MULTIPLIER)
     ckks_measured = min(n_updates, CKKS_MEASURED_UPDATES)
     return {
         "n_params": n_params,

@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedchurn.client.importer import read_log
+from fedchurn.client.importer import ColumnMapping, read_log
 from fedchurn.server.run_output import load_model
 from fedchurn.shared.events import EVENT_DTYPE, local_day
 from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability
@@ -41,7 +41,7 @@ def population_dataset(cfg: RunConfig) -> Dataset:
 
 
 def log_dataset(cfg: RunConfig) -> Dataset:
-    per_user = read_log(Path(cfg.events_file))
+    per_user = read_log(Path(cfg.events_file), ColumnMapping.parse(cfg.events_map))
     arrays = [per_user[u] for u in sorted(per_user)]
     today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
     ev = np.concatenate(arrays)
@@ -50,14 +50,14 @@ def log_dataset(cfg: RunConfig) -> Dataset:
     return build_dataset(ev, dev, start, np.full(len(arrays), today), cfg)
 
 
-def log_devices(path: str) -> int:
-    return len(read_log(Path(path)))
+def log_devices(path: str, mapping: str) -> int:
+    return len(read_log(Path(path), ColumnMapping.parse(mapping)))
 
 
 def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_devices = log_devices(cfg.events_file) if cfg.events_file else cfg.devices
+    n_devices = log_devices(cfg.events_file, cfg.events_map) if cfg.events_file else cfg.devices
     cfg = replace(cfg, devices=n_devices, out_dir=str(out.resolve()))
     (out / "rounds.jsonl").unlink(missing_ok=True)
     (out / "config.json").write_text(
