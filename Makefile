@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TYPECHECK := build/typecheck
 
-.PHONY: install lint typecheck test test-all demo bench bench-api chromium clean
+.PHONY: install lint typecheck test test-all demo bench bench-api bench-policy chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fedchurn bench
+
+bench-policy: $(STAMP)
+	$(BIN)/fedchurn bench-policy --out results/bench_policy.json
 
 clean:
 	rm -rf build results .pytest_cache .mypy_cache .ruff_cache

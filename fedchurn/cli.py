@@ -364,6 +364,38 @@ def serve(
         _fail(str(e))
 
 
+@app.command("export-onnx")
+def export_onnx_cmd(
+    model: Annotated[Path, typer.Option(help="A run folder (or its model/ folder).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the .onnx file.")] = Path("model.onnx"),
+) -> None:
+    """Write the model as ONNX: input `features` [batch, 127]; hazards, survival, churn probability out."""
+    from fedchurn.onnx_export import export_run_model
+
+    try:
+        path = export_run_model(model, out)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"wrote {path}")
+
+
+@app.command("bench-policy")
+def bench_policy(
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 100_000,
+    days: Annotated[int, typer.Option(help="Days of history.")] = 120,
+    seed: Annotated[int, typer.Option(help="Population seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON here too.")] = None,
+) -> None:
+    """Scoring speed and what the retention policy does over a whole simulated population."""
+    from fedchurn.policy_bench import bench_scoring_policy
+
+    res = bench_scoring_policy(devices, days, seed)
+    text = json.dumps(res, indent=2)
+    sys.stdout.write(text + "\n")
+    if out:
+        out.write_text(text + "\n")
+
+
 @app.command("spec-doc")
 def spec_doc(
     path: Annotated[Path, typer.Argument(help="The client spec to update.")] = Path("docs/client-spec.md"),

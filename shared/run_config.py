@@ -11,8 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared import wire
+from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams
 
 

@@ -39,7 +39,7 @@ def _population(quick: bool, console: Console) -> dict[str, Any]:
     devices = 20_000 if quick else 100_000
     with console.status(f"population: {devices:,} devices × 120 days…"):
         r = bench_population(devices=devices, days=120, write=False)
-    out = {k: v for k, v in r.items() if isinstance(v, int | float)}
+    out: dict[str, Any] = {k: v for k, v in r.items() if isinstance(v, int | float)}
     out["devices_100k_days_120_s"] = r["seconds"] * (100_000 / devices)
     out["peak_rss_mb"] = r["peak_rss_mb"]
     if quick:

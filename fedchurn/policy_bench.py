@@ -1,0 +1,273 @@
+"""Scoring and retention-policy benchmark over a whole simulated population.
+
+What it measures: how many devices per second the numpy scoring path handles (forward pass alone,
+batch feature extraction + forward, and the one-device-at-a-time path a phone runs), and what
+the on-device policy does over every device's whole history: recalls sent, recalls per
+device-month, the most any device got in one calendar month, opt-outs and decisions by reason.
+
+Users' answers to recalls are simulated with a stated, deliberately pessimistic rule: a recall
+sent on day d is "accepted" when the device has a session on days d+1..d+3 and "rejected"
+otherwise (silence counted as rejection, so opt-outs are an upper bound), logged on day d+3. No
+simulated user opts back in. The policy runs through the same `step` function the device runs;
+days on which `step` could only log "no risk" (`is_quiet_day`) are counted without calling it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedchurn.client.aggregates import daily_aggregates_batch
+from fedchurn.client.features import extract_features
+from fedchurn.client.policy import (
+    R_NO_RISK,
+    SEGMENTS,
+    PolicyConfig,
+    PolicyInput,
+    PolicyState,
+    Response,
+    day_signals,
+    infer_segments,
+    is_quiet_day,
+    month_index,
+    step,
+)
+from fedchurn.client.scoring import score_device
+from fedchurn.client.signals import SIGNAL_NAMES
+from fedchurn.shared.events import EVENT_DTYPE
+from fedchurn.shared.feature_spec import CHANNEL_INDEX, FEATURE_INDEX
+from fedchurn.shared.model_format import churn_probability
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = Path("results/demo/model/params.npy")
+VECTOR_MODEL = ROOT / "tests" / "vectors" / "policy" / "model_params.json"
+RESPONSE_DAYS = 3
+
+
+def reference_params(demo_model: Path = DEMO_MODEL) -> tuple[np.ndarray, str]:
+    """The trained model to benchmark with: the demo run's, else the golden vectors' reference model."""
+    import json
+
+    if demo_model.exists():
+        return np.load(demo_model).astype(np.float32), str(demo_model)
+    if VECTOR_MODEL.exists():
+        doc = json.loads(VECTOR_MODEL.read_text())
+        return np.array(
+            doc["params"], dtype=np.float32
+        ), f"{VECTOR_MODEL.relative_to(ROOT)} (reference model)"
+    raise FileNotFoundError(f"no trained model: neither {demo_model} nor {VECTOR_MODEL} exists")
+
+
+def _device_policy(
+    days: np.ndarray,
+    prob: np.ndarray,
+    seg: np.ndarray,
+    promo: np.ndarray,
+    fired: np.ndarray,
+    quieted: np.ndarray,
+    sessions: np.ndarray,
+    cfg: PolicyConfig,
+    reasons: Counter[str],
+    actions: Counter[str],
+    contents: Counter[str],
+) -> tuple[int, int, bool]:
+    """Run the policy over one device's days; returns (recalls, most in one month, opted out at the end)."""
+    candidate = (prob >= min(cfg.high_risk, cfg.high_risk_during_promotion)) | fired.any(0) | quieted.any(0)
+    state = PolicyState()
+    pending: dict[int, list[Response]] = {}
+    per_month: Counter[int] = Counter()
+    recalls = 0
+    quiet_days = 0
+    for k in range(len(days)):
+        if state.episode_start is None and k not in pending and not candidate[k]:
+            quiet_days += 1
+            continue
+        inp = PolicyInput(
+            day=int(days[k]),
+            probability=float(prob[k]),
+            segment=SEGMENTS[int(seg[k])],
+            promotion=bool(promo[k]),
+            signals=frozenset(SIGNAL_NAMES[j] for j in np.flatnonzero(fired[:, k])),
+            quieted=frozenset(SIGNAL_NAMES[j] for j in np.flatnonzero(quieted[:, k])),
+            responses=tuple(pending.pop(k, ())),
+        )
+        if is_quiet_day(state, inp, cfg):
+            quiet_days += 1
+            continue
+        state, d = step(state, inp, cfg)
+        reasons[d.reason_code] += 1
+        actions[d.action] += 1
+        if d.action == "recall":
+            recalls += 1
+            per_month[month_index(d.day)] += 1
+            contents[str(d.content)] += 1
+            r = k + RESPONSE_DAYS
+            if r < len(days):
+                back = bool(sessions[k + 1 : r + 1].sum() > 0)
+                pending.setdefault(r, []).append("accepted" if back else "rejected")
+    reasons[R_NO_RISK] += quiet_days
+    actions["none"] += quiet_days
+    return recalls, max(per_month.values(), default=0), state.opted_out
+
+
+def bench_scoring_policy(
+    devices: int = 100_000,
+    days: int = 120,
+    seed: int = 0,
+    params: np.ndarray | None = None,
+    chunk: int = 250,
+    single_device_sample: int = 500,
+    config: PolicyConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score every device on its last day and replay the policy over every device's whole history."""
+    from fedchurn.simulations.population import generate_population
+    from fedchurn.simulations.scenario import SEGMENTS as TRUE_SEGMENTS
+    from fedchurn.simulations.scenario import load_scenario
+
+    cfg = config or PolicyConfig()
+    if params is None:
+        params, source = reference_params()
+    else:
+        source = "given"
+    t = time.perf_counter()
+    pop = generate_population(devices, seed, load_scenario("default"), days)
+    gen_s = time.perf_counter() - t
+    ev = np.empty(pop.n_events, dtype=EVENT_DTYPE)
+    for name in EVENT_DTYPE.names or ():
+        ev[name] = pop.events[name]
+    dev = np.asarray(pop.events["device"])
+    start_all = np.asarray(pop.truth["start_day"], dtype=np.int64)
+    today_all = np.asarray(pop.truth["today"], dtype=np.int64)
+    bounds = np.searchsorted(dev, np.arange(0, devices + chunk, chunk))
+    sess_ch = CHANNEL_INDEX["count.sessions"]
+    promo_i = FEATURE_INDEX["promo.discount_active"]
+
+    features_s = forward_s = policy_s = 0.0
+    reasons: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    contents: Counter[str] = Counter()
+    recalls = device_days = opted_out = recalled_devices = recalled_churners = max_month = 0
+    tiers = np.zeros(3, dtype=np.int64)
+    seg_hits = 0
+    for c0 in range(0, devices, chunk):
+        c1 = min(c0 + chunk, devices)
+        lo, hi = int(bounds[c0 // chunk]), int(bounds[c0 // chunk + 1])
+        first, last = int(start_all[c0:c1].min()), int(today_all[c0:c1].max())
+        D = last - first + 1
+        all_days = np.arange(first, last + 1)
+        t = time.perf_counter()
+        daily = daily_aggregates_batch(ev[lo:hi], dev[lo:hi] - c0, c1 - c0, first, D)
+        feats = extract_features(daily, all_days, start_all[c0:c1])
+        last_rows = feats[np.arange(c1 - c0), today_all[c0:c1] - first]
+        features_s += time.perf_counter() - t
+        t = time.perf_counter()
+        p_last = churn_probability(params, last_rows)
+        forward_s += time.perf_counter() - t
+        tiers += np.bincount(np.where(p_last >= 0.78, 2, np.where(p_last >= 0.40, 1, 0)), minlength=3)
+
+        t = time.perf_counter()
+        prob = churn_probability(params, feats)
+        seg = infer_segments(feats, cfg.segment_rule)
+        fired_d, quiet_d = day_signals(feats, cfg.signals)
+        fired = np.stack([fired_d[n] for n in SIGNAL_NAMES], axis=1)  # (n, S, D)
+        quieted = np.stack([quiet_d[n] for n in SIGNAL_NAMES], axis=1)
+        promo = feats[..., promo_i] > 0
+        sessions = daily[..., sess_ch]
+        for j in range(c1 - c0):
+            i = c0 + j
+            a, b = int(start_all[i]) - first, int(today_all[i]) - first + 1
+            n_rec, most, out = _device_policy(
+                all_days[a:b],
+                prob[j, a:b],
+                seg[j, a:b],
+                promo[j, a:b],
+                fired[j, :, a:b],
+                quieted[j, :, a:b],
+                sessions[j, a:b],
+                cfg,
+                reasons,
+                actions,
+                contents,
+            )
+            recalls += n_rec
+            max_month = max(max_month, most)
+            opted_out += int(out)
+            device_days += b - a
+            if n_rec:
+                recalled_devices += 1
+                recalled_churners += int(pop.truth["churn_day"][i] >= 0)
+            seg_hits += int(SEGMENTS[int(seg[j, b - 1])] == TRUE_SEGMENTS[int(pop.truth["segment"][i])])
+        policy_s += time.perf_counter() - t
+        if progress is not None:
+            progress(c1, devices)
+
+    sample = range(min(single_device_sample, devices))
+    t = time.perf_counter()
+    for i in sample:
+        score_device(params, pop.device_events(i))
+    single_s = time.perf_counter() - t
+    months = device_days / 30.4375
+    return {
+        "devices": devices,
+        "days": days,
+        "seed": seed,
+        "model": source,
+        "events": int(pop.n_events),
+        "device_days": device_days,
+        "generate_seconds": round(gen_s, 2),
+        "scoring": {
+            "forward_only_devices_per_s": round(devices / forward_s) if forward_s else None,
+            "features_and_forward_devices_per_s": round(devices / (features_s + forward_s)),
+            "features_seconds": round(features_s, 2),
+            "forward_seconds": round(forward_s, 4),
+            "single_device_path_devices_per_s": round(len(sample) / single_s, 1) if single_s else None,
+            "single_device_sample": len(sample),
+            "tiers_last_day": {"low": int(tiers[0]), "medium": int(tiers[1]), "high": int(tiers[2])},
+        },
+        "policy": {
+            "seconds": round(policy_s, 2),
+            "device_days_per_s": round(device_days / policy_s) if policy_s else None,
+            "recalls": recalls,
+            "recalls_per_device_month": round(recalls / months, 4) if months else 0.0,
+            "devices_recalled": recalled_devices,
+            "recalled_devices_that_churn": recalled_churners,
+            "max_recalls_in_a_calendar_month": max_month,
+            "opted_out_at_end": opted_out,
+            "decisions_by_reason": dict(sorted(reasons.items())),
+            "decisions_by_action": dict(sorted(actions.items())),
+            "recalls_by_content": dict(sorted(contents.items())),
+            "segment_inferred_equals_simulated": round(seg_hits / devices, 4) if devices else None,
+            "response_model": (
+                f"accepted if a session within {RESPONSE_DAYS} days after the recall, else rejected "
+                "(an upper bound for opt-outs); nobody opts back in"
+            ),
+        },
+    }
+
+
+def main() -> None:
+    """`python -m fedchurn.policy_bench`: a manual entry point until the CLI grows a command."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="fedchurn scoring + policy benchmark")
+    ap.add_argument("--devices", type=int, default=100_000)
+    ap.add_argument("--days", type=int, default=120)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    res = bench_scoring_policy(args.devices, args.days, args.seed)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
