@@ -38,56 +38,13 @@ def test_simulate_on_an_imported_log_with_its_own_activity_and_horizon(
 ) -> None:
     log = _log(tmp_path / "log.parquet", 60)
     out = tmp_path / "run"
-    res = run_cli(
-        "simulate",
-        "--events",
-        str(log),
-        "--activity",
-        "sessions,purchases",
-        "--horizon",
-        "28",
-        "--silence-days",
-        "28",
-        "--rounds",
-        "2",
-        "--per-round",
-        "20",
-        "--eval-per-round",
-        "0",
-        "--eval-fraction",
-        "0.3",
-        "--no-baselines",
-        "--out",
-        str(out),
-        timeout=600,
-    )
+    common = "--activity sessions,purchases --horizon 28 --silence-days 28 --rounds 2 --per-round 20"
+    common += f" --eval-per-round 0 --eval-fraction 0.3 --no-baselines --out {out}"
+    res = run_cli("simulate", "--events", str(log), *common.split(), timeout=600)
     assert res.returncode == 2, "the log's column names differ from the defaults: the mapping is required"
     assert "missing columns" in res.stderr
-    res = run_cli(
-        "simulate",
-        "--events",
-        str(log),
-        "--map",
-        "user=uid,timestamp=time,tz_offset=offset,category=kind,action=what,value=amount",
-        "--activity",
-        "sessions,purchases",
-        "--horizon",
-        "28",
-        "--silence-days",
-        "28",
-        "--rounds",
-        "2",
-        "--per-round",
-        "20",
-        "--eval-per-round",
-        "0",
-        "--eval-fraction",
-        "0.3",
-        "--no-baselines",
-        "--out",
-        str(out),
-        timeout=600,
-    )
+    mapping = "user=uid,timestamp=time,tz_offset=offset,category=kind,action=what,value=amount"
+    res = run_cli("simulate", "--events", str(log), "--map", mapping, *common.split(), timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     cfg = json.loads((out / "config.json").read_text())["run"]
     assert cfg["devices"] == 60 and cfg["horizon"] == 28 and cfg["activity"] == "sessions,purchases"
