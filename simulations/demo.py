@@ -23,7 +23,7 @@ def run_demo(out: Path, console: Console) -> None:
     console.rule("fedchurn demo")
     console.print(
         f"{DEMO.devices} simulated devices, {DEMO.num_server_rounds} rounds of {DEMO.per_round}, "
-        f"seed {DEMO.seed}; Flower simulation engine; plaintext updates (baseline mode)"
+        f"seed {DEMO.seed}; Flower simulation engine; uploads: {DEMO.train_protection().label}"
     )
     from dataclasses import replace
 

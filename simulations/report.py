@@ -23,12 +23,26 @@ def write_report(out: Path, summary: dict[str, Any], test_x: np.ndarray | None =
     base = summary.get("baselines", {})
     rounds = [r for r in fed.get("rounds", []) if r.get("evaluation", {}).get("roc_auc") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs = [0] + [r["round"] for r in rounds] + [len(fed.get("rounds", []))]
-    ys = [fed.get("initial_evaluation", {}).get("roc_auc", np.nan)]
-    ys += [r["evaluation"]["roc_auc"] for r in rounds] + [
-        fed.get("final_evaluation", {}).get("roc_auc", np.nan)
+    if rounds:
+        ax.plot(
+            [r["round"] for r in rounds],
+            [r["evaluation"]["roc_auc"] for r in rounds],
+            "o:",
+            alpha=0.6,
+            label="federated, each round (a sample of held-out devices)",
+        )
+    last = len(fed.get("rounds", []))
+    full = [
+        (0, fed.get("initial_evaluation", {}).get("roc_auc", np.nan)),
+        (last, fed.get("final_evaluation", {}).get("roc_auc", np.nan)),
     ]
-    ax.plot(xs, ys, "o-", label="federated (from summed histograms)")
+    ax.plot(
+        [x for x, _ in full],
+        [y for _, y in full],
+        "s-",
+        color="C0",
+        label="federated, all held-out devices (before / after)",
+    )
     for name in BASELINES:
         if name in base and "roc_auc" in base[name]:
             ax.axhline(
