@@ -39,7 +39,6 @@ from fedchurn.client.policy import (
 )
 from fedchurn.client.scoring import score_device
 from fedchurn.client.signals import SIGNAL_NAMES
-from fedchurn.shared.events import EVENT_DTYPE
 from fedchurn.shared.feature_spec import CHANNEL_INDEX, FEATURE_INDEX
 from fedchurn.shared.model_format import churn_probability
 
@@ -138,9 +137,7 @@ def bench_scoring_policy(
     t = time.perf_counter()
     pop = generate_population(devices, seed, load_scenario("default"), days)
     gen_s = time.perf_counter() - t
-    ev = np.empty(pop.n_events, dtype=EVENT_DTYPE)
-    for name in EVENT_DTYPE.names or ():
-        ev[name] = pop.events[name]
+    ev = pop.event_array()
     dev = np.asarray(pop.events["device"])
     start_all = np.asarray(pop.truth["start_day"], dtype=np.int64)
     today_all = np.asarray(pop.truth["today"], dtype=np.int64)

@@ -80,8 +80,15 @@ def epsilon_for(
     """epsilon after `rounds` rounds (inf without noise)."""
     if noise_multiplier <= 0:
         return math.inf
+    return _epsilon(
+        _round_event(noise_multiplier, sample_rate, sampling, population), rounds, sampling, delta
+    )
+
+
+def _epsilon(event: dp_accounting.DpEvent, rounds: int, sampling: Sampling, delta: float) -> float:
+    """epsilon at `delta` of `event` composed `rounds` times (one RDP composition)."""
     acc = _accountant(sampling)
-    acc.compose(_round_event(noise_multiplier, sample_rate, sampling, population), rounds)
+    acc.compose(event, rounds)
     return float(acc.get_epsilon(delta))
 
 
@@ -164,9 +171,7 @@ class PrivacyAccountant:
             return 0.0
         key = (self.rounds, delta)
         if key not in self._cache:
-            acc = _accountant(self.sampling)
-            acc.compose(self._event, self.rounds)
-            self._cache[key] = float(acc.get_epsilon(delta))
+            self._cache[key] = _epsilon(self._event, self.rounds, self.sampling, delta)
         return self._cache[key]
 
     def report(self, delta: float) -> dict[str, object]:

@@ -16,6 +16,14 @@ from fedchurn.simulations.feature_bench import bench_batch, bench_one_device
 Section = Callable[[bool, Console], dict[str, Any]]
 
 
+def _per_100k(key: str, seconds: float, devices: int) -> dict[str, Any]:
+    """A figure for 100,000 devices: measured, or extrapolated linearly (and said so)."""
+    out: dict[str, Any] = {key: seconds * (100_000 / devices)}
+    if devices != 100_000:
+        out[f"{key}_note"] = f"extrapolated linearly from {devices:,} devices (--quick)"
+    return out
+
+
 def _features(quick: bool, console: Console) -> dict[str, Any]:
     devices = 10_000 if quick else 100_000
     with console.status(f"features: {devices:,} devices × 90 days…"):
@@ -26,11 +34,8 @@ def _features(quick: bool, console: Console) -> dict[str, Any]:
         "batch_device_days": batch["device_days"],
         "batch_events": batch["events"],
     }
-    out["batch_100k_devices_s"] = batch["seconds"] * (100_000 / devices)
     out["batch_measured_s"] = batch["seconds"]
-    if quick:
-        out["batch_100k_devices_s_note"] = f"extrapolated linearly from {devices:,} devices (--quick)"
-    return out
+    return {**out, **_per_100k("batch_100k_devices_s", batch["seconds"], devices)}
 
 
 def _population(quick: bool, console: Console) -> dict[str, Any]:
@@ -40,11 +45,8 @@ def _population(quick: bool, console: Console) -> dict[str, Any]:
     with console.status(f"population: {devices:,} devices × 120 days…"):
         r = bench_population(devices=devices, days=120, write=False)
     out: dict[str, Any] = {k: v for k, v in r.items() if isinstance(v, int | float)}
-    out["devices_100k_days_120_s"] = r["seconds"] * (100_000 / devices)
     out["peak_rss_mb"] = r["peak_rss_mb"]
-    if quick:
-        out["devices_100k_days_120_s_note"] = f"extrapolated linearly from {devices:,} devices (--quick)"
-    return out
+    return {**out, **_per_100k("devices_100k_days_120_s", r["seconds"], devices)}
 
 
 def _protection(quick: bool, console: Console) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import numpy as np
 from fedchurn.client.aggregates import daily_aggregates_batch
 from fedchurn.client.features import extract_features
 from fedchurn.client.labels import activity_from_daily, survival_labels
-from fedchurn.shared.events import EVENT_DTYPE
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 
 
@@ -95,7 +94,3 @@ def build_dataset(
                 ):
                     lst.append(np.asarray(v))
     return Dataset(train=_examples(*tr), test=_examples(*te), n_devices=n)
-
-
-def empty_events() -> np.ndarray:
-    return np.zeros(0, dtype=EVENT_DTYPE)

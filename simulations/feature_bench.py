@@ -10,7 +10,6 @@ import numpy as np
 from fedchurn.client.aggregates import daily_aggregates_batch
 from fedchurn.client.features import extract_features
 from fedchurn.client.pipeline import device_features
-from fedchurn.shared.events import EVENT_DTYPE
 from fedchurn.simulations.population import generate_device, generate_population
 from fedchurn.simulations.scenario import load_scenario
 
@@ -45,9 +44,7 @@ def bench_batch(
     for c0 in range(0, devices, chunk):
         n = min(chunk, devices - c0)
         pop = generate_population(n, seed + c0, sc, days)
-        ev = np.empty(pop.n_events, dtype=EVENT_DTYPE)
-        for name in EVENT_DTYPE.names or ():
-            ev[name] = pop.events[name]
+        ev = pop.event_array()
         start = np.asarray(pop.truth["start_day"])
         first, last = int(start.min()), int(np.asarray(pop.truth["today"]).max())
         t = time.perf_counter()

@@ -248,10 +248,11 @@ class Population:
     def device_events(self, i: int) -> Array:
         """Events of device i as an EVENT_DTYPE array (what the device itself would store)."""
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-        out = np.empty(hi - lo, dtype=EVENT_DTYPE)
-        for name in EVENT_DTYPE.names or ():
-            out[name] = self.events[name][lo:hi]
-        return out
+        return to_event_array(self.events, slice(lo, hi))
+
+    def event_array(self) -> Array:
+        """All events as one EVENT_DTYPE array (device order); `events["device"]` says whose."""
+        return to_event_array(self.events)
 
     def device_truth(self, i: int) -> dict[str, Any]:
         return _truth_row(self.truth, i)
@@ -790,10 +791,16 @@ def generate_device(seed: int, device: int, scenario: Scenario, days: int | None
     devs = np.array([device], dtype=np.int64)
     _check_ids(seed, devs)
     ev, truth, _ = _simulate(seed, devs, sc)
-    arr = np.empty(len(ev["ts"]), dtype=EVENT_DTYPE)
+    return DeviceHistory(device=device, events=to_event_array(ev), truth=_truth_row(truth, 0))
+
+
+def to_event_array(columns: dict[str, Array], rows: slice = slice(None)) -> Array:
+    """Event columns (plus any extra ones, such as `device`) -> an EVENT_DTYPE array."""
+    n = len(columns["ts"][rows])
+    out = np.empty(n, dtype=EVENT_DTYPE)
     for name in EVENT_DTYPE.names or ():
-        arr[name] = ev[name]
-    return DeviceHistory(device=device, events=arr, truth=_truth_row(truth, 0))
+        out[name] = columns[name][rows]
+    return out
 
 
 def _simulate_range(seed: int, lo: int, hi: int, sc: Scenario, chunk: int) -> tuple[dict, dict, Array]:

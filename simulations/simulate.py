@@ -6,6 +6,7 @@ import json
 import resource
 import time
 from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedchurn.client.importer import ColumnMapping, read_log
 from fedchurn.server.run_output import load_model
-from fedchurn.shared.events import EVENT_DTYPE, local_day
+from fedchurn.shared.events import local_day
 from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.baselines import evaluate_scores, run_baselines
@@ -28,9 +29,7 @@ from fedchurn.simulations.scenario import load_scenario
 
 def population_dataset(cfg: RunConfig) -> Dataset:
     pop = generate_population(cfg.devices, cfg.seed, load_scenario(cfg.scenario), cfg.days)
-    ev = np.empty(pop.n_events, dtype=EVENT_DTYPE)
-    for name in EVENT_DTYPE.names or ():
-        ev[name] = pop.events[name]
+    ev = pop.event_array()
     return build_dataset(
         ev,
         np.asarray(pop.events["device"]),
@@ -40,9 +39,15 @@ def population_dataset(cfg: RunConfig) -> Dataset:
     )
 
 
+@lru_cache(maxsize=1)
+def _read_log(path: str, mapping: str) -> tuple[np.ndarray, ...]:
+    """The log's users' events, users sorted by id (the order the ClientApp indexes them in)."""
+    per_user = read_log(Path(path), ColumnMapping.parse(mapping))
+    return tuple(per_user[u] for u in sorted(per_user))
+
+
 def log_dataset(cfg: RunConfig) -> Dataset:
-    per_user = read_log(Path(cfg.events_file), ColumnMapping.parse(cfg.events_map))
-    arrays = [per_user[u] for u in sorted(per_user)]
+    arrays = _read_log(cfg.events_file, cfg.events_map)
     today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
     ev = np.concatenate(arrays)
     dev = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
@@ -50,14 +55,10 @@ def log_dataset(cfg: RunConfig) -> Dataset:
     return build_dataset(ev, dev, start, np.full(len(arrays), today), cfg)
 
 
-def log_devices(path: str, mapping: str) -> int:
-    return len(read_log(Path(path), ColumnMapping.parse(mapping)))
-
-
 def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_devices = log_devices(cfg.events_file, cfg.events_map) if cfg.events_file else cfg.devices
+    n_devices = len(_read_log(cfg.events_file, cfg.events_map)) if cfg.events_file else cfg.devices
     cfg = replace(cfg, devices=n_devices, out_dir=str(out.resolve()))
     (out / "rounds.jsonl").unlink(missing_ok=True)
     (out / "config.json").write_text(
