@@ -1,0 +1,68 @@
+"""`fedchurn simulate --audit-db URL` with differential privacy, then `fedchurn serve --database-url URL`:
+the reviewer sees the run's rounds and the ε spent after each one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+from conftest import VENV_BIN, RunCli
+
+TARGET_EPSILON = 8.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(tmp_path: Path, run_cli: RunCli) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    args = "--devices 60 --rounds 2 --per-round 20 --eval-per-round 0 --eval-fraction 0.3 --no-baselines"
+    res = run_cli(
+        "simulate",
+        *args.split(),
+        "--target-epsilon",
+        str(TARGET_EPSILON),
+        "--audit-db",
+        url,
+        "--out",
+        str(tmp_path / "run"),
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FEDCHURN_WRITE_TOKEN"}
+    server = subprocess.Popen(
+        [str(VENV_BIN / "fedchurn"), "serve", "--port", str(port), "--database-url", url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "fedchurn serve did not come up"
+            time.sleep(0.2)
+        rounds = httpx.get(f"{base}/v1/audit/rounds").json()
+        budget = httpx.get(f"{base}/v1/privacy-budget").json()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert rounds["total"] == 2
+    eps = [r["epsilon_spent"] for r in rounds["items"]]
+    assert 0 < eps[0] < eps[1] <= TARGET_EPSILON  # ε grows round by round, within the target
+    assert all(r["dp_noise_std"] > 0 for r in rounds["items"])
+    assert budget["epsilon_spent"] == eps[1] and budget["target_epsilon"] == TARGET_EPSILON
+    assert "RDP" in budget["accountant"] and budget["noise_multiplier"] > 0
