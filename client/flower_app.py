@@ -30,6 +30,7 @@ UPLOAD_RECORD, UPLOAD_KEY = "upload", "blob"  # one bytes value in one record: o
 ROUND_SEED_KEY, COHORT_KEY, MODEL_VERSION_KEY = "round-seed", "cohort-id", "model-version"
 KEY_KEY, NOISE_KEY = "keyholder-key", "noise-multiplier"
 DEVICE_KEY = "device-index"  # in simulation (slots), which device the node plays; -1: its own
+ROUND_ID_KEY = "round-id"  # deployment: the attempt's id at the key holder (default: the server round)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,67 @@ def conf_bytes(conf: ConfigRecord, key: str) -> bytes:
     return bytes(_conf(conf, key, bytes))  # type: ignore[call-overload]
 
 
+def round_id_of(conf: ConfigRecord) -> int:
+    """The round id the upload is bound to: the attempt id in deployment, else the server round."""
+    return conf_int(conf, ROUND_ID_KEY) if ROUND_ID_KEY in conf else conf_int(conf, "server-round")
+
+
+def train_device(
+    cfg: RunConfig, conf: ConfigRecord, global_params: np.ndarray, index: int, data: DeviceData
+) -> tuple[int, np.ndarray]:
+    """Local training on one device's own examples: (examples used, new parameters).
+
+    Held-out devices know they are held out and keep the global parameters (0 examples)."""
+    if is_eval_device(cfg.seed, index, cfg.eval_fraction):
+        return 0, global_params
+    x, t, e = data.training_rows()
+    res = local_train(
+        global_params,
+        x,
+        t,
+        e,
+        TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
+        seed=device_seed(cfg, index, conf_int(conf, "server-round")),
+    )
+    return res.n_examples, res.params
+
+
+def protected_train_upload(
+    cfg: RunConfig, conf: ConfigRecord, global_params: np.ndarray, new_params: np.ndarray, index: int
+) -> bytes:
+    """Only the protected delta leaves (clipped, then quantised, then masked); a device with
+    nothing to learn sends a masked zero."""
+    server_round = conf_int(conf, "server-round")
+    delta = np.asarray(new_params, dtype=np.float32) - np.asarray(global_params, dtype=np.float32)
+    return _protect(
+        conf,
+        cfg.train_protection(conf_float(conf, NOISE_KEY)),
+        delta,
+        round_id_of(conf),
+        np.random.default_rng(device_seed(cfg, index, server_round)),
+    )
+
+
+def eval_histogram(cfg: RunConfig, params: np.ndarray, index: int, data: DeviceData) -> np.ndarray:
+    """A held-out device's one-count score histogram; zeros for every other device."""
+    hist = np.zeros(histogram_length(cfg.horizon))
+    if is_eval_device(cfg.seed, index, cfg.eval_fraction) and data.eval_day is not None:
+        d = data.eval_day
+        prob = float(churn_probability(params, data.features[d])[()])
+        hist = device_histogram(prob, int(data.time[d]), bool(data.event[d]), cfg.horizon)
+    return hist
+
+
+def protected_eval_upload(cfg: RunConfig, conf: ConfigRecord, hist: np.ndarray, index: int) -> bytes:
+    return _protect(
+        conf,
+        cfg.eval_protection(),
+        hist,
+        round_id_of(conf),
+        np.random.default_rng(device_seed(cfg, index, -conf_int(conf, COHORT_KEY))),
+    )
+
+
 def make_client_app(
     loader: DeviceLoader, index_of: DeviceIndex, accept_assigned_device: bool = False
 ) -> ClientApp:
@@ -126,21 +188,8 @@ def make_client_app(
         cfg = RunConfig.from_flower(context.run_config)
         conf = msg.content.config_records["config"]
         global_params = msg.content.array_records["arrays"][PARAMS_KEY].numpy()
-        server_round = conf_int(conf, "server-round")
         index, data = data_for(msg, context, cfg)
-        n = 0
-        new_params = global_params
-        if not is_eval_device(cfg.seed, index, cfg.eval_fraction):
-            x, t, e = data.training_rows()
-            res = local_train(
-                global_params,
-                x,
-                t,
-                e,
-                TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
-                seed=device_seed(cfg, index, server_round),
-            )
-            n, new_params = res.n_examples, res.params
+        n, new_params = train_device(cfg, conf, global_params, index, data)
         if cfg.protection == "plaintext":
             content = RecordDict(
                 {
@@ -149,15 +198,7 @@ def make_client_app(
                 }
             )
             return Message(content, reply_to=msg)
-        # Only the protected delta leaves; a device with nothing to learn sends a masked zero.
-        delta = np.asarray(new_params, dtype=np.float32) - np.asarray(global_params, dtype=np.float32)
-        blob = _protect(
-            conf,
-            cfg.train_protection(conf_float(conf, NOISE_KEY)),
-            delta,
-            server_round,
-            np.random.default_rng(device_seed(cfg, index, server_round)),
-        )
+        blob = protected_train_upload(cfg, conf, global_params, new_params, index)
         return Message(RecordDict({UPLOAD_RECORD: ConfigRecord({UPLOAD_KEY: blob})}), reply_to=msg)
 
     @app.evaluate()
@@ -166,21 +207,11 @@ def make_client_app(
         conf = msg.content.config_records["config"]
         params = msg.content.array_records["arrays"][PARAMS_KEY].numpy()
         index, data = data_for(msg, context, cfg)
-        hist = np.zeros(histogram_length(cfg.horizon))
-        if is_eval_device(cfg.seed, index, cfg.eval_fraction) and data.eval_day is not None:
-            d = data.eval_day
-            prob = float(churn_probability(params, data.features[d])[()])
-            hist = device_histogram(prob, int(data.time[d]), bool(data.event[d]), cfg.horizon)
+        hist = eval_histogram(cfg, params, index, data)
         if cfg.protection == "plaintext":
             content = RecordDict({"histogram": ArrayRecord({"counts": Array(hist.astype(np.float32))})})
             return Message(content, reply_to=msg)
-        blob = _protect(
-            conf,
-            cfg.eval_protection(),
-            hist,
-            conf_int(conf, "server-round"),
-            np.random.default_rng(device_seed(cfg, index, -conf_int(conf, COHORT_KEY))),
-        )
+        blob = protected_eval_upload(cfg, conf, hist, index)
         return Message(RecordDict({UPLOAD_RECORD: ConfigRecord({UPLOAD_KEY: blob})}), reply_to=msg)
 
     return app

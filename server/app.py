@@ -2,40 +2,144 @@
 
 A thin shell: configuration is read once from Flower's run config, and the work is done by
 `server.strategy` (sampling, aggregation), Flower's `Strategy.start` (the round loop) and
-`server.run_output` (files).
+`server.run_output` (files). In deployment (`state-db` set) every finished round is checkpointed
+(`server.checkpoint`) and a restarted ServerApp resumes after the last finished round.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import time
 from collections.abc import Callable
-from logging import INFO
+from dataclasses import asdict
+from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedchurn.client.flower_app import PARAMS_KEY
+from fedchurn.client.deploy_client import DEVICES_KEY
+from fedchurn.client.flower_app import PARAMS_KEY, UPLOAD_RECORD
+from fedchurn.server.audit import RunFinishedError
+from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
 from fedchurn.server.run_audit import RunAudit
 from fedchurn.server.run_output import RunOutput
+from fedchurn.server.secure_rounds import connect_keyholder
 from fedchurn.server.strategy import ChurnFedAvg, make_strategy
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig
 
-TIMEOUT_S = 600.0
-
 app = ServerApp()
 
 
+def run_identity(cfg: RunConfig) -> str:
+    """The name a restarted run resumes under: `run-name`, else a hash of what defines the run.
+
+    Deployment details (where the key holder is, timeouts, output paths) are left out, so the same
+    run restarted with another timeout still resumes."""
+    if cfg.run_name:
+        return cfg.run_name
+    skip = {"out_dir", "audit_db", "state_db", "keyholder_url", "keyholder_ca", "keyholder_token_file"}
+    skip |= {"round_timeout", "run_name"}
+    doc = json.dumps({k: v for k, v in asdict(cfg).items() if k not in skip}, sort_keys=True)
+    return "cfg-" + hashlib.sha256(doc.encode()).hexdigest()[:24]
+
+
+def discover_devices(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, int]]:
+    """Stores sampling: ask every node which device indices it serves (one query message each)."""
+    msgs = [
+        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
+    roster: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log(WARNING, "node %d did not list its devices: %s", node, reply.error.reason)
+            continue
+        devices = reply.content.config_records[UPLOAD_RECORD].get(DEVICES_KEY, [])
+        for d in devices if isinstance(devices, list) else []:
+            if int(d) in roster:
+                log(
+                    WARNING,
+                    "device %s is served by nodes %d and %d; using the first",
+                    d,
+                    roster[int(d)],
+                    node,
+                )
+                continue
+            roster[int(d)] = node
+    return sorted((n, d) for d, n in roster.items())
+
+
+class Recovery:
+    """Checkpoints of one run identity in the aggregator's database (`state-db`)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.store = CheckpointStore(cfg.state_db)
+        self.name = run_identity(cfg)
+        self.last = self.store.load(self.name)
+        if self.last is not None and self.last.status == "finished":
+            raise RuntimeError(
+                f"run {self.name!r} already finished (state-db {cfg.state_db}); set run-name to start another"
+            )
+
+    def attach(self, strategy: ChurnFedAvg) -> None:
+        """Fresh round ids for every attempt; mark an attempt before it reaches the key holder."""
+        strategy.attempts = lambda r, kind: self.store.begin_attempt(self.name, r, kind)
+        strategy.on_contact = lambda: self.store.mark(strategy.round_id, "contacted")
+
+    def resume(self, strategy: ChurnFedAvg) -> int:
+        """Restore the strategy; charge the accountant every training attempt that reached the key
+        holder (finished rounds and crashed ones). Returns the last finished round."""
+        ck = self.last
+        assert ck is not None
+        strategy.done_rounds = ck.round
+        strategy.restore(ck.rng_state, ck.optimizer)
+        charged = self.store.charged_rounds(self.name)
+        secure = strategy.secure
+        if secure is not None and secure.accountant.enabled and charged:
+            secure.accountant.step(charged)
+        for a in self.store.aborted_attempts(self.name):
+            log(
+                WARNING,
+                "attempt %d at round %d (%s) was interrupted: %s",
+                a["id"],
+                a["round"],
+                a["kind"],
+                a["status"],
+            )
+        log(
+            INFO,
+            "resuming run %s after round %d (%d training attempts charged)",
+            self.name,
+            ck.round,
+            charged,
+        )
+        return ck.round
+
+    def save(self, ck: Checkpoint, attempt: int | None) -> None:
+        self.store.save(ck, attempt)
+
+
 def round_recorder(
-    cfg: RunConfig, strategy: ChurnFedAvg, out: RunOutput | None, audit: RunAudit, t0: float
+    cfg: RunConfig,
+    strategy: ChurnFedAvg,
+    out: RunOutput | None,
+    audit: RunAudit,
+    t0: float,
+    checkpoint: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
-    """Flower calls this after every round: write the round's record and checkpoint."""
+    """Flower calls this after every round: checkpoint, then write the round's record."""
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
+        if server_round <= strategy.done_rounds:
             return None
         s = strategy.stats
         record = {
@@ -54,9 +158,17 @@ def round_recorder(
             "elapsed": time.time() - t0,
             "evaluation": s.evaluation,
         }
+        params = arrays[PARAMS_KEY].numpy()
+        finished = time.time()
+        if checkpoint is not None:
+            checkpoint(
+                server_round,
+                params,
+                {"record": record, "started": s.started, "finished": finished, "skip_reason": s.skip_reason},
+            )
         if out is not None:
-            out.record_round(record, arrays[PARAMS_KEY].numpy())
-        audit.round(record, s.started, time.time())
+            out.record_round(record, params)
+        audit.round(record, s.started, finished, s.skip_reason)
         return None
 
     return after_round
@@ -66,35 +178,97 @@ def round_recorder(
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
     t0 = time.time()
+    timeout = cfg.round_timeout
     out = RunOutput(Path(cfg.out_dir)) if cfg.out_dir else None
+    if out:
+        (out.dir / "aggregator.pid").write_text(f"{os.getpid()}\n")
     nodes = list(grid.get_node_ids())
-    strategy = make_strategy(cfg, nodes, out.dir if out else None)
+    recovery = Recovery(cfg) if cfg.state_db else None
+    last = recovery.last if recovery else None
+    roster = None
+    if cfg.sampling == "stores":
+        roster = last.roster if last and last.roster is not None else discover_devices(grid, nodes, timeout)
+        log(INFO, "%d devices on %d SuperNodes", len(roster), len(nodes))
+    keyholder = connect_keyholder(cfg) if cfg.keyholder_url else None
+    strategy = make_strategy(cfg, nodes, out.dir if out else None, roster, keyholder)
     secure = strategy.secure
     audit = RunAudit(
         cfg,
         secure.train_params if secure else None,
         secure.dp_record() if secure else {"accountant": "none", "delta": cfg.delta},
+        run_id=last.audit_run_id if last else None,
     )
-    log(INFO, "%d SuperNodes, sampling mode %s, %d devices", len(nodes), cfg.sampling, cfg.devices)
-    initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, DEFAULT_SPEC))})
-    before = strategy.evaluate_all(grid, initial, 0, TIMEOUT_S)
+    n_devices = len(roster) if roster is not None else cfg.devices
+    log(INFO, "%d SuperNodes, sampling mode %s, %d devices", len(nodes), cfg.sampling, n_devices)
+    records: list[dict[str, Any]] = []
+    if recovery is not None:
+        recovery.attach(strategy)
+    if recovery is not None and last is not None:
+        recovery.resume(strategy)
+        initial = ArrayRecord({PARAMS_KEY: Array(last.model.astype(np.float32))})
+        before = last.initial_evaluation or {}
+        records = list(last.records)
+        for r in records:  # rounds checkpointed but maybe not yet in the audit log
+            audit.round(r["record"], r["started"], r["finished"], r.get("skip_reason"))
+        if out:
+            out.rounds = [r["record"] for r in records]
+    else:
+        initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, DEFAULT_SPEC))})
+        before = strategy.evaluate_all(grid, initial, 0, timeout)
+        if recovery is not None:
+            recovery.store.mark(strategy.round_id, "finished")
     if out:
         out.write_json("federated.json", {"status": "running", "initial_evaluation": before})
+
+    def checkpoint(server_round: int, params: np.ndarray, entry: dict[str, Any]) -> None:
+        assert recovery is not None
+        records.append(entry)
+        rng, optimizer = strategy.state()
+        ck = Checkpoint(
+            recovery.name, server_round, params, audit.run_id, rng, optimizer, records, before, roster
+        )
+        recovery.save(ck, strategy.round_id)
+
+    if recovery is not None and last is None:
+        rng, optimizer = strategy.state()
+        model = initial[PARAMS_KEY].numpy()
+        recovery.save(
+            Checkpoint(recovery.name, 0, model, audit.run_id, rng, optimizer, [], before, roster), None
+        )
     result = strategy.start(
         grid,
         initial,
         num_rounds=cfg.num_server_rounds,
-        timeout=TIMEOUT_S,
+        timeout=timeout,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=round_recorder(cfg, strategy, out, audit, t0),
+        evaluate_fn=round_recorder(cfg, strategy, out, audit, t0, checkpoint if recovery else None),
     )
-    final_arrays = result.arrays if result.arrays is not None else initial
+    # Every round skipped (no cohort reached k): Flower's result holds no arrays; the model is unchanged.
+    final_arrays = result.arrays if result.arrays is not None and PARAMS_KEY in result.arrays else initial
     params = np.asarray(final_arrays[PARAMS_KEY].numpy(), dtype=np.float32)
-    after = strategy.evaluate_all(grid, final_arrays, cfg.num_server_rounds + 1, TIMEOUT_S)
+    after = strategy.evaluate_all(grid, final_arrays, cfg.num_server_rounds + 1, timeout)
+    if recovery is not None:
+        recovery.store.mark(strategy.round_id, "finished")
     log(INFO, "evaluation before: %s", {k: v for k, v in before.items() if not isinstance(v, list)})
     log(INFO, "evaluation after:  %s", {k: v for k, v in after.items() if not isinstance(v, list)})
-    audit.finish(cfg, after, params)
+    with contextlib.suppress(RunFinishedError):  # a restart after the audit was closed
+        audit.finish(cfg, after, params)
+    if recovery is not None:
+        rng, optimizer = strategy.state()
+        done = Checkpoint(
+            recovery.name,
+            cfg.num_server_rounds,
+            params,
+            audit.run_id,
+            rng,
+            optimizer,
+            records,
+            before,
+            roster,
+        )
+        done.status = "finished"
+        recovery.save(done, None)
     if out:
         out.write_model(params, version=cfg.num_server_rounds)
         out.write_json(

@@ -184,7 +184,11 @@ class KeyHolder:
         min_noise_multiplier: float = 0.0,
         ckks_params: ProtectionParams = CKKS_DEFAULT,
         ckks_secret_context: bytes | None = None,
+        noise_exempt: Sequence[tuple[ProtectionParams, int]] = (),
     ) -> None:
+        """`noise_exempt`: (params, vector length) of evaluation histograms, answered below the
+        noise floor. Model updates never match them (their length is the model's, their params the
+        training ones), so the floor still binds every training sum."""
         if k_min < 1 or min_noise_multiplier < 0:
             raise ValueError("k_min must be >= 1 and min_noise_multiplier >= 0")
         self._sk = private_key
@@ -193,6 +197,7 @@ class KeyHolder:
         self._lock = threading.Lock()
         self.k_min = k_min
         self.min_noise_multiplier = min_noise_multiplier
+        self.noise_exempt = tuple(noise_exempt)
         self._ckks_params = ckks_params
         self._ckks_secret_context = ckks_secret_context
         self._ckks_ctx: Any = None
@@ -206,9 +211,17 @@ class KeyHolder:
         k_min: int = 10,
         min_noise_multiplier: float = 0.0,
         ckks_params: ProtectionParams = CKKS_DEFAULT,
+        noise_exempt: Sequence[tuple[ProtectionParams, int]] = (),
     ) -> KeyHolder:
         """A key holder with a fresh key pair (simulation: in-process, state in memory unless a path)."""
-        return cls(X25519PrivateKey.generate(), state_path, k_min, min_noise_multiplier, ckks_params)
+        return cls(
+            X25519PrivateKey.generate(),
+            state_path,
+            k_min,
+            min_noise_multiplier,
+            ckks_params,
+            noise_exempt=noise_exempt,
+        )
 
     @classmethod
     def open(
@@ -218,6 +231,7 @@ class KeyHolder:
         k_min: int = 10,
         min_noise_multiplier: float = 0.0,
         ckks_params: ProtectionParams = CKKS_DEFAULT,
+        noise_exempt: Sequence[tuple[ProtectionParams, int]] = (),
     ) -> KeyHolder:
         """A deployed key holder: its key (created 0600 on first use) and state survive restarts.
 
@@ -233,7 +247,7 @@ class KeyHolder:
                 f.write(raw)
         ckks_path = key_path.with_name(key_path.name + ".ckks")
         secret = ckks_path.read_bytes() if ckks_path.exists() else None
-        kh = cls(sk, state_path, k_min, min_noise_multiplier, ckks_params, secret)
+        kh = cls(sk, state_path, k_min, min_noise_multiplier, ckks_params, secret, noise_exempt)
         kh._ckks_path = ckks_path
         return kh
 
@@ -254,7 +268,8 @@ class KeyHolder:
             raise KeyHolderRefusedError(
                 Reason.WRONG_MODE, f"request is for mode {params.mode!r}, route is {mode!r}"
             )
-        if params.noise_multiplier < self.min_noise_multiplier:
+        exempt = (params, n_params) in self.noise_exempt
+        if params.noise_multiplier < self.min_noise_multiplier and not exempt:
             raise KeyHolderRefusedError(
                 Reason.DP_POLICY,
                 f"noise multiplier {params.noise_multiplier} below this key holder's floor "

@@ -7,10 +7,11 @@ evaluation and the model card.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from typing import Any
 
-from fedchurn.server.audit import AuditStore
+from fedchurn.server.audit import AuditStore, RoundAlreadyRecordedError
 from fedchurn.shared.catalogue import CATEGORY_IDS
 from fedchurn.shared.feature_spec import FEATURES
 from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, HORIZON_DAYS
@@ -72,10 +73,15 @@ def feature_group_importance(params_vector: Any) -> dict[str, float]:
 class RunAudit:
     """The run's audit trail; every method is a no-op when no database is configured."""
 
-    def __init__(self, cfg: RunConfig, params: ProtectionParams | None, dp: dict[str, Any]) -> None:
+    def __init__(
+        self, cfg: RunConfig, params: ProtectionParams | None, dp: dict[str, Any], run_id: str | None = None
+    ) -> None:
+        """`run_id`: continue that audit run (an aggregator restarted after a crash)."""
         self.store = AuditStore(cfg.audit_db) if cfg.audit_db else None
         self.run_id = ""
-        if self.store:
+        if self.store and run_id and self.store.get_run(run_id) is not None:
+            self.run_id = run_id
+        elif self.store:
             self.run_id = self.store.start_run(
                 config=asdict(cfg),
                 protection=protection_record(cfg, params),
@@ -88,9 +94,19 @@ class RunAudit:
                 },
             )
 
-    def round(self, record: dict[str, Any], started: float, finished: float) -> None:
+    def round(
+        self, record: dict[str, Any], started: float, finished: float, skip_reason: str | None = None
+    ) -> None:
+        """Record a round; a round already in the log (a restarted aggregator's backfill) is kept."""
         if not self.store:
             return
+        with contextlib.suppress(RoundAlreadyRecordedError):
+            self._record(record, started, finished, skip_reason)
+
+    def _record(
+        self, record: dict[str, Any], started: float, finished: float, skip_reason: str | None
+    ) -> None:
+        assert self.store is not None
         self.store.record_round(
             self.run_id,
             record["round"],
@@ -104,6 +120,8 @@ class RunAudit:
             dp_noise_std=record.get("dp_noise_std"),
             epsilon_spent=record.get("epsilon"),
             metrics={k: v for k, v in record.get("evaluation", {}).items() if not isinstance(v, list)},
+            skipped=skip_reason is not None,
+            skip_reason=skip_reason,
         )
 
     def finish(

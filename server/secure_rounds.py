@@ -8,20 +8,50 @@ key holder returns only the cohort's mask sum (plus DP noise).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from fedchurn.client.flower_app import COHORT_KEY, KEY_KEY, MODEL_VERSION_KEY, NOISE_KEY, ROUND_SEED_KEY
+from fedchurn.server import secure_sum
 from fedchurn.server.dp import PrivacyAccountant, calibrate_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
+from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
 
 ACCOUNTANT = "dp-accounting RDP, fixed-size sampling without replacement (replace-one)"
+
+
+class KeyHolderClient(secure_sum.KeyHolderClient, Protocol):
+    """A key holder as the aggregator uses it: in-process `KeyHolder` or `KeyHolderHttpClient`."""
+
+    def public_key(self) -> bytes: ...
+
+    def ckks_public_context(self) -> bytes: ...
+
+
+def connect_keyholder(cfg: RunConfig) -> KeyHolderClient:
+    """The deployed key holder of `cfg.keyholder_url`, over TLS checked against `cfg.keyholder_ca`.
+
+    The bearer token comes from `keyholder_token_file` (or $FEDCHURN_KEYHOLDER_TOKEN), never from
+    the run config itself, which is logged and stored in the audit database."""
+    import ssl
+
+    import httpx
+
+    from fedchurn.server.deploy import read_token
+    from fedchurn.server.keyholder_service import KeyHolderHttpClient
+
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=cfg.keyholder_ca) if cfg.keyholder_ca else True
+    )
+    client = httpx.Client(base_url=cfg.keyholder_url, verify=verify, timeout=cfg.round_timeout)
+    return KeyHolderHttpClient(cfg.keyholder_url, read_token(cfg.keyholder_token_file or None), client=client)
 
 
 @dataclass
@@ -42,7 +72,13 @@ class CohortSum:
 
 
 class SecureRounds:
-    def __init__(self, cfg: RunConfig, n_train_devices: int, state_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        n_train_devices: int,
+        state_path: Path | None = None,
+        keyholder: KeyHolderClient | None = None,
+    ) -> None:
         self.cfg = cfg
         self.noise_multiplier = 0.0
         if cfg.target_epsilon > 0:
@@ -64,8 +100,11 @@ class SecureRounds:
             self.accountant = PrivacyAccountant.none()
         self.train_params = cfg.train_protection(self.noise_multiplier)
         self.eval_params = cfg.eval_protection()
-        self.keyholder = KeyHolder.generate(
-            state_path=state_path, k_min=cfg.k_min, min_noise_multiplier=self.noise_multiplier
+        self.keyholder: KeyHolderClient = keyholder or KeyHolder.generate(
+            state_path=state_path,
+            k_min=cfg.k_min,
+            min_noise_multiplier=self.noise_multiplier,
+            noise_exempt=[(self.eval_params, histogram_length(cfg.horizon))],
         )
         self.key = (
             self.keyholder.ckks_public_context() if cfg.protection == "ckks" else self.keyholder.public_key()
@@ -84,14 +123,23 @@ class SecureRounds:
         }
 
     def aggregate(
-        self, params: ProtectionParams, server_round: int, uploads: dict[int, list[tuple[str, bytes]]], n: int
+        self,
+        params: ProtectionParams,
+        server_round: int,
+        uploads: dict[int, list[tuple[str, bytes]]],
+        n: int,
+        round_id: int | None = None,
+        on_contact: Callable[[], None] | None = None,
     ) -> CohortSum:
-        """Sum each cohort's uploads through the key holder; a refused cohort contributes nothing."""
+        """Sum each cohort's uploads through the key holder; a refused cohort contributes nothing.
+
+        `round_id` (default: the server round) is what uploads and the key holder's once-only rule
+        are bound to; `on_contact` runs once before the first key-holder request (crash recovery)."""
         out = CohortSum(sum=np.zeros(n), coord_count=np.zeros(n))
         for cohort, items in sorted(uploads.items()):
             agg = CohortAggregator(
                 params,
-                server_round,
+                server_round if round_id is None else round_id,
                 cohort,
                 server_round,
                 round_seed(self.cfg.seed, server_round, cohort),
@@ -110,6 +158,9 @@ class SecureRounds:
                         }
                     )
             out.upload_bytes += agg.bytes_received
+            if on_contact is not None:
+                on_contact()
+                on_contact = None
             try:
                 res = agg.finalize(self.keyholder)
             except CohortRefusedError as e:

@@ -9,13 +9,21 @@ Two ways to map devices onto Flower's SuperNodes:
 * `nodes` (deployment, or Flower-style simulation): each node is its own device; the server samples
   node ids. Held-out devices know they are held out and answer a training request with zero
   examples; other devices answer an evaluation request with an empty histogram.
+* `stores` (deployment): each SuperNode serves several devices' stores (`client.deploy_client`);
+  the server asks every node once which device indices it serves, samples devices from that roster
+  and sends each node one message listing its sampled devices. A device or node that fails or
+  misses the round's timeout is left out and named; a cohort left with fewer than k devices is
+  refused by the key holder, and a round with no usable cohort is recorded as skipped.
+
+Crash recovery (`server.checkpoint`): rounds up to `done_rounds` were finished by an earlier
+process; Flower's loop still counts them but nothing is sent or aggregated for them.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 from pathlib import Path
@@ -28,11 +36,12 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
-from fedchurn.client.flower_app import DEVICE_KEY, PARAMS_KEY, UPLOAD_KEY, UPLOAD_RECORD
-from fedchurn.server.secure_rounds import SecureRounds
+from fedchurn.client.deploy_client import BLOBS_KEY, COHORTS_KEY, DEVICES_KEY, ROUND_SEEDS_KEY
+from fedchurn.client.flower_app import DEVICE_KEY, PARAMS_KEY, ROUND_ID_KEY, UPLOAD_KEY, UPLOAD_RECORD
+from fedchurn.server.secure_rounds import KeyHolderClient, SecureRounds
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
 from fedchurn.shared.protection import ProtectionParams
-from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.shared.run_config import RunConfig, is_eval_device, round_seed
 
 
 @dataclass
@@ -50,6 +59,7 @@ class RoundStats:
     eval_bytes: int = 0
     noise_std: float | None = None
     epsilon: float | None = None
+    skip_reason: str | None = None  # set when the round left the model unchanged
 
 
 EVAL_COHORTS = 100_000  # evaluation cohort ids start here, apart from training cohorts
@@ -67,14 +77,36 @@ class ChurnFedAvg(FedAvg):
     fedchurn-specific settings cannot be constructor arguments of a shared base.)
     """
 
-    def setup(self, cfg: RunConfig, nodes: list[int], state_dir: Path | None = None) -> None:
+    def setup(
+        self,
+        cfg: RunConfig,
+        nodes: list[int],
+        state_dir: Path | None = None,
+        roster: list[tuple[int, int]] | None = None,
+        keyholder: KeyHolderClient | None = None,
+    ) -> None:
+        """`roster`: (node, device index) pairs (stores sampling); `keyholder`: a deployed key holder."""
         self.cfg = cfg
         self.nodes = sorted(nodes)
         self.rng = random.Random(cfg.seed)
         self.stats = RoundStats()
         self.current: np.ndarray | None = None
         self._cohort_of: dict[int, int] = {}
-        if cfg.sampling == "slots":
+        self._device_cohort: dict[tuple[int, int], int] = {}
+        self.done_rounds = 0  # finished before a restart: skipped by Flower's loop
+        self.attempts: Callable[[int, str], int] | None = None  # fresh round ids (crash recovery)
+        self.on_contact: Callable[[], None] | None = None  # called before the key holder is asked
+        self.round_id = 0
+        if cfg.sampling == "stores":
+            if cfg.protection == "plaintext":
+                raise ValueError("stores sampling serves real devices: plaintext mode is not allowed")
+            self.roster = sorted(roster or [])
+            self.train_pool_s = [
+                p for p in self.roster if not is_eval_device(cfg.seed, p[1], cfg.eval_fraction)
+            ]
+            self.eval_pool_s = [p for p in self.roster if is_eval_device(cfg.seed, p[1], cfg.eval_fraction)]
+            n_train = len(self.train_pool_s)
+        elif cfg.sampling == "slots":
             pool = range(cfg.devices)
             self.train_pool = [d for d in pool if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
             self.eval_pool = [d for d in pool if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
@@ -82,10 +114,23 @@ class ChurnFedAvg(FedAvg):
         elif cfg.sampling == "nodes":
             n_train = round(len(self.nodes) * (1 - cfg.eval_fraction))
         else:
-            raise ValueError(f"unknown sampling {cfg.sampling!r}: use slots or nodes")
+            raise ValueError(f"unknown sampling {cfg.sampling!r}: use slots, nodes or stores")
         self.secure: SecureRounds | None = None
         if cfg.protection != "plaintext":
-            self.secure = SecureRounds(cfg, n_train, state_dir / "keyholder.sqlite" if state_dir else None)
+            self.secure = SecureRounds(
+                cfg, n_train, state_dir / "keyholder.sqlite" if state_dir else None, keyholder=keyholder
+            )
+
+    # -- crash recovery -------------------------------------------------------------------------
+    def _new_round_id(self, server_round: int, kind: str) -> int:
+        return self.attempts(server_round, kind) if self.attempts else server_round
+
+    def state(self) -> tuple[object, dict[str, dict[str, np.ndarray]] | None]:
+        """(sampling RNG state, server optimiser moments) for a checkpoint."""
+        return self.rng.getstate(), None
+
+    def restore(self, rng_state: object, optimizer: dict[str, dict[str, np.ndarray]] | None) -> None:
+        self.rng.setstate(rng_state)  # type: ignore[arg-type]
 
     # -- planning: which node plays which device ------------------------------------------
     def _plan(self, devices: list[int] | None, k: int) -> list[tuple[int, int]]:
@@ -114,6 +159,8 @@ class ChurnFedAvg(FedAvg):
                 cohort = cohort_base + i % n_cohorts
                 self._cohort_of[node] = cohort
                 extra.update(self.secure.message_config(params, server_round, cohort))
+                if self.attempts is not None:
+                    extra[ROUND_ID_KEY] = self.round_id
             cfg = ConfigRecord({**dict(config.items()), **extra})
             out.append(
                 Message(
@@ -124,9 +171,87 @@ class ChurnFedAvg(FedAvg):
             )
         return out
 
+    def _store_messages(
+        self,
+        plan: list[tuple[int, int]],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        kind: str,
+        cohort_base: int,
+        params: ProtectionParams,
+    ) -> list[Message]:
+        """Stores sampling: one message per node listing its sampled devices and their cohorts."""
+        assert self.secure is not None
+        server_round = int(config.get("server-round", 0))  # type: ignore[arg-type]
+        n_cohorts = self.secure.cohorts(len(plan), params)
+        self._device_cohort = {}
+        per_node: dict[int, list[tuple[int, int]]] = {}
+        for i, (node, device) in enumerate(plan):
+            cohort = cohort_base + i % n_cohorts
+            self._device_cohort[(node, device)] = cohort
+            per_node.setdefault(node, []).append((device, cohort))
+        out = []
+        for node, items in sorted(per_node.items()):
+            shared = self.secure.message_config(params, server_round, items[0][1])
+            shared[ROUND_ID_KEY] = self.round_id
+            shared[DEVICES_KEY] = [d for d, _ in items]
+            shared[COHORTS_KEY] = [c for _, c in items]
+            shared[ROUND_SEEDS_KEY] = [round_seed(self.cfg.seed, server_round, c) for _, c in items]
+            cfg = ConfigRecord({**dict(config.items()), **shared})
+            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
+            out.append(Message(content, dst_node_id=node, message_type=kind))
+        return out
+
+    def _store_uploads(
+        self, replies: list[Message], train: bool = True
+    ) -> dict[int, list[tuple[str, bytes]]]:
+        """Stores sampling: uploads by cohort; devices without an upload are named as left out."""
+        by_cohort: dict[int, list[tuple[str, bytes]]] = {}
+        arrived: set[tuple[int, int]] = set()
+        s = self.stats
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                s.refused.append({"device": f"node {node}", "reason": f"client error: {msg.error.reason}"})
+                continue
+            if train:
+                s.bytes_received += reply_bytes(msg)
+            else:
+                s.eval_bytes += reply_bytes(msg)
+            try:
+                rec = msg.content.config_records[UPLOAD_RECORD]
+                devices, blobs = rec[DEVICES_KEY], rec[BLOBS_KEY]
+                if not isinstance(devices, list) or not isinstance(blobs, list) or len(devices) != len(blobs):
+                    raise TypeError("device and upload lists do not match")
+            except (KeyError, TypeError) as e:
+                s.refused.append({"device": f"node {node}", "reason": f"malformed reply: {e}"})
+                continue
+            for device, blob in zip(devices, blobs, strict=True):
+                key = (node, int(device))  # type: ignore[call-overload]
+                name = f"{node}/{device}"
+                if key not in self._device_cohort or key in arrived or not isinstance(blob, bytes):
+                    s.refused.append({"device": name, "reason": "unexpected or repeated device in reply"})
+                    continue
+                arrived.add(key)
+                by_cohort.setdefault(self._device_cohort[key], []).append((name, blob))
+        for node, device in sorted(set(self._device_cohort) - arrived):
+            s.refused.append({"device": f"{node}/{device}", "reason": "no upload (failed or timed out)"})
+        self._device_cohort = {}  # consumed: an empty evaluation step must not name them again
+        return by_cohort
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if server_round <= self.done_rounds:
+            return []  # finished before a restart
+        self.round_id = self._new_round_id(server_round, "train")
+        if self.cfg.sampling == "stores":
+            assert self.secure is not None
+            plan = self.rng.sample(self.train_pool_s, min(self.cfg.per_round, len(self.train_pool_s)))
+            config["server-round"] = server_round
+            self.stats = RoundStats(sampled=len(plan), started=time.time())
+            self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
+            return self._store_messages(plan, arrays, config, MessageType.TRAIN, 0, self.secure.train_params)
         k = min(self.cfg.per_round, len(self.nodes))
         devices = (
             self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
@@ -144,6 +269,8 @@ class ChurnFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if server_round <= self.done_rounds:
+            return None, None
         replies = list(replies)
         s = self.stats
         s.received = len(replies)
@@ -201,13 +328,26 @@ class ChurnFedAvg(FedAvg):
             by_cohort.setdefault(self._cohort_of.get(node, -1), []).append((str(node), blob))
         return by_cohort
 
+    def _uploads_for(self, replies: list[Message], train: bool) -> dict[int, list[tuple[str, bytes]]]:
+        if self.cfg.sampling == "stores":
+            return self._store_uploads(replies, train)
+        return self._uploads(replies, train)
+
     def _aggregate_secure(
         self, server_round: int, replies: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.secure is not None and self.current is not None
         s = self.stats
+        uploads = self._uploads_for(replies, True)
+        if self.cfg.sampling == "stores":
+            s.received = sum(len(v) for v in uploads.values())  # devices, not nodes
         res = self.secure.aggregate(
-            self.secure.train_params, server_round, self._uploads(replies), self.current.size
+            self.secure.train_params,
+            server_round,
+            uploads,
+            self.current.size,
+            round_id=self.round_id if self.attempts else None,
+            on_contact=self.on_contact,
         )
         s.refused += res.refused
         s.trained = res.count
@@ -219,6 +359,7 @@ class ChurnFedAvg(FedAvg):
         metrics = MetricRecord({"trained": res.count, "bytes": s.bytes_received})
         if res.count == 0:
             log(WARNING, "round %d: no cohort was unmasked; the model is unchanged", server_round)
+            s.skip_reason = f"no cohort reached k={self.cfg.k_min} valid uploads; model unchanged"
             return None, metrics
         new = self.current + res.mean().astype(np.float32)
         return ArrayRecord({PARAMS_KEY: Array(new.astype(np.float32))}), metrics
@@ -229,7 +370,11 @@ class ChurnFedAvg(FedAvg):
             return sum_histograms(replies)
         params = self.secure.eval_params
         res = self.secure.aggregate(
-            params, server_round, self._uploads(replies, train=False), histogram_length(self.cfg.horizon)
+            params,
+            server_round,
+            self._uploads_for(replies, False),
+            histogram_length(self.cfg.horizon),
+            round_id=self.round_id if self.attempts else None,
         )
         return res.sum if res.count else None
 
@@ -237,6 +382,17 @@ class ChurnFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if server_round <= self.done_rounds:
+            return []
+        if self.cfg.sampling == "stores":
+            if self.cfg.eval_per_round <= 0 or not self.eval_pool_s:
+                return []
+            assert self.secure is not None
+            config["server-round"] = server_round
+            plan = self.rng.sample(self.eval_pool_s, min(self.cfg.eval_per_round, len(self.eval_pool_s)))
+            return self._store_messages(
+                plan, arrays, config, MessageType.EVALUATE, EVAL_COHORTS, self.secure.eval_params
+            )
         k = min(self.cfg.eval_per_round, len(self.nodes))
         if k <= 0:
             return []
@@ -257,6 +413,8 @@ class ChurnFedAvg(FedAvg):
         )
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if server_round <= self.done_rounds:
+            return None
         summed = self._sum_eval(server_round, replies)
         if summed is None:
             return None
@@ -272,6 +430,17 @@ class ChurnFedAvg(FedAvg):
         Batches are as equal as possible, so every cohort reaches the key holder's minimum."""
         config = ConfigRecord({"server-round": server_round})
         total: np.ndarray | None = None
+        if self.cfg.sampling == "stores":
+            if not self.eval_pool_s or self.secure is None:
+                return {}
+            self.round_id = self._new_round_id(server_round, "eval")
+            msgs = self._store_messages(
+                self.eval_pool_s, arrays, config, MessageType.EVALUATE, EVAL_COHORTS, self.secure.eval_params
+            )
+            part = self._sum_eval(server_round, grid.send_and_receive(msgs, timeout=timeout))
+            return {} if part is None else metrics_from_histogram(part, self.cfg.horizon)
+        if self.attempts is not None:
+            self.round_id = self._new_round_id(server_round, "eval")
         if self.cfg.sampling == "slots":
             n_batches = max(1, -(-len(self.eval_pool) // len(self.nodes)))
             batches = np.array_split(np.array(self.eval_pool, dtype=np.int64), n_batches)
@@ -304,8 +473,24 @@ def sum_histograms(replies: Iterable[Message]) -> np.ndarray | None:
 class ChurnFedAdam(FedAdam, ChurnFedAvg):
     """FedAdam's server optimiser on top of ChurnFedAvg's sampling and aggregation."""
 
+    def state(self) -> tuple[object, dict[str, dict[str, np.ndarray]] | None]:
+        moments = {name: dict(d) for name, d in (("m_t", self.m_t), ("v_t", self.v_t)) if d}
+        return self.rng.getstate(), moments or None
 
-def make_strategy(cfg: RunConfig, nodes: list[int], state_dir: Path | None = None) -> ChurnFedAvg:
+    def restore(self, rng_state: object, optimizer: dict[str, dict[str, np.ndarray]] | None) -> None:
+        super().restore(rng_state, optimizer)
+        if optimizer:
+            self.m_t = optimizer.get("m_t")
+            self.v_t = optimizer.get("v_t")
+
+
+def make_strategy(
+    cfg: RunConfig,
+    nodes: list[int],
+    state_dir: Path | None = None,
+    roster: list[tuple[int, int]] | None = None,
+    keyholder: KeyHolderClient | None = None,
+) -> ChurnFedAvg:
     """`fedavg`: weighted averaging; `fedadam`: FedAdam's server optimiser on the averaged update."""
     common: dict[str, Any] = {"min_available_nodes": 0, "min_train_nodes": 0, "min_evaluate_nodes": 0}
     strategy: ChurnFedAvg
@@ -315,5 +500,5 @@ def make_strategy(cfg: RunConfig, nodes: list[int], state_dir: Path | None = Non
         strategy = ChurnFedAdam(eta=cfg.server_lr, eta_l=cfg.server_lr, **common)
     else:
         raise ValueError(f"unknown strategy {cfg.strategy!r}: use fedavg or fedadam")
-    strategy.setup(cfg, nodes, state_dir)
+    strategy.setup(cfg, nodes, state_dir, roster, keyholder)
     return strategy

@@ -49,6 +49,12 @@ class RunConfig:
     sampling: str = "slots"  # slots: K SuperNodes play devices the server draws; nodes: node = device
     out_dir: str = ""
     audit_db: str = ""
+    round_timeout: float = 600.0  # seconds a round waits for replies; late devices are left out
+    keyholder_url: str = ""  # deployment: the key holder service (https://...); "" = in-process
+    keyholder_ca: str = ""  # CA certificate the key holder's TLS certificate chains to
+    keyholder_token_file: str = ""  # file holding its bearer token (else $FEDCHURN_KEYHOLDER_TOKEN)
+    state_db: str = ""  # SQLAlchemy URL of the aggregator's checkpoints ("" = no crash recovery)
+    run_name: str = ""  # identity a restarted run resumes under ("" = derived from the config)
 
     @classmethod
     def from_flower(cls, run_config: dict[str, Any]) -> RunConfig:

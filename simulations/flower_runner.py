@@ -8,7 +8,6 @@ run `flwr run` on a generated app folder, and always stop the SuperLink afterwar
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -19,48 +18,22 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from fedchurn import __version__
+from fedchurn.server import app_package
 from fedchurn.shared.run_config import RunConfig
 
 STARTUP_TIMEOUT_S = 60.0
+# (serverapp, clientapp) of the generated Flower app: fedchurn's own apps unless a caller names others.
+FEDCHURN_COMPONENTS = ("fedchurn.server.app:app", "fedchurn.simulations.flower_client:app")
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return json.dumps(str(v))
-
-
-def app_pyproject(defaults: RunConfig | None = None) -> str:
-    """The Flower app's pyproject.toml; its config defaults come from RunConfig."""
-    cfg = (defaults or RunConfig()).to_flower()
-    lines = [
-        "[build-system]",
-        'requires = ["hatchling"]',
-        'build-backend = "hatchling.build"',
-        "",
-        "[project]",
-        'name = "fedchurn-app"',
-        f'version = "{__version__}"',
-        "dependencies = []",
-        "",
-        "[tool.flwr.app]",
-        'publisher = "fedchurn"',
-        "",
-        "[tool.flwr.app.components]",
-        'serverapp = "fedchurn.server.app:app"',
-        'clientapp = "fedchurn.simulations.flower_client:app"',
-        "",
-        "[tool.flwr.app.config]",
-    ]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.items()]
-    return "\n".join(lines) + "\n"
+def app_pyproject(
+    defaults: RunConfig | None = None, components: tuple[str, str] = FEDCHURN_COMPONENTS
+) -> str:
+    """The simulation app's pyproject.toml (see `server.app_package`)."""
+    return app_package.app_pyproject(components[1], defaults, serverapp=components[0])
 
 
 def _free_port() -> int:
@@ -84,12 +57,15 @@ def run_flower(
     num_supernodes: int,
     on_poll: Callable[[], None] | None = None,
     timeout_s: float = 4 * 3600,
+    components: tuple[str, str] = FEDCHURN_COMPONENTS,
 ) -> None:
-    """Run one federated simulation; returns when the ServerApp has finished."""
+    """Run one federated simulation; returns when the ServerApp has finished.
+
+    `components` lets a benchmark run other apps (Flower's quickstart FedAvg) on the same engine."""
     work_dir.mkdir(parents=True, exist_ok=True)
     app_dir = work_dir / "flower-app"
     app_dir.mkdir(exist_ok=True)
-    (app_dir / "pyproject.toml").write_text(app_pyproject())
+    (app_dir / "pyproject.toml").write_text(app_pyproject(components=components))
     home = work_dir / "flwr-home"
     home.mkdir(exist_ok=True)
     port = _free_port()
@@ -134,7 +110,7 @@ def run_flower(
         )
         try:
             _wait_healthy(link, port, log_path)
-            overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.to_flower().items())
+            overrides = app_package.config_overrides(cfg)
             run = subprocess.Popen(
                 [
                     _bin("flwr"),

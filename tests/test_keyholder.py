@@ -123,6 +123,30 @@ def test_dp_floor_refuses_weaker_noise() -> None:
     assert e.value.reason is Reason.DP_POLICY
 
 
+def test_dp_floor_exempts_only_evaluation_histograms_of_their_length() -> None:
+    """A DP run's held-out devices still report histograms; model updates stay under the floor."""
+    from fedchurn.shared.evaluation import histogram_length
+    from fedchurn.shared.run_config import RunConfig
+
+    ev, n = RunConfig(k_min=10).eval_protection(), histogram_length(14)
+    kh = KeyHolder.generate(k_min=10, min_noise_multiplier=0.8, noise_exempt=[(ev, n)])
+    rng = np.random.default_rng(1)
+
+    def hist_req(length: int, round_id: int) -> MaskSumRequest:
+        entries = []
+        for i in range(10):
+            blob = protect_update(rng.random(length) * 0.1, ev, kh.public_key(), round_id, 1, 1, SEED, rng)
+            sealed = blob[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN]
+            entries.append(SealedEntry(f"d{i}", sealed, wire.sha256(blob[wire.HEADER_LEN + wire.SEAL_LEN :])))
+        return MaskSumRequest(round_id, 1, 1, round_seed_bytes(SEED), length, ev, tuple(entries))
+
+    assert len(kh.mask_sum(hist_req(n, 1)).included) == 10
+    for request in (hist_req(n + 1, 2), _req(_entries(kh, 10, round_id=3), round_id=3)):
+        with pytest.raises(KeyHolderRefusedError) as e:
+            kh.mask_sum(request)
+        assert e.value.reason is Reason.DP_POLICY
+
+
 def test_key_holder_drops_lead_to_aggregator_dropping_the_masked_vector() -> None:
     kh = KeyHolder.generate(k_min=10)
     rng = np.random.default_rng(4)

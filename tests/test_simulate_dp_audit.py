@@ -3,6 +3,7 @@ the reviewer sees the run's rounds and the ε spent after each one."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +37,8 @@ def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(tmp_path: Path, run_cli:
         timeout=600,
     )
     assert res.returncode == 0, res.stdout + res.stderr
+    final = json.loads((tmp_path / "run" / "federated.json").read_text())["final_evaluation"]
+    assert final.get("devices", 0) > 0  # held-out devices' histograms are answered under DP too
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "FEDCHURN_WRITE_TOKEN"}
     server = subprocess.Popen(

@@ -1,0 +1,130 @@
+"""The ClientApp of a deployed SuperNode that serves one or more devices' event stores.
+
+The SuperNode's `--node-config` names a folder of per-device SQLite stores (`store-dir`, the layout
+`fedchurn import` writes: one `<user>.sqlite` per device) and optionally `today` (a day number;
+default: the current UTC day). A device's public index is a hash of its store's name, so held-out
+membership (`is_eval_device`) is the same on the node and at the server without a list.
+
+One message per node and round: the server lists the node's sampled devices with their cohorts;
+the node answers with one protected upload per device, all in one record (one request on the wire).
+A device whose training fails is left out of the reply; the server names it in the round's audit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedchurn.client.device_data import DeviceData, prepare_device
+from fedchurn.client.flower_app import (
+    COHORT_KEY,
+    PARAMS_KEY,
+    ROUND_SEED_KEY,
+    UPLOAD_RECORD,
+    eval_histogram,
+    protected_eval_upload,
+    protected_train_upload,
+    train_device,
+)
+from fedchurn.client.store import EventStore
+from fedchurn.shared.events import SECONDS_PER_DAY
+from fedchurn.shared.run_config import RunConfig
+
+STORE_DIR_KEY, TODAY_KEY = "store-dir", "today"
+DEVICES_KEY, COHORTS_KEY, ROUND_SEEDS_KEY, BLOBS_KEY = "device-indices", "cohort-ids", "round-seeds", "blobs"
+
+
+def store_index(path: Path) -> int:
+    """A device's public index: a 31-bit hash of its store's name (stable, no registry needed)."""
+    h = hashlib.blake2b(f"fedchurn-store|{path.stem}".encode(), digest_size=4).digest()
+    return int.from_bytes(h, "little") & 0x7FFFFFFF
+
+
+def list_stores(store_dir: Path) -> dict[int, Path]:
+    """Index -> store file of every device this node serves."""
+    out: dict[int, Path] = {}
+    for p in sorted(store_dir.glob("*.sqlite")):
+        i = store_index(p)
+        if i in out:
+            raise ValueError(f"{p} and {out[i]} hash to the same device index; rename one")
+        out[i] = p
+    return out
+
+
+def _today(context: Context) -> int:
+    if TODAY_KEY in context.node_config:
+        return int(context.node_config[TODAY_KEY])
+    return int(time.time() // SECONDS_PER_DAY)
+
+
+def _stores(context: Context) -> dict[int, Path]:
+    if STORE_DIR_KEY not in context.node_config:
+        raise ValueError("this SuperNode has no store-dir in its --node-config")
+    return list_stores(Path(str(context.node_config[STORE_DIR_KEY])))
+
+
+def load_store(path: Path, cfg: RunConfig, today: int) -> DeviceData:
+    with EventStore(path) as store:
+        events, first = store.events(), store.first_day()
+    return prepare_device(events, first, today, cfg.horizon, cfg.silence_days, cfg.activity_categories())
+
+
+def _device_conf(conf: ConfigRecord, j: int) -> ConfigRecord:
+    """The message's settings as one device sees them (its own cohort and round seed)."""
+    cohorts, seeds = conf[COHORTS_KEY], conf[ROUND_SEEDS_KEY]
+    assert isinstance(cohorts, list) and isinstance(seeds, list)
+    cohort, seed = cohorts[j], seeds[j]
+    if not isinstance(cohort, int) or not isinstance(seed, bytes):
+        raise ValueError("the server's cohort ids or round seeds have the wrong type")
+    return ConfigRecord({**dict(conf.items()), COHORT_KEY: cohort, ROUND_SEED_KEY: seed})
+
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The indices of the devices this node serves (public pseudonyms the server samples from)."""
+    return Message(
+        RecordDict({UPLOAD_RECORD: ConfigRecord({DEVICES_KEY: sorted(_stores(context))})}), reply_to=msg
+    )
+
+
+def _answer(msg: Message, context: Context, train: bool) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    conf = msg.content.config_records["config"]
+    params = msg.content.array_records["arrays"][PARAMS_KEY].numpy()
+    stores, today = _stores(context), _today(context)
+    wanted = conf[DEVICES_KEY]
+    assert isinstance(wanted, list)
+    done: list[int] = []
+    blobs: list[bytes] = []
+    for j, index in enumerate(int(i) for i in wanted):
+        if index not in stores:
+            continue  # not ours (any more): left out, the server names it
+        data = load_store(stores[index], cfg, today)
+        dconf = _device_conf(conf, j)
+        if train:
+            _, new_params = train_device(cfg, dconf, params, index, data)
+            blobs.append(protected_train_upload(cfg, dconf, params, np.asarray(new_params), index))
+        else:
+            blobs.append(protected_eval_upload(cfg, dconf, eval_histogram(cfg, params, index, data), index))
+        done.append(index)
+    return Message(
+        RecordDict({UPLOAD_RECORD: ConfigRecord({DEVICES_KEY: done, BLOBS_KEY: blobs})}), reply_to=msg
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, train=True)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, train=False)

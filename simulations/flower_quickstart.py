@@ -1,0 +1,170 @@
+"""Flower's quickstart FedAvg on fedchurn's model and devices: the benchmark's reference point.
+
+The apps follow Flower's quickstart-pytorch: the ServerApp hands Flower's own
+`flwr.serverapp.strategy.FedAvg` a torch state dict and calls `strategy.start`; the ClientApp
+loads the ArrayRecord into the net, trains, and replies with an ArrayRecord and a
+MetricRecord("num-examples"). What is fedchurn's is only what must be identical for a fair
+comparison: the net (`ChurnNet`), its initial weights, local training (`local_train`), and the
+device data (`flower_client.load_device`, the same generated devices as fedchurn's simulation).
+
+Like fedchurn's `slots` sampling, the federation has `per_round` SuperNodes and each round every
+node plays one device of the training pool, drawn as fedchurn's server draws them
+(`random.Random(seed).sample(pool, per_round)` once per round). Flower's FedAvg then samples every
+node (`fraction_train = 1`). No federated evaluation (fedchurn's bench runs have none per round).
+
+The ServerApp writes `quickstart.json` in `out-dir`: `flwr run` exits 0 even when a ServerApp
+fails, so the caller checks `status` there.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from functools import lru_cache
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fedchurn.client.device_data import prepare_device
+from fedchurn.client.flower_app import conf_int, device_seed
+from fedchurn.client.training import TrainConfig, local_train
+from fedchurn.shared.model import ChurnNet
+from fedchurn.shared.model_format import init_params
+from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.simulations.flower_client import load_device
+
+STATUS_FILE = "quickstart.json"
+PARAMS_FILE = "quickstart_params.npy"
+MetricValue = int | float | list[int] | list[float]
+COMPONENTS = (
+    "fedchurn.simulations.flower_quickstart:server_app",
+    "fedchurn.simulations.flower_quickstart:client_app",
+)
+
+
+@lru_cache(maxsize=4)
+def _train_pool(seed: int, devices: int, eval_fraction: float) -> tuple[int, ...]:
+    return tuple(d for d in range(devices) if not is_eval_device(seed, d, eval_fraction))
+
+
+def device_for(cfg: RunConfig, server_round: int, slot: int, slots: int) -> int:
+    """The device a node plays in a round: fedchurn's slots draw, replayed on the node."""
+    pool = _train_pool(cfg.seed, cfg.devices, cfg.eval_fraction)
+    rng = random.Random(cfg.seed)
+    k = min(cfg.per_round, slots, len(pool))
+    drawn: list[int] = []
+    for _ in range(server_round):
+        drawn = rng.sample(pool, k)
+    return drawn[slot]
+
+
+# --- ClientApp (quickstart-pytorch's shape) ---
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = RunConfig.from_flower(context.run_config)
+    server_round = conf_int(msg.content.config_records["config"], "server-round")
+    slot = int(context.node_config["partition-id"])
+    index = device_for(cfg, server_round, slot, int(context.node_config["num-partitions"]))
+    dev = load_device(context, cfg, index)
+    data = prepare_device(
+        dev.events, dev.first_day, dev.today, cfg.horizon, cfg.silence_days, cfg.activity_categories()
+    )
+    x, t, e = data.training_rows()
+    model = ChurnNet()
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    res = local_train(
+        model.get_vector(),
+        x,
+        t,
+        e,
+        TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
+        seed=device_seed(cfg, index, server_round),
+    )
+    model.set_vector(res.params)
+    metrics: dict[str, MetricValue] = {
+        "train_loss": res.loss if res.n_examples else 0.0,
+        "num-examples": res.n_examples,
+    }
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+# --- ServerApp (quickstart-pytorch's shape, plus a status file and round times) ---
+
+server_app = ServerApp()
+
+
+def _count_replies(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """Flower's own metric averaging, plus how many replies were aggregated."""
+    out = aggregate_metricrecords(records, weighting_key)
+    out["replies"] = len(records)
+    return out
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(context.run_config)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _write(out, {"status": "running"})
+    model = ChurnNet()
+    model.set_vector(init_params(cfg.seed))  # the initial model fedchurn's ServerApp starts from
+    nodes = len(list(grid.get_node_ids()))
+    strategy = FedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=nodes,
+        min_available_nodes=nodes,
+        train_metrics_aggr_fn=_count_replies,
+    )
+    ends: list[float] = []
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        ends.append(time.time())  # round 0: just before the first round starts
+        return None
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.num_server_rounds,
+        train_config=ConfigRecord({"lr": cfg.lr}),
+        evaluate_fn=after_round,
+    )
+    replies = [_int(m.get("replies", 0)) for m in result.train_metrics_clientapp.values()]
+    doc: dict[str, Any] = {
+        "supernodes": nodes,
+        "round_seconds": [b - a for a, b in pairwise(ends)],
+        "replies": replies,
+        "wall_seconds": time.time() - t0,
+    }
+    if result.arrays is None:
+        _write(out, {**doc, "status": "failed", "reason": "no round produced a model"})
+        return
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    np.save(out / PARAMS_FILE, model.get_vector())
+    _write(out, {**doc, "status": "finished"})
+
+
+def _int(value: MetricValue) -> int:
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return int(value)
+
+
+def _write(out: Path, doc: dict[str, Any]) -> None:
+    tmp = out / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out / STATUS_FILE)

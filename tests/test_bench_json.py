@@ -1,0 +1,111 @@
+"""`fedchurn bench --json`: every figure the issue names is in the JSON, as a finite number.
+
+The default-suite test runs the real command end to end (three Flower simulations included) at
+the hidden `--test-sizes`; the `slow` test runs `--quick` exactly as the acceptance asks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RunCli
+
+from fedchurn.shared.run_config import RunConfig
+from fedchurn.simulations.bench import NO_DP_EPSILON, QUICK, TEST, Sizes, epsilon_of_run, to_json
+
+FOUR = ("fedchurn_default", "fedchurn_ckks", "flower_plain_fedavg", "flower_secaggplus")
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "upload_bytes": FOUR,
+    "aggregate_1000_s": FOUR,
+    "protect_update_ms": FOUR,
+    "features": ("one_device_90d_ms", "batch_100k_devices_s"),
+    "population": ("devices_100k_days_120_s", "peak_rss_mb"),
+    "simulation": (
+        "devices",
+        "rounds",
+        "per_round",
+        "wall_s",
+        "updates_per_s",
+        "flower_quickstart_updates_per_s",
+    ),
+    "quality": ("federated_default", "federated_plain", "central_net", "xgboost", "logreg", "epsilon"),
+    "scoring": ("devices_per_s",),
+}
+
+
+def _strict_json(text: str) -> dict[str, Any]:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    doc: dict[str, Any] = json.loads(text, parse_constant=refuse)
+    return doc
+
+
+def _missing_or_not_numbers(doc: dict[str, Any]) -> list[str]:
+    bad = []
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            v = doc.get(section, {}).get(key)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                bad.append(f"{section}.{key} = {v!r}")
+    return bad
+
+
+def _run_bench(run_cli: RunCli, tmp_path: Path, size_flag: str, timeout: float) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "out.json"
+    res = run_cli(
+        "bench", size_flag, "--json", str(out), "--work-dir", str(tmp_path / "work"), timeout=timeout
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return _strict_json(out.read_text()), res.stdout
+
+
+def _check(doc: dict[str, Any], stdout: str, sizes: Sizes) -> None:
+    assert _missing_or_not_numbers(doc) == []
+    assert doc["quick"] is True and f"{sizes.name} sizes" in stdout
+    sim = doc["simulation"]
+    assert (sim["devices"], sim["rounds"], sim["per_round"]) == (
+        sizes.sim_devices,
+        sizes.sim_rounds,
+        sizes.sim_per_round,
+    )
+    assert sim["updates_per_s"] > 0 and sim["flower_quickstart_updates_per_s"] > 0
+    # The default upload is the 780-byte protected vector, far below Flower's plaintext reply.
+    assert doc["upload_bytes"]["fedchurn_default"] < doc["upload_bytes"]["flower_plain_fedavg"]
+    assert doc["simulation"]["bytes_per_device"] < doc["simulation"]["plaintext_bytes_per_device"]
+    for model in ("federated_default", "federated_plain", "central_net", "xgboost", "logreg"):
+        assert 0.0 <= doc["quality"][model] <= 1.0
+    q = doc["quality"]
+    assert q["epsilon_bounded"] or q["epsilon"] == NO_DP_EPSILON, q["epsilon_note"]
+    # Figures for 100,000 devices measured on fewer say they were extrapolated.
+    assert "extrapolated" in doc["features"]["batch_100k_devices_s_note"]
+    assert "extrapolated" in doc["population"]["devices_100k_days_120_s_note"]
+
+
+def test_bench_json_has_every_figure_as_a_number(run_cli: RunCli, tmp_path: Path) -> None:
+    doc, stdout = _run_bench(run_cli, tmp_path, "--test-sizes", timeout=900)
+    _check(doc, stdout, TEST)
+
+
+@pytest.mark.slow
+def test_bench_quick_json_has_every_figure_as_a_number(run_cli: RunCli, tmp_path: Path) -> None:
+    doc, stdout = _run_bench(run_cli, tmp_path, "--quick", timeout=1200)
+    _check(doc, stdout, QUICK)
+
+
+def test_json_never_holds_nan_or_infinity_and_says_which_were_dropped() -> None:
+    text, replaced = to_json({"a": {"b": float("nan"), "c": [1.0, float("inf")]}, "d": 2})
+    assert _strict_json(text) == {"a": {"b": None, "c": [1.0, None]}, "d": 2}
+    assert replaced == ["a.b", "a.c[1]"]
+
+
+def test_a_run_without_dp_reports_an_unbounded_epsilon_never_a_small_one() -> None:
+    cfg = RunConfig()
+    no_dp = epsilon_of_run(cfg, [{"round": 1, "epsilon": None}])
+    assert cfg.target_epsilon == 0 and no_dp["epsilon"] == NO_DP_EPSILON and not no_dp["epsilon_bounded"]
+    dp = epsilon_of_run(cfg, [{"round": 1, "epsilon": 0.8}, {"round": 2, "epsilon": 1.2}])
+    assert dp["epsilon"] == 1.2 and dp["epsilon_bounded"]

@@ -1,0 +1,220 @@
+"""A real deployment on loopback: Flower's SuperLink (TLS, SuperNode authentication), 3 SuperNodes
+serving device stores, the key holder service and the transparency API, each its own process.
+
+One federation serves the module's tests (starting it costs ~25 s); the SuperNode-kill test runs
+last because it leaves the federation one node short. Every process is stopped afterwards, also
+when a test fails (the fixture's context manager), and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+from fedchurn.server.checkpoint import CheckpointStore
+from fedchurn.server.deploy import Federation, local_federation, population_stores, stop_group
+from fedchurn.server.dp import epsilon_for
+from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
+from fedchurn.shared.run_config import RunConfig, is_eval_device
+
+NODES, PER_NODE, K_MIN = 3, 4, 3
+PER_ROUND = 8  # of the ~10 training devices (the others are held out by hash)
+RUN_TIMEOUT_S = 420.0
+
+
+@dataclass
+class Deployment:
+    fed: Federation
+    work: Path
+    audit_db: str
+    today: int
+
+    def config(self, name: str, **overrides: object) -> RunConfig:
+        base = RunConfig(
+            num_server_rounds=2,
+            per_round=PER_ROUND,
+            eval_per_round=0,
+            sampling="stores",
+            k_min=K_MIN,
+            days=60,
+            local_epochs=1,
+            out_dir=str(self.work / name / "out"),
+            audit_db=self.audit_db,
+            state_db=f"sqlite:///{self.work / name / 'state.sqlite'}",
+            run_name=name,
+            round_timeout=60.0,
+        )
+        return self.fed.run_config(replace(base, **overrides))  # type: ignore[arg-type]
+
+    def api(self, path: str) -> dict[str, object]:
+        ctx = ssl.create_default_context(cafile=str(self.fed.secrets.ca_cert))
+        r = httpx.get(f"{self.fed.api_url}{path}", verify=ctx, timeout=10)
+        r.raise_for_status()
+        out: dict[str, object] = r.json()
+        return out
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    work = tmp_path_factory.mktemp("deploy")
+    dirs, today = population_stores(work / "stores", NODES, PER_NODE, days=60)
+    audit_db = f"sqlite:///{work / 'audit.sqlite'}"
+    with local_federation(work / "fed", dirs, audit_db, k_min=K_MIN, extra_config=f"today={today}") as fed:
+        yield Deployment(fed, work, audit_db, today)
+
+
+def run_to_end(d: Deployment, cfg: RunConfig, name: str) -> dict[str, object]:
+    """`flwr run` and wait; `flwr run` exits 0 even when the ServerApp fails, so read the status file."""
+    d.fed.start_run(cfg, name)
+    d.fed.wait(name, RUN_TIMEOUT_S)
+    fed_json = Path(cfg.out_dir) / "federated.json"
+    assert fed_json.exists(), d.fed.log_path(name).read_text()[-3000:]
+    doc: dict[str, object] = json.loads(fed_json.read_text())
+    assert doc["status"] == "finished", d.fed.log_path(name).read_text()[-3000:]
+    return doc
+
+
+def audit_rounds(d: Deployment, run_id: str) -> list[dict[str, object]]:
+    page = d.api(f"/v1/audit/rounds?run_id={run_id}&limit=100")
+    items = page["items"]
+    assert isinstance(items, list)
+    return items
+
+
+def audit_run_id(cfg: RunConfig) -> str:
+    ck = CheckpointStore(cfg.state_db).load(cfg.run_name)
+    assert ck is not None
+    return ck.audit_run_id
+
+
+def test_two_rounds_with_tls_node_auth_keyholder_and_api(deployment: Deployment) -> None:
+    cfg = deployment.config("integration")
+    t0 = time.monotonic()
+    doc = run_to_end(deployment, cfg, "integration")
+    print(f"2 rounds on the deployment engine: {time.monotonic() - t0:.1f} s")
+    params = np.load(Path(cfg.out_dir) / "model" / "params.npy")
+    assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC)), "the model did not change"
+    rounds = doc["rounds"]
+    assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
+    assert all(r["trained"] >= K_MIN for r in rounds)
+    assert all(r["upload_bytes_per_device"] == 780 for r in rounds)
+    # The transparency API (HTTPS, its own process) shows both rounds of this run.
+    rid = audit_run_id(cfg)
+    recorded = audit_rounds(deployment, rid)
+    assert sorted(r["round"] for r in recorded) == [1, 2]  # type: ignore[type-var]
+    assert not any(r["skipped"] for r in recorded)
+    run = deployment.api(f"/v1/runs/{rid}")
+    assert run["status"] == "completed"
+
+
+def test_no_secret_in_logs_outputs_or_databases(deployment: Deployment) -> None:
+    """Private keys and bearer tokens never appear in a log, the run's outputs or a database."""
+    s = deployment.fed.secrets
+    needles: list[bytes] = []
+    for path in s.private_files():
+        if not path.exists():
+            continue
+        raw = path.read_bytes()
+        needles.append(raw.strip())
+        # PEM / OpenSSH bodies: every long base64 line of the key on its own.
+        needles += [line for line in raw.splitlines() if len(line) >= 40 and b"-----" not in line]
+    assert len(needles) >= 5
+    scanned = 0
+    for f in deployment.work.rglob("*"):
+        if not f.is_file() or s.dir in f.parents:
+            continue
+        blob = f.read_bytes()
+        scanned += 1
+        for n in needles:
+            assert n not in blob, f"a secret from {s.dir} appears in {f}"
+    assert scanned > 10
+
+
+def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployment: Deployment) -> None:
+    cfg = deployment.config("resume", target_epsilon=8.0)
+    state = CheckpointStore(cfg.state_db)
+    deployment.fed.start_run(cfg, "resume-1")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # wait for round 1's checkpoint, then kill the ServerApp like a crash would
+        ck = state.load(cfg.run_name)
+        if ck is not None and ck.round >= 1:
+            break
+        assert time.monotonic() < deadline, deployment.fed.log_path("resume-1").read_text()[-3000:]
+        time.sleep(0.2)
+    pid = int((Path(cfg.out_dir) / "aggregator.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deployment.fed.stop("resume-1")
+    with create_engine(cfg.state_db).connect() as c:
+        contacted_round_2 = c.scalar(
+            text("SELECT COUNT(*) FROM fedchurn_round_attempts WHERE round = 2 AND status != 'started'")
+        )
+    assert contacted_round_2 == 0, "the kill landed after round 2 reached the key holder"
+
+    doc = run_to_end(deployment, cfg, "resume-2")
+    rounds = doc["rounds"]
+    assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
+    with create_engine(cfg.state_db).connect() as c:
+        train_attempts = c.execute(
+            text("SELECT round, status FROM fedchurn_round_attempts WHERE kind = 'train' ORDER BY id")
+        ).all()
+    # Round 1 ran once; round 2's first attempt died before the key holder, the second finished.
+    assert [r for r, st in train_attempts if st == "finished"] == [1, 2]
+    # epsilon after 2 rounds equals an uninterrupted run's: nothing forgotten, nothing counted twice.
+    rid = audit_run_id(cfg)
+    recorded = sorted(audit_rounds(deployment, rid), key=lambda r: r["round"])  # type: ignore[arg-type, return-value]
+    assert [r["round"] for r in recorded] == [1, 2]
+    dp = deployment.api(f"/v1/runs/{rid}")["dp"]
+    assert isinstance(dp, dict)
+    ck = state.load(cfg.run_name)
+    assert ck is not None and ck.roster is not None
+    n_train = sum(not is_eval_device(cfg.seed, dev, cfg.eval_fraction) for _, dev in ck.roster)
+    for r in recorded:
+        expected = epsilon_for(
+            float(dp["noise_multiplier"]),
+            cfg.delta,
+            PER_ROUND / n_train,
+            int(str(r["round"])),
+            sampling="fixed",
+            population=n_train,
+        )
+        assert r["epsilon_spent"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
+    cfg = deployment.config("dropout", num_server_rounds=1, round_timeout=35.0)
+    deployment.fed.start_run(cfg, "dropout")
+    db = create_engine(cfg.state_db)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:  # round 1 has started (its attempt is committed before messages leave)
+        try:
+            with db.connect() as c:
+                if c.scalar(text("SELECT COUNT(*) FROM fedchurn_round_attempts WHERE kind = 'train'")):
+                    break
+        except Exception:  # the table does not exist yet
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stop_group(deployment.fed.procs.pop("supernode-2"), signal.SIGKILL)
+    deployment.fed.wait("dropout", RUN_TIMEOUT_S)
+    doc = json.loads((Path(cfg.out_dir) / "federated.json").read_text())
+    assert doc["status"] == "finished"
+    (r1,) = doc["rounds"]
+    assert K_MIN <= r1["trained"] < PER_ROUND
+    left_out = [x for x in r1["refused"] if "no upload" in x["reason"]]
+    assert left_out, r1["refused"]
+    params = np.load(Path(cfg.out_dir) / "model" / "params.npy")
+    assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC))
+    recorded = audit_rounds(deployment, audit_run_id(cfg))
+    assert len(recorded) == 1 and not recorded[0]["skipped"]
+    assert recorded[0]["refused"], "the left-out devices are named in the audit log"
