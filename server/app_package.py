@@ -1,4 +1,5 @@
-"""The Flower app folder `flwr run` packages (a FAB): its pyproject.toml and run-config overrides.
+"""The Flower app folder `flwr run` packages (a FAB), its run-config overrides, and where the
+Flower commands that run it are.
 
 Simulation (`simulations.flower_runner`) and deployment (`server.deploy`) ship the same app; only the
 ClientApp differs (generated devices or device stores). Components name installed modules, so
@@ -8,6 +9,10 @@ the FAB carries no code and the SuperLink installs nothing.
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 from fedchurn import __version__
@@ -52,3 +57,16 @@ def app_pyproject(clientapp: str, defaults: RunConfig | None = None, serverapp: 
 def config_overrides(cfg: RunConfig) -> str:
     """`flwr run`'s --run-config argument: every key, so the run never depends on the FAB defaults."""
     return " ".join(f"{k}={toml_value(v)}" for k, v in cfg.to_flower().items())
+
+
+def flower_bin(name: str) -> str:
+    """A Flower command from this interpreter's venv (`flwr run` needs the venv's, not PATH's)."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    """A free loopback port for a server a run or test starts itself."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

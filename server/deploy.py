@@ -20,9 +20,7 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedchurn.server import app_package
+from fedchurn.server.app_package import flower_bin, free_port
 from fedchurn.shared.run_config import RunConfig
 
 SECRET_MODE = 0o600
@@ -295,17 +294,6 @@ class DeployError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
-
-
 def app_pyproject(clientapp: str = DEPLOY_CLIENTAPP) -> str:
     """The Flower app `flwr run` ships to the SuperLink (a FAB): components from the installed package."""
     return app_package.app_pyproject(clientapp)
@@ -314,7 +302,7 @@ def app_pyproject(clientapp: str = DEPLOY_CLIENTAPP) -> str:
 def superlink_cmd(sec: Secrets, host: str, port: int, database: Path | None = None) -> list[str]:
     """`flower-superlink` with TLS on every API, SuperNode authentication, no `uv sync` of the app."""
     cmd = [
-        _bin("flower-superlink"),
+        flower_bin("flower-superlink"),
         "--ssl-ca-certfile",
         str(sec.ca_cert),
         "--ssl-certfile",
@@ -340,7 +328,7 @@ def supernode_cmd(
     private, _ = sec.node_keys[i]
     node_config = f'store-dir="{store_dir}"' + (f" {extra_config}" if extra_config else "")
     return [
-        _bin("flower-supernode"),
+        flower_bin("flower-supernode"),
         "--superlink",
         superlink,
         "--root-certificates",
@@ -372,7 +360,7 @@ def write_flwr_config(home: Path, superlink: str, ca_cert: Path) -> Path:
 def register_node(public_key: Path, env: dict[str, str]) -> int:
     """`flwr supernode register` a SuperNode's public key (FLWR_HOME in `env`); its Flower node id."""
     out = subprocess.run(
-        [_bin("flwr"), "supernode", "register", str(public_key), "fedchurn", "--format", "json"],
+        [flower_bin("flwr"), "supernode", "register", str(public_key), "fedchurn", "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -508,7 +496,7 @@ class Federation:
     def online_nodes(self) -> set[int]:
         """Flower node ids the SuperLink sees online (`flwr supernode ls`)."""
         out = subprocess.run(
-            [_bin("flwr"), "supernode", "ls", "fedchurn", "--format", "json"],
+            [flower_bin("flwr"), "supernode", "ls", "fedchurn", "--format", "json"],
             env=self.env,
             capture_output=True,
             text=True,
@@ -609,7 +597,7 @@ class Federation:
         (app_dir / "pyproject.toml").write_text(app_pyproject())
         overrides = app_package.config_overrides(cfg)
         return self._start(
-            name, [_bin("flwr"), "run", str(app_dir), "fedchurn", "--stream", "--run-config", overrides]
+            name, [flower_bin("flwr"), "run", str(app_dir), "fedchurn", "--stream", "--run-config", overrides]
         )
 
     def wait(self, name: str, timeout: float) -> int:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from fedchurn.server import app_package
+from fedchurn.server.app_package import flower_bin, free_port
 from fedchurn.shared.run_config import RunConfig
 
 STARTUP_TIMEOUT_S = 60.0
@@ -34,17 +33,6 @@ def app_pyproject(
 ) -> str:
     """The simulation app's pyproject.toml (see `server.app_package`)."""
     return app_package.app_pyproject(components[1], defaults, serverapp=components[0])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
 
 
 class FlowerRunError(RuntimeError):
@@ -68,7 +56,7 @@ def run_flower(
     (app_dir / "pyproject.toml").write_text(app_pyproject(components=components))
     home = work_dir / "flwr-home"
     home.mkdir(exist_ok=True)
-    port = _free_port()
+    port = free_port()
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "fedchurn"\n\n'
         f'[superlink.fedchurn]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -92,7 +80,7 @@ def run_flower(
     with log_path.open("w") as log:
         link = subprocess.Popen(
             [
-                _bin("flower-superlink"),
+                flower_bin("flower-superlink"),
                 "--insecure",
                 "--simulation",
                 "--isolation",
@@ -113,7 +101,7 @@ def run_flower(
             overrides = app_package.config_overrides(cfg)
             run = subprocess.Popen(
                 [
-                    _bin("flwr"),
+                    flower_bin("flwr"),
                     "run",
                     str(app_dir),
                     "fedchurn",
