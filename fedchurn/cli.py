@@ -221,7 +221,12 @@ def simulate(
     ] = _RC.silence_days,
     strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = _RC.strategy,
     server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = _RC.server_lr,
+    server_beta2: Annotated[float, typer.Option(help="FedAdam second-moment decay.")] = _RC.server_beta2,
+    server_tau: Annotated[float, typer.Option(help="FedAdam adaptivity floor τ.")] = _RC.server_tau,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _RC.local_epochs,
+    batch_size: Annotated[
+        int, typer.Option(help="Local batch size (≥ 120: one full-batch step per epoch).")
+    ] = _RC.batch_size,
     lr: Annotated[float, typer.Option(help="Local learning rate.")] = _RC.lr,
     eval_per_round: Annotated[int, typer.Option(help="Held-out devices evaluated after each round.")] = 200,
     eval_fraction: Annotated[
@@ -265,7 +270,10 @@ def simulate(
         silence_days=silence_days,
         strategy=strategy,
         server_lr=server_lr,
+        server_beta2=server_beta2,
+        server_tau=server_tau,
         local_epochs=local_epochs,
+        batch_size=batch_size,
         lr=lr,
         protection=protection,
         target_epsilon=target_epsilon,

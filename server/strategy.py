@@ -497,7 +497,9 @@ def make_strategy(
     if cfg.strategy == "fedavg":
         strategy = ChurnFedAvg(**common)
     elif cfg.strategy == "fedadam":
-        strategy = ChurnFedAdam(eta=cfg.server_lr, eta_l=cfg.server_lr, **common)
+        strategy = ChurnFedAdam(
+            eta=cfg.server_lr, eta_l=cfg.server_lr, beta_2=cfg.server_beta2, tau=cfg.server_tau, **common
+        )
     else:
         raise ValueError(f"unknown strategy {cfg.strategy!r}: use fedavg or fedadam")
     strategy.setup(cfg, nodes, state_dir, roster, keyholder)

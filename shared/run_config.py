@@ -36,6 +36,8 @@ class RunConfig:
     lr: float = 0.1  # local SGD (gradient scale kept, so averaging behaves like large-batch SGD)
     strategy: str = "fedadam"  # fedavg | fedadam
     server_lr: float = 0.1  # FedAdam's eta
+    server_beta2: float = 0.99  # FedAdam's second-moment decay (Flower's default)
+    server_tau: float = 1e-3  # FedAdam's adaptivity floor (Flower's default)
     protection: str = "secagg"  # secagg | ckks | plaintext (a labelled baseline, never for devices)
     clip_norm: float = 0.5  # L2 bound of a device's uploaded update (the DP sensitivity)
     coords_per_round: int = 680  # secagg: coordinates each device uploads per round (public choice)

@@ -1,0 +1,63 @@
+"""The server optimiser's settings from the run config reach Flower's FedAdam and shape its step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedchurn.client.flower_app import PARAMS_KEY
+from fedchurn.server.strategy import make_strategy
+from fedchurn.shared.model_format import init_params
+from fedchurn.shared.run_config import RunConfig
+
+NODES = [11, 12, 13, 14]
+
+
+@pytest.fixture(autouse=True)
+def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+def _first_step(cfg: RunConfig, start: np.ndarray, new: list[np.ndarray]) -> np.ndarray:
+    strategy = make_strategy(cfg, NODES)
+    msgs = list(strategy.configure_train(1, ArrayRecord({PARAMS_KEY: Array(start)}), ConfigRecord(), None))  # type: ignore[arg-type]
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({PARAMS_KEY: Array(p)}),
+                    "metrics": MetricRecord({strategy.weighted_by_key: 10}),
+                }
+            ),
+            reply_to=m,
+        )
+        for m, p in zip(msgs, new, strict=True)
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    return np.asarray(arrays[PARAMS_KEY].numpy(), dtype=np.float64)
+
+
+@pytest.mark.parametrize(("beta2", "tau"), [(0.99, 1e-3), (0.999, 1e-6)])
+def test_fedadam_step_follows_the_configured_beta2_and_tau(beta2: float, tau: float) -> None:
+    cfg = RunConfig(
+        devices=20,
+        per_round=len(NODES),
+        protection="plaintext",
+        server_lr=0.01,
+        server_beta2=beta2,
+        server_tau=tau,
+    )
+    start = init_params(0)
+    rng = np.random.default_rng(1)
+    new = [(start + rng.normal(0, 1e-2, start.size)).astype(np.float32) for _ in NODES]
+    got = _first_step(cfg, start, new)
+
+    delta = np.mean(new, axis=0).astype(np.float64) - start  # equal weights: the plain mean
+    m, v = 0.1 * delta, (1 - beta2) * delta**2
+    eta = 0.01 * np.sqrt(1 - beta2**2) / (1 - 0.9**2)  # Flower's bias-corrected step, round 1
+    expected = start + eta * m / (np.sqrt(v) + tau)
+    np.testing.assert_allclose(got - start, expected - start, rtol=2e-3, atol=1e-5)
