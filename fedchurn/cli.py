@@ -241,7 +241,7 @@ def simulate(
     delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _RC.delta,
     clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _RC.clip_norm,
     coords_per_round: Annotated[
-        int, typer.Option(help="secagg: coordinates uploaded per round.")
+        int, typer.Option(help="secagg: coordinates per upload (at most 924: 1,024 B).")
     ] = _RC.coords_per_round,
     audit_db: Annotated[str, typer.Option("--audit-db", help="SQLAlchemy URL of the audit database.")] = "",
     baselines: Annotated[bool, typer.Option(help="Train the centralised baselines too.")] = True,

@@ -13,6 +13,7 @@ from typing import Any
 
 from fedchurn.shared import wire
 from fedchurn.shared.evaluation import histogram_length
+from fedchurn.shared.model_format import DEFAULT_SPEC
 from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams
 
 
@@ -82,6 +83,14 @@ class RunConfig:
             return CKKS_DEFAULT.replace(
                 clip_norm=self.clip_norm, noise_multiplier=noise_multiplier, k_min=self.k_min
             )
+        if self.protection == "secagg":
+            fit = (DEFAULT.max_upload_bytes - UPLOAD_OVERHEAD) * 8 // self.ring_bits
+            if min(self.coords_per_round, DEFAULT_SPEC.n_params) > fit:
+                raise ValueError(
+                    f"coords-per-round {self.coords_per_round} makes uploads larger than the "
+                    f"{DEFAULT.max_upload_bytes} B the aggregator accepts; at most {fit} fit in a ring of "
+                    f"{self.ring_bits} bits"
+                )
         last: ValueError | None = None
         for ring in range(self.ring_bits, 33):
             coords = self.coords_per_round

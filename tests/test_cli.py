@@ -44,3 +44,14 @@ def test_import_reports_the_bad_row_and_writes_nothing(tmp_path: Path, run_cli: 
     log.write_text(LOG)
     ok = run_cli("import", str(log), "--stores", str(tmp_path / "stores"), check=True)
     assert "imported 4 rows for 2 devices" in ok.stdout
+
+
+def test_simulate_refuses_uploads_the_aggregator_would_refuse_before_starting_flower(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    out = tmp_path / "run"
+    res = run_cli("simulate", "--devices", "20", "--coords-per-round", "925", "--out", str(out))
+    said = res.stderr + res.stdout
+    assert res.returncode != 0
+    assert "coords-per-round 925" in said and "at most 924" in said
+    assert not (out / "flower").exists()  # nothing was started
