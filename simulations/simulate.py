@@ -56,11 +56,11 @@ def log_dataset(cfg: RunConfig) -> Dataset:
 
 
 def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[str, Any]:
+    cfg.train_protection()  # refuse settings no upload could meet before anything is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_devices = len(_read_log(cfg.events_file, cfg.events_map)) if cfg.events_file else cfg.devices
     cfg = replace(cfg, devices=n_devices, out_dir=str(out.resolve()))
-    cfg.train_protection()  # refuse settings no upload could meet before any process starts
     (out / "rounds.jsonl").unlink(missing_ok=True)
     (out / "config.json").write_text(
         json.dumps({"run": asdict(cfg), "model": DEFAULT_SPEC.to_dict()}, indent=2)
