@@ -204,6 +204,11 @@ class ProtectionParams:
         return dataclasses.replace(self, **changes)
 
 
+def max_secagg_coords(upload_bytes: int, ring_bits: int) -> int:
+    """Most coordinates a secagg upload of at most `upload_bytes` (header and seal included) carries."""
+    return (upload_bytes - wire.HEADER_LEN - wire.SEAL_LEN) * 8 // ring_bits
+
+
 DEFAULT = ProtectionParams()
 CKKS_DEFAULT = ProtectionParams(mode="ckks", coords_per_round=None, max_upload_bytes=1 << 20)
 PLAINTEXT_DEFAULT = ProtectionParams(

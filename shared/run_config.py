@@ -14,7 +14,7 @@ from typing import Any
 from fedchurn.shared import wire
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.model_format import DEFAULT_SPEC
-from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams
+from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams, max_secagg_coords
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class RunConfig:
                 clip_norm=self.clip_norm, noise_multiplier=noise_multiplier, k_min=self.k_min
             )
         if self.protection == "secagg":
-            fit = (DEFAULT.max_upload_bytes - UPLOAD_OVERHEAD) * 8 // self.ring_bits
+            fit = max_secagg_coords(DEFAULT.max_upload_bytes, self.ring_bits)
             if min(self.coords_per_round, DEFAULT_SPEC.n_params) > fit:
                 raise ValueError(
                     f"coords-per-round {self.coords_per_round} makes uploads larger than the "
@@ -95,7 +95,7 @@ class RunConfig:
         for ring in range(self.ring_bits, 33):
             coords = self.coords_per_round
             if ring > self.ring_bits:
-                coords = min(coords, (UPLOAD_BUDGET - UPLOAD_OVERHEAD) * 8 // ring)
+                coords = min(coords, max_secagg_coords(UPLOAD_BUDGET, ring))
             try:
                 return DEFAULT.replace(
                     mode=self.protection,
@@ -133,7 +133,6 @@ class RunConfig:
 
 
 UPLOAD_BUDGET = 780  # bytes per device per round, all included (the brief's figure)
-UPLOAD_OVERHEAD = 100  # header (20) + sealed seed (80)
 
 
 def round_seed(seed: int, server_round: int, cohort: int) -> bytes:

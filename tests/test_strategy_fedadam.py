@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedchurn.client.flower_app import PARAMS_KEY
 from fedchurn.server.strategy import make_strategy
@@ -15,10 +14,7 @@ from fedchurn.shared.run_config import RunConfig
 NODES = [11, 12, 13, 14]
 
 
-@pytest.fixture(autouse=True)
-def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 def _first_step(cfg: RunConfig, start: np.ndarray, new: list[np.ndarray]) -> np.ndarray:

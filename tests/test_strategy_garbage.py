@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedchurn.client.flower_app import (
     DEVICE_KEY,
@@ -36,11 +35,7 @@ NODES = list(range(101, 115))  # 14 slots: 11 honest, 3 misbehaving
 GARBAGE = {101: os.urandom(780), 102: b"\x00" * 20}
 
 
-@pytest.fixture(autouse=True)
-def _serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower stamps messages with the running task's identity, as inside a ServerApp process."""
-    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 def _reply(msg: Message, blob: bytes) -> Message:
