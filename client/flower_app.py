@@ -18,8 +18,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedchurn.client.device_data import DeviceData, prepare_device
+from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_update
 from fedchurn.shared.evaluation import device_histogram, histogram_length
+from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model_format import churn_probability
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, is_eval_device
@@ -30,6 +32,9 @@ ROUND_SEED_KEY, COHORT_KEY, MODEL_VERSION_KEY = "round-seed", "cohort-id", "mode
 KEY_KEY, NOISE_KEY = "keyholder-key", "noise-multiplier"
 DEVICE_KEY = "device-index"  # in simulation (slots), which device the node plays; -1: its own
 ROUND_ID_KEY = "round-id"  # deployment: the attempt's id at the key holder (default: the server round)
+FEATURE_MEAN_ACTION = "feature_mean"  # query.feature_mean: upload this device's feature summary
+INPUT_OFFSET_KEY = "input-offset"  # train: the measured feature mean to centre inputs by
+SUMMARY_RECORD, SUMMARY_KEY = "summary", "sum"  # plaintext baseline: the summary in the clear
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,17 @@ def conf_bytes(conf: ConfigRecord, key: str) -> bytes:
     return bytes(_conf(conf, key, bytes))  # type: ignore[call-overload]
 
 
+def conf_offset(conf: ConfigRecord) -> np.ndarray | None:
+    """The input offset the server sent with a training request (None: train on raw features)."""
+    if INPUT_OFFSET_KEY not in conf:
+        return None
+    value = _conf(conf, INPUT_OFFSET_KEY, list)
+    offset = np.asarray(value, dtype=np.float64)
+    if offset.shape != (N_FEATURES,) or not np.all(np.isfinite(offset)):
+        raise ValueError(f"the server's {INPUT_OFFSET_KEY!r} must be {N_FEATURES} finite numbers")
+    return offset
+
+
 def round_id_of(conf: ConfigRecord) -> int:
     """The round id the upload is bound to: the attempt id in deployment, else the server round."""
     return conf_int(conf, ROUND_ID_KEY) if ROUND_ID_KEY in conf else conf_int(conf, "server-round")
@@ -108,6 +124,9 @@ def train_device(
     from fedchurn.client.training import TrainConfig, local_train
 
     x, t, e = data.training_rows()
+    offset = conf_offset(conf)
+    if offset is not None:
+        x = centre_rows(x, offset)
     res = local_train(
         global_params,
         x,
@@ -152,6 +171,23 @@ def protected_eval_upload(cfg: RunConfig, conf: ConfigRecord, hist: np.ndarray, 
         hist,
         round_id_of(conf),
         np.random.default_rng(device_seed(cfg, index, -conf_int(conf, COHORT_KEY))),
+    )
+
+
+def device_summary(cfg: RunConfig, index: int, data: DeviceData) -> np.ndarray:
+    """A training device's feature summary; zeros for a held-out device (it trains nothing)."""
+    if is_eval_device(cfg.seed, index, cfg.eval_fraction):
+        return np.zeros(N_FEATURES + 1)
+    return feature_summary(data.training_rows()[0])
+
+
+def feature_mean_upload(cfg: RunConfig, conf: ConfigRecord, summary: np.ndarray, index: int) -> bytes:
+    return _protect(
+        conf,
+        cfg.stats_protection(conf_float(conf, NOISE_KEY)),
+        summary,
+        round_id_of(conf),
+        np.random.default_rng(device_seed(cfg, index, -1 - conf_int(conf, COHORT_KEY))),
     )
 
 
@@ -202,6 +238,19 @@ def make_client_app(
             )
             return Message(content, reply_to=msg)
         blob = protected_train_upload(cfg, conf, global_params, new_params, index)
+        return Message(RecordDict({UPLOAD_RECORD: ConfigRecord({UPLOAD_KEY: blob})}), reply_to=msg)
+
+    @app.query(FEATURE_MEAN_ACTION)
+    def feature_mean(msg: Message, context: Context) -> Message:
+        cfg = RunConfig.from_flower(context.run_config)
+        conf = msg.content.config_records["config"]
+        index, data = data_for(msg, context, cfg)
+        summary = device_summary(cfg, index, data)
+        if cfg.protection == "plaintext":
+            arrays = ArrayRecord({SUMMARY_KEY: Array(summary.astype(np.float32))})
+            content = RecordDict({SUMMARY_RECORD: arrays})
+            return Message(content, reply_to=msg)
+        blob = feature_mean_upload(cfg, conf, summary, index)
         return Message(RecordDict({UPLOAD_RECORD: ConfigRecord({UPLOAD_KEY: blob})}), reply_to=msg)
 
     @app.evaluate()

@@ -243,6 +243,15 @@ def simulate(
     coords_per_round: Annotated[
         int, typer.Option(help="secagg: coordinates per upload (at most 924: 1,024 B).")
     ] = _RC.coords_per_round,
+    quant_bits: Annotated[
+        int, typer.Option(help="secagg: bits per quantised coordinate (levels ±(2^(b-1)-1)).")
+    ] = _RC.quant_bits,
+    ring_bits: Annotated[
+        int, typer.Option(help="secagg: ring width; must hold a cohort's sum (and DP noise).")
+    ] = _RC.ring_bits,
+    centre_features: Annotated[
+        bool, typer.Option(help="Measure the feature mean through the secure sum first; train centred.")
+    ] = _RC.centre_features,
     audit_db: Annotated[str, typer.Option("--audit-db", help="SQLAlchemy URL of the audit database.")] = "",
     baselines: Annotated[bool, typer.Option(help="Train the centralised baselines too.")] = True,
 ) -> None:
@@ -280,6 +289,9 @@ def simulate(
         delta=delta,
         clip_norm=clip_norm,
         coords_per_round=coords_per_round,
+        quant_bits=quant_bits,
+        ring_bits=ring_bits,
+        centre_features=centre_features,
         out_dir=str(out),
         audit_db=audit_db,
     )

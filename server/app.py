@@ -158,7 +158,7 @@ def round_recorder(
             "elapsed": time.time() - t0,
             "evaluation": s.evaluation,
         }
-        params = arrays[PARAMS_KEY].numpy()
+        params = strategy.exported(arrays)[PARAMS_KEY].numpy()
         finished = time.time()
         if checkpoint is not None:
             checkpoint(
@@ -201,6 +201,7 @@ def main(grid: Grid, context: Context) -> None:
     n_devices = len(roster) if roster is not None else cfg.devices
     log(INFO, "%d SuperNodes, sampling mode %s, %d devices", len(nodes), cfg.sampling, n_devices)
     records: list[dict[str, Any]] = []
+    feature_mean: dict[str, Any] | None = None  # centre-features: what the first round measured
     if recovery is not None:
         recovery.attach(strategy)
     if recovery is not None and last is not None:
@@ -214,11 +215,21 @@ def main(grid: Grid, context: Context) -> None:
             out.rounds = [r["record"] for r in records]
     else:
         initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, DEFAULT_SPEC))})
+        if cfg.centre_features:
+            offset = strategy.measure_feature_mean(grid, timeout)
+            if offset is None:
+                log(WARNING, "no cohort of the feature-mean round was unmasked; training uncentred")
+            audit.feature_mean(strategy.stats, offset is not None)
+            feature_mean = {
+                "devices": strategy.stats.trained,
+                "offset": None if offset is None else [float(v) for v in offset],
+            }
         before = strategy.evaluate_all(grid, initial, 0, timeout)
         if recovery is not None:
             recovery.store.mark(strategy.round_id, "finished")
     if out:
-        out.write_json("federated.json", {"status": "running", "initial_evaluation": before})
+        running = {"status": "running", "initial_evaluation": before, "feature_mean": feature_mean}
+        out.write_json("federated.json", running)
 
     def checkpoint(server_round: int, params: np.ndarray, entry: dict[str, Any]) -> None:
         assert recovery is not None
@@ -246,7 +257,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     # Every round skipped (no cohort reached k): Flower's result holds no arrays; the model is unchanged.
     final_arrays = result.arrays if result.arrays is not None and PARAMS_KEY in result.arrays else initial
-    params = np.asarray(final_arrays[PARAMS_KEY].numpy(), dtype=np.float32)
+    params = np.asarray(strategy.exported(final_arrays)[PARAMS_KEY].numpy(), dtype=np.float32)
     after = strategy.evaluate_all(grid, final_arrays, cfg.num_server_rounds + 1, timeout)
     if recovery is not None:
         recovery.store.mark(strategy.round_id, "finished")
@@ -278,6 +289,7 @@ def main(grid: Grid, context: Context) -> None:
                 "supernodes": len(nodes),
                 "initial_evaluation": before,
                 "final_evaluation": after,
+                "feature_mean": feature_mean,
                 "rounds": out.rounds,
                 "wall_seconds": time.time() - t0,
             },

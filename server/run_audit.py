@@ -8,8 +8,9 @@ evaluation and the model card.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedchurn.server.audit import AuditStore, RoundAlreadyRecordedError
 from fedchurn.shared.catalogue import CATEGORY_IDS
@@ -17,6 +18,9 @@ from fedchurn.shared.feature_spec import FEATURES
 from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, HORIZON_DAYS
 from fedchurn.shared.protection import MODE_LABELS, PARTY_VIEWS, ProtectionParams
 from fedchurn.shared.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from fedchurn.server.strategy import RoundStats
 
 LOGIC = (
     "On the device, 127 features summarise the last 1-28 days of each behaviour category (counts, "
@@ -78,6 +82,7 @@ class RunAudit:
     ) -> None:
         """`run_id`: continue that audit run (an aggregator restarted after a crash)."""
         self.store = AuditStore(cfg.audit_db) if cfg.audit_db else None
+        self.protection = cfg.protection
         self.run_id = ""
         if self.store and run_id and self.store.get_run(run_id) is not None:
             self.run_id = run_id
@@ -102,6 +107,23 @@ class RunAudit:
             return
         with contextlib.suppress(RoundAlreadyRecordedError):
             self._record(record, started, finished, skip_reason)
+
+    def feature_mean(self, stats: RoundStats, measured: bool) -> None:
+        """Record the feature-mean round (centre-features) as round 0: who was asked, what was
+        refused, the bytes and the epsilon it cost; never the mean itself."""
+        record = {
+            "round": 0,
+            "sampled": stats.sampled,
+            "received": stats.received,
+            "refused": stats.refused,
+            "bytes_received": stats.eval_bytes,
+            "protection": self.protection,
+            "dp_noise_std": stats.noise_std,
+            "epsilon": stats.epsilon,
+            "evaluation": {"feature_mean_round": 1.0},
+        }
+        skip = None if measured else "feature mean not measured: no cohort was unmasked; training uncentred"
+        self.round(record, stats.started, time.time(), skip)
 
     def _record(
         self, record: dict[str, Any], started: float, finished: float, skip_reason: str | None

@@ -86,7 +86,7 @@ class SecureRounds:
                 cfg.target_epsilon,
                 cfg.delta,
                 sample_rate=cfg.per_round / max(n_train_devices, 1),
-                rounds=cfg.num_server_rounds,
+                rounds=cfg.num_server_rounds + (1 if cfg.centre_features else 0),
                 sampling="fixed",
                 population=n_train_devices,
             )
@@ -100,6 +100,7 @@ class SecureRounds:
             self.accountant = PrivacyAccountant.none()
         self.train_params = cfg.train_protection(self.noise_multiplier)
         self.eval_params = cfg.eval_protection()
+        self.stats_params = cfg.stats_protection(self.noise_multiplier)
         self.keyholder: KeyHolderClient = keyholder or KeyHolder.generate(
             state_path=state_path,
             k_min=cfg.k_min,

@@ -37,9 +37,22 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedchurn.client.deploy_client import BLOBS_KEY, COHORTS_KEY, DEVICES_KEY, ROUND_SEEDS_KEY
-from fedchurn.client.flower_app import DEVICE_KEY, PARAMS_KEY, ROUND_ID_KEY, UPLOAD_KEY, UPLOAD_RECORD
+from fedchurn.client.feature_mean import mean_from_sum
+from fedchurn.client.flower_app import (
+    DEVICE_KEY,
+    FEATURE_MEAN_ACTION,
+    INPUT_OFFSET_KEY,
+    PARAMS_KEY,
+    ROUND_ID_KEY,
+    SUMMARY_KEY,
+    SUMMARY_RECORD,
+    UPLOAD_KEY,
+    UPLOAD_RECORD,
+)
 from fedchurn.server.secure_rounds import KeyHolderClient, SecureRounds
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
+from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.model_format import fold_input_offset
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, is_eval_device, round_seed
 
@@ -63,6 +76,7 @@ class RoundStats:
 
 
 EVAL_COHORTS = 100_000  # evaluation cohort ids start here, apart from training cohorts
+STATS_COHORTS = 200_000  # and feature-mean cohorts here
 
 
 def reply_bytes(msg: Message) -> int:
@@ -97,6 +111,11 @@ class ChurnFedAvg(FedAvg):
         self.attempts: Callable[[int, str], int] | None = None  # fresh round ids (crash recovery)
         self.on_contact: Callable[[], None] | None = None  # called before the key holder is asked
         self.round_id = 0
+        self.offset: np.ndarray | None = None  # centre-features: the measured feature mean
+        if cfg.centre_features and (cfg.sampling == "stores" or cfg.state_db):
+            raise ValueError(
+                "centre-features is not yet supported with stores sampling or crash recovery (state-db)"
+            )
         if cfg.sampling == "stores":
             if cfg.protection == "plaintext":
                 raise ValueError("stores sampling serves real devices: plaintext mode is not allowed")
@@ -260,6 +279,8 @@ class ChurnFedAvg(FedAvg):
         )
         plan = self._plan(devices, k)
         config["server-round"] = server_round
+        if self.offset is not None:
+            config[INPUT_OFFSET_KEY] = [float(v) for v in self.offset]
         self.stats = RoundStats(sampled=len(plan), started=time.time())
         self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
         self._cohort_of = {}
@@ -367,7 +388,7 @@ class ChurnFedAvg(FedAvg):
     def _sum_eval(self, server_round: int, replies: Iterable[Message]) -> np.ndarray | None:
         replies = list(replies)
         if self.secure is None:
-            return sum_histograms(replies)
+            return sum_plain_vectors(replies)
         params = self.secure.eval_params
         res = self.secure.aggregate(
             params,
@@ -378,12 +399,53 @@ class ChurnFedAvg(FedAvg):
         )
         return res.sum if res.count else None
 
+    # -- centred training (centre-features) ---------------------------------------------------
+    def exported(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The model as it leaves the server: with the input offset folded into the first bias."""
+        if self.offset is None:
+            return arrays
+        folded = fold_input_offset(arrays[PARAMS_KEY].numpy(), self.offset)
+        return ArrayRecord({PARAMS_KEY: Array(folded.astype(np.float32))})
+
+    def measure_feature_mean(self, grid: Grid, timeout: float) -> np.ndarray | None:
+        """The training devices' mean scaled features, summed through the secure sum.
+
+        `per_round` training devices are sampled as for a training round and, under DP, the
+        accountant is charged one round for it. None when no cohort was unmasked."""
+        self.stats = RoundStats(started=time.time())
+        config = ConfigRecord({"server-round": 0})
+        k = min(self.cfg.per_round, len(self.nodes))
+        devices = (
+            self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
+            if self.cfg.sampling == "slots"
+            else None
+        )
+        self._cohort_of = {}
+        params = self.secure.stats_params if self.secure else None
+        kind = f"{MessageType.QUERY}.{FEATURE_MEAN_ACTION}"
+        msgs = self._messages(self._plan(devices, k), ArrayRecord(), config, kind, STATS_COHORTS, params)
+        replies = list(grid.send_and_receive(msgs, timeout=timeout))
+        self.stats.sampled, self.stats.received = len(msgs), len(replies)
+        if self.secure is None:
+            total = sum_plain_vectors(replies, SUMMARY_RECORD, SUMMARY_KEY)
+        else:
+            assert params is not None
+            res = self.secure.aggregate(params, 0, self._uploads(replies, False), N_FEATURES + 1)
+            self.stats.refused, self.stats.noise_std = res.refused, res.noise_std
+            if self.secure.accountant.enabled:
+                self.stats.epsilon = self.secure.accountant.step(delta=self.cfg.delta)
+            total = res.sum if res.count else None
+        self.offset = None if total is None else mean_from_sum(total)
+        self.stats.trained = 0 if total is None else round(float(total[N_FEATURES]))
+        return self.offset
+
     # -- evaluation ---------------------------------------------------------------------------
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         if server_round <= self.done_rounds:
             return []
+        arrays = self.exported(arrays)
         if self.cfg.sampling == "stores":
             if self.cfg.eval_per_round <= 0 or not self.eval_pool_s:
                 return []
@@ -428,6 +490,7 @@ class ChurnFedAvg(FedAvg):
         """Evaluate on every held-out device (before training and after the last round).
 
         Batches are as equal as possible, so every cohort reaches the key holder's minimum."""
+        arrays = self.exported(arrays)
         config = ConfigRecord({"server-round": server_round})
         total: np.ndarray | None = None
         if self.cfg.sampling == "stores":
@@ -457,13 +520,16 @@ class ChurnFedAvg(FedAvg):
         return {} if total is None else metrics_from_histogram(total, self.cfg.horizon)
 
 
-def sum_histograms(replies: Iterable[Message]) -> np.ndarray | None:
+def sum_plain_vectors(
+    replies: Iterable[Message], record: str = "histogram", key: str = "counts"
+) -> np.ndarray | None:
+    """Plaintext baseline: the sum of the replies' vectors (histograms or feature summaries)."""
     total: np.ndarray | None = None
     for msg in replies:
         if msg.has_error():
             continue
         try:
-            hist = msg.content.array_records["histogram"]["counts"].numpy().astype(np.float64)
+            hist = msg.content.array_records[record][key].numpy().astype(np.float64)
         except KeyError:
             continue
         total = hist if total is None else total + hist

@@ -80,6 +80,18 @@ def flatten(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays])
 
 
+def fold_input_offset(params: np.ndarray, offset: np.ndarray, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
+    """The same model for uncentred inputs: W1 (x/s - offset) + b1 = W1 x/s + (b1 - W1 offset).
+
+    Training may run on centred inputs (better conditioned); every model that leaves the server is
+    folded back, so scoring, the ONNX graph and the client spec never see the offset."""
+    w1, b1, w2, b2 = unflatten(params, spec)
+    offset = np.asarray(offset, dtype=np.float64)
+    if offset.shape != (spec.n_features,):
+        raise ValueError(f"expected an offset of {spec.n_features} features, got shape {offset.shape}")
+    return flatten([w1, b1 - w1.astype(np.float64) @ offset, w2, b2])
+
+
 def hazards(params: np.ndarray, features: np.ndarray, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
     """Per-day churn hazards h_1..h_H for each row of features (..., n_features)."""
     w1, b1, w2, b2 = unflatten(params, spec)

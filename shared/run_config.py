@@ -47,6 +47,7 @@ class RunConfig:
     cohort_size: int = 20  # devices per cohort; a round's cohorts upload different coordinates
     max_cohort: int = 32
     k_min: int = 10  # smallest cohort the key holder will unmask
+    centre_features: bool = False  # measure the feature mean through the secure sum; train centred
     target_epsilon: float = 0.0  # 0: no differential privacy
     delta: float = 1e-5
     sampling: str = "slots"  # slots: K SuperNodes play devices the server draws; nodes: node = device
@@ -128,10 +129,42 @@ class RunConfig:
             max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, 12),
         )
 
+    def stats_protection(self, noise_multiplier: float = 0.0) -> ProtectionParams:
+        """The feature-mean upload: every coordinate, 8-bit levels, the count coordinate exact.
+
+        Each scaled feature is clipped to +-STATS_BOUND, so its quantisation step is 1/32 and the
+        count 1.0 is exactly 32 ring units. Under DP it carries the training noise multiplier (and
+        is charged as one more round); the ring widens from 16 bits until that noise fits."""
+        n = DEFAULT_SPEC.n_features + 1
+        clip = STATS_BOUND * math.sqrt(n)
+        if self.protection == "ckks":
+            return CKKS_DEFAULT.replace(clip_norm=clip, noise_multiplier=noise_multiplier, k_min=self.k_min)
+        last: ValueError | None = None
+        for ring in range(16, 33):
+            try:
+                params = DEFAULT.replace(
+                    mode=self.protection,
+                    coords_per_round=None,
+                    quant_bits=8,
+                    ring_bits=ring,
+                    clip_norm=clip,
+                    coord_clip_factor=1.0,
+                    noise_multiplier=noise_multiplier,
+                    max_cohort=self.max_cohort,
+                    k_min=self.k_min,
+                    max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
+                )
+                params.check_ring(n)
+                return params
+            except ValueError as e:
+                last = e
+        raise ValueError(f"no ring width fits the feature-mean upload: {last}")
+
     def activity_categories(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.activity.split(",") if c.strip())
 
 
+STATS_BOUND = 127 / 32  # scaled features are clipped to this in the feature-mean upload
 UPLOAD_BUDGET = 780  # bytes per device per round, all included (the brief's figure)
 
 

@@ -1,5 +1,5 @@
 """`fedchurn simulate --audit-db URL` with differential privacy, then `fedchurn serve --database-url URL`:
-the reviewer sees the run's rounds and the ε spent after each one."""
+the reviewer sees the run's rounds and the ε spent after each one, the feature-mean round included."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(tmp_path: Path, run_cli:
     res = run_cli(
         "simulate",
         *args.split(),
+        "--centre-features",
         "--target-epsilon",
         str(TARGET_EPSILON),
         "--audit-db",
@@ -63,9 +64,11 @@ def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(tmp_path: Path, run_cli:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    assert rounds["total"] == 2
+    # --centre-features: round 0 measured the feature mean through the same noisy secure sum
+    assert rounds["total"] == 3 and [r["round"] for r in rounds["items"]] == [0, 1, 2]
+    assert rounds["items"][0]["metrics"] == {"feature_mean_round": 1.0}
     eps = [r["epsilon_spent"] for r in rounds["items"]]
-    assert 0 < eps[0] < eps[1] <= TARGET_EPSILON  # ε grows round by round, within the target
+    assert 0 < eps[0] < eps[1] < eps[2] <= TARGET_EPSILON  # ε grows round by round, within the target
     assert all(r["dp_noise_std"] > 0 for r in rounds["items"])
-    assert budget["epsilon_spent"] == eps[1] and budget["target_epsilon"] == TARGET_EPSILON
+    assert budget["epsilon_spent"] == eps[2] and budget["target_epsilon"] == TARGET_EPSILON
     assert "RDP" in budget["accountant"] and budget["noise_multiplier"] > 0

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from flwr.app import Context, RecordDict
 from rich.console import Console
 
+from fedchurn.client.device_data import prepare_device
+from fedchurn.client.feature_mean import feature_summary, mean_from_sum
 from fedchurn.server.api_bench import live_server
 from fedchurn.server.run_output import load_model
-from fedchurn.shared.run_config import RunConfig
+from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.simulations.flower_client import load_device
 from fedchurn.simulations.simulate import simulate
 
 
@@ -31,6 +36,22 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     )
     summary = simulate(cfg, Console(quiet=True), baselines=True)
     return out, summary
+
+
+@pytest.fixture(scope="module")
+def centred_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """centre-features: a feature-mean round through the secure sum, then one centred round."""
+    out = tmp_path_factory.mktemp("centred")
+    cfg = RunConfig(
+        num_server_rounds=1,
+        devices=80,
+        per_round=30,
+        eval_fraction=0.4,
+        seed=5,
+        centre_features=True,
+        out_dir=str(out),
+    )
+    return out, simulate(cfg, Console(quiet=True), baselines=True)
 
 
 def test_training_improves_on_the_untrained_model(small_run: tuple[Path, dict]) -> None:
@@ -60,10 +81,12 @@ def test_the_run_leaves_its_records(small_run: tuple[Path, dict]) -> None:
     assert {"logreg", "xgboost", "central_net"} <= set(summary["baselines"])
 
 
-def test_federated_evaluation_equals_the_central_check(small_run: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize("run", ["small_run", "centred_run"])
+def test_federated_evaluation_equals_the_central_check(run: str, request: pytest.FixtureRequest) -> None:
     """The server's metrics come only from securely summed histograms; they must equal scoring the
-    same held-out devices directly (same features, same evaluation day, same labels)."""
-    _, summary = small_run
+    same held-out devices directly (same features, same evaluation day, same labels). In the
+    centred run this also checks the folded model: devices scored it on raw features."""
+    _, summary = request.getfixturevalue(run)
     fed = summary["federated"]["final_evaluation"]
     central = summary["baselines"]["federated_checked_centrally"]
     for key in ("devices", "positives", "roc_auc", "pr_auc", "concordance"):  # from counts: exact
@@ -79,6 +102,28 @@ def test_uploads_are_the_compact_protected_ones(small_run: tuple[Path, dict]) ->
     for r in rounds:
         assert r["protection"] == "secagg" and r["upload_bytes_per_device"] == 780
         assert r["bytes_per_device"] < 900  # Flower's protobuf body around the 780-byte upload
+
+
+def test_the_feature_mean_is_the_sampled_devices_mean_through_the_secure_sum(
+    centred_run: tuple[Path, dict],
+) -> None:
+    """The offset the server trained with is the mean of the feature summaries of the devices it
+    sampled first, recomputed here from the devices' own code, up to the 1/32 quantisation step."""
+    out, summary = centred_run
+    cfg = RunConfig(**json.loads((out / "config.json").read_text())["run"])
+    pool = [d for d in range(cfg.devices) if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    sampled = random.Random(cfg.seed).sample(pool, cfg.per_round)  # the strategy's first draw
+    summaries = []
+    for d in sampled:
+        dev = load_device(Context(0, 0, {}, RecordDict(), {}), cfg, d)
+        data = prepare_device(dev.events, dev.first_day, dev.today, cfg.horizon, cfg.silence_days)
+        summaries.append(feature_summary(data.training_rows()[0]))
+    expected = mean_from_sum(np.sum(summaries, axis=0))
+    measured = summary["federated"]["feature_mean"]
+    assert measured["devices"] == sum(s[-1] for s in summaries) > 20
+    assert expected is not None
+    np.testing.assert_allclose(measured["offset"], expected, atol=1 / 32)
+    assert np.abs(np.asarray(measured["offset"]) - expected).mean() < 0.005
 
 
 def test_serve_shows_the_runs_rounds(small_run: tuple[Path, dict]) -> None:
