@@ -23,10 +23,13 @@ from flwr.clientapp import ClientApp
 from fedchurn.client.device_data import DeviceData, prepare_device
 from fedchurn.client.flower_app import (
     COHORT_KEY,
+    FEATURE_MEAN_ACTION,
     PARAMS_KEY,
     ROUND_SEED_KEY,
     UPLOAD_RECORD,
+    device_summary,
     eval_histogram,
+    feature_mean_upload,
     protected_eval_upload,
     protected_train_upload,
     train_device,
@@ -95,10 +98,12 @@ def query(msg: Message, context: Context) -> Message:
     )
 
 
-def _answer(msg: Message, context: Context, train: bool) -> Message:
+def _answer(msg: Message, context: Context, kind: str) -> Message:
+    """`kind`: train, evaluate or feature_mean, for every listed device this node serves."""
     cfg = RunConfig.from_flower(context.run_config)
     conf = msg.content.config_records["config"]
-    params = msg.content.array_records["arrays"][PARAMS_KEY].numpy()
+    arrays = msg.content.array_records["arrays"]
+    params = arrays[PARAMS_KEY].numpy() if PARAMS_KEY in arrays else np.zeros(0, dtype=np.float32)
     stores, today = _stores(context), _today(context)
     wanted = conf[DEVICES_KEY]
     assert isinstance(wanted, list)
@@ -109,22 +114,29 @@ def _answer(msg: Message, context: Context, train: bool) -> Message:
             continue  # not ours (any more): left out, the server names it
         data = load_store(stores[index], cfg, today)
         dconf = _device_conf(conf, j)
-        if train:
+        if kind == "train":
             _, new_params = train_device(cfg, dconf, params, index, data)
             blobs.append(protected_train_upload(cfg, dconf, params, np.asarray(new_params), index))
-        else:
+        elif kind == "evaluate":
             blobs.append(protected_eval_upload(cfg, dconf, eval_histogram(cfg, params, index, data), index))
+        else:
+            blobs.append(feature_mean_upload(cfg, dconf, device_summary(cfg, index, data), index))
         done.append(index)
     return Message(
         RecordDict({UPLOAD_RECORD: ConfigRecord({DEVICES_KEY: done, BLOBS_KEY: blobs})}), reply_to=msg
     )
 
 
+@app.query(FEATURE_MEAN_ACTION)
+def feature_mean(msg: Message, context: Context) -> Message:
+    return _answer(msg, context, "feature_mean")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, train=True)
+    return _answer(msg, context, "train")
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, train=False)
+    return _answer(msg, context, "evaluate")

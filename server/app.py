@@ -158,12 +158,12 @@ def round_recorder(
             "elapsed": time.time() - t0,
             "evaluation": s.evaluation,
         }
-        params = strategy.exported(arrays)[PARAMS_KEY].numpy()
+        params = strategy.exported(arrays)[PARAMS_KEY].numpy()  # as published: offset folded in
         finished = time.time()
         if checkpoint is not None:
             checkpoint(
                 server_round,
-                params,
+                arrays[PARAMS_KEY].numpy(),  # as the strategy keeps it (centred with centre-features)
                 {"record": record, "started": s.started, "finished": finished, "skip_reason": s.skip_reason},
             )
         if out is not None:
@@ -206,6 +206,9 @@ def main(grid: Grid, context: Context) -> None:
         recovery.attach(strategy)
     if recovery is not None and last is not None:
         recovery.resume(strategy)
+        if last.input_offset is not None:
+            strategy.offset = np.asarray(last.input_offset, dtype=np.float64)
+            feature_mean = {"devices": None, "offset": last.input_offset}
         initial = ArrayRecord({PARAMS_KEY: Array(last.model.astype(np.float32))})
         before = last.initial_evaluation or {}
         records = list(last.records)
@@ -220,6 +223,8 @@ def main(grid: Grid, context: Context) -> None:
             if offset is None:
                 log(WARNING, "no cohort of the feature-mean round was unmasked; training uncentred")
             audit.feature_mean(strategy.stats, offset is not None)
+            if recovery is not None:
+                recovery.store.mark(strategy.round_id, "finished")
             feature_mean = {
                 "devices": strategy.stats.trained,
                 "offset": None if offset is None else [float(v) for v in offset],
@@ -231,21 +236,31 @@ def main(grid: Grid, context: Context) -> None:
         running = {"status": "running", "initial_evaluation": before, "feature_mean": feature_mean}
         out.write_json("federated.json", running)
 
+    def snapshot(server_round: int, model: np.ndarray, recs: list[dict[str, Any]]) -> Checkpoint:
+        """The model as the strategy keeps it (centred with centre-features) and everything else."""
+        assert recovery is not None
+        rng, optimizer = strategy.state()
+        offset = None if strategy.offset is None else [float(v) for v in strategy.offset]
+        return Checkpoint(
+            recovery.name,
+            server_round,
+            model,
+            audit.run_id,
+            rng,
+            optimizer,
+            recs,
+            before,
+            roster,
+            input_offset=offset,
+        )
+
     def checkpoint(server_round: int, params: np.ndarray, entry: dict[str, Any]) -> None:
         assert recovery is not None
         records.append(entry)
-        rng, optimizer = strategy.state()
-        ck = Checkpoint(
-            recovery.name, server_round, params, audit.run_id, rng, optimizer, records, before, roster
-        )
-        recovery.save(ck, strategy.round_id)
+        recovery.save(snapshot(server_round, params, records), strategy.round_id)
 
     if recovery is not None and last is None:
-        rng, optimizer = strategy.state()
-        model = initial[PARAMS_KEY].numpy()
-        recovery.save(
-            Checkpoint(recovery.name, 0, model, audit.run_id, rng, optimizer, [], before, roster), None
-        )
+        recovery.save(snapshot(0, initial[PARAMS_KEY].numpy(), []), None)
     result = strategy.start(
         grid,
         initial,
@@ -266,18 +281,7 @@ def main(grid: Grid, context: Context) -> None:
     with contextlib.suppress(RunFinishedError):  # a restart after the audit was closed
         audit.finish(cfg, after, params)
     if recovery is not None:
-        rng, optimizer = strategy.state()
-        done = Checkpoint(
-            recovery.name,
-            cfg.num_server_rounds,
-            params,
-            audit.run_id,
-            rng,
-            optimizer,
-            records,
-            before,
-            roster,
-        )
+        done = snapshot(cfg.num_server_rounds, final_arrays[PARAMS_KEY].numpy(), records)
         done.status = "finished"
         recovery.save(done, None)
     if out:

@@ -59,6 +59,7 @@ checkpoints = Table(
     Column("records", JSON, nullable=False),
     Column("initial_evaluation", JSON, nullable=True),
     Column("roster", JSON, nullable=True),  # stores sampling: (node, device) pairs the run samples from
+    Column("input_offset", JSON, nullable=True),  # centre-features: the measured feature mean
     Column("updated_at", Float, nullable=False),
     sqlite_autoincrement=False,
 )
@@ -69,7 +70,7 @@ attempts = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("run_name", String(128), nullable=False, index=True),
     Column("round", Integer, nullable=False),
-    Column("kind", String(8), nullable=False),  # train | eval
+    Column("kind", String(8), nullable=False),  # train | eval | stats (the feature-mean round)
     Column("status", String(16), nullable=False),  # started | contacted | finished
     Column("started_at", Float, nullable=False),
     sqlite_autoincrement=True,  # ids are never reused, even after rows are deleted
@@ -100,6 +101,7 @@ class Checkpoint:
     initial_evaluation: dict[str, Any] | None = None
     roster: list[tuple[int, int]] | None = None
     status: str = "running"
+    input_offset: list[float] | None = None  # centre-features: the model is kept centred by this
 
 
 def _pack_optimizer(opt: dict[str, dict[str, np.ndarray]] | None) -> bytes | None:
@@ -178,7 +180,8 @@ class CheckpointStore:
             )
 
     def charged_rounds(self, run_name: str) -> int:
-        """Training attempts that reached the key holder: finished rounds plus crashed ones."""
+        """Attempts that reached the key holder and cost privacy (training rounds and the feature-mean
+        round): finished ones plus crashed ones."""
         with self.engine.connect() as conn:
             n = conn.scalar(
                 select(func.count())
@@ -186,7 +189,7 @@ class CheckpointStore:
                 .where(
                     and_(
                         attempts.c.run_name == run_name,
-                        attempts.c.kind == "train",
+                        attempts.c.kind.in_(("train", "stats")),
                         attempts.c.status.in_(("contacted", "finished")),
                     )
                 )
@@ -222,6 +225,7 @@ class CheckpointStore:
             initial_evaluation=row["initial_evaluation"],
             roster=[(int(n), int(d)) for n, d in row["roster"]] if row["roster"] is not None else None,
             status=row["status"],
+            input_offset=row["input_offset"],
         )
 
     def save(self, ck: Checkpoint, finished_attempt: int | None = None) -> None:
@@ -236,6 +240,7 @@ class CheckpointStore:
             "records": json.loads(json.dumps(ck.records, default=float)),
             "initial_evaluation": json.loads(json.dumps(ck.initial_evaluation, default=float)),
             "roster": [[str(n), d] for n, d in ck.roster] if ck.roster is not None else None,
+            "input_offset": ck.input_offset,
             "updated_at": time.time(),
         }
         with self.engine.begin() as conn:

@@ -112,10 +112,6 @@ class ChurnFedAvg(FedAvg):
         self.on_contact: Callable[[], None] | None = None  # called before the key holder is asked
         self.round_id = 0
         self.offset: np.ndarray | None = None  # centre-features: the measured feature mean
-        if cfg.centre_features and (cfg.sampling == "stores" or cfg.state_db):
-            raise ValueError(
-                "centre-features is not yet supported with stores sampling or crash recovery (state-db)"
-            )
         if cfg.sampling == "stores":
             if cfg.protection == "plaintext":
                 raise ValueError("stores sampling serves real devices: plaintext mode is not allowed")
@@ -412,26 +408,45 @@ class ChurnFedAvg(FedAvg):
 
         `per_round` training devices are sampled as for a training round and, under DP, the
         accountant is charged one round for it. None when no cohort was unmasked."""
-        self.stats = RoundStats(started=time.time())
+        self.stats = s = RoundStats(started=time.time())
         config = ConfigRecord({"server-round": 0})
-        k = min(self.cfg.per_round, len(self.nodes))
-        devices = (
-            self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
-            if self.cfg.sampling == "slots"
-            else None
-        )
-        self._cohort_of = {}
         params = self.secure.stats_params if self.secure else None
         kind = f"{MessageType.QUERY}.{FEATURE_MEAN_ACTION}"
-        msgs = self._messages(self._plan(devices, k), ArrayRecord(), config, kind, STATS_COHORTS, params)
+        self.round_id = self._new_round_id(0, "stats")
+        if self.cfg.sampling == "stores":
+            assert params is not None
+            plan = self.rng.sample(self.train_pool_s, min(self.cfg.per_round, len(self.train_pool_s)))
+            msgs = self._store_messages(plan, ArrayRecord(), config, kind, STATS_COHORTS, params)
+            s.sampled = len(plan)
+        else:
+            k = min(self.cfg.per_round, len(self.nodes))
+            devices = (
+                self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
+                if self.cfg.sampling == "slots"
+                else None
+            )
+            self._cohort_of = {}
+            msgs = self._messages(self._plan(devices, k), ArrayRecord(), config, kind, STATS_COHORTS, params)
+            s.sampled = len(msgs)
         replies = list(grid.send_and_receive(msgs, timeout=timeout))
-        self.stats.sampled, self.stats.received = len(msgs), len(replies)
+        s.received = len(replies)
         if self.secure is None:
             total = sum_plain_vectors(replies, SUMMARY_RECORD, SUMMARY_KEY)
         else:
             assert params is not None
-            res = self.secure.aggregate(params, 0, self._uploads(replies, False), N_FEATURES + 1)
-            self.stats.refused, self.stats.noise_std = res.refused, res.noise_std
+            uploads = self._uploads_for(replies, False)
+            if self.cfg.sampling == "stores":
+                s.received = sum(len(v) for v in uploads.values())  # devices, not nodes
+            res = self.secure.aggregate(
+                params,
+                0,
+                uploads,
+                N_FEATURES + 1,
+                round_id=self.round_id if self.attempts else None,
+                on_contact=self.on_contact,
+            )
+            s.refused += res.refused
+            s.noise_std = res.noise_std
             if self.secure.accountant.enabled:
                 self.stats.epsilon = self.secure.accountant.step(delta=self.cfg.delta)
             total = res.sum if res.count else None

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 from fedchurn.server.checkpoint import CheckpointStore
 from fedchurn.server.deploy import Federation, local_federation, population_stores, stop_group
 from fedchurn.server.dp import epsilon_for
+from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 
@@ -142,7 +143,9 @@ def test_no_secret_in_logs_outputs_or_databases(deployment: Deployment) -> None:
 
 
 def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployment: Deployment) -> None:
-    cfg = deployment.config("resume", target_epsilon=8.0)
+    """With DP and centre-features: the feature-mean round (round 0) is charged once, its mean is
+    kept in the checkpoint, and the restarted run trains on the same one."""
+    cfg = deployment.config("resume", target_epsilon=8.0, centre_features=True)
     state = CheckpointStore(cfg.state_db)
     deployment.fed.start_run(cfg, "resume-1")
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -152,6 +155,8 @@ def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployme
             break
         assert time.monotonic() < deadline, deployment.fed.log_path("resume-1").read_text()[-3000:]
         time.sleep(0.2)
+    offset_before_crash = ck.input_offset
+    assert offset_before_crash is not None and len(offset_before_crash) == N_FEATURES
     pid = int((Path(cfg.out_dir) / "aggregator.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     deployment.fed.stop("resume-1")
@@ -164,27 +169,31 @@ def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployme
     doc = run_to_end(deployment, cfg, "resume-2")
     rounds = doc["rounds"]
     assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
+    assert doc["feature_mean"] == {"devices": None, "offset": offset_before_crash}  # not measured again
     with create_engine(cfg.state_db).connect() as c:
         train_attempts = c.execute(
             text("SELECT round, status FROM fedchurn_round_attempts WHERE kind = 'train' ORDER BY id")
         ).all()
     # Round 1 ran once; round 2's first attempt died before the key holder, the second finished.
     assert [r for r, st in train_attempts if st == "finished"] == [1, 2]
+    with create_engine(cfg.state_db).connect() as c:
+        stats_attempts = c.scalar(text("SELECT COUNT(*) FROM fedchurn_round_attempts WHERE kind = 'stats'"))
+    assert stats_attempts == 1
     # epsilon after 2 rounds equals an uninterrupted run's: nothing forgotten, nothing counted twice.
     rid = audit_run_id(cfg)
     recorded = sorted(audit_rounds(deployment, rid), key=lambda r: r["round"])  # type: ignore[arg-type, return-value]
-    assert [r["round"] for r in recorded] == [1, 2]
+    assert [r["round"] for r in recorded] == [0, 1, 2]  # round 0: the feature mean
     dp = deployment.api(f"/v1/runs/{rid}")["dp"]
     assert isinstance(dp, dict)
     ck = state.load(cfg.run_name)
-    assert ck is not None and ck.roster is not None
+    assert ck is not None and ck.roster is not None and ck.input_offset == offset_before_crash
     n_train = sum(not is_eval_device(cfg.seed, dev, cfg.eval_fraction) for _, dev in ck.roster)
     for r in recorded:
         expected = epsilon_for(
             float(dp["noise_multiplier"]),
             cfg.delta,
             PER_ROUND / n_train,
-            int(str(r["round"])),
+            int(str(r["round"])) + 1,  # the feature-mean round is the first charged step
             sampling="fixed",
             population=n_train,
         )

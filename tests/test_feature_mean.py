@@ -13,7 +13,6 @@ from fedchurn.client.feature_mean import centre_rows, feature_summary, mean_from
 from fedchurn.client.protect import protect_update
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator
-from fedchurn.server.strategy import make_strategy
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model import ChurnNet
 from fedchurn.shared.model_format import INPUT_SCALE, fold_input_offset, hazards, init_params
@@ -110,12 +109,3 @@ def test_the_feature_mean_ring_widens_until_the_dp_noise_fits() -> None:
     assert rings == sorted(rings) and rings[0] == 16 and rings[-1] > 16
     for z in (0.0, 5.0, 20.0):
         RunConfig().stats_protection(z).check_ring(N)
-
-
-@pytest.mark.parametrize(
-    "changes", [{"sampling": "stores", "protection": "secagg"}, {"state_db": "sqlite:///:memory:"}]
-)
-def test_centring_is_refused_where_it_is_not_supported_yet(changes: dict[str, str]) -> None:
-    cfg = RunConfig(centre_features=True, **changes)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="centre-features is not yet supported"):
-        make_strategy(cfg, [1, 2, 3])
