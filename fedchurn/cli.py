@@ -223,6 +223,9 @@ def simulate(
     server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = _RC.server_lr,
     server_beta2: Annotated[float, typer.Option(help="FedAdam second-moment decay.")] = _RC.server_beta2,
     server_tau: Annotated[float, typer.Option(help="FedAdam adaptivity floor τ.")] = _RC.server_tau,
+    server_lr_schedule: Annotated[
+        str, typer.Option(help="constant, or cosine (FedAdam's step decays to 5 % by the last round).")
+    ] = _RC.server_lr_schedule,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _RC.local_epochs,
     batch_size: Annotated[
         int, typer.Option(help="Local batch size (≥ 120: one full-batch step per epoch).")
@@ -281,6 +284,7 @@ def simulate(
         server_lr=server_lr,
         server_beta2=server_beta2,
         server_tau=server_tau,
+        server_lr_schedule=server_lr_schedule,
         local_epochs=local_epochs,
         batch_size=batch_size,
         lr=lr,

@@ -554,6 +554,12 @@ def sum_plain_vectors(
 class ChurnFedAdam(FedAdam, ChurnFedAvg):
     """FedAdam's server optimiser on top of ChurnFedAvg's sampling and aggregation."""
 
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.eta = self.cfg.server_lr_at(server_round)  # the step Flower's FedAdam takes this round
+        return super().configure_train(server_round, arrays, config, grid)
+
     def state(self) -> tuple[object, dict[str, dict[str, np.ndarray]] | None]:
         moments = {name: dict(d) for name, d in (("m_t", self.m_t), ("v_t", self.v_t)) if d}
         return self.rng.getstate(), moments or None

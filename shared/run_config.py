@@ -39,6 +39,7 @@ class RunConfig:
     server_lr: float = 0.1  # FedAdam's eta
     server_beta2: float = 0.99  # FedAdam's second-moment decay (Flower's default)
     server_tau: float = 1e-3  # FedAdam's adaptivity floor (Flower's default)
+    server_lr_schedule: str = "constant"  # constant | cosine (to 5 % of server-lr at the last round)
     protection: str = "secagg"  # secagg | ckks | plaintext (a labelled baseline, never for devices)
     clip_norm: float = 0.5  # L2 bound of a device's uploaded update (the DP sensitivity)
     coords_per_round: int = 680  # secagg: coordinates each device uploads per round (public choice)
@@ -159,6 +160,17 @@ class RunConfig:
             except ValueError as e:
                 last = e
         raise ValueError(f"no ring width fits the feature-mean upload: {last}")
+
+    def server_lr_at(self, server_round: int) -> float:
+        """FedAdam's eta for a round: constant, or cosine-decayed from server-lr to 5 % of it."""
+        if self.server_lr_schedule == "constant":
+            return self.server_lr
+        if self.server_lr_schedule != "cosine":
+            raise ValueError(
+                f"server-lr-schedule must be constant or cosine, got {self.server_lr_schedule!r}"
+            )
+        progress = (server_round - 1) / max(self.num_server_rounds - 1, 1)
+        return self.server_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
     def activity_categories(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.activity.split(",") if c.strip())

@@ -201,7 +201,7 @@ def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployme
 
 
 def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
-    cfg = deployment.config("dropout", num_server_rounds=1, round_timeout=35.0)
+    cfg = deployment.config("dropout", num_server_rounds=1, round_timeout=25.0)
     deployment.fed.start_run(cfg, "dropout")
     db = create_engine(cfg.state_db)
     deadline = time.monotonic() + RUN_TIMEOUT_S

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedchurn.client.flower_app import PARAMS_KEY
-from fedchurn.server.strategy import make_strategy
+from fedchurn.server.strategy import ChurnFedAdam, make_strategy
 from fedchurn.shared.model_format import init_params
 from fedchurn.shared.run_config import RunConfig
 
@@ -57,3 +57,22 @@ def test_fedadam_step_follows_the_configured_beta2_and_tau(beta2: float, tau: fl
     eta = 0.01 * np.sqrt(1 - beta2**2) / (1 - 0.9**2)  # Flower's bias-corrected step, round 1
     expected = start + eta * m / (np.sqrt(v) + tau)
     np.testing.assert_allclose(got - start, expected - start, rtol=2e-3, atol=1e-5)
+
+
+def test_a_cosine_schedule_sets_flowers_step_round_by_round() -> None:
+    cfg = RunConfig(
+        devices=20, per_round=len(NODES), protection="plaintext", server_lr=0.04, num_server_rounds=9
+    )
+    cosine = RunConfig(**{**cfg.__dict__, "server_lr_schedule": "cosine"})
+    etas = [cosine.server_lr_at(r) for r in range(1, 10)]
+    assert etas[0] == pytest.approx(0.04) and etas[-1] == pytest.approx(0.002)
+    assert etas[4] == pytest.approx(0.04 * (0.05 + 0.95 / 2)) and etas == sorted(etas, reverse=True)
+    assert {cfg.server_lr_at(r) for r in range(1, 10)} == {0.04}
+    with pytest.raises(ValueError, match="constant or cosine"):
+        RunConfig(server_lr_schedule="linear").server_lr_at(1)
+    strategy = make_strategy(cosine, NODES)
+    assert isinstance(strategy, ChurnFedAdam)
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    for r in (1, 5, 9):
+        list(strategy.configure_train(r, start, ConfigRecord(), None))  # type: ignore[arg-type]
+        assert strategy.eta == pytest.approx(etas[r - 1])  # what Flower's aggregate_train multiplies by
