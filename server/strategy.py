@@ -448,10 +448,14 @@ class ChurnFedAvg(FedAvg):
             s.refused += res.refused
             s.noise_std = res.noise_std
             if self.secure.accountant.enabled:
-                self.stats.epsilon = self.secure.accountant.step(delta=self.cfg.delta)
-            total = res.sum if res.count else None
+                s.epsilon = self.secure.accountant.step(delta=self.cfg.delta)
+            total = res.sum.copy() if res.count else None
+            if total is not None and res.noise_std > 0:
+                # Under DP the count coordinate's noise is as large as a cohort's count; divide by
+                # the devices summed instead (those without a training day pull the mean to 0).
+                total[N_FEATURES] = res.count
         self.offset = None if total is None else mean_from_sum(total)
-        self.stats.trained = 0 if total is None else round(float(total[N_FEATURES]))
+        s.trained = 0 if total is None else round(float(total[N_FEATURES]))
         return self.offset
 
     # -- evaluation ---------------------------------------------------------------------------

@@ -38,8 +38,10 @@ def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(tmp_path: Path, run_cli:
         timeout=600,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    final = json.loads((tmp_path / "run" / "federated.json").read_text())["final_evaluation"]
-    assert final.get("devices", 0) > 0  # held-out devices' histograms are answered under DP too
+    doc = json.loads((tmp_path / "run" / "federated.json").read_text())
+    assert doc["final_evaluation"].get("devices", 0) > 0  # held-out histograms are answered under DP too
+    # the feature mean is divided by the devices summed, not by the count coordinate's noisy sum
+    assert doc["feature_mean"]["devices"] == 20 and len(doc["feature_mean"]["offset"]) == 127
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "FEDCHURN_WRITE_TOKEN"}
     server = subprocess.Popen(
