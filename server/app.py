@@ -124,6 +124,15 @@ class Recovery:
         )
         return ck.round
 
+    def charge_before_first_checkpoint(self, strategy: ChurnFedAvg) -> int:
+        """A process that crashed before its first checkpoint may have had its feature-mean round
+        answered by the key holder: charge such attempts, as `resume` charges crashed rounds."""
+        earlier = self.store.charged_rounds(self.name)
+        secure = strategy.secure
+        if secure is not None and secure.accountant.enabled and earlier:
+            secure.accountant.step(earlier)
+        return earlier
+
     def save(self, ck: Checkpoint, attempt: int | None) -> None:
         self.store.save(ck, attempt)
 
@@ -218,6 +227,8 @@ def main(grid: Grid, context: Context) -> None:
             out.rounds = [r["record"] for r in records]
     else:
         initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, DEFAULT_SPEC))})
+        if recovery is not None:
+            recovery.charge_before_first_checkpoint(strategy)
         if cfg.centre_features:
             offset = strategy.measure_feature_mean(grid, timeout)
             if offset is None:

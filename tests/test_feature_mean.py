@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,10 @@ from hypothesis.extra.numpy import arrays
 
 from fedchurn.client.feature_mean import centre_rows, feature_summary, mean_from_sum
 from fedchurn.client.protect import protect_update
+from fedchurn.server.app import Recovery
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator
+from fedchurn.server.strategy import make_strategy
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model import ChurnNet
 from fedchurn.shared.model_format import INPUT_SCALE, fold_input_offset, hazards, init_params
@@ -109,3 +113,27 @@ def test_the_feature_mean_ring_widens_until_the_dp_noise_fits() -> None:
     assert rings == sorted(rings) and rings[0] == 16 and rings[-1] > 16
     for z in (0.0, 5.0, 20.0):
         RunConfig().stats_protection(z).check_ring(N)
+
+
+def test_a_feature_mean_round_a_crashed_start_reached_the_key_holder_with_is_charged(tmp_path: Path) -> None:
+    """Crash after the key holder answered the feature-mean round, before the first checkpoint:
+    the restarted run starts afresh but its accountant already holds that round."""
+    cfg = RunConfig(
+        devices=60,
+        per_round=20,
+        target_epsilon=4.0,
+        centre_features=True,
+        sampling="nodes",
+        state_db=f"sqlite:///{tmp_path / 'state.sqlite'}",
+        run_name="crashed",
+    )
+    recovery = Recovery(cfg)
+    attempt = recovery.store.begin_attempt("crashed", 0, "stats")
+    recovery.store.mark(attempt, "contacted")
+    recovery.store.begin_attempt("crashed", 0, "eval")  # evaluation costs no privacy budget
+    restarted = Recovery(cfg)
+    assert restarted.last is None  # nothing was checkpointed: the run starts afresh
+    strategy = make_strategy(cfg, list(range(1, 61)), tmp_path)
+    assert strategy.secure is not None and strategy.secure.accountant.rounds == 0
+    assert restarted.charge_before_first_checkpoint(strategy) == 1
+    assert strategy.secure.accountant.rounds == 1
