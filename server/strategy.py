@@ -155,6 +155,19 @@ class ChurnFedAvg(FedAvg):
             return list(zip(self.nodes, devices, strict=False))
         return [(n, -1) for n in self.rng.sample(self.nodes, min(k, len(self.nodes)))]
 
+    def _train_plan(self) -> list[tuple[int, int]]:
+        """This round's training draw: (node, device) pairs from the training pool (stores, slots)
+        or sampled nodes playing their own device."""
+        if self.cfg.sampling == "stores":
+            return self.rng.sample(self.train_pool_s, min(self.cfg.per_round, len(self.train_pool_s)))
+        k = min(self.cfg.per_round, len(self.nodes))
+        devices = (
+            self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
+            if self.cfg.sampling == "slots"
+            else None
+        )
+        return self._plan(devices, k)
+
     def _messages(
         self,
         plan: list[tuple[int, int]],
@@ -260,20 +273,13 @@ class ChurnFedAvg(FedAvg):
         if server_round <= self.done_rounds:
             return []  # finished before a restart
         self.round_id = self._new_round_id(server_round, "train")
+        plan = self._train_plan()
         if self.cfg.sampling == "stores":
             assert self.secure is not None
-            plan = self.rng.sample(self.train_pool_s, min(self.cfg.per_round, len(self.train_pool_s)))
             config["server-round"] = server_round
             self.stats = RoundStats(sampled=len(plan), started=time.time())
             self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
             return self._store_messages(plan, arrays, config, MessageType.TRAIN, 0, self.secure.train_params)
-        k = min(self.cfg.per_round, len(self.nodes))
-        devices = (
-            self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
-            if self.cfg.sampling == "slots"
-            else None
-        )
-        plan = self._plan(devices, k)
         config["server-round"] = server_round
         if self.offset is not None:
             config[INPUT_OFFSET_KEY] = [float(v) for v in self.offset]
@@ -413,21 +419,14 @@ class ChurnFedAvg(FedAvg):
         params = self.secure.stats_params if self.secure else None
         kind = f"{MessageType.QUERY}.{FEATURE_MEAN_ACTION}"
         self.round_id = self._new_round_id(0, "stats")
+        plan = self._train_plan()
         if self.cfg.sampling == "stores":
             assert params is not None
-            plan = self.rng.sample(self.train_pool_s, min(self.cfg.per_round, len(self.train_pool_s)))
             msgs = self._store_messages(plan, ArrayRecord(), config, kind, STATS_COHORTS, params)
-            s.sampled = len(plan)
         else:
-            k = min(self.cfg.per_round, len(self.nodes))
-            devices = (
-                self.rng.sample(self.train_pool, min(k, len(self.train_pool)))
-                if self.cfg.sampling == "slots"
-                else None
-            )
             self._cohort_of = {}
-            msgs = self._messages(self._plan(devices, k), ArrayRecord(), config, kind, STATS_COHORTS, params)
-            s.sampled = len(msgs)
+            msgs = self._messages(plan, ArrayRecord(), config, kind, STATS_COHORTS, params)
+        s.sampled = len(plan)
         replies = list(grid.send_and_receive(msgs, timeout=timeout))
         s.received = len(replies)
         if self.secure is None:
