@@ -274,17 +274,14 @@ class ChurnFedAvg(FedAvg):
             return []  # finished before a restart
         self.round_id = self._new_round_id(server_round, "train")
         plan = self._train_plan()
-        if self.cfg.sampling == "stores":
-            assert self.secure is not None
-            config["server-round"] = server_round
-            self.stats = RoundStats(sampled=len(plan), started=time.time())
-            self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
-            return self._store_messages(plan, arrays, config, MessageType.TRAIN, 0, self.secure.train_params)
         config["server-round"] = server_round
-        if self.offset is not None:
+        if self.offset is not None:  # stores and slots alike: devices train on centred rows
             config[INPUT_OFFSET_KEY] = [float(v) for v in self.offset]
         self.stats = RoundStats(sampled=len(plan), started=time.time())
         self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
+        if self.cfg.sampling == "stores":
+            assert self.secure is not None
+            return self._store_messages(plan, arrays, config, MessageType.TRAIN, 0, self.secure.train_params)
         self._cohort_of = {}
         params = self.secure.train_params if self.secure else None
         return self._messages(plan, arrays, config, MessageType.TRAIN, params=params)
