@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fedchurn.client.deploy_client import DEVICES_KEY, _device_conf
 from fedchurn.client.feature_mean import centre_rows, feature_summary, mean_from_sum
+from fedchurn.client.flower_app import PARAMS_KEY, conf_offset
 from fedchurn.client.protect import protect_update
 from fedchurn.server.app import Recovery
 from fedchurn.server.keyholder import KeyHolder
@@ -137,3 +140,28 @@ def test_a_feature_mean_round_a_crashed_start_reached_the_key_holder_with_is_cha
     assert strategy.secure is not None and strategy.secure.accountant.rounds == 0
     assert restarted.charge_before_first_checkpoint(strategy) == 1
     assert strategy.secure.accountant.rounds == 1
+
+
+@pytest.mark.usefixtures("serverapp_identity")
+@pytest.mark.parametrize("sampling", ["slots", "stores"])
+def test_every_training_message_carries_the_measured_offset(sampling: str, tmp_path: Path) -> None:
+    """Simulated slots and deployed stores alike: a device that trains gets the offset the server
+    measured, so it trains on the same centred rows the server's model expects."""
+    nodes = [1, 2, 3, 4]
+    cfg = RunConfig(devices=40, per_round=12, centre_features=True, sampling=sampling)
+    roster = [(n, d) for d in range(40) for n in [nodes[d % 4]]] if sampling == "stores" else None
+    strategy = make_strategy(cfg, nodes, tmp_path, roster=roster)
+    strategy.offset = np.linspace(-1.0, 1.0, N_FEATURES)
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    msgs = list(strategy.configure_train(1, start, ConfigRecord(), None))  # type: ignore[arg-type]
+    assert msgs
+    for msg in msgs:
+        conf = msg.content.config_records["config"]
+        if sampling == "stores":
+            confs = [_device_conf(conf, j) for j in range(len(conf[DEVICES_KEY]))]  # type: ignore[arg-type]
+        else:
+            confs = [conf]
+        for device_conf in confs:
+            got = conf_offset(device_conf)
+            assert got is not None
+            np.testing.assert_allclose(got, strategy.offset)
