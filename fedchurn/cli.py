@@ -243,6 +243,9 @@ def simulate(
     ] = _RC.target_epsilon,
     delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _RC.delta,
     clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _RC.clip_norm,
+    coord_clip_factor: Annotated[
+        float, typer.Option(help="secagg: each coordinate clipped to factor × clip-norm / √coords.")
+    ] = _RC.coord_clip_factor,
     coords_per_round: Annotated[
         int, typer.Option(help="secagg: coordinates per upload (at most 924: 1,024 B).")
     ] = _RC.coords_per_round,
@@ -292,6 +295,7 @@ def simulate(
         target_epsilon=target_epsilon,
         delta=delta,
         clip_norm=clip_norm,
+        coord_clip_factor=coord_clip_factor,
         coords_per_round=coords_per_round,
         quant_bits=quant_bits,
         ring_bits=ring_bits,

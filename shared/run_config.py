@@ -42,6 +42,7 @@ class RunConfig:
     server_lr_schedule: str = "constant"  # constant | cosine (to 5 % of server-lr at the last round)
     protection: str = "secagg"  # secagg | ckks | plaintext (a labelled baseline, never for devices)
     clip_norm: float = 0.5  # L2 bound of a device's uploaded update (the DP sensitivity)
+    coord_clip_factor: float = 3.0  # secagg: each coordinate clipped to factor * clip_norm / sqrt(m)
     coords_per_round: int = 680  # secagg: coordinates each device uploads per round (public choice)
     quant_bits: int = 3  # signed levels -3..3 per coordinate, stochastic rounding
     ring_bits: int = 8  # the ring holds max_cohort x 3 plus noise without wrapping
@@ -85,6 +86,8 @@ class RunConfig:
             return CKKS_DEFAULT.replace(
                 clip_norm=self.clip_norm, noise_multiplier=noise_multiplier, k_min=self.k_min
             )
+        if not (math.isfinite(self.coord_clip_factor) and self.coord_clip_factor > 0):
+            raise ValueError(f"coord-clip-factor must be a positive number, got {self.coord_clip_factor}")
         if self.protection == "secagg":
             fit = max_secagg_coords(DEFAULT.max_upload_bytes, self.ring_bits)
             if min(self.coords_per_round, DEFAULT_SPEC.n_params) > fit:
@@ -102,6 +105,7 @@ class RunConfig:
                 return DEFAULT.replace(
                     mode=self.protection,
                     clip_norm=self.clip_norm,
+                    coord_clip_factor=self.coord_clip_factor,
                     coords_per_round=coords,
                     quant_bits=self.quant_bits,
                     ring_bits=ring,

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from fedchurn.client.protect import NonFiniteUpdateError, protect_update, quantise, selected_clipped
 from fedchurn.shared import wire
 from fedchurn.shared.protection import DEFAULT, PLAINTEXT_DEFAULT, ProtectionParams, select_coordinates
+from fedchurn.shared.run_config import RunConfig
 
 P = 2286
 
@@ -90,6 +91,28 @@ def test_clipping_bounds_the_uploaded_norm() -> None:
     assert np.abs(sub).max() <= p.coord_clip(P) + 1e-12
     small = np.full(P, 1e-4)
     np.testing.assert_allclose(selected_clipped(small, p, 9), 1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.5, 60.0), st.integers(0, 2**31 - 1))
+def test_the_run_configs_coord_clip_factor_bounds_every_uploaded_coordinate(factor: float, seed: int) -> None:
+    """The run config's factor is what the device clips each coordinate to (and what the server,
+    building the same parameters, expects): factor x clip-norm / sqrt(coords)."""
+    p = RunConfig(
+        coord_clip_factor=factor, quant_bits=8, ring_bits=13, coords_per_round=418
+    ).train_protection()
+    assert p.coord_clip(P) == pytest.approx(factor * p.clip_norm / math.sqrt(418))
+    spiky = np.zeros(P)
+    spiky[np.random.default_rng(seed).integers(0, P, 3)] = 10.0  # all the energy in a few coordinates
+    sub = selected_clipped(spiky, p, seed)
+    assert np.abs(sub).max() <= p.coord_clip(P) + 1e-12
+    assert np.linalg.norm(sub) <= p.clip_norm + 1e-12
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, math.nan, math.inf])
+def test_a_coord_clip_factor_that_is_not_a_positive_number_is_refused_by_name(factor: float) -> None:
+    with pytest.raises(ValueError, match="coord-clip-factor must be a positive number"):
+        RunConfig(coord_clip_factor=factor).train_protection()
 
 
 def test_stochastic_rounding_is_unbiased() -> None:
