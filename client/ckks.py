@@ -1,8 +1,12 @@
-"""CKKS mode on the device: encrypt the clipped update to the key holder's public TenSEAL context.
+"""CKKS mode on the device: encrypt the clipped, masked update to the key holder's public context.
 
-Same roles as the masked mode: the device holds only a public context (no secret key), the
-aggregator adds ciphertexts, the key holder decrypts cohort sums. Much larger on the wire (see
-the benchmark), kept for reviewers who ask for homomorphic encryption.
+Same roles as the masked mode: the device holds only a public context (no secret key; its SHA-256
+pinned), the aggregator adds ciphertexts, the key holder decrypts cohort sums. The device adds a
+real-valued mask from a fresh seed before encrypting and seals the seed to the key holder, exactly as
+in secagg: the key holder removes the masks of the seals it opened, so a ciphertext that is not
+the sum of exactly those devices' ciphertexts (one device's ciphertext scaled, a cohort of made-up
+ids) decrypts to mask-dominated values, which it refuses. Much larger on the wire (see the
+benchmark), kept for reviewers who ask for homomorphic encryption.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from fedchurn.client.protect import check_update, selected_clipped
+from fedchurn.client.protect import check_update, seal_seed, selected_clipped
 from fedchurn.shared import wire
+from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import ProtectionParams
 
 
@@ -46,19 +51,26 @@ def encrypt_chunks(values: np.ndarray, ctx: Any, slots: int) -> list[bytes]:
 def encrypt_update(
     update: np.ndarray,
     params: ProtectionParams,
-    public_context: bytes,
+    keyholder: KeyHolderPublic,
     round_id: int,
     cohort_id: int,
     model_version: int,
     round_seed: bytes | int,
+    seed: bytes,
 ) -> bytes:
-    """header || CKKS body (the round's clipped coordinates, encrypted, in ceil(m / slots) chunks)."""
+    """header || seal(seed) || CKKS body (the round's clipped coordinates plus the seed's mask,
+    encrypted, in ceil(m / slots) chunks)."""
     if params.mode != "ckks":
         raise ValueError("encrypt_update needs mode='ckks'")
+    if keyholder.ckks_context is None:
+        raise ValueError("CKKS mode needs the key holder's (checked) public context")
     x = check_update(update)
-    ctx = load_public_context(public_context)
+    ctx = load_public_context(keyholder.ckks_context)
     sub = selected_clipped(x, params, round_seed)
+    masked = sub + wire.ckks_mask(seed, sub.size, params.ckks_mask_bound)
     header = wire.Header(
         wire.Mode.CKKS, round_id, cohort_id, model_version, params.config_tag(round_seed, x.size)
     )
-    return header.pack() + wire.pack_ckks_body(encrypt_chunks(sub, ctx, params.ckks_poly_modulus // 2))
+    head = header.pack()
+    sealed = seal_seed(seed, keyholder.x25519, wire.seal_info(head, params.config_digest(round_seed, x.size)))
+    return head + sealed + wire.pack_ckks_body(encrypt_chunks(masked, ctx, params.ckks_poly_modulus // 2))

@@ -3,8 +3,13 @@
 The device's model delta leaves only as `protect_update`'s bytes: the round's public coordinates,
 L2-clipped (the DP sensitivity), quantised with stochastic rounding, lifted into the ring and
 masked with a ChaCha20 stream from a fresh 32-byte seed; the seed is sealed (HPKE) to the key
-holder, bound to round, cohort, model version, parameters and the masked payload. The aggregator
-sees a uniformly random ring vector; only the key holder can remove a mask, and only as a cohort sum.
+holder the device pinned (never a key the aggregator chose), bound to round, cohort, model version
+and parameters. The aggregator sees a uniformly random ring vector; only the key holder can remove
+a mask, and only as a cohort sum. The key holder never sees anything that depends on the payload.
+
+`protect_with` is the deterministic core (seed and rounding generator given: golden vectors);
+`protect_update` draws the seed from `os.urandom` and, unless told otherwise, the rounding coins
+from an OS-seeded generator.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from fedchurn.shared import wire
+from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import ProtectionParams, select_coordinates
 
 MAX_ROUNDING_TRIES = 32  # each try meets the norm bound with probability >= 0.39; then round toward 0
@@ -101,34 +107,30 @@ def secagg_upload(
     """header || seal(seed) || pack((values + mask(seed)) mod 2^b); split out for the wire vectors."""
     bits = params.ring_bits
     masked = (ring_values + wire.mask_stream(seed, ring_values.size, bits)) & np.uint64((1 << bits) - 1)
-    payload = wire.pack_bits(masked, bits)
     head = header.pack()
-    info = wire.seal_info(head, config_digest, wire.sha256(payload))
-    return head + seal_seed(seed, keyholder_public_key, info) + payload
+    sealed = seal_seed(seed, keyholder_public_key, wire.seal_info(head, config_digest))
+    return head + sealed + wire.pack_bits(masked, bits)
 
 
-def protect_update(
+def protect_with(
     update: np.ndarray,
     params: ProtectionParams,
-    keyholder_public_key: bytes,
+    keyholder: KeyHolderPublic | None,
     round_id: int,
     cohort_id: int,
     model_version: int,
     round_seed: bytes | int,
-    rng: np.random.Generator | None = None,
+    seed: bytes,
+    rng: np.random.Generator,
 ) -> bytes:
-    """The device's upload for this round.
-
-    `keyholder_public_key` is the key holder's raw X25519 public key (secagg), its serialised
-    public TenSEAL context (ckks), or ignored (plaintext). `rng` drives stochastic rounding only
-    (not a secret; simulations pass a seeded one); the mask seed always comes from os.urandom.
-    """
+    """The upload for a given mask seed and rounding generator (the deterministic core)."""
+    if keyholder is None and params.mode != "plaintext":
+        raise ValueError(f"{params.mode} protection needs the pinned key holder")
     if params.mode == "ckks":
+        assert keyholder is not None
         from fedchurn.client.ckks import encrypt_update
 
-        return encrypt_update(
-            update, params, keyholder_public_key, round_id, cohort_id, model_version, round_seed
-        )
+        return encrypt_update(update, params, keyholder, round_id, cohort_id, model_version, round_seed, seed)
     x = check_update(update)
     n = x.size
     header = wire.Header(
@@ -137,6 +139,38 @@ def protect_update(
     sub = selected_clipped(x, params, round_seed)
     if params.mode == "plaintext":
         return header.pack() + sub.astype("<f4").tobytes()
+    assert keyholder is not None
     ring = to_ring(quantise(sub, params, n, rng), params.ring_bits)
     digest = params.config_digest(round_seed, n)
-    return secagg_upload(ring, os.urandom(wire.SEED_LEN), params, keyholder_public_key, header, digest)
+    return secagg_upload(ring, seed, params, keyholder.x25519, header, digest)
+
+
+def protect_update(
+    update: np.ndarray,
+    params: ProtectionParams,
+    keyholder: KeyHolderPublic | None,
+    round_id: int,
+    cohort_id: int,
+    model_version: int,
+    round_seed: bytes | int,
+    rng: np.random.Generator | None = None,
+) -> bytes:
+    """The device's upload for this round.
+
+    `keyholder` holds the pinned key holder's X25519 key (every protected mode) and, in CKKS mode,
+    its checked public context; None only in the plaintext baseline. The mask seed always comes
+    from `os.urandom`; `rng` drives stochastic rounding only: None (every real device) draws an
+    OS-seeded generator, a simulation passes its simulated device's seeded one so that a run is
+    reproducible from its seed.
+    """
+    return protect_with(
+        update,
+        params,
+        keyholder,
+        round_id,
+        cohort_id,
+        model_version,
+        round_seed,
+        os.urandom(wire.SEED_LEN),
+        rng if rng is not None else np.random.default_rng(),
+    )

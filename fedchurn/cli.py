@@ -300,11 +300,10 @@ def simulate(
         quant_bits=quant_bits,
         ring_bits=ring_bits,
         centre_features=centre_features,
-        out_dir=str(out),
-        audit_db=audit_db,
+        sampling_source="seeded",  # reproducible from --seed; a deployment draws with `secrets`
     )
     try:
-        summary = run(cfg, console, baselines=baselines)
+        summary = run(cfg, console, out, audit_db=audit_db, baselines=baselines)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         _fail(str(e))
     _print_summary(summary, console)

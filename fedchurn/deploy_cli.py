@@ -1,7 +1,9 @@
 """`fedchurn deploy ...`: secrets and the processes of a deployment on Flower's deployment engine.
 
 Each command runs one part in the foreground (for a process supervisor, one machine each), except
-`local`, which starts a whole federation on loopback like the integration tests. See docs/deploy.md.
+`local`, which starts a whole federation on loopback like the integration tests. Every party reads
+only its own folder of the secrets (`certs` writes one per party), and no secret is ever put on a
+command line. See docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -27,23 +29,36 @@ CertsOpt = Annotated[Path, typer.Option(help="Folder written by `fedchurn deploy
 
 @app.command()
 def certs(
-    out: Annotated[Path, typer.Option(help="Folder for the CA, certificates, node keys and tokens.")],
+    out: Annotated[Path, typer.Option(help="Folder for every party's secrets (one sub-folder each).")],
     nodes: Annotated[int, typer.Option(help="SuperNode key pairs to create.")] = 3,
-    host: Annotated[list[str] | None, typer.Option(help="Server name or IP (repeat).")] = None,
+    host: Annotated[list[str] | None, typer.Option(help="SuperLink name or IP (repeat).")] = None,
+    keyholder_host: Annotated[
+        list[str] | None, typer.Option(help="Key holder name or IP (repeat; default: --host).")
+    ] = None,
+    api_host: Annotated[
+        list[str] | None, typer.Option(help="API name or IP (repeat; default: --host).")
+    ] = None,
+    ckks: Annotated[bool, typer.Option(help="Also create the key holder's CKKS context.")] = True,
 ) -> None:
-    """Create a CA, a server certificate, SuperNode keys (EC P-384) and bearer tokens (files 0600)."""
+    """Create a CA, one TLS certificate per service, SuperNode keys (EC P-384), the key holder's keys
+    and the pin every SuperNode carries, and bearer tokens (private files 0600)."""
     from fedchurn.server.deploy import make_secrets
 
-    sec = make_secrets(out, nodes, tuple(host or ("127.0.0.1", "localhost")))
+    hosts = tuple(host or ("127.0.0.1", "localhost"))
+    sec = make_secrets(out, nodes, hosts, tuple(keyholder_host or hosts), tuple(api_host or hosts), ckks)
     console.print(
-        f"wrote {sec.ca_cert}, {sec.server_cert}, {len(sec.node_keys)} node keys and tokens in {out}"
+        f"wrote {out}/: ca/, superlink/, keyholder/, api/, aggregator/, nodes/ ({len(sec.node_keys)}), pins/"
+    )
+    console.print(
+        "give keyholder/ to the key holder's operator only; aggregator/ and superlink/ to the aggregator's; "
+        "pins/keyholder.toml and ca/ca.pem to every device operator"
     )
 
 
 @app.command()
 def keyholder(
-    certs: CertsOpt,
-    state_dir: Annotated[Path, typer.Option(help="Where the X25519 key and the once-only state live.")],
+    directory: Annotated[Path, typer.Option("--dir", help="The key holder's folder (certs' keyholder/).")],
+    state: Annotated[Path, typer.Option(help="Once-only state (SQLite); back it up with the key.")],
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8443,
     k_min: Annotated[int, typer.Option(help="Smallest cohort it will unmask.")] = RunConfig().k_min,
@@ -55,32 +70,56 @@ def keyholder(
     """Run the key holder service over HTTPS (operated by the other, non-colluding party)."""
     from fedchurn.server.deploy import serve_keyholder
 
-    state_dir.mkdir(parents=True, exist_ok=True)
-    serve_keyholder(
-        host,
-        port,
-        state_dir / "keyholder.key",
-        state_dir / "keyholder-state.sqlite",
-        certs / "keyholder.token",
-        certs / "server.pem",
-        certs / "server.key",
-        k_min,
-        min_noise_multiplier,
-        horizon,
-    )
+    state.parent.mkdir(parents=True, exist_ok=True)
+    serve_keyholder(host, port, directory, state, k_min, min_noise_multiplier, horizon)
 
 
 @app.command()
 def api(
-    certs: CertsOpt,
-    database_url: Annotated[str, typer.Option(help="The audit database the aggregator writes.")],
+    directory: Annotated[Path, typer.Option("--dir", help="The API's folder (certs' api/).")],
+    database_url: Annotated[
+        str | None, typer.Option(help="Audit database (no password here; else $FEDCHURN_DATABASE_URL).")
+    ] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8444,
 ) -> None:
     """Run the transparency API over HTTPS, read-only."""
-    from fedchurn.server.deploy import serve_api
+    from fedchurn.server.deploy import database_url_from, serve_api
 
-    serve_api(host, port, database_url, certs / "server.pem", certs / "server.key")
+    serve_api(host, port, database_url_from(database_url), directory / "tls.pem", directory / "tls.key")
+
+
+@app.command("aggregator-settings")
+def aggregator_settings(
+    certs: CertsOpt,
+    keyholder_url: Annotated[str, typer.Option(help="https://host:port of the key holder.")],
+    results: Annotated[Path, typer.Option(help="Each run's results go to <results>/<run name>/.")],
+    state_db: Annotated[str, typer.Option(help="Checkpoints (SQLAlchemy URL, no password here).")],
+    audit_db: Annotated[str, typer.Option(help="Audit database (SQLAlchemy URL, no password here).")],
+) -> None:
+    """Write the aggregator's private settings (`<certs>/aggregator/aggregator.toml`, 0600); start the
+    SuperLink with them (`deploy superlink`). Passwords: PGPASSWORD or ~/.pgpass, or edit the file."""
+    from sqlalchemy.engine import make_url
+
+    from fedchurn.server.deploy import load_secrets
+    from fedchurn.server.settings import AggregatorSettings
+
+    for name, url in (("--state-db", state_db), ("--audit-db", audit_db)):
+        if make_url(url).password:
+            console.print(
+                f"[red]error:[/] {name} holds a password; a command line is readable by every local user"
+            )
+            raise typer.Exit(2)
+    sec = load_secrets(certs)
+    path = AggregatorSettings(
+        out_root=str(results.resolve()),
+        audit_db=audit_db,
+        state_db=state_db,
+        keyholder_url=keyholder_url,
+        keyholder_ca=str(sec.ca_cert.resolve()),
+        keyholder_token_file=str(sec.aggregator_token.resolve()),
+    ).write(sec.dir / "aggregator" / "aggregator.toml")
+    console.print(f"wrote {path}")
 
 
 @app.command()
@@ -90,11 +129,25 @@ def superlink(
     port: Annotated[int, typer.Option()] = 9093,
     database: Annotated[Path | None, typer.Option(help="SuperLink state file (default: in memory).")] = None,
 ) -> None:
-    """Exec `flower-superlink` with TLS and SuperNode authentication."""
+    """Exec `flower-superlink` with TLS and SuperNode authentication; its ServerApps read the
+    aggregator settings (`deploy aggregator-settings`) named in their environment."""
     from fedchurn.server.deploy import load_secrets, superlink_cmd
+    from fedchurn.server.settings import SETTINGS_ENV
 
-    cmd = superlink_cmd(load_secrets(certs), host, port, database)
-    os.execvpe(cmd[0], cmd, {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"})
+    sec = load_secrets(certs)
+    settings = sec.dir / "aggregator" / "aggregator.toml"
+    if not settings.exists():
+        console.print(
+            f"[red]error:[/] {settings} is missing: run `fedchurn deploy aggregator-settings` first"
+        )
+        raise typer.Exit(2)
+    cmd = superlink_cmd(sec, host, port, database)
+    env = {
+        **os.environ,
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        SETTINGS_ENV: str(settings.resolve()),
+    }
+    os.execvpe(cmd[0], cmd, env)
 
 
 @app.command()
@@ -116,13 +169,14 @@ def register(
 @app.command()
 def supernode(
     certs: CertsOpt,
-    node: Annotated[int, typer.Option(help="Which node key (0-based).")],
+    node: Annotated[int, typer.Option(help="Which SuperNode key (nodes/node-<i>).")],
     superlink: Annotated[str, typer.Option(help="host:port of the SuperLink.")],
     stores: Annotated[Path, typer.Option(help="Folder of the device stores this node serves.")],
     today: Annotated[int | None, typer.Option(help="Day number (default: the current UTC day).")] = None,
     runtime_port: Annotated[int, typer.Option(help="Local port of the node's runtime API.")] = 9094,
 ) -> None:
-    """Exec `flower-supernode` serving one folder of device stores."""
+    """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
+    `<certs>/pins/keyholder.toml`."""
     from fedchurn.server.deploy import load_secrets, supernode_cmd
 
     extra = f"today={today}" if today is not None else ""
@@ -132,10 +186,6 @@ def supernode(
 
 @app.command()
 def run(
-    certs: CertsOpt,
-    keyholder_url: Annotated[str, typer.Option(help="https://host:port of the key holder.")],
-    state_db: Annotated[str, typer.Option(help="SQLAlchemy URL of the aggregator's checkpoints.")],
-    audit_db: Annotated[str, typer.Option(help="SQLAlchemy URL of the audit database.")],
     home: Annotated[Path, typer.Option(help="FLWR_HOME of `deploy register`.")] = Path(".flwr"),
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = RunConfig().num_server_rounds,
     per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = RunConfig().per_round,
@@ -143,12 +193,14 @@ def run(
     target_epsilon: Annotated[float, typer.Option(help="DP target ε (0: no DP).")] = 0.0,
     round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 600.0,
     run_name: Annotated[str, typer.Option(help="Identity a restarted run resumes under.")] = "",
-    out: Annotated[Path, typer.Option(help="Run folder (SuperLink's machine).")] = Path("results/deploy"),
+    work: Annotated[Path, typer.Option(help="Where the app folder and run config are written.")] = Path(
+        "results/deploy"
+    ),
 ) -> None:
     """`flwr run` the fedchurn app (stores sampling) on the SuperLink; re-run the same to resume."""
     import subprocess
 
-    from fedchurn.server.app_package import config_overrides
+    from fedchurn.server.app_package import write_run_config
     from fedchurn.server.deploy import app_pyproject
 
     cfg = replace(
@@ -160,19 +212,13 @@ def run(
         round_timeout=round_timeout,
         run_name=run_name,
         sampling="stores",
-        out_dir=str(out.resolve()),
-        audit_db=audit_db,
-        state_db=state_db,
-        keyholder_url=keyholder_url,
-        keyholder_ca=str((certs / "ca.pem").resolve()),
-        keyholder_token_file=str((certs / "keyholder.token").resolve()),
     )
-    app_dir = out.resolve() / "flower-app"
+    app_dir = work.resolve() / "flower-app"
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "pyproject.toml").write_text(app_pyproject())
-    overrides = config_overrides(cfg)
+    run_config = write_run_config(cfg, work.resolve() / "run-config.toml")
     env = {**os.environ, "FLWR_HOME": str(home.resolve())}
-    cmd = ["flwr", "run", str(app_dir), "fedchurn", "--stream", "--run-config", overrides]
+    cmd = ["flwr", "run", str(app_dir), "fedchurn", "--stream", "--run-config", str(run_config)]
     sys.exit(subprocess.call(cmd, env=env))
 
 
@@ -195,21 +241,19 @@ def local(
     with local_federation(out / "fed", dirs, audit, k_min=k_min, extra_config=f"today={today}") as fed:
         console.print(f"SuperLink {fed.superlink_address}, key holder {fed.keyholder_url}, API {fed.api_url}")
         n_train = max(1, round(nodes * devices_per_node * (1 - RunConfig().eval_fraction)) - 1)
-        cfg = fed.run_config(
-            replace(
-                RunConfig(),
-                num_server_rounds=rounds,
-                per_round=n_train,
-                k_min=k_min,
-                sampling="stores",
-                days=60,
-                eval_per_round=0,
-                out_dir=str(out / "run"),
-                audit_db=audit,
-                state_db=f"sqlite:///{out / 'state.sqlite'}",
-                run_name=f"local-{os.getpid()}",
-            )
+        name = f"local-{os.getpid()}"
+        cfg = replace(
+            RunConfig(),
+            num_server_rounds=rounds,
+            per_round=n_train,
+            k_min=k_min,
+            sampling="stores",
+            days=60,
+            eval_per_round=0,
+            run_name=name,
         )
         fed.start_run(cfg)
         code = fed.wait("run", 3600)
-        console.print(f"flwr run exited {code}; results in {out / 'run'}, logs in {out / 'fed' / 'logs'}")
+        console.print(
+            f"flwr run exited {code}; results in {fed.run_dir(name)}, logs in {out / 'fed' / 'logs'}"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -71,6 +72,7 @@ from fedchurn.server.audit import (
     RunRecord,
     UnknownRunError,
 )
+from fedchurn.server.http_gate import RequestGate
 from fedchurn.shared import feature_spec as fs
 from fedchurn.shared.catalogue import (
     BY_ID,
@@ -86,6 +88,14 @@ PREFIX = "/v1"
 PROBLEM_JSON = "application/problem+json"
 STATIC_CACHE = "public, max-age=3600"  # the catalogue changes only with a deployment; ETag revalidates
 DYNAMIC_CACHE = "no-cache"  # the audit log grows during a run: always revalidate
+# Biggest legitimate write: a round record whose `refused` list is at RoundIn's limit of 100,000
+# refusals, each as an older writer sends it (one per device: an ignored node id, "<reason>:
+# <detail>" of under 100 characters) about 160 bytes of JSON: 16 MB. Run starts and model cards
+# are a few KB. Twice that.
+MAX_WRITE_BODY_BYTES = 32 * 1024 * 1024
+DATABASE_UNAVAILABLE = "the audit database is unavailable; the operator's log has the cause"
+
+log = logging.getLogger(__name__)
 
 # Recall rules of the retention policy. They live here until the retention-policy engine (a later
 # issue) owns them: then import these three names from it and change RECALL_RULES_SOURCE.
@@ -121,22 +131,43 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
+    body = problem_body(request.url.path, status, detail, type_=type_, title=title, errors=errors)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_body(
+    path: str,
+    status: int,
+    detail: str | None,
+    *,
+    type_: str = "about:blank",
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     body = Problem.model_validate(
         {
             "type": type_,
             "title": title or HTTPStatus(status).phrase,
             "status": status,
             "detail": detail,
-            "instance": request.url.path,
+            "instance": path,
             "errors": errors,
         }
     )
-    return JSONResponse(
-        body.model_dump(mode="json", exclude_none=True),
-        status_code=status,
-        media_type=PROBLEM_JSON,
-        headers=headers,
-    )
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+UNAUTHORIZED = ("urn:fedchurn:problem:unauthorized", "Unauthorized")
+CHALLENGE = 'Bearer realm="fedchurn"'  # WWW-Authenticate of a 401
+READ_ONLY = ("urn:fedchurn:problem:read-only", "Read-only server")
+
+
+def gate_problem(status: int, detail: str, path: str) -> bytes:
+    """The body of a refusal by the request gate (http_gate.RequestGate), as the routes' own."""
+    type_, title = {401: UNAUTHORIZED, 403: READ_ONLY}.get(status, ("about:blank", None))
+    return json.dumps(
+        problem_body(path, status, detail, type_=type_, title=title), separators=(",", ":")
+    ).encode()
 
 
 _AUDIT_ERRORS: dict[type[AuditError], tuple[int, str, str]] = {
@@ -196,8 +227,12 @@ def _install_problem_handlers(app: FastAPI) -> None:
     async def audit_error(request: Request, exc: Exception) -> Response:
         for cls, (status, type_, title) in _AUDIT_ERRORS.items():
             if isinstance(exc, cls):
+                if status >= 500:  # the cause names tables, SQL or the database file: the log only
+                    log.error("%s %s: %s", request.method, request.url.path, exc)
+                    return problem_response(request, status, DATABASE_UNAVAILABLE, type_=type_, title=title)
                 return problem_response(request, status, str(exc), type_=type_, title=title)
-        return problem_response(request, 500, "audit store error")
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, 500, "audit store error; the operator's log has the cause")
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return problem_response(request, 500, "internal error; the server log has the details")
@@ -386,6 +421,7 @@ def _run_summary_fields(run: RunRecord) -> dict[str, Any]:
         "model_version": str(run.model.get("version", "")),
         "rounds_recorded": run.rounds_recorded,
         "epsilon_spent": run.epsilon_spent,
+        "epsilon_aggregator_spent": run.epsilon_aggregator,
     }
 
 
@@ -412,7 +448,7 @@ def to_audit_round(r: RoundRecord) -> AuditRound:
         {
             **asdict(r),
             "duration_s": (r.finished_at - r.started_at).total_seconds(),
-            "refused_count": len(r.refused),
+            "refused_count": sum(int(x["count"]) for x in r.refused),
         }
     )
 
@@ -489,6 +525,7 @@ def build_privacy_budget(
             run_id=None,
             run_status=None,
             epsilon_spent=None,
+            epsilon_aggregator_spent=None,
             target_epsilon=None,
             remaining_epsilon=None,
             delta=None,
@@ -505,6 +542,7 @@ def build_privacy_budget(
             "budget.with_dp",
             run=run.run_id,
             spent=_fmt(budget["epsilon_spent"]),
+            spent_aggregator=_fmt(budget["epsilon_aggregator_spent"]),
             target=_fmt(budget["target_epsilon"]),
             delta=_fmt(budget["delta"]),
             accountant=budget["accountant"],
@@ -687,10 +725,17 @@ def _fix_problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def create_app(database_url: str, write_token: str | None, *, store: AuditStore | None = None) -> FastAPI:
+def create_app(
+    database_url: str,
+    write_token: str | None,
+    *,
+    store: AuditStore | None = None,
+    max_body_bytes: int = MAX_WRITE_BODY_BYTES,
+) -> FastAPI:
     """The transparency app over the audit database at `database_url` (schema upgraded on creation).
 
-    `write_token` None or empty: read-only, the POST routes answer 403.
+    `write_token` None or empty: read-only, the POST routes answer 403. Token and body size
+    (`max_body_bytes`) are checked before a body is read (http_gate.RequestGate).
     """
     audit = store or AuditStore(database_url)
     token = write_token or None
@@ -735,24 +780,21 @@ def create_app(database_url: str, write_token: str | None, *, store: AuditStore 
         if token is None:
             raise ProblemError(
                 403,
-                "urn:fedchurn:problem:read-only",
-                "Read-only server",
+                *READ_ONLY,
                 "this server was started without a write token; writes are disabled",
             )
-        challenge = 'Bearer realm="fedchurn"'
+        challenge = CHALLENGE
         if creds is None:
             raise ProblemError(
                 401,
-                "urn:fedchurn:problem:unauthorized",
-                "Unauthorized",
+                *UNAUTHORIZED,
                 "a bearer token is required",
                 headers={"WWW-Authenticate": challenge},
             )
         if not hmac.compare_digest(creds.credentials.encode(), token.encode()):
             raise ProblemError(
                 401,
-                "urn:fedchurn:problem:unauthorized",
-                "Unauthorized",
+                *UNAUTHORIZED,
                 "the bearer token is not valid",
                 headers={"WWW-Authenticate": challenge + ', error="invalid_token"'},
             )
@@ -879,7 +921,12 @@ def create_app(database_url: str, write_token: str | None, *, store: AuditStore 
         responses=_problems(404, 422, 503),
     )
     def privacy_budget(response: Response, run_id: RunIdQuery = None) -> PrivacyBudget:
-        """ε spent so far, target ε, δ and the accountant of a run (default: the latest)."""
+        """ε spent so far, target ε, δ and the accountant of a run (default: the latest).
+
+        ε is given twice: `epsilon_spent` against anyone outside the aggregator, assuming the
+        sampling of devices is secret from them (amplification by sampling), and
+        `epsilon_aggregator_spent` against the aggregator, which knows who took part (no
+        amplification, every round counted)."""
         response.headers["Cache-Control"] = DYNAMIC_CACHE
         return build_privacy_budget(audit, run_id)
 
@@ -951,8 +998,9 @@ def create_app(database_url: str, write_token: str | None, *, store: AuditStore 
         offset: Offset = 0,
         limit: Limit = 50,
     ) -> AuditRoundPage:
-        """Time, cohort size, devices refused and why, bytes received, protection mode, DP noise and
-        ε spent so far, per round; in run order then round order."""
+        """Time, cohort size, devices refused counted by reason (never named), bytes received,
+        protection mode, DP noise and ε spent so far (against outsiders and against the
+        aggregator), per round; in run order then round order."""
         response.headers["Cache-Control"] = DYNAMIC_CACHE
         filters = RoundFilters(
             run_id=run_id,
@@ -1024,7 +1072,7 @@ def create_app(database_url: str, write_token: str | None, *, store: AuditStore 
 
     # -- writes (the aggregator) --
 
-    write_errors = _problems(400, 401, 403, 404, 409, 422, 503)
+    write_errors = _problems(400, 401, 403, 404, 409, 413, 422, 503)
 
     @app.post(
         f"{PREFIX}/runs",
@@ -1032,7 +1080,7 @@ def create_app(database_url: str, write_token: str | None, *, store: AuditStore 
         status_code=201,
         tags=["write"],
         summary="Start a run (aggregator)",
-        responses=_problems(400, 401, 403, 422, 503),
+        responses=_problems(400, 401, 403, 413, 422, 503),
         dependencies=[Depends(require_writer)],
     )
     def start_run(body: RunStartIn, response: Response) -> RunDetail:
@@ -1071,4 +1119,13 @@ def create_app(database_url: str, write_token: str | None, *, store: AuditStore 
     def finish_run(run_id: RunIdPath, body: RunFinishIn) -> RunDetail:
         return to_run_detail(audit.finish_run(run_id, body.status, body.final_metrics, body.model_card))
 
+    # Every POST is a write (the three above); the gate checks the token before the body is read.
+    app.add_middleware(
+        RequestGate,
+        max_body_bytes=max_body_bytes,
+        token=token,
+        protected=lambda method, _path: method == "POST",
+        problem=gate_problem,
+        challenge=CHALLENGE,
+    )
     return app

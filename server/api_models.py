@@ -279,11 +279,33 @@ class RunStartIn(_Strict):
     model: ModelIn
 
 
-class RefusalIn(_Strict):
-    model_config = ConfigDict(extra="forbid", strict=True)
+EPSILON_OUTSIDERS = (
+    "ε against anyone outside the aggregator, assuming the sampling of devices is secret from them "
+    "(amplification by sampling)"
+)
+EPSILON_AGGREGATOR = (
+    "ε against the aggregator, which knows who took part: no amplification, every round counted"
+)
 
-    device: str = Field(max_length=200, description="Pseudonymous device (node) id.")
-    reason: str = Field(max_length=2000)
+
+class RefusalIn(_Strict):
+    """Devices refused for one reason, counted: the audit log never names a device."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"reason": "update failed the size check", "count": 2}]},
+    )
+
+    reason: str = Field(max_length=2000, description="Why the updates were refused.")
+    count: Count = Field(default=1, ge=1, le=MAX_COUNT, description="How many devices, for this reason.")
+    device: str | None = Field(
+        default=None,
+        max_length=200,
+        deprecated=True,
+        description="Deprecated and ignored: accepted from older writers, never stored or shown "
+        "(counts as one device for `reason`).",
+    )
 
 
 class RoundIn(_Strict):
@@ -301,11 +323,12 @@ class RoundIn(_Strict):
                     "finished_at": _T1.isoformat(),
                     "sampled": 10,
                     "received": 9,
-                    "refused": [{"device": "node-17", "reason": "update failed the size check"}],
+                    "refused": [{"reason": "update failed the size check", "count": 1}],
                     "bytes_received": 83412,
                     "protection_mode": "secagg",
                     "dp_noise_std": 0.11,
                     "epsilon_spent": 1.42,
+                    "epsilon_aggregator": 3.9,
                     "metrics": {"train_loss": 0.41},
                     "skipped": False,
                     "skip_reason": None,
@@ -319,11 +342,20 @@ class RoundIn(_Strict):
     finished_at: Timestamp
     sampled: Count = Field(ge=0, le=MAX_COUNT, description="Cohort size: devices asked for an update.")
     received: Count = Field(ge=0, le=MAX_COUNT, description="Updates accepted into the sum.")
-    refused: list[RefusalIn] = Field(default_factory=list, max_length=100_000)
+    refused: list[RefusalIn] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="Refused devices counted by reason; entries with the same reason are added up.",
+    )
     bytes_received: Count = Field(ge=0, le=MAX_INT)
     protection_mode: ProtectionMode
     dp_noise_std: float | None = Field(default=None, ge=0)
-    epsilon_spent: float | None = Field(default=None, ge=0)
+    epsilon_spent: float | None = Field(
+        default=None, ge=0, description=f"{EPSILON_OUTSIDERS}, spent up to and including this round."
+    )
+    epsilon_aggregator: float | None = Field(
+        default=None, ge=0, description=f"{EPSILON_AGGREGATOR}, spent up to and including this round."
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     skipped: bool = False
     skip_reason: str | None = Field(default=None, max_length=2000)
@@ -359,8 +391,10 @@ class RunFinishIn(_Strict):
 
 
 class Refusal(BaseModel):
-    device: str
-    reason: str
+    """Devices refused in a round for one reason: a count, never a device identity."""
+
+    reason: str = Field(description="Why the updates were refused.")
+    count: int = Field(ge=1, description="How many devices were refused for this reason.")
 
 
 class AuditRound(BaseModel):
@@ -377,11 +411,12 @@ class AuditRound(BaseModel):
                     "sampled": 10,
                     "received": 9,
                     "refused_count": 1,
-                    "refused": [{"device": "node-17", "reason": "update failed the size check"}],
+                    "refused": [{"reason": "update failed the size check", "count": 1}],
                     "bytes_received": 83412,
                     "protection_mode": "secagg",
                     "dp_noise_std": 0.11,
                     "epsilon_spent": 1.42,
+                    "epsilon_aggregator": 3.9,
                     "metrics": {"train_loss": 0.41},
                     "skipped": False,
                     "skip_reason": None,
@@ -398,12 +433,19 @@ class AuditRound(BaseModel):
     recorded_at: datetime
     sampled: int = Field(description="Cohort size: devices asked for an update.")
     received: int = Field(description="Updates accepted into the sum.")
-    refused_count: int
-    refused: list[Refusal] = Field(description="Devices whose update was refused, and why.")
+    refused_count: int = Field(description="Devices refused in this round (the sum of the counts).")
+    refused: list[Refusal] = Field(
+        description="Refused devices counted by reason, sorted by reason; devices are never named."
+    )
     bytes_received: int
     protection_mode: ProtectionMode
     dp_noise_std: float | None = Field(description="Std of the DP noise added to the sum (None: no DP).")
-    epsilon_spent: float | None = Field(description="ε spent by the run up to and including this round.")
+    epsilon_spent: float | None = Field(
+        description=f"{EPSILON_OUTSIDERS}, spent by the run up to and including this round."
+    )
+    epsilon_aggregator: float | None = Field(
+        description=f"{EPSILON_AGGREGATOR}, spent by the run up to and including this round."
+    )
     metrics: dict[str, Any]
     skipped: bool
     skip_reason: str | None
@@ -426,7 +468,8 @@ class RunSummary(BaseModel):
     model_name: str
     model_version: str
     rounds_recorded: int
-    epsilon_spent: float | None
+    epsilon_spent: float | None = Field(description=f"{EPSILON_OUTSIDERS}, spent so far.")
+    epsilon_aggregator_spent: float | None = Field(description=f"{EPSILON_AGGREGATOR}, spent so far.")
 
 
 class RunDetail(RunSummary):
@@ -482,9 +525,14 @@ class PrivacyBudget(BaseModel):
     note: str
     run_id: str | None
     run_status: RunStatus | None
-    epsilon_spent: float | None = Field(description="ε spent so far (the last round that reported it).")
-    target_epsilon: float | None
-    remaining_epsilon: float | None
+    epsilon_spent: float | None = Field(
+        description=f"{EPSILON_OUTSIDERS}, spent so far (the last round that reported it)."
+    )
+    epsilon_aggregator_spent: float | None = Field(
+        description=f"{EPSILON_AGGREGATOR}, spent so far (the last round that reported it)."
+    )
+    target_epsilon: float | None = Field(description="The run's target for ε against outsiders.")
+    remaining_epsilon: float | None = Field(description="target_epsilon - epsilon_spent (against outsiders).")
     delta: float | None
     accountant: str | None
     noise_multiplier: float | None

@@ -1,9 +1,11 @@
 """The Flower ServerApp: federated rounds (Flower's strategy loop), evaluation, records.
 
-A thin shell: configuration is read once from Flower's run config, and the work is done by
-`server.strategy` (sampling, aggregation), Flower's `Strategy.start` (the round loop) and
-`server.run_output` (files). In deployment (`state-db` set) every finished round is checkpointed
-(`server.checkpoint`) and a restarted ServerApp resumes after the last finished round.
+A thin shell: the run configuration is read once from Flower's run config (public: every
+SuperNode receives it), the aggregator's own settings (databases, key holder, output folder) from
+its private settings file (`server.settings`), and the work is done by `server.strategy` (sampling,
+aggregation), Flower's `Strategy.start` (the round loop) and `server.run_output` (files). With a
+checkpoint database (`state_db`) every finished round is checkpointed (`server.checkpoint`) and a
+restarted ServerApp resumes after the last finished round.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from fedchurn.server.audit import RunFinishedError
 from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
 from fedchurn.server.run_audit import RunAudit
 from fedchurn.server.run_output import RunOutput
-from fedchurn.server.secure_rounds import connect_keyholder
+from fedchurn.server.secure_rounds import KeyHolderClient, connect_keyholder
+from fedchurn.server.settings import AggregatorSettings, redact_url
 from fedchurn.server.strategy import ChurnFedAvg, make_strategy
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig
@@ -41,12 +44,10 @@ app = ServerApp()
 def run_identity(cfg: RunConfig) -> str:
     """The name a restarted run resumes under: `run-name`, else a hash of what defines the run.
 
-    Deployment details (where the key holder is, timeouts, output paths) are left out, so the same
-    run restarted with another timeout still resumes."""
+    The timeout is left out, so the same run restarted with another timeout still resumes."""
     if cfg.run_name:
         return cfg.run_name
-    skip = {"out_dir", "audit_db", "state_db", "keyholder_url", "keyholder_ca", "keyholder_token_file"}
-    skip |= {"round_timeout", "run_name"}
+    skip = {"round_timeout", "run_name"}
     doc = json.dumps({k: v for k, v in asdict(cfg).items() if k not in skip}, sort_keys=True)
     return "cfg-" + hashlib.sha256(doc.encode()).hexdigest()[:24]
 
@@ -81,13 +82,14 @@ def discover_devices(grid: Grid, nodes: list[int], timeout: float) -> list[tuple
 class Recovery:
     """Checkpoints of one run identity in the aggregator's database (`state-db`)."""
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self.store = CheckpointStore(cfg.state_db)
+    def __init__(self, cfg: RunConfig, state_db: str) -> None:
+        self.store = CheckpointStore(state_db)
         self.name = run_identity(cfg)
         self.last = self.store.load(self.name)
         if self.last is not None and self.last.status == "finished":
             raise RuntimeError(
-                f"run {self.name!r} already finished (state-db {cfg.state_db}); set run-name to start another"
+                f"run {self.name!r} already finished (state-db {redact_url(state_db)}); "
+                "set run-name to start another"
             )
 
     def attach(self, strategy: ChurnFedAvg) -> None:
@@ -162,6 +164,9 @@ def round_recorder(
             "upload_bytes_per_device": s.upload_bytes / max(s.received, 1) if s.upload_bytes else None,
             "dp_noise_std": s.noise_std,
             "epsilon": s.epsilon,
+            "epsilon_aggregator": s.epsilon_aggregator,
+            "out_of_range": s.out_of_range,
+            "norm_clipped": s.norm_clipped,
             "protection": cfg.protection,
             "seconds": time.time() - s.started,
             "elapsed": time.time() - t0,
@@ -186,23 +191,41 @@ def round_recorder(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
+    settings = AggregatorSettings.from_env()
     t0 = time.time()
     timeout = cfg.round_timeout
-    out = RunOutput(Path(cfg.out_dir)) if cfg.out_dir else None
+    results = settings.results_dir(run_identity(cfg))
+    out = RunOutput(results) if results is not None else None
     if out:
         (out.dir / "aggregator.pid").write_text(f"{os.getpid()}\n")
     nodes = list(grid.get_node_ids())
-    recovery = Recovery(cfg) if cfg.state_db else None
+    recovery = Recovery(cfg, settings.state_db) if settings.state_db else None
     last = recovery.last if recovery else None
     roster = None
     if cfg.sampling == "stores":
         roster = last.roster if last and last.roster is not None else discover_devices(grid, nodes, timeout)
         log(INFO, "%d devices on %d SuperNodes", len(roster), len(nodes))
-    keyholder = connect_keyholder(cfg) if cfg.keyholder_url else None
-    strategy = make_strategy(cfg, nodes, out.dir if out else None, roster, keyholder)
+    keyholder: KeyHolderClient | None = None
+    if settings.keyholder_url:
+        keyholder = connect_keyholder(settings, timeout)
+    elif cfg.protection != "plaintext" and not settings.keyholder_key_file:
+        raise RuntimeError(
+            "no key holder: set keyholder_url (a key holder service) or keyholder_key_file (an in-process "
+            "key holder provisioned with KeyHolder.provision) in the aggregator settings; devices trust "
+            "only the key holder pinned in their own configuration"
+        )
+    strategy = make_strategy(
+        cfg,
+        nodes,
+        roster,
+        keyholder,
+        Path(settings.keyholder_key_file) if settings.keyholder_key_file else None,
+        Path(settings.keyholder_state) if settings.keyholder_state else None,
+    )
     secure = strategy.secure
     audit = RunAudit(
         cfg,
+        settings.audit_db,
         secure.train_params if secure else None,
         secure.dp_record() if secure else {"accountant": "none", "delta": cfg.delta},
         run_id=last.audit_run_id if last else None,
@@ -213,6 +236,8 @@ def main(grid: Grid, context: Context) -> None:
     feature_mean: dict[str, Any] | None = None  # centre-features: what the first round measured
     if recovery is not None:
         recovery.attach(strategy)
+    if out is not None:
+        strategy.on_round_start = lambda r: out.progress(r, "training")
     if recovery is not None and last is not None:
         recovery.resume(strategy)
         if last.input_offset is not None:
@@ -240,9 +265,9 @@ def main(grid: Grid, context: Context) -> None:
                 "devices": strategy.stats.trained,
                 "offset": None if offset is None else [float(v) for v in offset],
             }
-        before = strategy.evaluate_all(grid, initial, 0, timeout)
-        if recovery is not None:
-            recovery.store.mark(strategy.round_id, "finished")
+        # No evaluation before training: each held-out device evaluates once per run (so that no
+        # two releases can be differenced), and the untrained model's score says nothing.
+        before = {}
     if out:
         running = {"status": "running", "initial_evaluation": before, "feature_mean": feature_mean}
         out.write_json("federated.json", running)
@@ -287,7 +312,6 @@ def main(grid: Grid, context: Context) -> None:
     after = strategy.evaluate_all(grid, final_arrays, cfg.num_server_rounds + 1, timeout)
     if recovery is not None:
         recovery.store.mark(strategy.round_id, "finished")
-    log(INFO, "evaluation before: %s", {k: v for k, v in before.items() if not isinstance(v, list)})
     log(INFO, "evaluation after:  %s", {k: v for k, v in after.items() if not isinstance(v, list)})
     with contextlib.suppress(RunFinishedError):  # a restart after the audit was closed
         audit.finish(cfg, after, params)

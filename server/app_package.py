@@ -54,9 +54,12 @@ def app_pyproject(clientapp: str, defaults: RunConfig | None = None, serverapp: 
     return "\n".join(lines) + "\n"
 
 
-def config_overrides(cfg: RunConfig) -> str:
-    """`flwr run`'s --run-config argument: every key, so the run never depends on the FAB defaults."""
-    return " ".join(f"{k}={toml_value(v)}" for k, v in cfg.to_flower().items())
+def write_run_config(cfg: RunConfig, path: Path) -> Path:
+    """Every run-config key as a TOML file for `flwr run --run-config FILE` (so the run never
+    depends on the FAB's defaults, and no setting rides on a command line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.to_flower().items()))
+    return path
 
 
 def flower_bin(name: str) -> str:

@@ -7,6 +7,7 @@ the newest revision in-process, so no `alembic.ini` is needed.
 
 Rules the store enforces, because crash recovery and reviewers rely on them:
 - a round is recorded at most once per run (a second write raises `RoundAlreadyRecordedError`);
+- refused devices are kept only as counts per reason: no device id is ever stored or returned;
 - a finished run takes no more rounds and cannot be finished twice;
 - every input passes the same pydantic models as the HTTP API (`api_models`), so the Python
   path and the HTTP path accept exactly the same records.
@@ -46,7 +47,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Mapped,
+    Session,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.pool import StaticPool
 
 from fedchurn.server.api_models import (
@@ -66,6 +74,8 @@ DEFAULT_DATABASE_URL = "sqlite:///fedchurn-audit.sqlite"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "fedchurn_audit_alembic_version"  # not `alembic_version`: the database may be shared
 MAX_PAGE = 500
+# What a concurrent upgrade by another process looks like (0001 creates tables, 0002 adds a column).
+UPGRADE_RACES = ("already exists", "duplicate column", "locked")
 
 T = TypeVar("T")
 
@@ -160,12 +170,13 @@ class RoundRow(Base):
     recorded_at: Mapped[datetime]
     sampled: Mapped[int] = mapped_column(Integer)
     received: Mapped[int] = mapped_column(Integer)
-    refused_count: Mapped[int] = mapped_column(Integer)
-    refused: Mapped[list[dict[str, Any]]]
+    refused_count: Mapped[int] = mapped_column(BigInteger)  # a sum of counts (each up to 10^9)
+    refused: Mapped[list[dict[str, Any]]]  # [{"reason": str, "count": int}], sorted by reason
     bytes_received: Mapped[int] = mapped_column(BigInteger)
     protection_mode: Mapped[str] = mapped_column(String(16))
     dp_noise_std: Mapped[float | None] = mapped_column(Float)
-    epsilon_spent: Mapped[float | None] = mapped_column(Float)
+    epsilon_spent: Mapped[float | None] = mapped_column(Float)  # against outsiders (amplified)
+    epsilon_aggregator: Mapped[float | None] = mapped_column(Float)  # against the aggregator (0002)
     metrics: Mapped[dict[str, Any]]
     skipped: Mapped[bool] = mapped_column(Boolean)
     skip_reason: Mapped[str | None] = mapped_column(Text)
@@ -187,7 +198,8 @@ class RunRecord:
     final_metrics: dict[str, Any] | None
     model_card: dict[str, Any] | None
     rounds_recorded: int = 0
-    epsilon_spent: float | None = None
+    epsilon_spent: float | None = None  # against outsiders, the last round that reported one
+    epsilon_aggregator: float | None = None  # against the aggregator, likewise
 
 
 @dataclass(frozen=True)
@@ -199,11 +211,12 @@ class RoundRecord:
     recorded_at: datetime
     sampled: int
     received: int
-    refused: list[dict[str, str]]
+    refused: list[dict[str, Any]]  # [{"reason": str, "count": int}], sorted by reason
     bytes_received: int
     protection_mode: str
     dp_noise_std: float | None
     epsilon_spent: float | None
+    epsilon_aggregator: float | None
     metrics: dict[str, Any]
     skipped: bool
     skip_reason: str | None
@@ -245,10 +258,27 @@ def to_utc(value: datetime) -> datetime:
 
 
 def _refusal(r: Any) -> Any:
-    """Flower node ids are ints; the audit log keeps device ids as strings."""
-    if isinstance(r, Mapping) and isinstance(r.get("device"), int):
-        return {**r, "device": str(r["device"])}
+    """A refusal without its device id: the audit log keeps reasons and counts, never devices."""
+    if isinstance(r, Mapping):
+        return {k: v for k, v in r.items() if k != "device"}
     return r
+
+
+def refusal_counts(refused: Any) -> list[dict[str, Any]]:
+    """`[{"reason": str, "count": int}]` sorted by reason, same reasons added up, devices dropped.
+
+    Takes counted entries (`{"reason", "count"}`) and per-device ones (`{"device", "reason"}`, one
+    device each: what the aggregator builds and what revision 0001 stored) alike.
+    """
+    counts: dict[str, int] = {}
+    for r in refused if isinstance(refused, list | tuple) else ():
+        if not isinstance(r, Mapping):
+            continue
+        n = r.get("count", 1)
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        reason = str(r.get("reason", ""))
+        counts[reason] = counts.get(reason, 0) + n
+    return [{"reason": k, "count": counts[k]} for k in sorted(counts)]
 
 
 def _as_time(value: Any) -> Any:
@@ -372,7 +402,8 @@ class AuditStore:
                     command.upgrade(alembic_config(self.database_url, conn), "head")
                 return
             except (OperationalError, IntegrityError) as e:
-                if attempt == 1 or ("already exists" not in str(e).lower() and "locked" not in str(e)):
+                msg = str(e).lower()
+                if attempt == 1 or not any(m in msg for m in UPGRADE_RACES):
                     raise AuditDatabaseError(f"cannot prepare the audit database: {e}") from None
                 time.sleep(0.2)
 
@@ -446,8 +477,13 @@ class AuditStore:
         metrics: Mapping[str, Any],
         skipped: bool = False,
         skip_reason: str | None = None,
+        epsilon_aggregator: float | None = None,
     ) -> RoundRecord:
-        """Append one round; refuses a second write of the same (run, round)."""
+        """Append one round; refuses a second write of the same (run, round).
+
+        `refused`: `[{"reason": str, "count": int}]` (a `device` key is dropped unread, and an
+        entry without `count` is one device). `epsilon_spent` is ε against outsiders (amplified by
+        the secret sampling), `epsilon_aggregator` ε against the aggregator (no amplification)."""
         try:
             rec = RoundIn.model_validate(
                 json_safe(
@@ -462,6 +498,7 @@ class AuditStore:
                         "protection_mode": protection_mode,
                         "dp_noise_std": dp_noise_std,
                         "epsilon_spent": epsilon_spent,
+                        "epsilon_aggregator": epsilon_aggregator,
                         "metrics": metrics,
                         "skipped": skipped,
                         "skip_reason": skip_reason,
@@ -478,6 +515,8 @@ class AuditStore:
         duplicate = RoundAlreadyRecordedError(
             f"round {rec.round} of run {run_id} is already recorded; a round is never counted twice"
         )
+        # Reasons and counts only: a `device` an older writer sent is never read, stored or shown.
+        refused = refusal_counts([{"reason": r.reason, "count": r.count} for r in rec.refused])
         try:
             with self._session() as s:
                 run = self._run_row(s, run_id)
@@ -496,12 +535,13 @@ class AuditStore:
                     recorded_at=datetime.now(UTC),
                     sampled=rec.sampled,
                     received=rec.received,
-                    refused_count=len(rec.refused),
-                    refused=[r.model_dump() for r in rec.refused],
+                    refused_count=sum(r["count"] for r in refused),
+                    refused=refused,
                     bytes_received=rec.bytes_received,
                     protection_mode=rec.protection_mode,
                     dp_noise_std=rec.dp_noise_std,
                     epsilon_spent=rec.epsilon_spent,
+                    epsilon_aggregator=rec.epsilon_aggregator,
                     metrics=json_safe(rec.metrics),
                     skipped=rec.skipped,
                     skip_reason=rec.skip_reason,
@@ -551,14 +591,19 @@ class AuditStore:
             raise UnknownRunError(f"no run {run_id!r}")
         return row
 
-    def _run_record(self, s: Session, row: RunRow) -> RunRecord:
-        n = s.scalar(select(func.count()).select_from(RoundRow).where(RoundRow.run_id == row.run_id)) or 0
-        eps = s.scalar(
-            select(RoundRow.epsilon_spent)
-            .where(RoundRow.run_id == row.run_id, RoundRow.epsilon_spent.is_not(None))
+    @staticmethod
+    def _latest(s: Session, run_id: str, column: InstrumentedAttribute[float | None]) -> float | None:
+        """The value of `column` in the run's last round that recorded one (ε is cumulative)."""
+        value: float | None = s.scalar(
+            select(column)
+            .where(RoundRow.run_id == run_id, column.is_not(None))
             .order_by(RoundRow.round.desc())
             .limit(1)
         )
+        return value
+
+    def _run_record(self, s: Session, row: RunRow) -> RunRecord:
+        n = s.scalar(select(func.count()).select_from(RoundRow).where(RoundRow.run_id == row.run_id)) or 0
         return RunRecord(
             run_id=row.run_id,
             status=row.status,
@@ -571,7 +616,8 @@ class AuditStore:
             final_metrics=None if row.final_metrics is None else dict(row.final_metrics),
             model_card=None if row.model_card is None else dict(row.model_card),
             rounds_recorded=int(n),
-            epsilon_spent=eps,
+            epsilon_spent=self._latest(s, row.run_id, RoundRow.epsilon_spent),
+            epsilon_aggregator=self._latest(s, row.run_id, RoundRow.epsilon_aggregator),
         )
 
     def list_runs(self, offset: int = 0, limit: int = 50) -> Page[RunRecord]:
@@ -631,7 +677,8 @@ class AuditStore:
             return Page(int(total), offset, limit, [_round_record(r) for r in rows])
 
     def privacy_budget(self, run_id: str | None = None) -> dict[str, Any] | None:
-        """ε spent so far (last recorded round's value), δ and accountant of a run (default: latest)."""
+        """ε spent so far (last recorded round's value; against outsiders and against the
+        aggregator), δ and accountant of a run (default: latest)."""
         run = self.get_run(run_id) if run_id is not None else self.latest_run()
         if run is None:
             return None
@@ -647,6 +694,7 @@ class AuditStore:
             "run_id": run.run_id,
             "run_status": run.status,
             "epsilon_spent": spent,
+            "epsilon_aggregator_spent": run.epsilon_aggregator,
             "target_epsilon": target,
             "remaining_epsilon": None if target is None or spent is None else max(0.0, target - spent),
             "delta": run.dp.get("delta"),
@@ -680,13 +728,12 @@ def _round_record(row: RoundRow) -> RoundRecord:
         recorded_at=row.recorded_at,
         sampled=row.sampled,
         received=row.received,
-        refused=[
-            {"device": str(r.get("device", "")), "reason": str(r.get("reason", ""))} for r in row.refused
-        ],
+        refused=refusal_counts(row.refused),  # also hides device ids of rows not yet migrated
         bytes_received=row.bytes_received,
         protection_mode=row.protection_mode,
         dp_noise_std=row.dp_noise_std,
         epsilon_spent=row.epsilon_spent,
+        epsilon_aggregator=row.epsilon_aggregator,
         metrics=dict(row.metrics),
         skipped=row.skipped,
         skip_reason=row.skip_reason,

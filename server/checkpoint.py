@@ -130,6 +130,8 @@ def _json_state(state: Any) -> Any:
 
 
 def rng_from_json(state: Any) -> Any:
+    if state is None:  # a secret sampler keeps no state
+        return None
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
 

@@ -1,9 +1,12 @@
 """Deployment on Flower's deployment engine: secrets, and the processes of one federation.
 
-`make_secrets` writes (with `cryptography` only) a CA, a TLS certificate for the SuperLink, the key
-holder and the transparency API, one EC P-384 key pair per SuperNode (OpenSSH format, what
-`flower-supernode --auth-supernode-private-key` and `flwr supernode register` read), the key
-holder's bearer token and the API's write token. Private files are created 0600 and never printed.
+`make_secrets` writes (with `cryptography` only), one folder per party: a CA, a TLS certificate of
+its own for each of the SuperLink, the key holder and the transparency API, one EC P-384 key pair
+per SuperNode (OpenSSH format, what `flower-supernode --auth-supernode-private-key` and
+`flwr supernode register` read), the key holder's X25519 key and CKKS contexts and the public pin
+every SuperNode is configured with, the aggregator's bearer token for the key holder (the key
+holder keeps only its hash) and the API's write token. Private files are created 0600 and never
+printed; no secret is ever put on a command line.
 
 `Federation` starts and stops the processes of a deployment on one machine (the integration tests
 and `fedchurn deploy local` use it): a SuperLink with TLS and SuperNode authentication, SuperNodes
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +45,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedchurn.server import app_package
 from fedchurn.server.app_package import flower_bin, free_port
+from fedchurn.server.keyholder import KeyHolder
+from fedchurn.server.settings import SETTINGS_ENV, AggregatorSettings
+from fedchurn.shared.keyholder_pin import KeyHolderPin
 from fedchurn.shared.run_config import RunConfig
 
 SECRET_MODE = 0o600
@@ -168,60 +176,119 @@ def make_node_key(directory: Path, name: str) -> tuple[Path, Path]:
 
 
 @dataclass(frozen=True)
+class PartyTLS:
+    cert: Path
+    key: Path  # 0600
+
+
+@dataclass(frozen=True)
 class Secrets:
-    """Paths of everything `make_secrets` wrote (files, never their contents)."""
+    """Paths of everything `make_secrets` wrote (files, never their contents), one folder per party.
+
+    - `ca/ca.pem`: the CA certificate (public; its private key is not kept).
+    - `superlink/`, `api/`: each service's own TLS key and certificate (the API's write token).
+    - `keyholder/`: the key holder's TLS key and certificate, its X25519 key and CKKS contexts
+      (`KeyHolder.provision`), and the SHA-256 of the token the aggregator presents (never the
+      token itself). Give this folder to the key holder's operator only.
+    - `aggregator/keyholder.token`: the bearer token the aggregator presents to the key holder.
+    - `nodes/node-i`, `.pub`: SuperNode authentication keys.
+    - `pins/keyholder.toml`: the key holder's public pin, which every SuperNode's node config
+      carries (public: give it to every device operator).
+    """
 
     dir: Path
     ca_cert: Path
-    server_cert: Path
-    server_key: Path
+    superlink: PartyTLS
+    keyholder: PartyTLS
+    api: PartyTLS
     node_keys: tuple[tuple[Path, Path], ...]
-    keyholder_token: Path
+    aggregator_token: Path  # what the aggregator presents
+    keyholder_token_sha256: Path  # what the key holder checks it against
     api_token: Path
-    keyholder_key: Path  # created by the key holder on first start (X25519, 0600)
+    keyholder_key: Path  # X25519 (0600); CKKS contexts beside it
+    pin: Path
 
     def private_files(self) -> list[Path]:
         """Files whose bytes must never appear in a log or an output (the tests grep for them)."""
-        return [
-            self.server_key,
+        files = [
+            self.superlink.key,
+            self.keyholder.key,
+            self.api.key,
             *(k for k, _ in self.node_keys),
-            self.keyholder_token,
+            self.aggregator_token,
             self.api_token,
             self.keyholder_key,
         ]
+        ckks = self.keyholder_key.with_name(self.keyholder_key.name + ".ckks")
+        return [*files, ckks] if ckks.exists() else files
+
+    def keyholder_pin(self) -> KeyHolderPin:
+        with self.pin.open("rb") as f:
+            return KeyHolderPin.from_node_config(tomllib.load(f), str(self.pin))
 
 
-def make_secrets(directory: Path, n_nodes: int, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> Secrets:
-    """Write a deployment's CA, server certificate, SuperNode keys and bearer tokens into `directory`."""
+def _tls(
+    directory: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: Sequence[str]
+) -> PartyTLS:
+    key, cert = make_server_cert(ca_key, ca_cert, hosts)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return PartyTLS(directory / "tls.pem", write_secret(directory / "tls.key", _pem_key(key)))
+
+
+def make_secrets(
+    directory: Path,
+    n_nodes: int,
+    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+    keyholder_hosts: Sequence[str] | None = None,
+    api_hosts: Sequence[str] | None = None,
+    with_ckks: bool = True,
+) -> Secrets:
+    """Write a deployment's CA, each service's own TLS certificate, SuperNode keys, the key holder's
+    keys and pin, and bearer tokens, one folder per party (see `Secrets`)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = make_ca()
-    key, cert = make_server_cert(ca_key, ca_cert, hosts)
-    ca_path = directory / "ca.pem"
+    (directory / "ca").mkdir(exist_ok=True)
+    ca_path = directory / "ca" / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     # The CA's private key is not kept: nothing else gets signed (re-run to rotate everything).
-    cert_path = directory / "server.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = write_secret(directory / "server.key", _pem_key(key))
-    nodes = tuple(make_node_key(directory / "nodes", f"node-{i}") for i in range(n_nodes))
-    kh_token = write_secret(directory / "keyholder.token", secrets.token_urlsafe(32).encode())
-    api_token = write_secret(directory / "api.token", secrets.token_urlsafe(32).encode())
-    return Secrets(
-        directory, ca_path, cert_path, key_path, nodes, kh_token, api_token, directory / "keyholder.key"
-    )
+    _tls(directory / "superlink", ca_key, ca_cert, hosts)
+    _tls(directory / "keyholder", ca_key, ca_cert, keyholder_hosts or hosts)
+    _tls(directory / "api", ca_key, ca_cert, api_hosts or hosts)
+    for i in range(n_nodes):
+        make_node_key(directory / "nodes", f"node-{i}")
+    token = secrets.token_urlsafe(32)
+    write_secret(directory / "aggregator" / "keyholder.token", token.encode())
+    token_hash = directory / "keyholder" / "aggregator-token.sha256"
+    token_hash.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
+    write_secret(directory / "api" / "write.token", secrets.token_urlsafe(32).encode())
+    kh_key = directory / "keyholder" / "keyholder.key"
+    pin = KeyHolder.provision(kh_key, with_ckks=with_ckks)
+    (directory / "pins").mkdir(exist_ok=True)
+    pin_path = directory / "pins" / "keyholder.toml"
+    pin_path.write_text("".join(f'{k} = "{v}"\n' for k, v in pin.to_node_config().items()))
+    return load_secrets(directory)
 
 
 def load_secrets(directory: Path) -> Secrets:
     """The `Secrets` of a folder `make_secrets` filled earlier."""
     pubs = sorted((directory / "nodes").glob("node-*.pub"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def tls(party: str) -> PartyTLS:
+        return PartyTLS(directory / party / "tls.pem", directory / party / "tls.key")
+
     return Secrets(
         directory,
-        directory / "ca.pem",
-        directory / "server.pem",
-        directory / "server.key",
+        directory / "ca" / "ca.pem",
+        tls("superlink"),
+        tls("keyholder"),
+        tls("api"),
         tuple((p.with_suffix(""), p) for p in pubs),
-        directory / "keyholder.token",
-        directory / "api.token",
-        directory / "keyholder.key",
+        directory / "aggregator" / "keyholder.token",
+        directory / "keyholder" / "aggregator-token.sha256",
+        directory / "api" / "write.token",
+        directory / "keyholder" / "keyholder.key",
+        directory / "pins" / "keyholder.toml",
     )
 
 
@@ -246,33 +313,36 @@ def _serve_tls(app: Any, host: str, port: int, certfile: Path, keyfile: Path) ->
 def serve_keyholder(
     host: str,
     port: int,
-    key_path: Path,
+    directory: Path,
     state_path: Path,
-    token_file: Path,
-    certfile: Path,
-    keyfile: Path,
     k_min: int = 10,
     min_noise_multiplier: float = 0.0,
     horizon: int = 14,
 ) -> None:
-    """Run the key holder service over HTTPS; its key and once-only state persist across restarts.
+    """Run the key holder service over HTTPS from its own folder (`Secrets.keyholder`'s: TLS key
+    and certificate, provisioned X25519 key and CKKS contexts, the SHA-256 of the aggregator's
+    token); its once-only state persists across restarts in `state_path`.
 
     Evaluation histograms of runs with this `horizon` are answered below the noise floor (they are
     not model updates; see docs/privacy.md)."""
 
-    from fedchurn.server.keyholder import KeyHolder
     from fedchurn.server.keyholder_service import create_app
     from fedchurn.shared.evaluation import histogram_length
-    from fedchurn.shared.run_config import RunConfig
 
     exempt = [
         (RunConfig(horizon=horizon, k_min=k_min, protection=m).eval_protection(), histogram_length(horizon))
         for m in ("secagg", "ckks")
     ]
     kh = KeyHolder.open(
-        key_path, state_path, k_min=k_min, min_noise_multiplier=min_noise_multiplier, noise_exempt=exempt
+        directory / "keyholder.key",
+        state_path,
+        k_min=k_min,
+        min_noise_multiplier=min_noise_multiplier,
+        noise_exempt=exempt,
     )
-    _serve_tls(create_app(kh, read_token(token_file)), host, port, certfile, keyfile)
+    token_sha256 = bytes.fromhex((directory / "aggregator-token.sha256").read_text().strip())
+    app = create_app(kh, token_sha256=token_sha256)
+    _serve_tls(app, host, port, directory / "tls.pem", directory / "tls.key")
 
 
 def serve_api(
@@ -306,9 +376,9 @@ def superlink_cmd(sec: Secrets, host: str, port: int, database: Path | None = No
         "--ssl-ca-certfile",
         str(sec.ca_cert),
         "--ssl-certfile",
-        str(sec.server_cert),
+        str(sec.superlink.cert),
         "--ssl-keyfile",
-        str(sec.server_key),
+        str(sec.superlink.key),
         "--enable-supernode-auth",
         "--isolation",
         "subprocess",
@@ -324,9 +394,11 @@ def superlink_cmd(sec: Secrets, host: str, port: int, database: Path | None = No
 def supernode_cmd(
     sec: Secrets, i: int, superlink: str, store_dir: Path, extra_config: str = "", runtime_port: int = 9094
 ) -> list[str]:
-    """`flower-supernode` number i: verifies the SuperLink's certificate, signs in with its key."""
+    """`flower-supernode` number i: verifies the SuperLink's certificate, signs in with its key, and
+    pins the key holder (public values only: the pin is what makes the node trust nothing else)."""
     private, _ = sec.node_keys[i]
-    node_config = f'store-dir="{store_dir}"' + (f" {extra_config}" if extra_config else "")
+    node_config = f'store-dir="{store_dir}" {sec.keyholder_pin().node_config_arg()}'
+    node_config += f" {extra_config}" if extra_config else ""
     return [
         flower_bin("flower-supernode"),
         "--superlink",
@@ -395,11 +467,13 @@ def _raise_exit(signum: int, frame: object) -> None:
 class Federation:
     """The processes of one deployment on this machine; use as a context manager (stops them all).
 
-    Ports are picked free on loopback unless given. `logs/` holds one log per process.
+    Ports are picked free on loopback unless given. `logs/` holds one log per process; each run's
+    results land in `runs/<run name>/` (the aggregator settings' `out_root`).
     """
 
     work: Path
     secrets: Secrets
+    audit_db: str = ""
     host: str = "127.0.0.1"
     superlink_port: int = 0
     keyholder_port: int = 0
@@ -416,6 +490,16 @@ class Federation:
         self.home = self.work / "flwr-home"
         self.home.mkdir(exist_ok=True)
         self._previous: Any = None
+        # The aggregator's private settings: read by every ServerApp the SuperLink starts.
+        self.settings = AggregatorSettings(
+            out_root=str(self.work / "runs"),
+            audit_db=self.audit_db,
+            state_db=f"sqlite:///{self.work / 'state.sqlite'}",
+            keyholder_url=self.keyholder_url,
+            keyholder_ca=str(self.secrets.ca_cert),
+            keyholder_token_file=str(self.secrets.aggregator_token),
+        )
+        self.settings_file = self.settings.write(self.secrets.dir / "aggregator" / "aggregator.toml")
 
     # -- lifecycle
     def __enter__(self) -> Federation:
@@ -453,10 +537,16 @@ class Federation:
     def log_path(self, name: str) -> Path:
         return self.work / "logs" / f"{name}.log"
 
-    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def run_dir(self, run_name: str) -> Path:
+        """Where the ServerApp writes the results of the run named `run_name`."""
+        out = self.settings.results_dir(run_name)
+        assert out is not None
+        return out
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with self.log_path(name).open("ab") as log:
             proc = subprocess.Popen(
-                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.procs[name] = proc
         return proc
@@ -482,9 +572,11 @@ class Federation:
         return f"{self.host}:{self.superlink_port}"
 
     def start_superlink(self, database: Path | None = None) -> None:
-        """TLS on every API, SuperNode authentication on, no runtime dependency installation."""
+        """TLS on every API, SuperNode authentication on, no runtime dependency installation; its
+        ServerApps read the aggregator settings named in its environment."""
         write_flwr_config(self.home, self.superlink_address, self.secrets.ca_cert)
-        self._start("superlink", superlink_cmd(self.secrets, self.host, self.superlink_port, database))
+        env = {**self.env, SETTINGS_ENV: str(self.settings_file)}
+        self._start("superlink", superlink_cmd(self.secrets, self.host, self.superlink_port, database), env)
         self._wait_https("superlink", f"https://{self.superlink_address}/health")
 
     def register_nodes(self) -> dict[int, int]:
@@ -516,7 +608,8 @@ class Federation:
             time.sleep(1.0)
 
     def start_supernode(self, i: int, store_dir: Path, extra_config: str = "") -> None:
-        """A SuperNode serving the device stores in `store_dir`, authenticated by its private key."""
+        """A SuperNode serving the device stores in `store_dir`, authenticated by its private key,
+        trusting only the pinned key holder."""
         cmd = supernode_cmd(self.secrets, i, self.superlink_address, store_dir, extra_config, free_port())
         self._start(f"supernode-{i}", cmd)
 
@@ -530,7 +623,7 @@ class Federation:
         return f"https://{self.host}:{self.api_port}"
 
     def start_keyholder(self, k_min: int = 10, min_noise_multiplier: float = 0.0) -> None:
-        s = self.secrets
+        """The key holder, from its own folder only (`Secrets.keyholder`)."""
         self._start(
             "keyholder",
             [
@@ -542,14 +635,10 @@ class Federation:
                 self.host,
                 "--port",
                 str(self.keyholder_port),
-                "--key",
-                str(s.keyholder_key),
+                "--dir",
+                str(self.secrets.keyholder_key.parent),
                 "--state",
                 str(self.work / "keyholder-state.sqlite"),
-                "--token-file",
-                str(s.keyholder_token),
-                "--certs",
-                str(s.dir),
                 "--k-min",
                 str(k_min),
                 "--min-noise-multiplier",
@@ -558,7 +647,8 @@ class Federation:
         )
         self._wait_https("keyholder", f"{self.keyholder_url}/v1/health")
 
-    def start_api(self, database_url: str) -> None:
+    def start_api(self) -> None:
+        """The transparency API over the audit database, whose URL travels in its environment."""
         self._start(
             "api",
             [
@@ -570,34 +660,32 @@ class Federation:
                 self.host,
                 "--port",
                 str(self.api_port),
-                "--database-url",
-                database_url,
-                "--certs",
-                str(self.secrets.dir),
+                "--dir",
+                str(self.secrets.api.cert.parent),
             ],
+            env={**self.env, DATABASE_URL_ENV: self.audit_db},
         )
         self._wait_https("api", f"{self.api_url}/v1/health")
 
     # -- the run
-    def run_config(self, cfg: RunConfig) -> RunConfig:
-        """The run config pointing the ServerApp at this deployment's key holder (token by file path)."""
-        from dataclasses import replace
-
-        return replace(
-            cfg,
-            keyholder_url=self.keyholder_url,
-            keyholder_ca=str(self.secrets.ca_cert),
-            keyholder_token_file=str(self.secrets.keyholder_token),
-        )
-
     def start_run(self, cfg: RunConfig, name: str = "run") -> subprocess.Popen[bytes]:
-        """`flwr run` the fedchurn app on this SuperLink; its output goes to logs/<name>.log."""
+        """`flwr run` the fedchurn app on this SuperLink; its output goes to logs/<name>.log. The run
+        config travels in a file; nothing of the aggregator's settings is in it."""
         app_dir = self.work / "flower-app"
         app_dir.mkdir(exist_ok=True)
         (app_dir / "pyproject.toml").write_text(app_pyproject())
-        overrides = app_package.config_overrides(cfg)
+        run_config = app_package.write_run_config(cfg, self.work / "run-configs" / f"{name}.toml")
         return self._start(
-            name, [flower_bin("flwr"), "run", str(app_dir), "fedchurn", "--stream", "--run-config", overrides]
+            name,
+            [
+                flower_bin("flwr"),
+                "run",
+                str(app_dir),
+                "fedchurn",
+                "--stream",
+                "--run-config",
+                str(run_config),
+            ],
         )
 
     def wait(self, name: str, timeout: float) -> int:
@@ -620,11 +708,12 @@ def local_federation(
     min_noise_multiplier: float = 0.0,
     extra_config: str = "",
 ) -> Iterator[Federation]:
-    """Everything on loopback with TLS: SuperLink, one SuperNode per store folder, key holder, API."""
+    """Everything on loopback with TLS: SuperLink, one SuperNode per store folder, key holder, API,
+    each party with its own secrets (`make_secrets`)."""
     sec = make_secrets(work / "secrets", len(store_dirs))
-    with Federation(work, sec) as fed:
+    with Federation(work, sec, audit_db) as fed:
         fed.start_keyholder(k_min=k_min, min_noise_multiplier=min_noise_multiplier)
-        fed.start_api(audit_db)
+        fed.start_api()
         fed.start_superlink()
         fed.register_nodes()
         for i, d in enumerate(store_dirs):
@@ -660,6 +749,27 @@ def population_stores(
 # --- `python -m fedchurn.server.deploy keyholder|api` (what the Federation starts) -----------------
 
 
+DATABASE_URL_ENV = "FEDCHURN_DATABASE_URL"
+
+
+def database_url_from(argument: str | None, where: str = "--database-url") -> str:
+    """A database URL from the command line (no password allowed there: every local user can read
+    a command line) or else from $FEDCHURN_DATABASE_URL."""
+    if argument:
+        from sqlalchemy.engine import make_url
+
+        if make_url(argument).password:
+            raise SystemExit(
+                f"{where} holds a password, which any local user could read on the command line: "
+                f"pass the URL in ${DATABASE_URL_ENV} instead"
+            )
+        return argument
+    url = os.environ.get(DATABASE_URL_ENV, "")
+    if not url:
+        raise SystemExit(f"no database: give {where} or set ${DATABASE_URL_ENV}")
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -668,41 +778,32 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keyholder", help="the key holder service (HTTPS)")
     k.add_argument("--host", default="127.0.0.1")
     k.add_argument("--port", type=int, default=8443)
-    k.add_argument("--key", type=Path, required=True, help="X25519 key file (created 0600 if missing)")
+    k.add_argument(
+        "--dir", type=Path, required=True, help="the key holder's folder from `fedchurn deploy certs`"
+    )
     k.add_argument("--state", type=Path, required=True, help="once-only state (SQLite)")
-    k.add_argument("--token-file", type=Path, required=True)
-    k.add_argument("--certs", type=Path, required=True, help="folder from `fedchurn deploy certs`")
     k.add_argument("--k-min", type=int, default=10)
     k.add_argument("--min-noise-multiplier", type=float, default=0.0)
     k.add_argument("--horizon", type=int, default=14, help="runs' horizon (evaluation histograms)")
     a = sub.add_parser("api", help="the transparency API (HTTPS, read-only)")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8444)
-    a.add_argument("--database-url", required=True)
-    a.add_argument("--certs", type=Path, required=True)
-    a.add_argument("--write-token-file", type=Path, default=None)
+    a.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
+    a.add_argument("--dir", type=Path, required=True, help="the API's folder from `fedchurn deploy certs`")
+    a.add_argument("--writable", action="store_true", help="accept the aggregator's writes (write.token)")
     args = p.parse_args(argv)
     if args.what == "keyholder":
         serve_keyholder(
-            args.host,
-            args.port,
-            args.key,
-            args.state,
-            args.token_file,
-            args.certs / "server.pem",
-            args.certs / "server.key",
-            args.k_min,
-            args.min_noise_multiplier,
-            args.horizon,
+            args.host, args.port, args.dir, args.state, args.k_min, args.min_noise_multiplier, args.horizon
         )
     else:
         serve_api(
             args.host,
             args.port,
-            args.database_url,
-            args.certs / "server.pem",
-            args.certs / "server.key",
-            args.write_token_file,
+            database_url_from(args.database_url),
+            args.dir / "tls.pem",
+            args.dir / "tls.key",
+            args.dir / "write.token" if args.writable else None,
         )
     return 0
 

@@ -92,6 +92,20 @@ def _epsilon(event: dp_accounting.DpEvent, rounds: int, sampling: Sampling, delt
     return float(acc.get_epsilon(delta))
 
 
+def epsilon_without_sampling(noise_multiplier: float, delta: float, rounds: int) -> float:
+    """epsilon against a party that knows who took part in every round (the aggregator): no
+    amplification by sampling, and the device assumed to take part in every one of `rounds`
+    rounds (the aggregator chooses). Replace-one: the sum moves by up to 2 x clip norm, so each
+    round is a Gaussian of multiplier z / 2, composed with the RDP accountant."""
+    if noise_multiplier <= 0:
+        return math.inf
+    if rounds <= 0:
+        return 0.0
+    acc = rdp.RdpAccountant(list(RDP_ORDERS), dp_accounting.NeighboringRelation.REPLACE_ONE)
+    acc.compose(dp_accounting.GaussianDpEvent(noise_multiplier / 2), rounds)
+    return float(acc.get_epsilon(delta))
+
+
 def calibrate_noise_multiplier(
     target_epsilon: float,
     delta: float,
@@ -163,8 +177,19 @@ class PrivacyAccountant:
             return dp_accounting.NonPrivateDpEvent()
         return dp_accounting.SelfComposedDpEvent(self._event, self.rounds)
 
+    def epsilon_aggregator(self, delta: float) -> float:
+        """epsilon against the aggregator, which knows who took part: no amplification by sampling,
+        every accounted round counted (`epsilon_without_sampling`)."""
+        if not self.enabled:
+            return math.inf
+        key = (-self.rounds, delta)
+        if key not in self._cache:
+            self._cache[key] = epsilon_without_sampling(self.noise_multiplier, delta, self.rounds)
+        return self._cache[key]
+
     def epsilon(self, delta: float) -> float:
-        """epsilon spent so far at `delta` (one RDP composition of all rounds, cached)."""
+        """epsilon against outsiders (amplified by sampling, which must be secret from them) spent
+        so far at `delta` (one RDP composition of all rounds, cached)."""
         if not self.enabled:
             return math.inf
         if self.rounds == 0:
@@ -186,7 +211,10 @@ class PrivacyAccountant:
             "rounds": self.rounds,
             "delta": delta,
             "epsilon": self.epsilon(delta),
+            "epsilon_outsiders": self.epsilon(delta),
+            "epsilon_aggregator": self.epsilon_aggregator(delta),
             "accountant": "dp_accounting RDP (subsampled Gaussian, composed over rounds)",
+            "accountant_aggregator": "dp_accounting RDP (Gaussian, every round, no amplification)",
         }
 
 

@@ -112,12 +112,19 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "budget.none": "No training run has been recorded yet: no privacy budget has been spent.",
         "budget.no_dp": "Run {run} used no differential privacy: ε is not bounded for that run.",
         "budget.with_dp": (
-            "Run {run}: ε spent so far {spent} of a target of {target}, at δ = {delta}, accounted by {account"
-            "ant}."
+            "Run {run}: ε spent so far {spent} against outsiders, of a target of {target}, and "
+            "{spent_aggregator} against the aggregator, at δ = {delta}, accounted by {accountant}."
         ),
-        "budget.spent": "ε spent so far",
-        "budget.target": "Target ε",
-        "budget.remaining": "Remaining ε",
+        "budget.two_epsilons": (
+            "ε is given twice. Against outsiders: anyone outside the aggregator, assuming the sampling "
+            "of devices is secret from them (amplification by sampling). Against the aggregator: it "
+            "knows who took part, so there is no amplification and every round is counted. The target "
+            "applies to ε against outsiders."
+        ),
+        "budget.spent": "ε spent so far, against outsiders",
+        "budget.spent_aggregator": "ε spent so far, against the aggregator",
+        "budget.target": "Target ε (against outsiders)",
+        "budget.remaining": "Remaining ε (against outsiders)",
         "budget.delta": "δ",
         "budget.accountant": "Accountant",
         "budget.noise": "Noise multiplier",
@@ -135,7 +142,8 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "audit.col.bytes": "Bytes received",
         "audit.col.mode": "Protection",
         "audit.col.noise": "DP noise σ",
-        "audit.col.epsilon": "ε spent",
+        "audit.col.epsilon": "ε spent (outsiders)",
+        "audit.col.epsilon_aggregator": "ε spent (aggregator)",
         "audit.skipped": "skipped: {reason}",
         # model card
         "model.heading": "Model card",
@@ -284,11 +292,18 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "budget.none": "尚未记录任何训练运行：尚未消耗隐私预算。",
         "budget.no_dp": "运行 {run} 未使用差分隐私：该运行的 ε 没有上界。",
         "budget.with_dp": (
-            "运行 {run}：目前已消耗 ε {spent}，目标 {target}，δ = {delta}，核算方法 {accountant}。"
+            "运行 {run}：针对外部方目前已消耗 ε {spent}（目标 {target}），针对聚合服务器已消耗 "
+            "{spent_aggregator}；δ = {delta}，核算方法 {accountant}。"
         ),
-        "budget.spent": "目前已消耗的 ε",
-        "budget.target": "目标 ε",
-        "budget.remaining": "剩余 ε",
+        "budget.two_epsilons": (
+            "ε 报告两个数值。针对外部方：聚合服务器以外的任何人，前提是设备的抽样对他们保密（抽样带来的"
+            "隐私放大）。针对聚合服务器：它知道哪些设备参与了，因此没有放大，每一轮都计入。目标 ε 针对的是"
+            "外部方。"
+        ),
+        "budget.spent": "目前已消耗的 ε（针对外部方）",
+        "budget.spent_aggregator": "目前已消耗的 ε（针对聚合服务器）",
+        "budget.target": "目标 ε（针对外部方）",
+        "budget.remaining": "剩余 ε（针对外部方）",
         "budget.delta": "δ",
         "budget.accountant": "核算方法",
         "budget.noise": "噪声乘数",
@@ -305,7 +320,8 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "audit.col.bytes": "接收字节数",
         "audit.col.mode": "保护模式",
         "audit.col.noise": "DP 噪声 σ",
-        "audit.col.epsilon": "已消耗 ε",
+        "audit.col.epsilon": "已消耗 ε（外部方）",
+        "audit.col.epsilon_aggregator": "已消耗 ε（聚合服务器）",
         "audit.skipped": "已跳过：{reason}",
         "model.heading": "模型卡",
         "model.none": "尚无已完成的运行，因此没有可描述的已训练模型。",

@@ -1,17 +1,21 @@
 """The key holder (helper): opens sealed seeds and returns only noisy mask sums of cohorts >= k.
 
-It never sees a payload (only its SHA-256, bound into the seal), so it never holds an individual
-update either. Its rules, each one enforced before anything is returned:
-- every seal must open under the round's context (round, cohort, model version, parameters,
-  payload digest); a seal that fails is dropped and named, never silently skipped;
+It never sees a payload, nor anything computed from one (wire version 2), so it never holds an
+individual update and cannot test guesses about one. Its rules, each enforced before anything
+is returned:
+- every seal must open under the round's context (round, cohort, model version, parameters); a
+  seal that fails is dropped and named, never silently skipped;
 - a cohort needs at least k valid devices (k = max(own k_min, the request's k_min));
 - each (round, cohort) is answered once, and each seal is used in at most one answer ever (so two
   overlapping cohorts cannot be differenced); both facts are committed to SQLite before answering,
   so a restart does not reopen them;
 - DP noise (exact discrete Gaussian, in the ring) is subtracted from its mask sum, so the
   aggregator only ever obtains the noisy cohort sum.
-In CKKS mode it holds the secret key and decrypts only cohort sums (see docs/privacy.md for what
-it cannot check there).
+In CKKS mode it also holds the secret key. Devices mask their values before encrypting and seal
+the mask seed exactly as in secagg, so the key holder decrypts only a sum whose members' seals it
+opened: it removes their masks, refuses a result outside what that many honest devices can
+produce (a scaled or made-up ciphertext decrypts to mask-dominated values), and consumes the
+cohort and its seals whatever the outcome, so a refusal cannot be retried as an oracle.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from fedchurn.server.dp import discrete_gaussian
 from fedchurn.shared import wire
+from fedchurn.shared.keyholder_pin import KeyHolderPin, KeyHolderPublic
 from fedchurn.shared.protection import CKKS_DEFAULT, ProtectionParams, round_seed_bytes
 from fedchurn.shared.wire import Reason
 
 CKKS_GRID_BITS = 20  # decrypted CKKS sums are rounded to clip_norm / 2^20 before release (see privacy.md)
 KEY_FILE_MODE = 0o600
+# CKKS decryption error is ~1e-8 per coordinate (measured); the range check tolerates far more.
+CKKS_RANGE_SLACK = 1e-4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
@@ -74,11 +81,10 @@ class Dropped:
 
 @dataclass(frozen=True)
 class SealedEntry:
-    """What the aggregator forwards per device: never the payload, only its digest."""
+    """What the aggregator forwards per device: the sealed mask seed, nothing about the payload."""
 
     device_id: str
     sealed_seed: bytes
-    payload_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ class CkksSumRequest:
     round_seed: bytes
     n_params: int
     params: ProtectionParams
-    device_ids: tuple[str, ...]
+    entries: tuple[SealedEntry, ...]  # every device whose ciphertext is in the sum
     ciphertext: bytes  # wire.pack_ckks_body of the summed CKKS vectors
 
 
@@ -121,8 +127,23 @@ class CkksSumResponse:
     round_id: int
     cohort_id: int
     values: np.ndarray  # float64, m values: the cohort sum of the selected coordinates plus DP noise
-    n_devices: int
+    included: tuple[str, ...]
+    dropped: tuple[Dropped, ...]
     noise_std: float
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.included)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """The seals of one request that opened: their seeds, ids and devices; and the dropped ones."""
+
+    seeds: list[bytes]
+    seal_ids: list[bytes]
+    included: tuple[str, ...]
+    dropped: tuple[Dropped, ...]
 
 
 @dataclass
@@ -173,6 +194,31 @@ class _State:
         self.conn.close()
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def new_ckks_context(params: ProtectionParams = CKKS_DEFAULT) -> tuple[bytes, bytes]:
+    """A fresh TenSEAL CKKS context: (secret context, public context with the public key only)."""
+    import tenseal as ts
+
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=params.ckks_poly_modulus,
+        coeff_mod_bit_sizes=list(params.ckks_coeff_mod_bits),
+    )
+    ctx.global_scale = 2.0**params.ckks_scale_bits
+    secret = ctx.serialize(save_secret_key=True)
+    pub = ctx.copy()
+    pub.make_context_public()
+    public = pub.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+    return secret, public
+
+
 class KeyHolder:
     """In-process key holder; `keyholder_service.create_app` wraps one for deployment."""
 
@@ -183,12 +229,14 @@ class KeyHolder:
         k_min: int = 10,
         min_noise_multiplier: float = 0.0,
         ckks_params: ProtectionParams = CKKS_DEFAULT,
-        ckks_secret_context: bytes | None = None,
+        ckks_contexts: tuple[bytes, bytes] | None = None,
         noise_exempt: Sequence[tuple[ProtectionParams, int]] = (),
     ) -> None:
-        """`noise_exempt`: (params, vector length) of evaluation histograms, answered below the
-        noise floor. Model updates never match them (their length is the model's, their params the
-        training ones), so the floor still binds every training sum."""
+        """`ckks_contexts`: (secret, public) serialised TenSEAL contexts (None: made on first use).
+        `noise_exempt`: (params, vector length) of evaluation histograms, answered below the noise
+        floor. Model updates never match them (their length is the model's, their params the
+        training ones, and params are bound into every seal), so the floor still binds every
+        training sum."""
         if k_min < 1 or min_noise_multiplier < 0:
             raise ValueError("k_min must be >= 1 and min_noise_multiplier >= 0")
         self._sk = private_key
@@ -199,10 +247,8 @@ class KeyHolder:
         self.min_noise_multiplier = min_noise_multiplier
         self.noise_exempt = tuple(noise_exempt)
         self._ckks_params = ckks_params
-        self._ckks_secret_context = ckks_secret_context
+        self._ckks_contexts = ckks_contexts
         self._ckks_ctx: Any = None
-        self._ckks_public: bytes | None = None
-        self._ckks_path: Path | None = None
 
     @classmethod
     def generate(
@@ -212,48 +258,71 @@ class KeyHolder:
         min_noise_multiplier: float = 0.0,
         ckks_params: ProtectionParams = CKKS_DEFAULT,
         noise_exempt: Sequence[tuple[ProtectionParams, int]] = (),
+        with_ckks: bool = False,
     ) -> KeyHolder:
-        """A key holder with a fresh key pair (simulation: in-process, state in memory unless a path)."""
+        """A key holder with a fresh key pair (and, with `with_ckks`, a fresh CKKS context now,
+        so that its pin is complete); state in memory unless a path is given."""
+        contexts = new_ckks_context(ckks_params) if with_ckks else None
         return cls(
             X25519PrivateKey.generate(),
             state_path,
             k_min,
             min_noise_multiplier,
             ckks_params,
+            contexts,
             noise_exempt=noise_exempt,
         )
+
+    @staticmethod
+    def provision(
+        key_path: Path, with_ckks: bool = True, ckks_params: ProtectionParams = CKKS_DEFAULT
+    ) -> KeyHolderPin:
+        """Create a key holder's keys (X25519 key, 0600; CKKS secret context `<key>.ckks`, 0600, and
+        public context `<key>.ckks.pub`) and return the pin devices must be given. Refuses to
+        overwrite existing keys: rotating means provisioning every device again."""
+        if key_path.exists():
+            raise FileExistsError(f"{key_path} exists: a key holder's key is created once")
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        sk = X25519PrivateKey.generate()
+        _write_private(key_path, sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+        public = None
+        if with_ckks:
+            secret, public = new_ckks_context(ckks_params)
+            _write_private(_ckks_path(key_path), secret)
+            _ckks_public_path(key_path).write_bytes(public)
+        pk = sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return KeyHolderPin.of(pk, public)
 
     @classmethod
     def open(
         cls,
         key_path: Path,
-        state_path: Path,
+        state_path: Path | None,
         k_min: int = 10,
         min_noise_multiplier: float = 0.0,
         ckks_params: ProtectionParams = CKKS_DEFAULT,
         noise_exempt: Sequence[tuple[ProtectionParams, int]] = (),
     ) -> KeyHolder:
-        """A deployed key holder: its key (created 0600 on first use) and state survive restarts.
-
-        The CKKS secret context, once created, is kept beside the key as `<key_path>.ckks`.
-        """
-        if key_path.exists():
-            sk = X25519PrivateKey.from_private_bytes(key_path.read_bytes())
-        else:
-            sk = X25519PrivateKey.generate()
-            raw = sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-        ckks_path = key_path.with_name(key_path.name + ".ckks")
-        secret = ckks_path.read_bytes() if ckks_path.exists() else None
-        kh = cls(sk, state_path, k_min, min_noise_multiplier, ckks_params, secret, noise_exempt)
-        kh._ckks_path = ckks_path
-        return kh
+        """A provisioned key holder (`provision`): its keys, and its once-only state, survive restarts."""
+        if not key_path.exists():
+            raise FileNotFoundError(f"{key_path}: provision the key holder first (KeyHolder.provision)")
+        sk = X25519PrivateKey.from_private_bytes(key_path.read_bytes())
+        contexts = None
+        if _ckks_path(key_path).exists():
+            contexts = (_ckks_path(key_path).read_bytes(), _ckks_public_path(key_path).read_bytes())
+        return cls(sk, state_path, k_min, min_noise_multiplier, ckks_params, contexts, noise_exempt)
 
     def public_key(self) -> bytes:
         """The raw 32-byte X25519 public key devices seal their seeds to."""
         return self._pk
+
+    def public(self, ckks: bool = False) -> KeyHolderPublic:
+        """What devices protect with (tests and benchmarks; devices build it from their pin)."""
+        return KeyHolderPublic(self._pk, self.ckks_public_context() if ckks else None)
+
+    def pin(self) -> KeyHolderPin:
+        """What a device must pin to trust this key holder (CKKS hash only if it has a context)."""
+        return KeyHolderPin.of(self._pk, self._ckks_contexts[1] if self._ckks_contexts else None)
 
     def answered(self, round_id: int, cohort_id: int) -> bool:
         return self._state.answered(round_id, cohort_id)
@@ -261,7 +330,7 @@ class KeyHolder:
     def close(self) -> None:
         self._state.close()
 
-    # --- secagg ---
+    # --- policy and seals (both modes) ---
 
     def _check_policy(self, params: ProtectionParams, mode: str, n_params: int) -> int:
         if params.mode != mode:
@@ -282,63 +351,50 @@ class KeyHolder:
             raise KeyHolderRefusedError(Reason.BAD_REQUEST, str(e)) from None
         return max(self.k_min, params.k_min)
 
-    def mask_sum(self, request: MaskSumRequest) -> MaskSumResponse:
-        """Validate every seal, then answer for the valid ones (>= k) or refuse; once per cohort."""
-        p, r = request.params, request
-        k = self._check_policy(p, "secagg", r.n_params)
+    def _open_seals(self, mode: wire.Mode, r: MaskSumRequest | CkksSumRequest, k: int) -> _Opened:
+        """Open every seal under this cohort's context (caller holds the lock); refuses answered
+        cohorts, oversized ones and cohorts with fewer than k seals that open."""
+        params, entries = r.params, r.entries
+        if self._state.answered(r.round_id, r.cohort_id):
+            raise KeyHolderRefusedError(Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}")
+        if len(entries) > params.max_cohort:
+            raise KeyHolderRefusedError(Reason.COHORT_TOO_LARGE, f"{len(entries)} > {params.max_cohort}")
         seed = round_seed_bytes(r.round_seed)
-        with self._lock:
-            if self._state.answered(r.round_id, r.cohort_id):
-                raise KeyHolderRefusedError(
-                    Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}"
-                )
-            if len(r.entries) > p.max_cohort:
-                raise KeyHolderRefusedError(Reason.COHORT_TOO_LARGE, f"{len(r.entries)} > {p.max_cohort}")
-            header = wire.Header(
-                wire.Mode.SECAGG, r.round_id, r.cohort_id, r.model_version, p.config_tag(seed, r.n_params)
+        tag = params.config_tag(seed, r.n_params)
+        header = wire.Header(mode, r.round_id, r.cohort_id, r.model_version, tag)
+        info = wire.seal_info(header.pack(), params.config_digest(seed, r.n_params))
+        used = self._state.used([e.sealed_seed[: wire.X25519_KEY_LEN] for e in entries])
+        seeds: list[bytes] = []
+        seal_ids: list[bytes] = []
+        included: list[str] = []
+        dropped: list[Dropped] = []
+        seen_devices: set[str] = set()
+        seen_seals: set[bytes] = set()
+        for e in entries:
+            why = self._entry_problem(e, seen_devices, seen_seals, used)
+            opened = None
+            if why is None:
+                opened = self._open(e, info)
+                why = Reason.SEAL_INVALID if opened is None else None
+            seen_devices.add(e.device_id)
+            seen_seals.add(e.sealed_seed[: wire.X25519_KEY_LEN])
+            if why is not None or opened is None:
+                dropped.append(Dropped(e.device_id, why or Reason.SEAL_INVALID))
+                continue
+            seeds.append(opened)
+            seal_ids.append(e.sealed_seed[: wire.X25519_KEY_LEN])
+            included.append(e.device_id)
+        if len(seeds) < k:
+            raise KeyHolderRefusedError(
+                Reason.COHORT_TOO_SMALL, f"{len(seeds)} valid devices < k={k}", dropped
             )
-            head, digest = header.pack(), p.config_digest(seed, r.n_params)
-            used = self._state.used([e.sealed_seed[: wire.X25519_KEY_LEN] for e in r.entries])
-            seeds, seal_ids, included, dropped = [], [], [], []
-            seen_devices: set[str] = set()
-            seen_seals: set[bytes] = set()
-            for e in r.entries:
-                why = self._entry_problem(e, seen_devices, seen_seals, used)
-                opened = None
-                if why is None:
-                    opened = self._open(e, head, digest)
-                    why = Reason.SEAL_INVALID if opened is None else None
-                seen_devices.add(e.device_id)
-                seen_seals.add(e.sealed_seed[: wire.X25519_KEY_LEN])
-                if why is not None or opened is None:
-                    dropped.append(Dropped(e.device_id, why or Reason.SEAL_INVALID))
-                    continue
-                seeds.append(opened)
-                seal_ids.append(e.sealed_seed[: wire.X25519_KEY_LEN])
-                included.append(e.device_id)
-            if len(seeds) < k:
-                raise KeyHolderRefusedError(
-                    Reason.COHORT_TOO_SMALL, f"{len(seeds)} valid devices < k={k}", dropped
-                )
-            m, bits = p.n_coords(r.n_params), p.ring_bits
-            ring_mask = np.uint64((1 << bits) - 1)
-            total = np.zeros(m, dtype=np.uint64)
-            for s in seeds:
-                total = (total + wire.mask_stream(s, m, bits)) & ring_mask
-            sigma = p.noise_std_int(r.n_params)
-            noise = discrete_gaussian(sigma, m)
-            answer = (total - (noise % (1 << bits)).astype(np.uint64)) & ring_mask
-            if not self._state.commit(r.round_id, r.cohort_id, "secagg", len(seeds), seal_ids):
-                raise KeyHolderRefusedError(
-                    Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}"
-                )
-        return MaskSumResponse(r.round_id, r.cohort_id, answer, tuple(included), tuple(dropped), sigma)
+        return _Opened(seeds, seal_ids, tuple(included), tuple(dropped))
 
     @staticmethod
     def _entry_problem(
         e: SealedEntry, devices: set[str], seals: set[bytes], used: set[bytes]
     ) -> Reason | None:
-        if len(e.sealed_seed) != wire.SEAL_LEN or len(e.payload_digest) != wire.DIGEST_LEN:
+        if len(e.sealed_seed) != wire.SEAL_LEN:
             return Reason.SEAL_INVALID
         if e.device_id in devices:
             return Reason.DUPLICATE_DEVICE
@@ -349,13 +405,35 @@ class KeyHolder:
             return Reason.SEAL_ALREADY_USED
         return None
 
-    def _open(self, e: SealedEntry, head: bytes, config_digest: bytes) -> bytes | None:
-        info = wire.seal_info(head, config_digest, e.payload_digest)
+    def _open(self, e: SealedEntry, info: bytes) -> bytes | None:
         try:
             seed = wire.SEAL_SUITE.decrypt(e.sealed_seed, self._sk, info=info)
         except (InvalidTag, ValueError):
             return None
         return seed if len(seed) == wire.SEED_LEN else None
+
+    def _commit(self, r: MaskSumRequest | CkksSumRequest, mode: str, opened: _Opened) -> None:
+        if not self._state.commit(r.round_id, r.cohort_id, mode, len(opened.seeds), opened.seal_ids):
+            raise KeyHolderRefusedError(Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}")
+
+    # --- secagg ---
+
+    def mask_sum(self, request: MaskSumRequest) -> MaskSumResponse:
+        """Validate every seal, then answer for the valid ones (>= k) or refuse; once per cohort."""
+        p, r = request.params, request
+        k = self._check_policy(p, "secagg", r.n_params)
+        with self._lock:
+            opened = self._open_seals(wire.Mode.SECAGG, r, k)
+            m, bits = p.n_coords(r.n_params), p.ring_bits
+            ring_mask = np.uint64((1 << bits) - 1)
+            total = np.zeros(m, dtype=np.uint64)
+            for s in opened.seeds:
+                total = (total + wire.mask_stream(s, m, bits)) & ring_mask
+            sigma = p.noise_std_int(r.n_params)
+            noise = discrete_gaussian(sigma, m)
+            answer = (total - (noise % (1 << bits)).astype(np.uint64)) & ring_mask
+            self._commit(r, "secagg", opened)
+        return MaskSumResponse(r.round_id, r.cohort_id, answer, opened.included, opened.dropped, sigma)
 
     # --- CKKS ---
 
@@ -363,38 +441,21 @@ class KeyHolder:
         if self._ckks_ctx is None:
             import tenseal as ts
 
-            if self._ckks_secret_context is not None:
-                ctx = ts.context_from(self._ckks_secret_context)
-            else:
-                p = self._ckks_params
-                ctx = ts.context(
-                    ts.SCHEME_TYPE.CKKS,
-                    poly_modulus_degree=p.ckks_poly_modulus,
-                    coeff_mod_bit_sizes=list(p.ckks_coeff_mod_bits),
-                )
-                ctx.global_scale = 2.0**p.ckks_scale_bits
-                self._ckks_secret_context = ctx.serialize(save_secret_key=True)
-                if self._ckks_path is not None:
-                    fd = os.open(self._ckks_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_FILE_MODE)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(self._ckks_secret_context)
-            pub = ctx.copy()
-            pub.make_context_public()
-            self._ckks_public = pub.serialize(
-                save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-            )
-            self._ckks_ctx = ctx
+            if self._ckks_contexts is None:
+                self._ckks_contexts = new_ckks_context(self._ckks_params)
+            self._ckks_ctx = ts.context_from(self._ckks_contexts[0])
         return self._ckks_ctx
 
     def ckks_public_context(self) -> bytes:
         """The public TenSEAL context devices encrypt to (public key only: no galois/relin keys)."""
         with self._lock:
             self._ckks()
-        assert self._ckks_public is not None
-        return self._ckks_public
+        assert self._ckks_contexts is not None
+        return self._ckks_contexts[1]
 
     def ckks_decrypt_sum(self, request: CkksSumRequest) -> CkksSumResponse:
-        """Decrypt a cohort-sum ciphertext (>= k declared devices, once), round it, add DP noise."""
+        """Decrypt a cohort-sum ciphertext whose members' seals open (>= k, once), remove their
+        masks, refuse a result no honest cohort of that size can produce, round, add DP noise."""
         import tenseal as ts
 
         p, r = request.params, request
@@ -408,19 +469,18 @@ class KeyHolder:
             raise KeyHolderRefusedError(
                 Reason.WRONG_CONFIG, "CKKS parameters differ from this key holder's context"
             )
-        n = len(r.device_ids)
-        if len(set(r.device_ids)) != n:
-            raise KeyHolderRefusedError(Reason.DUPLICATE_DEVICE, "a device is listed twice")
+        m = p.n_coords(r.n_params)
         with self._lock:
             ctx = self._ckks()
-            if self._state.answered(r.round_id, r.cohort_id):
+            opened = self._open_seals(wire.Mode.CKKS, r, k)
+            if opened.dropped:
+                # Their ciphertexts are in the sum but their masks could not be removed: nothing is
+                # decrypted or spent; the aggregator takes them out of its sum and asks again.
                 raise KeyHolderRefusedError(
-                    Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}"
+                    Reason.SEAL_INVALID,
+                    f"{len(opened.dropped)} seals do not open; remove those devices and ask again",
+                    opened.dropped,
                 )
-            if n < k:
-                raise KeyHolderRefusedError(Reason.COHORT_TOO_SMALL, f"{n} devices < k={k}")
-            if n > p.max_cohort:
-                raise KeyHolderRefusedError(Reason.COHORT_TOO_LARGE, f"{n} > {p.max_cohort}")
             try:
                 chunks = wire.parse_ckks_body(r.ciphertext)
                 values = np.concatenate([np.asarray(ts.ckks_vector_from(ctx, c).decrypt()) for c in chunks])
@@ -430,18 +490,40 @@ class KeyHolder:
                 raise KeyHolderRefusedError(
                     Reason.MALFORMED_PAYLOAD, f"ciphertext does not decrypt: {e}"
                 ) from None
-            m = p.n_coords(r.n_params)
+            # From here on something was decrypted: the cohort and its seals are spent whatever
+            # the outcome, so a refused answer cannot be retried to probe the sum.
+            self._commit(r, "ckks", opened)
             if values.shape != (m,) or not np.all(np.isfinite(values)):
                 raise KeyHolderRefusedError(Reason.WRONG_LENGTH, f"decrypted {values.shape}, expected ({m},)")
-            if not self._state.commit(r.round_id, r.cohort_id, "ckks", n, ()):
+            for s in opened.seeds:
+                values = values - wire.ckks_mask(s, m, p.ckks_mask_bound)
+            n = len(opened.seeds)
+            coord_bound, l2_bound = p.honest_sum_bounds(r.n_params, n)
+            slack = CKKS_RANGE_SLACK * (1 + n * p.clip_norm)
+            worst = float(np.abs(values).max()) if m else 0.0
+            norm = float(np.linalg.norm(values))
+            if worst > coord_bound + slack or norm > l2_bound + slack:
                 raise KeyHolderRefusedError(
-                    Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}"
+                    Reason.OUT_OF_RANGE,
+                    f"the unmasked sum of {n} devices is outside what {n} honest devices can produce "
+                    f"(largest coordinate {worst:.3g} > {coord_bound:.3g} "
+                    f"or norm {norm:.3g} > {l2_bound:.3g}); "
+                    "nothing is released and the cohort is spent",
+                    opened.dropped,
                 )
         # Never release a raw CKKS decryption (Li-Micciancio key recovery): round to a grid, add noise.
         grid = p.clip_norm / 2**CKKS_GRID_BITS
         sigma = p.noise_std(r.n_params)
         noisy = np.round(values / grid) + discrete_gaussian(sigma / grid, m)
-        return CkksSumResponse(r.round_id, r.cohort_id, noisy * grid, n, sigma)
+        return CkksSumResponse(r.round_id, r.cohort_id, noisy * grid, opened.included, opened.dropped, sigma)
+
+
+def _ckks_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.name + ".ckks")
+
+
+def _ckks_public_path(key_path: Path) -> Path:
+    return key_path.with_name(key_path.name + ".ckks.pub")
 
 
 def ckks_noise_free_error(params: ProtectionParams) -> float:

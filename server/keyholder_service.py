@@ -9,6 +9,7 @@ device in its audit log. The answering routes need the bearer token the aggregat
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 from typing import Any
 
@@ -78,7 +79,6 @@ class HealthOut(BaseModel):
 class SealedEntryIn(BaseModel):
     device_id: str = Field(min_length=1, max_length=256)
     sealed_seed: str = Field(description="80-byte HPKE seal, base64")
-    payload_digest: str = Field(description="SHA-256 of the masked payload, base64")
 
 
 class MaskSumIn(BaseModel):
@@ -114,7 +114,7 @@ class CkksSumIn(BaseModel):
     round_seed: str
     n_params: int = Field(ge=1)
     params: dict[str, Any]
-    device_ids: list[str]
+    entries: list[SealedEntryIn] = Field(max_length=100_000)
     ciphertext: str
 
 
@@ -122,7 +122,8 @@ class CkksSumOut(BaseModel):
     round_id: int
     cohort_id: int
     values: list[float]
-    n_devices: int
+    included: list[str]
+    dropped: list[DroppedOut]
     noise_std: float
 
 
@@ -166,16 +167,40 @@ def _decode(text: str, what: str) -> bytes:
         raise KeyHolderRefusedError(Reason.BAD_REQUEST, f"{what} is not base64") from None
 
 
-def create_app(keyholder: KeyHolder, token: str) -> FastAPI:
-    """The key holder's HTTP API; `token` is the bearer token the aggregator must present."""
-    if len(token) < 16:
+def _entries(items: list[SealedEntryIn]) -> tuple[SealedEntry, ...]:
+    return tuple(SealedEntry(e.device_id, _decode(e.sealed_seed, "sealed_seed")) for e in items)
+
+
+def create_app(
+    keyholder: KeyHolder,
+    token: str | None = None,
+    *,
+    token_sha256: bytes | None = None,
+    max_body_bytes: int | None = None,
+) -> FastAPI:
+    """The key holder's HTTP API; the aggregator must present the bearer token `token`, or the
+    token whose SHA-256 is `token_sha256` (a deployed key holder keeps only the digest, so its
+    folder holds no credential anyone could present).
+
+    Token and body size (`max_body_bytes`, default http_gate.KEYHOLDER_MAX_BODY_BYTES) are checked
+    before a request body is read (http_gate.RequestGate); the routes check the token again.
+    """
+    from fedchurn.server.http_gate import KEYHOLDER_MAX_BODY_BYTES, RequestGate
+
+    if (token is None) == (token_sha256 is None):
+        raise ValueError("give the bearer token or its SHA-256 digest (one of them)")
+    if token is not None and len(token) < 16:
         raise ValueError("use a bearer token of at least 16 characters")
+    if token_sha256 is not None and len(token_sha256) != 32:
+        raise ValueError("token_sha256 must be a SHA-256 digest (32 bytes)")
     app = FastAPI(title="fedchurn key holder", version=str(wire.WIRE_VERSION))
     bearer = HTTPBearer(auto_error=False)
-    expected = token.encode()
+    expected = hashlib.sha256(token.encode()).digest() if token is not None else token_sha256
+    assert expected is not None
 
     def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if creds is None or not hmac.compare_digest(creds.credentials.encode(), expected):
+        presented = hashlib.sha256(creds.credentials.encode()).digest() if creds is not None else b""
+        if creds is None or not hmac.compare_digest(presented, expected):
             raise _UnauthorizedError
 
     @app.exception_handler(_UnauthorizedError)
@@ -231,12 +256,7 @@ def create_app(keyholder: KeyHolder, token: str) -> FastAPI:
             round_seed=_decode(body.round_seed, "round_seed"),
             n_params=body.n_params,
             params=_params(body.params),
-            entries=tuple(
-                SealedEntry(
-                    e.device_id, _decode(e.sealed_seed, "sealed_seed"), _decode(e.payload_digest, "digest")
-                )
-                for e in body.entries
-            ),
+            entries=_entries(body.entries),
         )
         try:
             resp = keyholder.mask_sum(req)
@@ -268,7 +288,7 @@ def create_app(keyholder: KeyHolder, token: str) -> FastAPI:
             round_seed=_decode(body.round_seed, "round_seed"),
             n_params=body.n_params,
             params=_params(body.params),
-            device_ids=tuple(body.device_ids),
+            entries=_entries(body.entries),
             ciphertext=_decode(body.ciphertext, "ciphertext"),
         )
         try:
@@ -279,10 +299,19 @@ def create_app(keyholder: KeyHolder, token: str) -> FastAPI:
             round_id=resp.round_id,
             cohort_id=resp.cohort_id,
             values=[float(v) for v in resp.values],
-            n_devices=resp.n_devices,
+            included=list(resp.included),
+            dropped=[DroppedOut(device_id=d.device_id, reason=d.reason.value) for d in resp.dropped],
             noise_std=resp.noise_std,
         )
 
+    app.add_middleware(
+        RequestGate,
+        max_body_bytes=KEYHOLDER_MAX_BODY_BYTES if max_body_bytes is None else max_body_bytes,
+        token=None,
+        token_sha256=expected,
+        protected=lambda method, _path: method == "POST",  # every POST answers, with the token
+        problem=lambda status, detail, _path: bytes(_problem(status, Reason.BAD_REQUEST, detail).body),
+    )
     return app
 
 
@@ -322,14 +351,7 @@ class KeyHolderHttpClient:
             "round_seed": _b64(request.round_seed),
             "n_params": request.n_params,
             "params": request.params.to_dict(),
-            "entries": [
-                {
-                    "device_id": e.device_id,
-                    "sealed_seed": _b64(e.sealed_seed),
-                    "payload_digest": _b64(e.payload_digest),
-                }
-                for e in request.entries
-            ],
+            "entries": _entries_json(request.entries),
         }
         out = self._check(self._client.post(f"{API_PREFIX}/mask-sum", json=body, headers=self._auth))
         values = wire.unpack_bits(_unb64(out["mask_sum"]), int(out["ring_bits"]), int(out["n_coords"]))
@@ -350,7 +372,7 @@ class KeyHolderHttpClient:
             "round_seed": _b64(request.round_seed),
             "n_params": request.n_params,
             "params": request.params.to_dict(),
-            "device_ids": list(request.device_ids),
+            "entries": _entries_json(request.entries),
             "ciphertext": _b64(request.ciphertext),
         }
         out = self._check(self._client.post(f"{API_PREFIX}/ckks/decrypt-sum", json=body, headers=self._auth))
@@ -358,6 +380,11 @@ class KeyHolderHttpClient:
             round_id=int(out["round_id"]),
             cohort_id=int(out["cohort_id"]),
             values=np.asarray(out["values"], dtype=np.float64),
-            n_devices=int(out["n_devices"]),
+            included=tuple(out["included"]),
+            dropped=tuple(Dropped(d["device_id"], Reason(d["reason"])) for d in out["dropped"]),
             noise_std=float(out["noise_std"]),
         )
+
+
+def _entries_json(entries: tuple[SealedEntry, ...]) -> list[dict[str, str]]:
+    return [{"device_id": e.device_id, "sealed_seed": _b64(e.sealed_seed)} for e in entries]

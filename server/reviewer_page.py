@@ -189,6 +189,7 @@ def _budget(d: ReviewerData, lang: Lang) -> str:
     if b.available:
         items = [
             ("budget.spent", _num(b.epsilon_spent)),
+            ("budget.spent_aggregator", _num(b.epsilon_aggregator_spent)),
             ("budget.target", _num(b.target_epsilon)),
             ("budget.remaining", _num(b.remaining_epsilon)),
             ("budget.delta", _num(b.delta)),
@@ -198,6 +199,7 @@ def _budget(d: ReviewerData, lang: Lang) -> str:
             ("budget.rounds", _num(b.rounds_counted)),
         ]
         out += "<dl>" + "".join(f"<dt>{_e(t(lang, k))}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+        out += f"<p class='small'>{_e(t(lang, 'budget.two_epsilons'))}</p>"
     return out + f"<p>{_link(d.api_prefix + '/privacy-budget')}</p>"
 
 
@@ -219,7 +221,7 @@ def _audit(d: ReviewerData, lang: Lang) -> str:
     )
     rows = []
     for r in d.rounds:
-        refused = "; ".join(f"{x.device}: {x.reason}" for x in r.refused)
+        refused = "; ".join(f"{x.reason} ×{x.count}" for x in r.refused)  # counts: no device is named
         if r.skipped:
             refused = t(lang, "audit.skipped", reason=r.skip_reason or "—") + (
                 f"; {refused}" if refused else ""
@@ -235,13 +237,12 @@ def _audit(d: ReviewerData, lang: Lang) -> str:
                 f"<code>{_e(r.protection_mode)}</code>",
                 _num(r.dp_noise_std),
                 _num(r.epsilon_spent),
+                _num(r.epsilon_aggregator),
             ]
         )
-    headers = [
-        t(lang, f"audit.col.{k}")
-        for k in ("round", "time", "cohort", "received", "refused", "bytes", "mode", "noise", "epsilon")
-    ]
-    classes = ["num", "", "num", "num", "", "num", "", "num", "num"]
+    keys = ("round", "time", "cohort", "received", "refused", "bytes", "mode", "noise", "epsilon")
+    headers = [t(lang, f"audit.col.{k}") for k in (*keys, "epsilon_aggregator")]
+    classes = ["num", "", "num", "num", "", "num", "", "num", "num", "num"]
     return f"<p>{_e(lead)}{_link(api)}</p>" + _table(headers, rows, classes)
 
 

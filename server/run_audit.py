@@ -8,6 +8,7 @@ evaluation and the model card.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,19 @@ def _views(party: str) -> str:
         if v.party == party:
             return "; ".join((*v.learns,))
     return ""
+
+
+_CLIENT_ERROR = re.compile(r"^client error: (?:<class '(?:[\w.]*\.)?(\w+)'>|(\w+)(?::|$))")
+
+
+def public_reason(reason: str) -> str:
+    """A refusal reason fit for the public audit log: a device's own error message may carry its
+    index or other details, so only the error's class name is kept ("client error: AlreadyEvaluatedError")."""
+    if not reason.startswith("client error"):
+        return reason
+    m = _CLIENT_ERROR.match(reason)
+    name = (m.group(1) or m.group(2)) if m else None
+    return f"client error: {name}" if name else "client error"
 
 
 def protection_record(cfg: RunConfig, params: ProtectionParams | None) -> dict[str, Any]:
@@ -78,10 +92,16 @@ class RunAudit:
     """The run's audit trail; every method is a no-op when no database is configured."""
 
     def __init__(
-        self, cfg: RunConfig, params: ProtectionParams | None, dp: dict[str, Any], run_id: str | None = None
+        self,
+        cfg: RunConfig,
+        audit_db: str,
+        params: ProtectionParams | None,
+        dp: dict[str, Any],
+        run_id: str | None = None,
     ) -> None:
-        """`run_id`: continue that audit run (an aggregator restarted after a crash)."""
-        self.store = AuditStore(cfg.audit_db) if cfg.audit_db else None
+        """`audit_db`: the audit database's URL ("" = no audit trail, e.g. a simulation without one);
+        `run_id`: continue that audit run (an aggregator restarted after a crash)."""
+        self.store = AuditStore(audit_db) if audit_db else None
         self.protection = cfg.protection
         self.run_id = ""
         if self.store and run_id and self.store.get_run(run_id) is not None:
@@ -120,6 +140,7 @@ class RunAudit:
             "protection": self.protection,
             "dp_noise_std": stats.noise_std,
             "epsilon": stats.epsilon,
+            "epsilon_aggregator": stats.epsilon_aggregator,
             "evaluation": {"feature_mean_round": 1.0},
         }
         skip = None if measured else "feature mean not measured: no cohort was unmasked; training uncentred"
@@ -128,6 +149,8 @@ class RunAudit:
     def _record(
         self, record: dict[str, Any], started: float, finished: float, skip_reason: str | None
     ) -> None:
+        from fedchurn.server.audit import refusal_counts
+
         assert self.store is not None
         self.store.record_round(
             self.run_id,
@@ -136,11 +159,13 @@ class RunAudit:
             finished_at=finished,
             sampled=record["sampled"],
             received=record["received"],
-            refused=record["refused"],
+            # The aggregator names refused devices; only how many per reason leaves this process.
+            refused=refusal_counts([{"reason": public_reason(str(r["reason"]))} for r in record["refused"]]),
             bytes_received=record["bytes_received"],
             protection_mode=record["protection"],
             dp_noise_std=record.get("dp_noise_std"),
             epsilon_spent=record.get("epsilon"),
+            epsilon_aggregator=record.get("epsilon_aggregator"),
             metrics={k: v for k, v in record.get("evaluation", {}).items() if not isinstance(v, list)},
             skipped=skip_reason is not None,
             skip_reason=skip_reason,

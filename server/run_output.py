@@ -6,6 +6,7 @@ Files in the run folder:
   checkpoints/round_NNN.npy  the global model after each round
   model/params.npy, model/model.json   the final model (what `fedchurn score --model` reads)
   federated.json         initial and final evaluation, per-round records
+  progress.json          the round in flight and its phase
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class RunOutput:
         tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
         tmp.replace(path)
         return path
+
+    def progress(self, server_round: int, phase: str) -> None:
+        """`progress.json`: the round in flight and its phase (for operators, and for tests that
+        must act at a known point of a run without reading its databases)."""
+        self.write_json("progress.json", {"round": server_round, "phase": phase, "at": time.time()})
 
     def record_round(self, record: dict[str, Any], params: np.ndarray) -> None:
         np.save(self.dir / "checkpoints" / f"round_{record['round']:03d}.npy", params.astype(np.float32))

@@ -15,11 +15,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedchurn.client.flower_app import COHORT_KEY, KEY_KEY, MODEL_VERSION_KEY, NOISE_KEY, ROUND_SEED_KEY
+from fedchurn.client.flower_app import (
+    CKKS_CONTEXT_KEY,
+    COHORT_KEY,
+    KEY_KEY,
+    MODEL_VERSION_KEY,
+    NOISE_KEY,
+    ROUND_SEED_KEY,
+)
 from fedchurn.server import secure_sum
 from fedchurn.server.dp import PrivacyAccountant, calibrate_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
+from fedchurn.server.settings import AggregatorSettings
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
@@ -35,11 +43,10 @@ class KeyHolderClient(secure_sum.KeyHolderClient, Protocol):
     def ckks_public_context(self) -> bytes: ...
 
 
-def connect_keyholder(cfg: RunConfig) -> KeyHolderClient:
-    """The deployed key holder of `cfg.keyholder_url`, over TLS checked against `cfg.keyholder_ca`.
-
-    The bearer token comes from `keyholder_token_file` (or $FEDCHURN_KEYHOLDER_TOKEN), never from
-    the run config itself, which is logged and stored in the audit database."""
+def connect_keyholder(settings: AggregatorSettings, timeout: float) -> KeyHolderClient:
+    """The deployed key holder of `settings.keyholder_url` (https only), its TLS certificate checked
+    against `settings.keyholder_ca`. The bearer token comes from `keyholder_token_file` (or
+    $FEDCHURN_KEYHOLDER_TOKEN), never from the run config, which every SuperNode receives."""
     import ssl
 
     import httpx
@@ -47,11 +54,14 @@ def connect_keyholder(cfg: RunConfig) -> KeyHolderClient:
     from fedchurn.server.deploy import read_token
     from fedchurn.server.keyholder_service import KeyHolderHttpClient
 
+    if not settings.keyholder_url.startswith("https://"):
+        raise ValueError("the key holder is reached over https only")
     verify: ssl.SSLContext | bool = (
-        ssl.create_default_context(cafile=cfg.keyholder_ca) if cfg.keyholder_ca else True
+        ssl.create_default_context(cafile=settings.keyholder_ca) if settings.keyholder_ca else True
     )
-    client = httpx.Client(base_url=cfg.keyholder_url, verify=verify, timeout=cfg.round_timeout)
-    return KeyHolderHttpClient(cfg.keyholder_url, read_token(cfg.keyholder_token_file or None), client=client)
+    client = httpx.Client(base_url=settings.keyholder_url, verify=verify, timeout=timeout)
+    token = read_token(settings.keyholder_token_file or None)
+    return KeyHolderHttpClient(settings.keyholder_url, token, client=client)
 
 
 @dataclass
@@ -65,6 +75,8 @@ class CohortSum:
     upload_bytes: int = 0
     noise_std: float = 0.0
     cohorts: int = 0
+    out_of_range: int = 0  # coordinates beyond what honest devices can produce (all cohorts)
+    norm_clipped: int = 0  # cohorts whose norm was cut to the honest bound
 
     def mean(self) -> np.ndarray:
         """Per-coordinate mean over the devices that uploaded it (0 where none did)."""
@@ -76,9 +88,13 @@ class SecureRounds:
         self,
         cfg: RunConfig,
         n_train_devices: int,
-        state_path: Path | None = None,
         keyholder: KeyHolderClient | None = None,
+        keyholder_key: Path | None = None,
+        keyholder_state: Path | None = None,
     ) -> None:
+        """The key holder: a client of a deployed one (`keyholder`), an in-process one opened from
+        its provisioned key (`keyholder_key`, simulation), or else a fresh in-process one (tests;
+        its devices must be given `self.keyholder.pin()`)."""
         self.cfg = cfg
         self.noise_multiplier = 0.0
         if cfg.target_epsilon > 0:
@@ -101,27 +117,35 @@ class SecureRounds:
         self.train_params = cfg.train_protection(self.noise_multiplier)
         self.eval_params = cfg.eval_protection()
         self.stats_params = cfg.stats_protection(self.noise_multiplier)
-        self.keyholder: KeyHolderClient = keyholder or KeyHolder.generate(
-            state_path=state_path,
-            k_min=cfg.k_min,
-            min_noise_multiplier=self.noise_multiplier,
-            noise_exempt=[(self.eval_params, histogram_length(cfg.horizon))],
-        )
-        self.key = (
-            self.keyholder.ckks_public_context() if cfg.protection == "ckks" else self.keyholder.public_key()
-        )
+        policy: dict[str, Any] = {
+            "k_min": cfg.k_min,
+            "min_noise_multiplier": self.noise_multiplier,
+            "noise_exempt": [(self.eval_params, histogram_length(cfg.horizon))],
+        }
+        if keyholder is not None:
+            self.keyholder: KeyHolderClient = keyholder
+        elif keyholder_key is not None:
+            self.keyholder = KeyHolder.open(keyholder_key, keyholder_state, **policy)
+        else:
+            self.keyholder = KeyHolder.generate(keyholder_state, with_ckks=cfg.protection == "ckks", **policy)
+        # What the aggregator tells devices; each device checks it against its own pin.
+        self.key = self.keyholder.public_key()
+        self.ckks_context = self.keyholder.ckks_public_context() if cfg.protection == "ckks" else None
 
     def cohorts(self, n_devices: int, params: ProtectionParams) -> int:
         return cohort_count(n_devices, self.cfg.cohort_size, params.max_cohort, self.cfg.k_min)
 
     def message_config(self, params: ProtectionParams, server_round: int, cohort: int) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             ROUND_SEED_KEY: round_seed(self.cfg.seed, server_round, cohort),
             COHORT_KEY: cohort,
             MODEL_VERSION_KEY: server_round,
             KEY_KEY: self.key,
             NOISE_KEY: params.noise_multiplier,
         }
+        if self.ckks_context is not None:
+            out[CKKS_CONTEXT_KEY] = self.ckks_context
+        return out
 
     def aggregate(
         self,
@@ -145,11 +169,13 @@ class SecureRounds:
                 server_round,
                 round_seed(self.cfg.seed, server_round, cohort),
                 n,
-                ckks_public_context=self.key if params.mode == "ckks" else None,
+                ckks_public_context=self.ckks_context if params.mode == "ckks" else None,
             )
+            refused_here = 0  # the aggregator's own refusals; finalize repeats them first in `dropped`
             for device, blob in items:
                 verdict = agg.add(device, blob)
                 if not verdict.accepted:
+                    refused_here += 1
                     out.refused.append(
                         {
                             "device": device,
@@ -166,14 +192,20 @@ class SecureRounds:
                 res = agg.finalize(self.keyholder)
             except CohortRefusedError as e:
                 out.refused.append({"device": f"cohort {cohort}", "reason": f"{e.reason.value}: {e.detail}"})
-                out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in e.dropped]
+                out.refused += [
+                    {"device": d.device_id, "reason": d.reason.value} for d in e.dropped[refused_here:]
+                ]
                 continue
-            out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in res.dropped]
+            out.refused += [
+                {"device": d.device_id, "reason": d.reason.value} for d in res.dropped[refused_here:]
+            ]
             out.sum += res.sum
             out.coord_count[res.selected] += res.count
             out.count += res.count
             out.noise_std = max(out.noise_std, res.noise_std)
             out.cohorts += 1
+            out.out_of_range += res.out_of_range
+            out.norm_clipped += int(res.norm_clipped)
         return out
 
     def dp_record(self) -> dict[str, Any]:

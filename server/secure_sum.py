@@ -4,6 +4,13 @@ It only ever holds masked ring vectors (uniformly random on their own), cipherte
 plaintext baseline, floats it warns about. Every refusal returns a `Verdict` with a
 machine-readable reason before anything is added, so a bad upload never touches the sum, and
 `finalize` raises `CohortRefusedError` rather than return a partial or unverified result.
+
+Masking hides content, so nothing can check that one device's ring vector was clipped: a
+malicious device can put any ring value in its upload and, through wrap-around, move its cohort's
+sum anywhere in the ring. The unmasked sum is therefore bounded by what n honest clipped devices
+can produce (per coordinate and in L2, noise allowed for) before anyone uses it, so the cohort
+mean a round applies never exceeds one honest device's largest contribution; the result says
+how much was cut, which flags a poisoned cohort.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ from fedchurn.server.keyholder import (
     SealedEntry,
 )
 from fedchurn.shared import wire
-from fedchurn.shared.protection import ProtectionParams, round_seed_bytes, select_coordinates
+from fedchurn.shared.protection import (
+    NOISE_TAIL_SIGMAS,
+    ProtectionParams,
+    round_seed_bytes,
+    select_coordinates,
+)
 from fedchurn.shared.wire import Reason
 
 log = logging.getLogger(__name__)
@@ -79,6 +91,8 @@ class AggregateResult:
     dropped: tuple[Dropped, ...]
     bytes_received: int
     noise_std: float  # std of the DP noise in `sum` per selected coordinate (0: no DP)
+    out_of_range: int = 0  # coordinates of the unmasked sum beyond what honest devices can produce
+    norm_clipped: bool = False  # the unmasked sum's L2 norm was cut to the honest bound
 
     def mean(self) -> np.ndarray:
         return self.sum / max(self.count, 1)
@@ -97,6 +111,8 @@ class AggregateResult:
             "n_selected": int(self.selected.size),
             "bytes_received": self.bytes_received,
             "noise_std": self.noise_std,
+            "out_of_range": self.out_of_range,
+            "norm_clipped": self.norm_clipped,
         }
 
 
@@ -122,7 +138,23 @@ def apply_update(
 class _Upload:
     values: Any  # masked ring vector (secagg), float vector (plaintext) or list of CKKS vectors
     sealed_seed: bytes
-    payload_digest: bytes
+
+
+def bound_sum(
+    values: np.ndarray, params: ProtectionParams, n_params: int, n_devices: int, noise_std: float
+) -> tuple[np.ndarray, int, bool]:
+    """The unmasked sum cut to what `n_devices` honest devices (plus the DP noise's tail) can
+    produce: per coordinate, then in L2. Returns (bounded sum, coordinates cut, norm cut)."""
+    coord, l2 = params.honest_sum_bounds(n_params, n_devices)
+    m = values.size
+    coord += NOISE_TAIL_SIGMAS * noise_std
+    l2 += noise_std * (math.sqrt(m) + NOISE_TAIL_SIGMAS)
+    out = int(np.sum(np.abs(values) > coord))
+    bounded = np.clip(values, -coord, coord)
+    norm = float(np.linalg.norm(bounded))
+    if norm > l2:
+        return bounded * (l2 / norm), out, True
+    return bounded, out, False
 
 
 @dataclass
@@ -240,16 +272,21 @@ class CohortAggregator:
                 raise wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {self._expected} B")
             sealed, payload = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
             values = wire.unpack_bits(payload, p.ring_bits, self._m)
-            return _Upload(values, sealed, wire.sha256(payload))
+            return _Upload(values, sealed)
         if p.mode == "plaintext":
             if len(blob) != self._expected:
                 raise wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {self._expected} B")
             values = np.frombuffer(body, dtype="<f4").astype(np.float64)
             if not np.all(np.isfinite(values)):
                 raise wire.WireError(Reason.NON_FINITE, "NaN or infinity in a plaintext update")
-            return _Upload(values, b"", b"")
+            # The baseline sees values: clip each one as an honest device would have.
+            values, _, _ = bound_sum(values, p, self.n_params, 1, 0.0)
+            return _Upload(values, b"")
         import tenseal as ts
 
+        if len(body) <= wire.SEAL_LEN:
+            raise wire.WireError(Reason.WRONG_LENGTH, "a CKKS upload is header, seal and ciphertext")
+        sealed, body = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
         try:
             vecs = [ts.ckks_vector_from(self._ctx, c) for c in wire.parse_ckks_body(body)]
         except wire.WireError:
@@ -261,7 +298,7 @@ class CohortAggregator:
         want = [min(slots, self._m - i) for i in range(0, self._m, slots)]
         if sizes != want:
             raise wire.WireError(Reason.WRONG_LENGTH, f"CKKS chunk sizes {sizes}, expected {want}")
-        return _Upload(vecs, b"", b"")
+        return _Upload(vecs, sealed)
 
     def _accumulate(self, values: Any, sign: int) -> None:
         if self.params.mode == "secagg":
@@ -297,6 +334,19 @@ class CohortAggregator:
             raise CohortRefusedError(
                 e.reason, f"key holder: {e.detail}", [*self._refused, *e.dropped]
             ) from None
+        values, out_of_range, norm_clipped = bound_sum(
+            np.asarray(values, dtype=np.float64), p, self.n_params, len(included), noise
+        )
+        if out_of_range or norm_clipped:
+            log.warning(
+                "cohort %d of round %d: unmasked sum beyond what %d honest devices can produce "
+                "(%d coordinates, norm cut: %s); bounded before use",
+                self.cohort_id,
+                self.round_id,
+                len(included),
+                out_of_range,
+                norm_clipped,
+            )
         dense = np.zeros(self.n_params, dtype=np.float64)
         dense[self._selected] = values
         return AggregateResult(
@@ -312,13 +362,15 @@ class CohortAggregator:
             dropped=(*self._refused, *dropped),
             bytes_received=self.bytes_received,
             noise_std=noise,
+            out_of_range=out_of_range,
+            norm_clipped=norm_clipped,
         )
 
     def _finalize_secagg(
         self, keyholder: KeyHolderClient
     ) -> tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]:
         p = self.params
-        entries = tuple(SealedEntry(d, u.sealed_seed, u.payload_digest) for d, u in self._uploads.items())
+        entries = tuple(SealedEntry(d, u.sealed_seed) for d, u in self._uploads.items())
         req = MaskSumRequest(
             self.round_id, self.cohort_id, self.model_version, self._seed, self.n_params, p, entries
         )
@@ -343,24 +395,46 @@ class CohortAggregator:
     def _finalize_ckks(
         self, keyholder: KeyHolderClient
     ) -> tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]:
+        """Ask the key holder to decrypt the cohort sum; if it names seals that do not open (it
+        decrypts nothing then), take those devices out of the sum and ask once more."""
+        dropped: tuple[Dropped, ...] = ()
+        for _ in range(2):
+            try:
+                resp = keyholder.ckks_decrypt_sum(self._ckks_request())
+                break
+            except KeyHolderRefusedError as e:
+                if e.reason != Reason.SEAL_INVALID or not e.dropped or dropped:
+                    raise
+                dropped = e.dropped
+                for d in dropped:
+                    self._uploads.pop(d.device_id, None)
+                if self.count < self.params.k_min:
+                    raise
+                self._sum = None
+                for u in self._uploads.values():
+                    self._accumulate(u.values, +1)
+        if resp.values.shape != (self._m,) or not np.all(np.isfinite(resp.values)):
+            raise CohortRefusedError(Reason.WRONG_LENGTH, "key holder's CKKS sum has the wrong shape")
+        if set(resp.included) != set(self._uploads):
+            raise CohortRefusedError(
+                Reason.BAD_REQUEST, "key holder's included set does not match the cohort"
+            )
+        values = np.asarray(resp.values, dtype=np.float64)
+        return values, resp.included, (*dropped, *resp.dropped), resp.noise_std
+
+    def _ckks_request(self) -> CkksSumRequest:
         from fedchurn.shared.wire import pack_ckks_body
 
-        body = pack_ckks_body([v.serialize() for v in self._sum])
-        ids = tuple(self._uploads)
-        req = CkksSumRequest(
+        return CkksSumRequest(
             self.round_id,
             self.cohort_id,
             self.model_version,
             self._seed,
             self.n_params,
             self.params,
-            ids,
-            body,
+            tuple(SealedEntry(d, u.sealed_seed) for d, u in self._uploads.items()),
+            pack_ckks_body([v.serialize() for v in self._sum]),
         )
-        resp = keyholder.ckks_decrypt_sum(req)
-        if resp.values.shape != (self._m,) or not np.all(np.isfinite(resp.values)):
-            raise CohortRefusedError(Reason.WRONG_LENGTH, "key holder's CKKS sum has the wrong shape")
-        return np.asarray(resp.values, dtype=np.float64), ids, (), resp.noise_std
 
 
 def expected_quantisation_error(params: ProtectionParams, n_params: int, count: int) -> float:

@@ -3,9 +3,9 @@
 Two ways to map devices onto Flower's SuperNodes:
 
 * `slots` (simulation): the federation has as many SuperNodes as devices per round; every round the
-  server draws devices by index with a seeded RNG and tells each node which device to play. A run
-  is reproducible from its seed, and Flower's dispatcher (which polls every node for every stored
-  message) stays small however large the simulated population is.
+  server draws devices by index and tells each node which device to play. Flower's dispatcher
+  (which polls every node for every stored message) stays small however large the simulated
+  population is.
 * `nodes` (deployment, or Flower-style simulation): each node is its own device; the server samples
   node ids. Held-out devices know they are held out and answer a training request with zero
   examples; other devices answer an evaluation request with an empty histogram.
@@ -15,6 +15,15 @@ Two ways to map devices onto Flower's SuperNodes:
   misses the round's timeout is left out and named; a cohort left with fewer than k devices is
   refused by the key holder, and a round with no usable cohort is recorded as skipped.
 
+Who takes part is drawn from `secrets` (sampling-source "secret", the default and the only choice
+for real devices), so nobody who reads the run's public configuration can predict it: that is what
+the outsiders' epsilon (amplification by sampling) needs. A simulation may draw from its seed
+instead (sampling-source "seeded") to be reproducible. A retried round after a crash draws afresh.
+
+Each held-out device is asked to evaluate at most once per run (and refuses a second request
+itself), so the run evaluates on the held-out devices after the last round, and per-round
+evaluations take devices that have not evaluated yet.
+
 Crash recovery (`server.checkpoint`): rounds up to `done_rounds` were finished by an earlier
 process; Flower's loop still counts them but nothing is sent or aggregated for them.
 """
@@ -22,6 +31,7 @@ process; Flower's loop still counts them but nothing is sent or aggregated for t
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,7 +64,7 @@ from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model_format import fold_input_offset
 from fedchurn.shared.protection import ProtectionParams
-from fedchurn.shared.run_config import RunConfig, is_eval_device, round_seed
+from fedchurn.shared.run_config import RunConfig, is_eval_device, is_final_eval_device, round_seed
 
 
 @dataclass
@@ -71,7 +81,10 @@ class RoundStats:
     upload_bytes: int = 0  # protected uploads alone (the wire format's bytes)
     eval_bytes: int = 0
     noise_std: float | None = None
-    epsilon: float | None = None
+    epsilon: float | None = None  # against outsiders (amplified by secret sampling)
+    epsilon_aggregator: float | None = None  # against the aggregator (no amplification)
+    out_of_range: int = 0  # coordinates of unmasked sums beyond what honest devices can produce
+    norm_clipped: int = 0  # cohorts whose unmasked sum's norm was cut to the honest bound
     skip_reason: str | None = None  # set when the round left the model unchanged
 
 
@@ -95,14 +108,21 @@ class ChurnFedAvg(FedAvg):
         self,
         cfg: RunConfig,
         nodes: list[int],
-        state_dir: Path | None = None,
         roster: list[tuple[int, int]] | None = None,
         keyholder: KeyHolderClient | None = None,
+        keyholder_key: Path | None = None,
+        keyholder_state: Path | None = None,
     ) -> None:
-        """`roster`: (node, device index) pairs (stores sampling); `keyholder`: a deployed key holder."""
+        """`roster`: (node, device index) pairs (stores sampling); `keyholder`: a deployed key
+        holder, or `keyholder_key` (and `keyholder_state`): an in-process one (see SecureRounds)."""
         self.cfg = cfg
         self.nodes = sorted(nodes)
-        self.rng = random.Random(cfg.seed)
+        if cfg.sampling_source not in ("secret", "seeded"):
+            raise ValueError(f"sampling-source must be secret or seeded, got {cfg.sampling_source!r}")
+        self.rng: random.Random = (
+            random.Random(cfg.seed) if cfg.sampling_source == "seeded" else secrets.SystemRandom()
+        )
+        self.evaluated: set[int] = set()  # devices (slots, stores) or nodes asked to evaluate
         self.stats = RoundStats()
         self.current: np.ndarray | None = None
         self._cohort_of: dict[int, int] = {}
@@ -110,6 +130,7 @@ class ChurnFedAvg(FedAvg):
         self.done_rounds = 0  # finished before a restart: skipped by Flower's loop
         self.attempts: Callable[[int, str], int] | None = None  # fresh round ids (crash recovery)
         self.on_contact: Callable[[], None] | None = None  # called before the key holder is asked
+        self.on_round_start: Callable[[int], None] | None = None  # a round's messages are about to leave
         self.round_id = 0
         self.offset: np.ndarray | None = None  # centre-features: the measured feature mean
         if cfg.sampling == "stores":
@@ -132,20 +153,23 @@ class ChurnFedAvg(FedAvg):
             raise ValueError(f"unknown sampling {cfg.sampling!r}: use slots, nodes or stores")
         self.secure: SecureRounds | None = None
         if cfg.protection != "plaintext":
-            self.secure = SecureRounds(
-                cfg, n_train, state_dir / "keyholder.sqlite" if state_dir else None, keyholder=keyholder
-            )
+            self.secure = SecureRounds(cfg, n_train, keyholder, keyholder_key, keyholder_state)
 
     # -- crash recovery -------------------------------------------------------------------------
     def _new_round_id(self, server_round: int, kind: str) -> int:
         return self.attempts(server_round, kind) if self.attempts else server_round
 
     def state(self) -> tuple[object, dict[str, dict[str, np.ndarray]] | None]:
-        """(sampling RNG state, server optimiser moments) for a checkpoint."""
-        return self.rng.getstate(), None
+        """(sampling RNG state, server optimiser moments) for a checkpoint. A secret sampler has no
+        state to keep: a restarted run draws afresh (also for a retried round)."""
+        return self._rng_state(), None
+
+    def _rng_state(self) -> object:
+        return None if isinstance(self.rng, secrets.SystemRandom) else self.rng.getstate()
 
     def restore(self, rng_state: object, optimizer: dict[str, dict[str, np.ndarray]] | None) -> None:
-        self.rng.setstate(rng_state)  # type: ignore[arg-type]
+        if rng_state is not None and not isinstance(self.rng, secrets.SystemRandom):
+            self.rng.setstate(rng_state)  # type: ignore[arg-type]
 
     # -- planning: which node plays which device ------------------------------------------
     def _plan(self, devices: list[int] | None, k: int) -> list[tuple[int, int]]:
@@ -240,7 +264,9 @@ class ChurnFedAvg(FedAvg):
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
-                s.refused.append({"device": f"node {node}", "reason": f"client error: {msg.error.reason}"})
+                s.refused.append(
+                    {"device": f"node {node}", "reason": f"client error: {(msg.error.reason or '')[:500]}"}
+                )
                 continue
             if train:
                 s.bytes_received += reply_bytes(msg)
@@ -274,6 +300,8 @@ class ChurnFedAvg(FedAvg):
             return []  # finished before a restart
         self.round_id = self._new_round_id(server_round, "train")
         plan = self._train_plan()
+        if self.on_round_start is not None:
+            self.on_round_start(server_round)
         config["server-round"] = server_round
         if self.offset is not None:  # stores and slots alike: devices train on centred rows
             config[INPUT_OFFSET_KEY] = [float(v) for v in self.offset]
@@ -301,7 +329,9 @@ class ChurnFedAvg(FedAvg):
         for msg in replies:
             node = str(msg.metadata.src_node_id)
             if msg.has_error():
-                s.refused.append({"device": node, "reason": f"client error: {msg.error.reason}"})
+                s.refused.append(
+                    {"device": node, "reason": f"client error: {(msg.error.reason or '')[:500]}"}
+                )
                 continue
             s.bytes_received += reply_bytes(msg)
             try:
@@ -331,7 +361,7 @@ class ChurnFedAvg(FedAvg):
             node = msg.metadata.src_node_id
             if msg.has_error():
                 self.stats.refused.append(
-                    {"device": str(node), "reason": f"client error: {msg.error.reason}"}
+                    {"device": str(node), "reason": f"client error: {(msg.error.reason or '')[:500]}"}
                 )
                 continue
             if train:
@@ -373,9 +403,8 @@ class ChurnFedAvg(FedAvg):
         s.trained = res.count
         s.upload_bytes = res.upload_bytes
         s.noise_std = res.noise_std
-        s.epsilon = (
-            self.secure.accountant.step(delta=self.cfg.delta) if self.secure.accountant.enabled else None
-        )
+        s.out_of_range, s.norm_clipped = res.out_of_range, res.norm_clipped
+        self._charge()
         metrics = MetricRecord({"trained": res.count, "bytes": s.bytes_received})
         if res.count == 0:
             log(WARNING, "round %d: no cohort was unmasked; the model is unchanged", server_round)
@@ -383,6 +412,20 @@ class ChurnFedAvg(FedAvg):
             return None, metrics
         new = self.current + res.mean().astype(np.float32)
         return ArrayRecord({PARAMS_KEY: Array(new.astype(np.float32))}), metrics
+
+    def _final(self, device: int) -> bool:
+        """Kept for the final evaluation (all held-out devices unless rounds are evaluated too)."""
+        return is_final_eval_device(
+            self.cfg.seed, device, self.cfg.eval_fraction, self.cfg.eval_per_round > 0
+        )
+
+    def _charge(self) -> None:
+        """One more round spent: both epsilons into this round's stats (DP runs only)."""
+        assert self.secure is not None
+        acc = self.secure.accountant
+        if acc.enabled:
+            self.stats.epsilon = acc.step(delta=self.cfg.delta)
+            self.stats.epsilon_aggregator = acc.epsilon_aggregator(self.cfg.delta)
 
     def _sum_eval(self, server_round: int, replies: Iterable[Message]) -> np.ndarray | None:
         replies = list(replies)
@@ -443,8 +486,8 @@ class ChurnFedAvg(FedAvg):
             )
             s.refused += res.refused
             s.noise_std = res.noise_std
-            if self.secure.accountant.enabled:
-                s.epsilon = self.secure.accountant.step(delta=self.cfg.delta)
+            s.out_of_range, s.norm_clipped = res.out_of_range, res.norm_clipped
+            self._charge()
             total = res.sum.copy() if res.count else None
             if total is not None and res.noise_std > 0:
                 # Under DP the count coordinate's noise is as large as a cohort's count; divide by
@@ -466,22 +509,30 @@ class ChurnFedAvg(FedAvg):
                 return []
             assert self.secure is not None
             config["server-round"] = server_round
-            plan = self.rng.sample(self.eval_pool_s, min(self.cfg.eval_per_round, len(self.eval_pool_s)))
+            pairs = [p for p in self.eval_pool_s if p[1] not in self.evaluated and not self._final(p[1])]
+            plan = self.rng.sample(pairs, min(self.cfg.eval_per_round, len(pairs)))
+            self.evaluated |= {d for _, d in plan}
             return self._store_messages(
                 plan, arrays, config, MessageType.EVALUATE, EVAL_COHORTS, self.secure.eval_params
             )
         k = min(self.cfg.eval_per_round, len(self.nodes))
         if k <= 0:
             return []
-        devices = (
-            self.rng.sample(self.eval_pool, min(k, len(self.eval_pool)))
-            if self.cfg.sampling == "slots"
-            else None
-        )
+        devices = None
+        if self.cfg.sampling == "slots":
+            fresh = [d for d in self.eval_pool if d not in self.evaluated and not self._final(d)]
+            devices = self.rng.sample(fresh, min(k, len(fresh)))
+            self.evaluated |= set(devices)
+            if not devices:
+                return []
         config["server-round"] = server_round
         self._cohort_of = {}
+        plan = self._plan(devices, k)
+        if devices is None:  # nodes: every node is its own device
+            plan = [(n, d) for n, d in plan if n not in self.evaluated]
+            self.evaluated |= {n for n, _ in plan}
         return self._messages(
-            self._plan(devices, k),
+            plan,
             arrays,
             config,
             MessageType.EVALUATE,
@@ -502,29 +553,37 @@ class ChurnFedAvg(FedAvg):
     def evaluate_all(
         self, grid: Grid, arrays: ArrayRecord, server_round: int, timeout: float
     ) -> dict[str, Any]:
-        """Evaluate on every held-out device (before training and after the last round).
+        """Evaluate on every held-out device that has not evaluated in this run (after the last
+        round; each device evaluates once per run).
 
         Batches are as equal as possible, so every cohort reaches the key holder's minimum."""
         arrays = self.exported(arrays)
         config = ConfigRecord({"server-round": server_round})
         total: np.ndarray | None = None
         if self.cfg.sampling == "stores":
-            if not self.eval_pool_s or self.secure is None:
+            pairs = [p for p in self.eval_pool_s if p[1] not in self.evaluated and self._final(p[1])]
+            if not pairs or self.secure is None:
                 return {}
+            self.evaluated |= {d for _, d in pairs}
             self.round_id = self._new_round_id(server_round, "eval")
             msgs = self._store_messages(
-                self.eval_pool_s, arrays, config, MessageType.EVALUATE, EVAL_COHORTS, self.secure.eval_params
+                pairs, arrays, config, MessageType.EVALUATE, EVAL_COHORTS, self.secure.eval_params
             )
             part = self._sum_eval(server_round, grid.send_and_receive(msgs, timeout=timeout))
             return {} if part is None else metrics_from_histogram(part, self.cfg.horizon)
         if self.attempts is not None:
             self.round_id = self._new_round_id(server_round, "eval")
         if self.cfg.sampling == "slots":
-            n_batches = max(1, -(-len(self.eval_pool) // len(self.nodes)))
-            batches = np.array_split(np.array(self.eval_pool, dtype=np.int64), n_batches)
+            fresh = [d for d in self.eval_pool if d not in self.evaluated and self._final(d)]
+            if not fresh:
+                return {}
+            self.evaluated |= set(fresh)
+            n_batches = max(1, -(-len(fresh) // len(self.nodes)))
+            batches = np.array_split(np.array(fresh, dtype=np.int64), n_batches)
             plans = [self._plan([int(d) for d in b], len(b)) for b in batches]
         else:
-            plans = [[(n, -1) for n in self.nodes]]
+            plans = [[(n, -1) for n in self.nodes if n not in self.evaluated]]
+            self.evaluated |= set(self.nodes)
         params = self.secure.eval_params if self.secure else None
         for b, plan in enumerate(plans):
             self._cohort_of = {}
@@ -562,7 +621,7 @@ class ChurnFedAdam(FedAdam, ChurnFedAvg):
 
     def state(self) -> tuple[object, dict[str, dict[str, np.ndarray]] | None]:
         moments = {name: dict(d) for name, d in (("m_t", self.m_t), ("v_t", self.v_t)) if d}
-        return self.rng.getstate(), moments or None
+        return self._rng_state(), moments or None
 
     def restore(self, rng_state: object, optimizer: dict[str, dict[str, np.ndarray]] | None) -> None:
         super().restore(rng_state, optimizer)
@@ -574,9 +633,10 @@ class ChurnFedAdam(FedAdam, ChurnFedAvg):
 def make_strategy(
     cfg: RunConfig,
     nodes: list[int],
-    state_dir: Path | None = None,
     roster: list[tuple[int, int]] | None = None,
     keyholder: KeyHolderClient | None = None,
+    keyholder_key: Path | None = None,
+    keyholder_state: Path | None = None,
 ) -> ChurnFedAvg:
     """`fedavg`: weighted averaging; `fedadam`: FedAdam's server optimiser on the averaged update."""
     common: dict[str, Any] = {"min_available_nodes": 0, "min_train_nodes": 0, "min_evaluate_nodes": 0}
@@ -589,5 +649,5 @@ def make_strategy(
         )
     else:
         raise ValueError(f"unknown strategy {cfg.strategy!r}: use fedavg or fedadam")
-    strategy.setup(cfg, nodes, state_dir, roster, keyholder)
+    strategy.setup(cfg, nodes, roster, keyholder, keyholder_key, keyholder_state)
     return strategy

@@ -145,6 +145,20 @@ class ProtectionParams:
         return wire.HEADER_LEN + seal + self.payload_bytes(n_params)
 
     @property
+    def ckks_mask_bound(self) -> float:
+        """CKKS: each device's real mask lies in [-bound, bound) per coordinate, so a cohort's masked
+        sum stays within what the context decrypts exactly (wire.CKKS_MASK_SUM_BOUND)."""
+        return wire.CKKS_MASK_SUM_BOUND / self.max_cohort
+
+    def honest_sum_bounds(self, n_params: int, n_devices: int) -> tuple[float, float]:
+        """(per-coordinate, L2) bounds of a sum of `n_devices` honest uploads, in update units,
+        noise excluded: what n clipped devices can produce (secagg: after quantisation)."""
+        if self.mode == "secagg":
+            s = self.scale(n_params)
+            return n_devices * self.level / s, n_devices * self.sensitivity_int(n_params) / s
+        return n_devices * self.coord_clip(n_params), n_devices * self.clip_norm
+
+    @property
     def wire_mode(self) -> wire.Mode:
         return wire.MODE_BY_NAME[self.mode]
 

@@ -2,6 +2,9 @@
 
 Both the ServerApp and the ClientApp parse the same keys into this dataclass; the defaults here
 are the ones `[tool.flwr.app.config]` in pyproject.toml declares (a test checks they agree).
+Everything here is public: Flower sends it to every SuperNode and the transparency API shows it.
+The aggregator's own settings (databases, key holder address and credentials, output folders)
+are not run configuration: see `server.settings`.
 """
 
 from __future__ import annotations
@@ -53,13 +56,10 @@ class RunConfig:
     target_epsilon: float = 0.0  # 0: no differential privacy
     delta: float = 1e-5
     sampling: str = "slots"  # slots: K SuperNodes play devices the server draws; nodes: node = device
-    out_dir: str = ""
-    audit_db: str = ""
+    # secret: participation drawn with `secrets` (what amplification by sampling needs); seeded: from
+    # `seed`, so that a simulation is reproducible (a stand-in for the deployment's secret draw).
+    sampling_source: str = "secret"
     round_timeout: float = 600.0  # seconds a round waits for replies; late devices are left out
-    keyholder_url: str = ""  # deployment: the key holder service (https://...); "" = in-process
-    keyholder_ca: str = ""  # CA certificate the key holder's TLS certificate chains to
-    keyholder_token_file: str = ""  # file holding its bearer token (else $FEDCHURN_KEYHOLDER_TOKEN)
-    state_db: str = ""  # SQLAlchemy URL of the aggregator's checkpoints ("" = no crash recovery)
     run_name: str = ""  # identity a restarted run resumes under ("" = derived from the config)
 
     @classmethod
@@ -207,3 +207,17 @@ def is_eval_device(seed: int, device: int, fraction: float) -> bool:
     baselines agree on it without talking. A hash, not randomness: nothing here is secret."""
     h = hashlib.blake2b(f"fedchurn-eval|{seed}|{device}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def is_final_eval_device(seed: int, device: int, fraction: float, per_round_evaluation: bool) -> bool:
+    """Whether a held-out device belongs to the run's final evaluation.
+
+    Each held-out device evaluates once per run (`client.evaluation_ledger`). Without per-round
+    evaluation every held-out device is in the final one; with it, half of them (by a second
+    public hash) are kept for the final evaluation and per-round samples come from the other half."""
+    if not is_eval_device(seed, device, fraction):
+        return False
+    if not per_round_evaluation:
+        return True
+    h = hashlib.blake2b(f"fedchurn-final-eval|{seed}|{device}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < 0.5

@@ -1,4 +1,4 @@
-"""Byte formats of a device's upload: header, bit packing, mask stream and seal recipe (version 1).
+"""Byte formats of a device's upload: header, bit packing, mask streams and seal recipe (version 2).
 
 Every byte a device sends is defined here, so a Kotlin/Swift port has one module to mirror
 (docs/wire-format.md explains it byte by byte; tests/vectors/wire/ holds golden vectors). The
@@ -19,12 +19,12 @@ import numpy as np
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # v2: the seal no longer binds a payload digest; CKKS uploads carry a seal too
 MAGIC = b"FC"
 HEADER_FORMAT = "<2sBBIII4s"  # magic, version, mode, round id, cohort id, model version, config tag
 HEADER_LEN = struct.calcsize(HEADER_FORMAT)  # 20
 CONFIG_TAG_LEN = 4
-DIGEST_LEN = 32  # SHA-256
+DIGEST_LEN = 32  # SHA-256 (config digest)
 SEED_LEN = 32  # mask seed, fresh per upload from os.urandom
 ROUND_SEED_LEN = 32  # public per-round seed that selects the coordinates
 X25519_KEY_LEN = 32
@@ -33,10 +33,14 @@ SEAL_LEN = X25519_KEY_LEN + SEED_LEN + AEAD_TAG_LEN  # 80: HPKE enc || ciphertex
 MAX_U32 = 2**32 - 1
 MAX_RING_BITS = 32
 CKKS_CHUNK_COUNT_LEN = 1
+# CKKS: a masked cohort sum stays below this in magnitude, where TenSEAL's N=4096 / 60+49-bit / 2^40
+# context still decrypts to ~1e-8 (measured up to 2^19); each device's real mask is at most
+# CKKS_MASK_SUM_BOUND / max_cohort per coordinate.
+CKKS_MASK_SUM_BOUND = 2.0**19
 CKKS_CHUNK_LEN_LEN = 4
 
 # Domain-separation labels: every derived value names its purpose and the format version.
-SEAL_INFO_LABEL = b"fedchurn/v1/seal"
+SEAL_INFO_LABEL = b"fedchurn/v2/seal"
 CONFIG_LABEL = b"fedchurn/v1/config"
 SELECT_LABEL = b"fedchurn/v1/select"
 CHACHA20_NONCE = bytes(16)  # 32-bit block counter 0 || 96-bit nonce 0; each key is used for one stream
@@ -81,6 +85,7 @@ class Reason(StrEnum):
     DP_POLICY = "dp_policy"
     BAD_REQUEST = "bad_request"
     MODE_DISABLED = "mode_disabled"
+    OUT_OF_RANGE = "out_of_range"  # an unmasked sum no honest cohort of its size can produce
 
 
 class WireError(ValueError):
@@ -144,15 +149,18 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def seal_info(header: bytes, config_digest: bytes, payload_digest: bytes) -> bytes:
-    """HPKE `info` for a seed's seal: binds header (round, cohort, model), config and payload.
+def seal_info(header: bytes, config_digest: bytes) -> bytes:
+    """HPKE `info` for a seed's seal: binds the header (round, cohort, model version) and the config.
 
     cryptography's single-shot HPKE takes `info` but no separate AAD; `info` enters the key
-    schedule, so a seal opens only under exactly this context, which is the binding we need.
+    schedule, so a seal opens only under exactly this context. Version 1 also bound SHA-256 of the
+    masked payload; the key holder, which can derive the mask, could then test every candidate value
+    of a small upload (an evaluation histogram) against that digest. Version 2 gives the key holder
+    nothing that depends on the payload.
     """
-    if len(header) != HEADER_LEN or len(config_digest) != DIGEST_LEN or len(payload_digest) != DIGEST_LEN:
+    if len(header) != HEADER_LEN or len(config_digest) != DIGEST_LEN:
         raise ValueError("seal context has the wrong lengths")
-    return SEAL_INFO_LABEL + header + config_digest + payload_digest
+    return SEAL_INFO_LABEL + header + config_digest
 
 
 def chacha20_keystream(key: bytes, n_bytes: int) -> bytes:
@@ -203,6 +211,21 @@ def mask_stream(seed: bytes, count: int, bits: int) -> np.ndarray:
     _check_bits(bits)
     ks = np.frombuffer(chacha20_keystream(seed, packed_len(count, bits)), dtype=np.uint8)
     return _fields(np.unpackbits(ks, bitorder="little"), bits, count)
+
+
+def ckks_mask(seed: bytes, count: int, bound: float) -> np.ndarray:
+    """The CKKS mask: `count` reals uniform in [-bound, bound), from consecutive little-endian u32
+    words of the ChaCha20 keystream under `seed`: value = bound * (2 * w / 2^32 - 1).
+
+    A device adds it to its clipped coordinates before encrypting; the key holder subtracts the sum
+    of the masks of the seals it opened. A ciphertext that is not the sum of exactly those
+    devices' ciphertexts (one device's, scaled; a made-up cohort) decrypts to a value dominated by
+    masks, which the key holder's range check refuses.
+    """
+    if not (bound > 0 and np.isfinite(bound)):
+        raise ValueError("mask bound must be positive and finite")
+    words = np.frombuffer(chacha20_keystream(seed, 4 * count), dtype="<u4").astype(np.float64)
+    return bound * (2.0 * words / 2.0**32 - 1.0)
 
 
 def _check_bits(bits: int) -> None:

@@ -252,12 +252,12 @@ def _throughput(updates: list[int], seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _fedchurn_run(cfg: RunConfig, console: Console) -> dict[str, Any]:
+def _fedchurn_run(cfg: RunConfig, out: Path, console: Console) -> dict[str, Any]:
     from fedchurn.simulations.simulate import simulate
 
-    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # no stale federated.json can pass for this run
+    shutil.rmtree(out, ignore_errors=True)  # no stale federated.json can pass for this run
     with ProcessTreeMemory() as mem:
-        summary = simulate(cfg, console, baselines=False)
+        summary = simulate(cfg, console, out, baselines=False)
     rounds = summary["federated"]["rounds"]
     elapsed = [float(r["elapsed"]) for r in rounds]
     seconds = [float(rounds[0]["seconds"])] + [b - a for a, b in pairwise(elapsed)]
@@ -270,19 +270,26 @@ def _fedchurn_run(cfg: RunConfig, console: Console) -> dict[str, Any]:
     }
 
 
-def _quickstart_run(cfg: RunConfig, console: Console) -> dict[str, Any]:
+def _quickstart_run(cfg: RunConfig, out: Path, console: Console) -> dict[str, Any]:
+    from fedchurn.server.settings import SETTINGS_ENV, AggregatorSettings
     from fedchurn.simulations import flower_quickstart as fq
     from fedchurn.simulations.flower_runner import run_flower
 
-    out = Path(cfg.out_dir)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    settings = AggregatorSettings(out_dir=str(out)).write(out / "private" / "aggregator.toml")
     t0 = time.time()
     with (
         console.status(f"Flower quickstart FedAvg: {cfg.num_server_rounds} rounds × {cfg.per_round}…"),
         ProcessTreeMemory() as mem,
     ):
-        run_flower(cfg, out / "flower", num_supernodes=max(cfg.per_round, 1), components=fq.COMPONENTS)
+        run_flower(
+            cfg,
+            out / "flower",
+            num_supernodes=max(cfg.per_round, 1),
+            components=fq.COMPONENTS,
+            env={SETTINGS_ENV: str(settings)},
+        )
     wall = time.time() - t0
     status_path = out / fq.STATUS_FILE
     doc = json.loads(status_path.read_text()) if status_path.exists() else {}
@@ -312,13 +319,11 @@ def _federated_runs(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict
         f"{base.per_round}, Flower simulation engine, results in {work}"
     )
     console.print("1/3 fedchurn, default protection")
-    default = _fedchurn_run(replace(base, out_dir=str(work / "fedchurn_default")), console)
+    default = _fedchurn_run(base, work / "fedchurn_default", console)
     console.print("2/3 fedchurn, plaintext (the labelled baseline)")
-    plain = _fedchurn_run(
-        replace(base, protection="plaintext", out_dir=str(work / "fedchurn_plaintext")), console
-    )
+    plain = _fedchurn_run(replace(base, protection="plaintext"), work / "fedchurn_plaintext", console)
     console.print("3/3 Flower quickstart FedAvg, same model, devices and engine")
-    quick = _quickstart_run(replace(base, out_dir=str(work / "flower_quickstart")), console)
+    quick = _quickstart_run(base, work / "flower_quickstart", console)
     ctx["runs"] = {"config": base, "default": default, "plain": plain, "quickstart": quick}
     return dict(ctx["runs"])
 
@@ -386,7 +391,7 @@ def _quality(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, A
     def central_auc(params: np.ndarray) -> Any:
         return evaluate_scores(churn_probability(params, test.x), test, cfg.horizon).get("roc_auc")
 
-    default_params, _ = load_model(Path(runs["default"]["summary"]["config"]["out_dir"]))
+    default_params, _ = load_model(Path(runs["default"]["summary"]["out_dir"]))
     out: dict[str, Any] = {
         "federated_default": fed_d.get("final_evaluation", {}).get("roc_auc"),
         "federated_plain": fed_p.get("final_evaluation", {}).get("roc_auc"),

@@ -54,4 +54,6 @@ def load_device(context: Context, cfg: RunConfig, index: int) -> LoadedDevice:
     )
 
 
-app = make_client_app(load_device, device_index, accept_assigned_device=True)
+# A simulated device's rounding coins are seeded (the run is reproducible from its seed); a real
+# device's come from an OS-seeded generator. Its key holder pin comes from the provisioning file.
+app = make_client_app(load_device, device_index, accept_assigned_device=True, seeded_entropy=True)

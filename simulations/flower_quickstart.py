@@ -36,6 +36,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from fedchurn.client.device_data import prepare_device
 from fedchurn.client.flower_app import conf_int, device_seed
 from fedchurn.client.training import TrainConfig, local_train
+from fedchurn.server.settings import AggregatorSettings
 from fedchurn.shared.model import ChurnNet
 from fedchurn.shared.model_format import init_params
 from fedchurn.shared.run_config import RunConfig, is_eval_device
@@ -116,7 +117,7 @@ def _count_replies(records: list[RecordDict], weighting_key: str) -> MetricRecor
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
-    out = Path(cfg.out_dir)
+    out = Path(AggregatorSettings.from_env().out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     _write(out, {"status": "running"})

@@ -46,10 +46,13 @@ def run_flower(
     on_poll: Callable[[], None] | None = None,
     timeout_s: float = 4 * 3600,
     components: tuple[str, str] = FEDCHURN_COMPONENTS,
+    env: dict[str, str] | None = None,
 ) -> None:
     """Run one federated simulation; returns when the ServerApp has finished.
 
-    `components` lets a benchmark run other apps (Flower's quickstart FedAvg) on the same engine."""
+    `components` lets a benchmark run other apps (Flower's quickstart FedAvg) on the same engine;
+    `env` is added to the SuperLink's environment, which its ServerApp and simulated nodes inherit
+    (the provisioning of `simulations.provision`)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     app_dir = work_dir / "flower-app"
     app_dir.mkdir(exist_ok=True)
@@ -63,6 +66,7 @@ def run_flower(
     )
     env = {
         **os.environ,
+        **(env or {}),
         "FLWR_HOME": str(home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -98,7 +102,7 @@ def run_flower(
         )
         try:
             _wait_healthy(link, port, log_path)
-            overrides = app_package.config_overrides(cfg)
+            run_config = app_package.write_run_config(cfg, work_dir / "run-config.toml")
             run = subprocess.Popen(
                 [
                     flower_bin("flwr"),
@@ -109,7 +113,7 @@ def run_flower(
                     "--federation-config",
                     f"num-supernodes={num_supernodes}",
                     "--run-config",
-                    overrides,
+                    str(run_config),
                 ],
                 env=env,
                 stdout=log,

@@ -93,15 +93,15 @@ def _blob_reply(blob: bytes) -> tuple[int, int]:
 
 
 def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, measured: int) -> dict[str, Any]:
-    kh = KeyHolder.generate(k_min=min(10, params.k_min))
-    pk = kh.ckks_public_context() if params.mode == "ckks" else kh.public_key()
+    kh = KeyHolder.generate(k_min=min(10, params.k_min), with_ckks=params.mode == "ckks")
+    pk = kh.public(ckks=params.mode == "ckks")
     ups = _updates(measured, n_params)
     rng = np.random.default_rng(1)
     size = params.max_cohort
     t0 = time.perf_counter()
     blobs = [protect_update(u, params, pk, 1, i // size, 1, 77, rng) for i, u in enumerate(ups)]
     client_ms = (time.perf_counter() - t0) / measured * 1e3
-    ctx = pk if params.mode == "ckks" else None
+    ctx = pk.ckks_context
     t0 = time.perf_counter()
     results = []
     for c, start in enumerate(range(0, measured, size)):

@@ -17,12 +17,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedchurn.client.importer import ColumnMapping, read_log
 from fedchurn.server.run_output import load_model
 from fedchurn.shared.events import local_day
-from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability
-from fedchurn.shared.run_config import RunConfig
+from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability, init_params
+from fedchurn.shared.run_config import RunConfig, is_final_eval_device
 from fedchurn.simulations.baselines import evaluate_scores, run_baselines
-from fedchurn.simulations.dataset import Dataset, build_dataset
+from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
 from fedchurn.simulations.population import generate_population
+from fedchurn.simulations.provision import provision_simulation
 from fedchurn.simulations.report import write_report
 from fedchurn.simulations.scenario import load_scenario
 
@@ -55,13 +56,28 @@ def log_dataset(cfg: RunConfig) -> Dataset:
     return build_dataset(ev, dev, start, np.full(len(arrays), today), cfg)
 
 
-def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[str, Any]:
+def final_evaluation_examples(test: Examples, cfg: RunConfig) -> Examples:
+    """The held-out rows of the devices in the run's final evaluation (`is_final_eval_device`)."""
+    keep = np.array(
+        [
+            is_final_eval_device(cfg.seed, int(d), cfg.eval_fraction, cfg.eval_per_round > 0)
+            for d in test.device
+        ],
+        dtype=bool,
+    )
+    return Examples(test.x[keep], test.time[keep], test.event[keep], test.device[keep])
+
+
+def simulate(
+    cfg: RunConfig, console: Console, out: Path, audit_db: str = "", baselines: bool = True
+) -> dict[str, Any]:
     cfg.train_protection()  # refuse settings no upload could meet before anything is written
-    out = Path(cfg.out_dir)
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     n_devices = len(_read_log(cfg.events_file, cfg.events_map)) if cfg.events_file else cfg.devices
-    cfg = replace(cfg, devices=n_devices, out_dir=str(out.resolve()))
+    cfg = replace(cfg, devices=n_devices)
     (out / "rounds.jsonl").unlink(missing_ok=True)
+    provisioned = provision_simulation(cfg, out, audit_db)
     (out / "config.json").write_text(
         json.dumps({"run": asdict(cfg), "model": DEFAULT_SPEC.to_dict()}, indent=2)
     )
@@ -102,7 +118,7 @@ def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[s
             seen = len(lines)
 
         supernodes = max(cfg.per_round, cfg.eval_per_round, 1) if cfg.sampling == "slots" else n_devices
-        run_flower(cfg, out / "flower", num_supernodes=supernodes, on_poll=poll)
+        run_flower(cfg, out / "flower", num_supernodes=supernodes, on_poll=poll, env=provisioned.env)
     wall = time.time() - t0
     fed_path = out / "federated.json"
     fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}
@@ -111,6 +127,7 @@ def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[s
     params, _meta = load_model(out)
     summary: dict[str, Any] = {
         "config": asdict(cfg),
+        "out_dir": str(out),
         "wall_seconds": wall,
         "updates_per_second": cfg.num_server_rounds * cfg.per_round / max(wall, 1e-9),
         "peak_rss_mb_runner": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -123,9 +140,14 @@ def simulate(cfg: RunConfig, console: Console, baselines: bool = True) -> dict[s
         base = run_baselines(data, cfg.seed, cfg.horizon, progress=lambda m: console.print(f"  training {m}"))
         central_params = base.pop("_central_net_params", None)
         if len(data.test.x):
-            base["federated_checked_centrally"] = evaluate_scores(
-                churn_probability(params, data.test.x), data.test, cfg.horizon
+            base["untrained"] = evaluate_scores(
+                churn_probability(init_params(cfg.seed, DEFAULT_SPEC), data.test.x), data.test, cfg.horizon
             )
+            final = final_evaluation_examples(data.test, cfg)
+            if len(final.x):  # the devices the federated evaluation summed: the same figures, centrally
+                base["federated_checked_centrally"] = evaluate_scores(
+                    churn_probability(params, final.x), final, cfg.horizon
+                )
         summary["baselines"] = base
         if central_params is not None:
             np.save(out / "central_net_params.npy", central_params)

@@ -18,14 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
+from test_api_store import DEVICE_REFUSALS, dump_tables
 
 from fedchurn.client.signals import SignalThresholds
 from fedchurn.server.api_bench import live_server
 from fedchurn.server.audit import AuditStore
+from fedchurn.server.run_audit import RunAudit
 from fedchurn.server.serve_cli import ServeError, resolve_write_token
 from fedchurn.shared.catalogue import CATEGORIES, as_dict
 from fedchurn.shared.feature_spec import FEATURES, N_FEATURES, features_fed_by
 from fedchurn.shared.model_format import HIGH_RISK
+from fedchurn.shared.run_config import RunConfig
 
 TOKEN = "test-token-" + "x" * 16
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
@@ -62,11 +65,12 @@ def _seed(url: str) -> dict[str, str]:
             finished_at=t + timedelta(seconds=4),
             sampled=10,
             received=9 if n == 2 else 10,
-            refused=[{"device": "node-7", "reason": "update failed the size check"}] if n == 2 else [],
+            refused=[{"reason": "update failed the size check", "count": 1}] if n == 2 else [],
             bytes_received=(9 if n == 2 else 10) * 9268,
             protection_mode="secagg",
             dp_noise_std=0.11,
             epsilon_spent=1.25 * n,
+            epsilon_aggregator=4.0 * n,
             metrics={"train_loss": 0.5 / n},
         )
     s.finish_run(
@@ -211,9 +215,15 @@ def test_privacy_budget(seeded: tuple[str, dict[str, str]]) -> None:
     base, runs = seeded
     a = httpx.get(f"{base}/v1/privacy-budget", params={"run_id": runs["a"]}).json()
     assert a["epsilon_spent"] == 3.75 and a["target_epsilon"] == 8.0 and a["remaining_epsilon"] == 4.25
+    assert a["epsilon_aggregator_spent"] == 12.0  # against the aggregator: no amplification
+    assert "3.75 against outsiders" in a["note"] and "12 against the aggregator" in a["note"]
     assert a["delta"] == 1e-5 and a["accountant"] == "rdp" and a["rounds_counted"] == 3
     b = httpx.get(f"{base}/v1/privacy-budget").json()
     assert b["run_id"] == runs["b"] and b["epsilon_spent"] is None and b["rounds_counted"] == 0
+    assert b["epsilon_aggregator_spent"] is None
+    fields = httpx.get(f"{base}/openapi.json").json()["components"]["schemas"]["PrivacyBudget"]["properties"]
+    assert "outside the aggregator" in fields["epsilon_spent"]["description"]
+    assert "no amplification" in fields["epsilon_aggregator_spent"]["description"]
 
 
 def test_audit_log_filters_and_pages(seeded: tuple[str, dict[str, str]]) -> None:
@@ -227,9 +237,10 @@ def test_audit_log_filters_and_pages(seeded: tuple[str, dict[str, str]]) -> None
     page = httpx.get(url, params={"run_id": runs["a"], "limit": 2}).json()
     assert [r["round"] for r in page["items"]] == [1, 2] and page["next_offset"] == 2 and page["total"] == 3
     refused = httpx.get(url, params={"with_refusals": "true"}).json()["items"]
-    assert [(r["round"], r["refused"]) for r in refused] == [
-        (2, [{"device": "node-7", "reason": "update failed the size check"}])
+    assert [(r["round"], r["refused_count"], r["refused"]) for r in refused] == [
+        (2, 1, [{"reason": "update failed the size check", "count": 1}])
     ]
+    assert [r["epsilon_aggregator"] for r in page["items"]] == [4.0, 8.0]
     skipped = httpx.get(url, params={"skipped": "true"}).json()["items"]
     assert [(r["run_id"], r["skip_reason"]) for r in skipped] == [(runs["b"], "cohort smaller than k")]
     assert httpx.get(url, params={"protection_mode": "ckks"}).json()["total"] == 1
@@ -246,6 +257,8 @@ def test_runs(seeded: tuple[str, dict[str, str]]) -> None:
     assert [r["run_id"] for r in page["items"]] == [runs["b"], runs["a"]]
     a = httpx.get(f"{base}/v1/runs/{runs['a']}").json()
     assert a["status"] == "completed" and a["epsilon_spent"] == 3.75 and a["rounds_recorded"] == 3
+    assert a["epsilon_aggregator_spent"] == 12.0 and page["items"][1]["epsilon_aggregator_spent"] == 12.0
+    assert page["items"][0]["epsilon_aggregator_spent"] is None  # run B has no ε yet
     _problem(httpx.get(f"{base}/v1/runs/nope"), 404)
 
 
@@ -291,7 +304,7 @@ def test_nothing_recorded_yet_is_said_explicitly(empty: str) -> None:
     u = httpx.get(f"{empty}/v1/upload-spec").json()
     assert u["available"] is False and "No training run has been recorded yet" in u["note"]
     b = httpx.get(f"{empty}/v1/privacy-budget").json()
-    assert b["available"] is False and b["epsilon_spent"] is None
+    assert b["available"] is False and b["epsilon_spent"] is None and b["epsilon_aggregator_spent"] is None
     card = httpx.get(f"{empty}/v1/model-card").json()
     assert card["available"] is False and card["retention_policy"]["rules"] and card["logic_in_plain_words"]
     assert httpx.get(f"{empty}/v1/audit/rounds").json() == {
@@ -318,6 +331,7 @@ def _round_body(n: int) -> dict[str, Any]:
         "protection_mode": "secagg",
         "dp_noise_std": 0.1,
         "epsilon_spent": 0.5 * n,
+        "epsilon_aggregator": 2.0 * n,
         "metrics": {"train_loss": 0.3},
     }
 
@@ -356,7 +370,88 @@ def test_writes_need_the_token_and_never_count_a_round_twice(base: str) -> None:
     fin = httpx.post(f"{base}/v1/runs/{rid}/finish", json={"status": "aborted"}, headers=auth)
     assert fin.status_code == 200 and fin.json()["status"] == "aborted"
     _problem(httpx.post(f"{base}/v1/runs/{rid}/rounds", json=_round_body(2), headers=auth), 409)
-    assert httpx.get(f"{base}/v1/privacy-budget", params={"run_id": rid}).json()["epsilon_spent"] == 0.5
+    budget = httpx.get(f"{base}/v1/privacy-budget", params={"run_id": rid}).json()
+    assert budget["epsilon_spent"] == 0.5 and budget["epsilon_aggregator_spent"] == 2.0
+
+
+def test_no_device_id_reaches_the_database_or_the_api(tmp_path: Path) -> None:
+    """The aggregator names refused devices; the audit log and every answer keep only counts."""
+    url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    dp = {"target_epsilon": 8.0, "delta": 1e-5, "accountant": "rdp", "noise_multiplier": 1.1, "clip_norm": 1}
+    audit = RunAudit(RunConfig(protection="plaintext"), url, None, dp)
+    record = {
+        "round": 1,
+        "sampled": 10,
+        "received": 7,
+        "refused": DEVICE_REFUSALS,  # as the ServerApp's round record has them
+        "bytes_received": 7 * 9144,
+        "protection": "plaintext",
+        "dp_noise_std": 0.1,
+        "epsilon": 0.8,
+        "epsilon_aggregator": 3.2,
+        "evaluation": {"train_loss": 0.3},
+    }
+    audit.round(record, T0.timestamp(), T0.timestamp() + 4)
+    assert audit.store is not None
+    rid = audit.run_id
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # An older writer over HTTP names the devices too: accepted, counted, never kept.
+    body = {**_round_body(2), "protection_mode": "plaintext", "refused": DEVICE_REFUSALS}
+    with live_server(url, TOKEN) as base:
+        posted = httpx.post(f"{base}/v1/runs/{rid}/rounds", json=body, headers=auth)
+        assert posted.status_code == 201, posted.text
+        paths = [
+            "/v1/audit/rounds",
+            f"/v1/audit/rounds?run_id={rid}&with_refusals=true",
+            "/v1/runs",
+            f"/v1/runs/{rid}",
+            "/v1/privacy-budget",
+            "/v1/upload-spec",
+            "/v1/model-card",
+            "/v1/reviewer?lang=en",
+            "/v1/reviewer?lang=zh",
+        ]
+        got = {path: httpx.get(base + path) for path in paths}
+    assert all(r.status_code == 200 for r in got.values())
+    answers = {"POST rounds": posted.text, **{path: r.text for path, r in got.items()}}
+    dump = dump_tables(audit.store)
+    audit.store.close()
+    for device in ("node-17", "4711/123456"):
+        assert device not in dump, device
+        leaks = [where for where, text in answers.items() if device in text]
+        assert not leaks, (device, leaks)
+    counted = [
+        {"reason": "no upload (failed or timed out)", "count": 2},
+        {"reason": "wrong_round: round 2 != 3", "count": 1},
+    ]
+    rounds = got["/v1/audit/rounds"].json()["items"]
+    assert [(r["round"], r["refused_count"], r["refused"]) for r in rounds] == [
+        (1, 3, counted),
+        (2, 3, counted),
+    ]
+    assert (rounds[0]["epsilon_spent"], rounds[0]["epsilon_aggregator"]) == (0.8, 3.2)
+    assert "no upload (failed or timed out) ×2" in got["/v1/reviewer?lang=en"].text
+
+
+def test_refusal_counts_over_http(base: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    start = {
+        "protection": {"mode": "secagg", "upload_bytes": 780, "aggregator_learns": "the sum"},
+        "dp": {},
+        "model": {"name": "m", "version": "1", "n_params": 2286},
+    }
+    rid = httpx.post(f"{base}/v1/runs", json=start, headers=auth).json()["run_id"]
+    refused = [{"reason": "late", "count": 3}, {"reason": "bad size"}, {"reason": "late", "count": 2}]
+    r = httpx.post(f"{base}/v1/runs/{rid}/rounds", json={**_round_body(1), "refused": refused}, headers=auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["refused_count"] == 6
+    assert r.json()["refused"] == [{"reason": "bad size", "count": 1}, {"reason": "late", "count": 5}]
+    for bad in ({"reason": "late", "count": 0}, {"reason": "x" * 2001}, {"reason": "late", "node": "7"}):
+        body = {**_round_body(2), "refused": [bad]}
+        _problem(httpx.post(f"{base}/v1/runs/{rid}/rounds", json=body, headers=auth), 422)
+    schemas = httpx.get(f"{base}/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["Refusal"]["properties"]) == {"reason", "count"}
+    assert schemas["RefusalIn"]["properties"]["device"]["deprecated"] is True
 
 
 def test_a_server_without_a_token_is_read_only(empty: str) -> None:

@@ -39,3 +39,12 @@ def test_every_purpose_is_translated() -> None:
 )
 def test_language_negotiation(param: str | None, header: str | None, expected: str) -> None:
     assert i18n.negotiate(param, header) == expected
+
+
+def test_both_epsilons_are_named_apart_in_both_languages() -> None:
+    """ε against outsiders and ε against the aggregator are two figures, never one label."""
+    for lang in i18n.LANGS:
+        assert {"spent", "spent_aggregator"} <= i18n.format_fields(i18n.t(lang, "budget.with_dp"))
+        assert i18n.t(lang, "budget.spent") != i18n.t(lang, "budget.spent_aggregator")
+        assert i18n.t(lang, "audit.col.epsilon") != i18n.t(lang, "audit.col.epsilon_aggregator")
+        assert i18n.t(lang, "budget.two_epsilons")

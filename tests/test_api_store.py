@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,10 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import MetaData, create_engine, inspect, select, text
 
 from fedchurn.server.audit import (
+    VERSION_TABLE,
     AuditStore,
+    Base,
     InvalidRecordError,
     RoundAlreadyRecordedError,
     RoundFilters,
@@ -44,6 +49,23 @@ MODEL: dict[str, Any] = {
 }
 
 
+# Refusals as the aggregator builds them: each names a device (a Flower node, or node/device).
+DEVICE_REFUSALS: list[dict[str, Any]] = [
+    {"device": "node-17", "reason": "no upload (failed or timed out)"},
+    {"device": "4711/123456", "reason": "no upload (failed or timed out)"},
+    {"device": "4711/123456", "reason": "wrong_round: round 2 != 3"},
+]
+
+
+def dump_tables(store: AuditStore) -> str:
+    """Every row of every table of the audit database, as text."""
+    meta = MetaData()
+    with store.engine.connect() as conn:
+        meta.reflect(conn)
+        assert {"audit_runs", "audit_rounds"} <= set(meta.tables)
+        return "\n".join(repr(row) for t in meta.sorted_tables for row in conn.execute(select(t)).all())
+
+
 def _round(store: AuditStore, run_id: str, n: int, **over: Any) -> None:
     t0 = datetime(2026, 1, 5, 9, tzinfo=UTC) + timedelta(minutes=n)
     kw: dict[str, Any] = {
@@ -51,11 +73,12 @@ def _round(store: AuditStore, run_id: str, n: int, **over: Any) -> None:
         "finished_at": t0 + timedelta(seconds=4),
         "sampled": 10,
         "received": 9,
-        "refused": [{"device": 17, "reason": "late"}],
+        "refused": [{"reason": "late", "count": 1}],
         "bytes_received": 9 * 9268,
         "protection_mode": "secagg",
         "dp_noise_std": 0.11,
         "epsilon_spent": 1.5 * n,
+        "epsilon_aggregator": 4.0 * n,
         "metrics": {"train_loss": 0.4},
     }
     kw.update(over)
@@ -121,11 +144,14 @@ def test_numpy_values_unix_times_and_nan_are_stored_as_plain_json(store: AuditSt
         finished_at=now,
         bytes_received=np.int64(5),
         epsilon_spent=np.float64(0.5),
+        epsilon_aggregator=np.float64(float("inf")),  # an accountant without DP says inf: stored as null
+        refused=[{"device": 17, "reason": "late"}, {"device": np.int64(18), "reason": "late"}],
         metrics={"loss": np.float32(0.25), "lift": float("nan"), "hist": np.arange(3)},
     )
     r = store.list_rounds(rid).items[0]
     assert r.metrics == {"loss": 0.25, "lift": None, "hist": [0, 1, 2]}
-    assert r.refused == [{"device": "17", "reason": "late"}]
+    assert r.refused == [{"reason": "late", "count": 2}]  # counted; the device ids are dropped
+    assert r.epsilon_aggregator is None
     assert abs(r.finished_at.timestamp() - now) < 1e-3 and r.finished_at.tzinfo is not None
     run = store.get_run(rid)
     assert (
@@ -137,14 +163,32 @@ def test_readers_filter_paginate_and_account_the_budget(store: AuditStore) -> No
     assert store.privacy_budget() is None and store.latest_model_card() is None and store.latest_run() is None
     a = store.start_run({}, PROTECTION, DP, MODEL)
     for n in (1, 2, 3):
-        _round(store, a, n, refused=[] if n != 2 else [{"device": "x", "reason": "bad size"}])
-    _round(store, a, 4, skipped=True, skip_reason="cohort below k", received=0, epsilon_spent=None)
+        _round(store, a, n, refused=[] if n != 2 else [{"reason": "bad size", "count": 3}])
+    _round(
+        store,
+        a,
+        4,
+        skipped=True,
+        skip_reason="cohort below k",
+        received=0,
+        epsilon_spent=None,
+        epsilon_aggregator=None,
+    )
     store.finish_run(a, "completed", {}, {"feature_group_importance": {"sessions": 1.0}})
     b = store.start_run({}, {**PROTECTION, "mode": "plaintext"}, {"accountant": "none"}, MODEL)
-    _round(store, b, 1, protection_mode="plaintext", epsilon_spent=None, dp_noise_std=None)
+    _round(
+        store,
+        b,
+        1,
+        protection_mode="plaintext",
+        epsilon_spent=None,
+        epsilon_aggregator=None,
+        dp_noise_std=None,
+    )
 
     assert store.list_rounds().total == 5
-    assert store.list_rounds(filters=RoundFilters(with_refusals=True, run_id=a)).items[0].round == 2
+    refusing = store.list_rounds(filters=RoundFilters(with_refusals=True, run_id=a)).items[0]
+    assert refusing.round == 2 and refusing.refused == [{"reason": "bad size", "count": 3}]
     assert [r.round for r in store.list_rounds(filters=RoundFilters(skipped=True)).items] == [4]
     assert store.list_rounds(filters=RoundFilters(protection_mode="plaintext")).items[0].run_id == b
     since = datetime(2026, 1, 5, 9, 2, tzinfo=UTC)
@@ -156,14 +200,91 @@ def test_readers_filter_paginate_and_account_the_budget(store: AuditStore) -> No
     assert budget is not None
     assert (
         budget["epsilon_spent"] == 4.5
+        and budget["epsilon_aggregator_spent"] == 12.0  # round 4 recorded none: round 3's value
         and budget["remaining_epsilon"] == 3.5
         and budget["rounds_counted"] == 3
     )
+    run_a = store.get_run(a)
+    assert run_a is not None and (run_a.epsilon_spent, run_a.epsilon_aggregator) == (4.5, 12.0)
     latest = store.privacy_budget()
     assert latest is not None and latest["run_id"] == b and latest["epsilon_spent"] is None
+    assert latest["epsilon_aggregator_spent"] is None
     card = store.latest_model_card()
     assert card is not None and card[0].run_id == a  # b is still running
     assert [r.run_id for r in store.list_runs().items] == [b, a]
+
+
+def test_refusals_are_counted_by_reason(store: AuditStore) -> None:
+    rid = store.start_run({}, PROTECTION, DP, MODEL)
+    long_reason = "client error: " + "x" * 1986  # 2000 characters: the limit
+    refused = [
+        {"reason": "wrong_round: round 2 != 3", "count": 4},
+        {"reason": long_reason},  # no count: one device
+        {"device": "node-9", "reason": "wrong_round: round 2 != 3"},  # an older writer's entry
+    ]
+    _round(store, rid, 1, refused=refused)
+    (r,) = store.list_rounds(rid).items
+    assert r.refused == [
+        {"reason": long_reason, "count": 1},
+        {"reason": "wrong_round: round 2 != 3", "count": 5},
+    ]
+    with pytest.raises(InvalidRecordError, match="count"):
+        _round(store, rid, 2, refused=[{"reason": "late", "count": 0}])
+    with pytest.raises(InvalidRecordError, match="reason"):
+        _round(store, rid, 2, refused=[{"reason": long_reason + "x", "count": 1}])
+    # Counts are not capped by the round's cohort: each may reach 10^9 (refused_count is a BIGINT).
+    _round(store, rid, 2, refused=[{"reason": f"r{i}", "count": 10**9} for i in range(3)])
+    with store.engine.connect() as conn:
+        counts = conn.execute(text("SELECT round, refused_count FROM audit_rounds ORDER BY round")).all()
+    assert [tuple(c) for c in counts] == [(1, 6), (2, 3 * 10**9)]
+
+
+def test_a_database_created_by_revision_0001_upgrades(tmp_path: Path) -> None:
+    """0002 adds `epsilon_aggregator` and rewrites 0001's per-device refusals to counts."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(url, conn), "0001")
+        conn.execute(
+            text(
+                "INSERT INTO audit_runs (run_id, status, started_at, protection_mode, config, protection, "
+                "dp, model) VALUES ('old', 'running', '2026-01-05 09:00:00', 'secagg', '{}', :p, :dp, :m)"
+            ),
+            {"p": json.dumps(PROTECTION), "dp": json.dumps(DP), "m": json.dumps(MODEL)},
+        )
+        for n, refused in ((1, DEVICE_REFUSALS), (2, [])):
+            conn.execute(
+                text(
+                    "INSERT INTO audit_rounds (run_id, round, started_at, finished_at, recorded_at, sampled, "
+                    "received, refused_count, refused, bytes_received, protection_mode, dp_noise_std, "
+                    "epsilon_spent, metrics, skipped) VALUES ('old', :n, '2026-01-05 09:00:00', "
+                    "'2026-01-05 09:00:04', '2026-01-05 09:00:04', 10, 7, :rc, :r, 0, 'secagg', 0.1, :eps, "
+                    "'{}', 0)"
+                ),
+                {"n": n, "rc": len(refused), "r": json.dumps(refused), "eps": 0.5 * n},
+            )
+    engine.dispose()
+
+    store = AuditStore(url)  # upgrades to head in-process
+    with store.engine.connect() as conn:
+        assert conn.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == "0002"
+        columns = {c["name"]: c for c in inspect(conn).get_columns("audit_rounds")}
+        assert columns["epsilon_aggregator"]["nullable"]
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
+        assert compare_metadata(ctx, Base.metadata) == []
+    dump = dump_tables(store)
+    assert "node-17" not in dump and "4711/123456" not in dump
+    r1, r2 = store.list_rounds("old").items
+    assert r1.refused == [
+        {"reason": "no upload (failed or timed out)", "count": 2},
+        {"reason": "wrong_round: round 2 != 3", "count": 1},
+    ]
+    assert r2.refused == [] and r1.epsilon_aggregator is None and r2.epsilon_spent == 1.0
+    _round(store, "old", 3, epsilon_aggregator=2.5)  # the upgraded database takes new rounds
+    budget = store.privacy_budget("old")
+    assert budget is not None and (budget["epsilon_spent"], budget["epsilon_aggregator_spent"]) == (4.5, 2.5)
 
 
 def test_in_memory_sqlite_works_across_threads() -> None:
@@ -179,11 +300,6 @@ def test_in_memory_sqlite_works_across_threads() -> None:
 
 def test_the_migrations_create_exactly_the_models(store: AuditStore) -> None:
     """Autogenerate finds nothing to do: models and Alembic revisions agree."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from fedchurn.server.audit import VERSION_TABLE, Base
-
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []

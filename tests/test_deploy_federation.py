@@ -16,13 +16,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from fedchurn.server.checkpoint import CheckpointStore
+from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
 from fedchurn.server.deploy import Federation, local_federation, population_stores, stop_group
 from fedchurn.server.dp import epsilon_for
 from fedchurn.shared.feature_spec import N_FEATURES
@@ -42,6 +43,7 @@ class Deployment:
     today: int
 
     def config(self, name: str, **overrides: object) -> RunConfig:
+        """A run's public configuration: nothing of the aggregator's settings is in it."""
         base = RunConfig(
             num_server_rounds=2,
             per_round=PER_ROUND,
@@ -50,13 +52,17 @@ class Deployment:
             k_min=K_MIN,
             days=60,
             local_epochs=1,
-            out_dir=str(self.work / name / "out"),
-            audit_db=self.audit_db,
-            state_db=f"sqlite:///{self.work / name / 'state.sqlite'}",
             run_name=name,
             round_timeout=60.0,
         )
-        return self.fed.run_config(replace(base, **overrides))  # type: ignore[arg-type]
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def out(self, cfg: RunConfig) -> Path:
+        return self.fed.run_dir(cfg.run_name)
+
+    @property
+    def state_db(self) -> str:
+        return self.fed.settings.state_db
 
     def api(self, path: str) -> dict[str, object]:
         ctx = ssl.create_default_context(cafile=str(self.fed.secrets.ca_cert))
@@ -79,7 +85,7 @@ def run_to_end(d: Deployment, cfg: RunConfig, name: str) -> dict[str, object]:
     """`flwr run` and wait; `flwr run` exits 0 even when the ServerApp fails, so read the status file."""
     d.fed.start_run(cfg, name)
     d.fed.wait(name, RUN_TIMEOUT_S)
-    fed_json = Path(cfg.out_dir) / "federated.json"
+    fed_json = d.out(cfg) / "federated.json"
     assert fed_json.exists(), d.fed.log_path(name).read_text()[-3000:]
     doc: dict[str, object] = json.loads(fed_json.read_text())
     assert doc["status"] == "finished", d.fed.log_path(name).read_text()[-3000:]
@@ -93,8 +99,27 @@ def audit_rounds(d: Deployment, run_id: str) -> list[dict[str, object]]:
     return items
 
 
-def audit_run_id(cfg: RunConfig) -> str:
-    ck = CheckpointStore(cfg.state_db).load(cfg.run_name)
+def checkpoint(d: Deployment, cfg: RunConfig) -> Checkpoint | None:
+    """The run's checkpoint; the engine is disposed at once, so this process holds no connection to
+    the aggregator's database between reads (SQLite in WAL mode, written by another process)."""
+    store = CheckpointStore(d.state_db)
+    try:
+        return store.load(cfg.run_name)
+    finally:
+        store.engine.dispose()
+
+
+def query(d: Deployment, sql: str) -> list[Any]:
+    engine = create_engine(d.state_db)
+    try:
+        with engine.connect() as c:
+            return list(c.execute(text(sql)).all())
+    finally:
+        engine.dispose()
+
+
+def audit_run_id(d: Deployment, cfg: RunConfig) -> str:
+    ck = checkpoint(d, cfg)
     assert ck is not None
     return ck.audit_run_id
 
@@ -104,14 +129,14 @@ def test_two_rounds_with_tls_node_auth_keyholder_and_api(deployment: Deployment)
     t0 = time.monotonic()
     doc = run_to_end(deployment, cfg, "integration")
     print(f"2 rounds on the deployment engine: {time.monotonic() - t0:.1f} s")
-    params = np.load(Path(cfg.out_dir) / "model" / "params.npy")
+    params = np.load(deployment.out(cfg) / "model" / "params.npy")
     assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC)), "the model did not change"
     rounds = doc["rounds"]
     assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
     assert all(r["trained"] >= K_MIN for r in rounds)
     assert all(r["upload_bytes_per_device"] == 780 for r in rounds)
     # The transparency API (HTTPS, its own process) shows both rounds of this run.
-    rid = audit_run_id(cfg)
+    rid = audit_run_id(deployment, cfg)
     recorded = audit_rounds(deployment, rid)
     assert sorted(r["round"] for r in recorded) == [1, 2]  # type: ignore[type-var]
     assert not any(r["skipped"] for r in recorded)
@@ -119,8 +144,28 @@ def test_two_rounds_with_tls_node_auth_keyholder_and_api(deployment: Deployment)
     assert run["status"] == "completed"
 
 
-def test_no_secret_in_logs_outputs_or_databases(deployment: Deployment) -> None:
-    """Private keys and bearer tokens never appear in a log, the run's outputs or a database."""
+def _command_lines(fed: Federation) -> dict[int, str]:
+    """The command line of every process the federation runs (each group leader's descendants too)."""
+    out: dict[int, str] = {}
+    groups = {p.pid for p in fed.procs.values()}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            pgid = os.getpgid(int(proc.name))
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ProcessLookupError):
+            continue
+        if pgid in groups:
+            out[int(proc.name)] = cmd
+    return out
+
+
+def test_no_secret_in_logs_outputs_databases_or_command_lines(deployment: Deployment) -> None:
+    """Private keys and bearer tokens never appear in a log, the run's outputs, a database or any
+    process's command line; no fedchurn secret *path* is on a command line either (Flower's own
+    processes take their TLS key and SuperNode key by path, their interface). Each party reads
+    only its own folder: the key holder's process sees none of the aggregator's files."""
     s = deployment.fed.secrets
     needles: list[bytes] = []
     for path in s.private_files():
@@ -130,7 +175,7 @@ def test_no_secret_in_logs_outputs_or_databases(deployment: Deployment) -> None:
         needles.append(raw.strip())
         # PEM / OpenSSH bodies: every long base64 line of the key on its own.
         needles += [line for line in raw.splitlines() if len(line) >= 40 and b"-----" not in line]
-    assert len(needles) >= 5
+    assert len(needles) >= 8
     scanned = 0
     for f in deployment.work.rglob("*"):
         if not f.is_file() or s.dir in f.parents:
@@ -140,52 +185,75 @@ def test_no_secret_in_logs_outputs_or_databases(deployment: Deployment) -> None:
         for n in needles:
             assert n not in blob, f"a secret from {s.dir} appears in {f}"
     assert scanned > 10
+    lines = _command_lines(deployment.fed)
+    assert len(lines) >= 6, lines  # key holder, API, SuperLink, SuperNodes (and their children)
+    never_on_a_command_line: list[str] = [
+        str(s.aggregator_token),
+        str(s.keyholder_key),
+        str(s.api_token),
+        str(s.keyholder.key),
+        str(s.api.key),
+        deployment.fed.settings.state_db,
+        deployment.audit_db,
+    ]
+    for pid, cmd in lines.items():
+        for n in needles:
+            assert n.decode(errors="replace") not in cmd, f"a secret on process {pid}'s command line"
+        for text_ in never_on_a_command_line:
+            assert text_ not in cmd, f"{text_} on process {pid}'s command line: {cmd[:300]}"
+    # Every SuperNode is configured with the key holder's pin (public), and nothing else of it.
+    pin = s.keyholder_pin().node_config_arg()
+    supernodes = [c for c in lines.values() if "flower-supernode" in c and "--node-config" in c]
+    assert len(supernodes) >= 2 and all(pin in c for c in supernodes)
 
 
 def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployment: Deployment) -> None:
     """With DP and centre-features: the feature-mean round (round 0) is charged once, its mean is
     kept in the checkpoint, and the restarted run trains on the same one."""
     cfg = deployment.config("resume", target_epsilon=8.0, centre_features=True)
-    state = CheckpointStore(cfg.state_db)
     deployment.fed.start_run(cfg, "resume-1")
+    rounds_file = deployment.out(cfg) / "rounds.jsonl"  # a round is written after its checkpoint
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:  # wait for round 1's checkpoint, then kill the ServerApp like a crash would
-        ck = state.load(cfg.run_name)
-        if ck is not None and ck.round >= 1:
-            break
+    while not (rounds_file.exists() and rounds_file.read_text().strip()):  # then kill, like a crash
         assert time.monotonic() < deadline, deployment.fed.log_path("resume-1").read_text()[-3000:]
         time.sleep(0.2)
-    offset_before_crash = ck.input_offset
-    assert offset_before_crash is not None and len(offset_before_crash) == N_FEATURES
-    pid = int((Path(cfg.out_dir) / "aggregator.pid").read_text())
+    pid = int((deployment.out(cfg) / "aggregator.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     deployment.fed.stop("resume-1")
-    with create_engine(cfg.state_db).connect() as c:
-        contacted_round_2 = c.scalar(
-            text("SELECT COUNT(*) FROM fedchurn_round_attempts WHERE round = 2 AND status != 'started'")
-        )
+    ck = checkpoint(deployment, cfg)
+    assert ck is not None and ck.round >= 1
+    offset_before_crash = ck.input_offset
+    assert offset_before_crash is not None and len(offset_before_crash) == N_FEATURES
+    contacted_round_2 = query(
+        deployment,
+        "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' "
+        "AND round = 2 AND status != 'started'",
+    )[0][0]
     assert contacted_round_2 == 0, "the kill landed after round 2 reached the key holder"
 
     doc = run_to_end(deployment, cfg, "resume-2")
     rounds = doc["rounds"]
     assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
     assert doc["feature_mean"] == {"devices": None, "offset": offset_before_crash}  # not measured again
-    with create_engine(cfg.state_db).connect() as c:
-        train_attempts = c.execute(
-            text("SELECT round, status FROM fedchurn_round_attempts WHERE kind = 'train' ORDER BY id")
-        ).all()
+    train_attempts = query(
+        deployment,
+        "SELECT round, status FROM fedchurn_round_attempts WHERE run_name = 'resume' "
+        "AND kind = 'train' ORDER BY id",
+    )
     # Round 1 ran once; round 2's first attempt died before the key holder, the second finished.
     assert [r for r, st in train_attempts if st == "finished"] == [1, 2]
-    with create_engine(cfg.state_db).connect() as c:
-        stats_attempts = c.scalar(text("SELECT COUNT(*) FROM fedchurn_round_attempts WHERE kind = 'stats'"))
+    stats_attempts = query(
+        deployment,
+        "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' AND kind = 'stats'",
+    )[0][0]
     assert stats_attempts == 1
     # epsilon after 2 rounds equals an uninterrupted run's: nothing forgotten, nothing counted twice.
-    rid = audit_run_id(cfg)
+    rid = audit_run_id(deployment, cfg)
     recorded = sorted(audit_rounds(deployment, rid), key=lambda r: r["round"])  # type: ignore[arg-type, return-value]
     assert [r["round"] for r in recorded] == [0, 1, 2]  # round 0: the feature mean
     dp = deployment.api(f"/v1/runs/{rid}")["dp"]
     assert isinstance(dp, dict)
-    ck = state.load(cfg.run_name)
+    ck = checkpoint(deployment, cfg)
     assert ck is not None and ck.roster is not None and ck.input_offset == offset_before_crash
     n_train = sum(not is_eval_device(cfg.seed, dev, cfg.eval_fraction) for _, dev in ck.roster)
     for r in recorded:
@@ -203,27 +271,22 @@ def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployme
 def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
     cfg = deployment.config("dropout", num_server_rounds=1, round_timeout=25.0)
     deployment.fed.start_run(cfg, "dropout")
-    db = create_engine(cfg.state_db)
+    progress = deployment.out(cfg) / "progress.json"
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:  # round 1 has started (its attempt is committed before messages leave)
-        try:
-            with db.connect() as c:
-                if c.scalar(text("SELECT COUNT(*) FROM fedchurn_round_attempts WHERE kind = 'train'")):
-                    break
-        except Exception:  # the table does not exist yet
-            pass
-        assert time.monotonic() < deadline
+    while not progress.exists():  # written when round 1's attempt is committed, before its messages leave
+        assert time.monotonic() < deadline, deployment.fed.log_path("dropout").read_text()[-3000:]
         time.sleep(0.1)
+    assert json.loads(progress.read_text())["round"] == 1
     stop_group(deployment.fed.procs.pop("supernode-2"), signal.SIGKILL)
     deployment.fed.wait("dropout", RUN_TIMEOUT_S)
-    doc = json.loads((Path(cfg.out_dir) / "federated.json").read_text())
+    doc = json.loads((deployment.out(cfg) / "federated.json").read_text())
     assert doc["status"] == "finished"
     (r1,) = doc["rounds"]
     assert K_MIN <= r1["trained"] < PER_ROUND
     left_out = [x for x in r1["refused"] if "no upload" in x["reason"]]
     assert left_out, r1["refused"]
-    params = np.load(Path(cfg.out_dir) / "model" / "params.npy")
+    params = np.load(deployment.out(cfg) / "model" / "params.npy")
     assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC))
-    recorded = audit_rounds(deployment, audit_run_id(cfg))
+    recorded = audit_rounds(deployment, audit_run_id(deployment, cfg))
     assert len(recorded) == 1 and not recorded[0]["skipped"]
-    assert recorded[0]["refused"], "the left-out devices are named in the audit log"
+    assert recorded[0]["refused"], "the left-out devices are counted in the audit log"

@@ -94,7 +94,7 @@ def test_the_protected_summaries_sum_to_the_exact_count_and_the_mean(noise: floa
     for i in range(25):
         s = feature_summary(rng.uniform(0, 60, (rng.integers(1, 90), N_FEATURES)))
         summaries.append(s)
-        blob = protect_update(s, params, kh.public_key(), 0, 200_000, 0, b"\x07" * 32, rng)
+        blob = protect_update(s, params, kh.public(), 0, 200_000, 0, b"\x07" * 32, rng)
         assert len(blob) == 356
         assert s[:4].astype(np.float32).tobytes() not in blob and s[:4].tobytes() not in blob
         assert agg.add(f"d{i}", blob).accepted
@@ -127,16 +127,16 @@ def test_a_feature_mean_round_a_crashed_start_reached_the_key_holder_with_is_cha
         target_epsilon=4.0,
         centre_features=True,
         sampling="nodes",
-        state_db=f"sqlite:///{tmp_path / 'state.sqlite'}",
         run_name="crashed",
     )
-    recovery = Recovery(cfg)
+    state_db = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    recovery = Recovery(cfg, state_db)
     attempt = recovery.store.begin_attempt("crashed", 0, "stats")
     recovery.store.mark(attempt, "contacted")
     recovery.store.begin_attempt("crashed", 0, "eval")  # evaluation costs no privacy budget
-    restarted = Recovery(cfg)
+    restarted = Recovery(cfg, state_db)
     assert restarted.last is None  # nothing was checkpointed: the run starts afresh
-    strategy = make_strategy(cfg, list(range(1, 61)), tmp_path)
+    strategy = make_strategy(cfg, list(range(1, 61)))
     assert strategy.secure is not None and strategy.secure.accountant.rounds == 0
     assert restarted.charge_before_first_checkpoint(strategy) == 1
     assert strategy.secure.accountant.rounds == 1
@@ -150,7 +150,7 @@ def test_every_training_message_carries_the_measured_offset(sampling: str, tmp_p
     nodes = [1, 2, 3, 4]
     cfg = RunConfig(devices=40, per_round=12, centre_features=True, sampling=sampling)
     roster = [(n, d) for d in range(40) for n in [nodes[d % 4]]] if sampling == "stores" else None
-    strategy = make_strategy(cfg, nodes, tmp_path, roster=roster)
+    strategy = make_strategy(cfg, nodes, roster=roster)
     strategy.offset = np.linspace(-1.0, 1.0, N_FEATURES)
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord(), None))  # type: ignore[arg-type]

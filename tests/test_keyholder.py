@@ -24,11 +24,9 @@ def _entries(
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
-        blob = protect_update(
-            rng.normal(size=P) * 0.01, p, kh.public_key(), round_id, cohort_id, 1, SEED, rng
-        )
+        blob = protect_update(rng.normal(size=P) * 0.01, p, kh.public(), round_id, cohort_id, 1, SEED, rng)
         sealed = blob[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN]
-        out.append(SealedEntry(f"d{i}", sealed, wire.sha256(blob[wire.HEADER_LEN + wire.SEAL_LEN :])))
+        out.append(SealedEntry(f"d{i}", sealed))
     return tuple(out)
 
 
@@ -59,6 +57,7 @@ def test_refuses_cohorts_smaller_than_k_without_consuming_anything() -> None:
 
 def test_once_only_survives_a_restart(tmp_path: Path) -> None:
     key, state = tmp_path / "kh.key", tmp_path / "kh.sqlite"
+    KeyHolder.provision(key, with_ckks=False)
     kh = KeyHolder.open(key, state, k_min=10)
     entries = _entries(kh, 10)
     kh.mask_sum(_req(entries))
@@ -91,11 +90,11 @@ def test_a_seal_is_used_in_one_answer_only() -> None:
 def test_duplicates_and_bad_seals_are_named() -> None:
     kh = KeyHolder.generate(k_min=10)
     entries = list(_entries(kh, 13))
-    entries.append(SealedEntry("d0", entries[1].sealed_seed, entries[1].payload_digest))  # device twice
-    entries.append(SealedEntry("copycat", entries[2].sealed_seed, entries[2].payload_digest))  # seal twice
-    entries[3] = SealedEntry("d3", entries[3].sealed_seed[:-1] + b"\0", entries[3].payload_digest)
-    entries[4] = SealedEntry("d4", entries[4].sealed_seed, bytes(32))  # wrong payload digest
-    entries[5] = SealedEntry("d5", entries[5].sealed_seed[:10], entries[5].payload_digest)  # wrong length
+    entries.append(SealedEntry("d0", entries[1].sealed_seed))  # device twice
+    entries.append(SealedEntry("copycat", entries[2].sealed_seed))  # seal twice
+    entries[3] = SealedEntry("d3", entries[3].sealed_seed[:-1] + b"\0")
+    entries[4] = SealedEntry("d4", entries[4].sealed_seed[:40] + bytes(40))  # ciphertext replaced
+    entries[5] = SealedEntry("d5", entries[5].sealed_seed[:10])  # wrong length
     resp = kh.mask_sum(_req(tuple(entries)))
     assert {(d.device_id, d.reason) for d in resp.dropped} == {
         ("d0", Reason.DUPLICATE_DEVICE),
@@ -135,9 +134,9 @@ def test_dp_floor_exempts_only_evaluation_histograms_of_their_length() -> None:
     def hist_req(length: int, round_id: int) -> MaskSumRequest:
         entries = []
         for i in range(10):
-            blob = protect_update(rng.random(length) * 0.1, ev, kh.public_key(), round_id, 1, 1, SEED, rng)
+            blob = protect_update(rng.random(length) * 0.1, ev, kh.public(), round_id, 1, 1, SEED, rng)
             sealed = blob[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN]
-            entries.append(SealedEntry(f"d{i}", sealed, wire.sha256(blob[wire.HEADER_LEN + wire.SEAL_LEN :])))
+            entries.append(SealedEntry(f"d{i}", sealed))
         return MaskSumRequest(round_id, 1, 1, round_seed_bytes(SEED), length, ev, tuple(entries))
 
     assert len(kh.mask_sum(hist_req(n, 1)).included) == 10
@@ -153,7 +152,7 @@ def test_key_holder_drops_lead_to_aggregator_dropping_the_masked_vector() -> Non
     agg = CohortAggregator(DEFAULT, 1, 1, 1, SEED, P)
     other = KeyHolder.generate()
     for i in range(12):
-        pk = other.public_key() if i == 0 else kh.public_key()  # sealed to the wrong key
+        pk = other.public() if i == 0 else kh.public()  # sealed to the wrong key
         agg.add(f"d{i}", protect_update(rng.normal(size=P) * 0.01, DEFAULT, pk, 1, 1, 1, SEED, rng))
     res = agg.finalize(kh)
     assert [(d.device_id, d.reason) for d in res.dropped] == [("d0", Reason.SEAL_INVALID)]
@@ -165,9 +164,7 @@ def test_aggregator_refusal_when_key_holder_refuses() -> None:
     rng = np.random.default_rng(4)
     agg = CohortAggregator(DEFAULT, 1, 1, 1, SEED, P)
     for i in range(10):
-        agg.add(
-            f"d{i}", protect_update(rng.normal(size=P) * 0.01, DEFAULT, kh.public_key(), 1, 1, 1, SEED, rng)
-        )
+        agg.add(f"d{i}", protect_update(rng.normal(size=P) * 0.01, DEFAULT, kh.public(), 1, 1, 1, SEED, rng))
     kh.mask_sum(_req(_entries(kh, 10)))  # someone else used (round 1, cohort 1) first
     with pytest.raises(CohortRefusedError) as e:
         agg.finalize(kh)

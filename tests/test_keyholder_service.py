@@ -10,6 +10,7 @@ from fedchurn.client.protect import protect_update, selected_clipped
 from fedchurn.server.keyholder import KeyHolder, KeyHolderRefusedError
 from fedchurn.server.keyholder_service import PROBLEM_JSON, KeyHolderHttpClient, create_app
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
+from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import DEFAULT
 from fedchurn.shared.wire import Reason
 
@@ -24,11 +25,14 @@ def served() -> tuple[KeyHolder, TestClient]:
 
 
 def _cohort(pk: bytes, n: int, cohort: int = 1) -> tuple[CohortAggregator, list[np.ndarray]]:
+    """A cohort sealed to the key holder whose raw X25519 key is `pk` (what the service publishes)."""
     rng = np.random.default_rng(2)
     agg = CohortAggregator(DEFAULT, 3, cohort, 1, SEED, P)
     ups = [rng.normal(size=P) * 0.01 for _ in range(n)]
     for i, u in enumerate(ups):
-        assert agg.add(f"d{i}", protect_update(u, DEFAULT, pk, 3, cohort, 1, SEED, rng)).accepted
+        assert agg.add(
+            f"d{i}", protect_update(u, DEFAULT, KeyHolderPublic(pk), 3, cohort, 1, SEED, rng)
+        ).accepted
     return agg, ups
 
 
@@ -65,7 +69,7 @@ def test_refusals_are_problem_json_with_reason(served: tuple[KeyHolder, TestClie
     agg._uploads.pop("d0")  # a cohort of 9 reaches the key holder only if the aggregator cheats
     from fedchurn.server.keyholder import MaskSumRequest, SealedEntry
 
-    entries = tuple(SealedEntry(d, u.sealed_seed, u.payload_digest) for d, u in agg._uploads.items())
+    entries = tuple(SealedEntry(d, u.sealed_seed) for d, u in agg._uploads.items())
     with pytest.raises(KeyHolderRefusedError) as e:
         client.mask_sum(MaskSumRequest(3, 1, 1, (SEED).to_bytes(32, "little"), P, DEFAULT, entries))
     assert e.value.reason is Reason.COHORT_TOO_SMALL

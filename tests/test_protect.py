@@ -13,14 +13,17 @@ from hypothesis import strategies as st
 
 from fedchurn.client.protect import NonFiniteUpdateError, protect_update, quantise, selected_clipped
 from fedchurn.shared import wire
+from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import DEFAULT, PLAINTEXT_DEFAULT, ProtectionParams, select_coordinates
 from fedchurn.shared.run_config import RunConfig
 
 P = 2286
 
 
-def _pk() -> bytes:
-    return X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+def _pk() -> KeyHolderPublic:
+    return KeyHolderPublic(
+        X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -75,7 +78,7 @@ def test_device_refuses_non_finite(bad: float) -> None:
     with pytest.raises(NonFiniteUpdateError):
         protect_update(u, DEFAULT, _pk(), 1, 2, 3, 4)
     with pytest.raises(NonFiniteUpdateError):
-        protect_update(u, PLAINTEXT_DEFAULT, b"", 1, 2, 3, 4)
+        protect_update(u, PLAINTEXT_DEFAULT, None, 1, 2, 3, 4)
 
 
 def test_device_refuses_wrong_shape() -> None:

@@ -17,9 +17,7 @@ P, SEED = 2286, 8
 
 @pytest.fixture(scope="module")
 def kh() -> KeyHolder:
-    k = KeyHolder.generate(k_min=10)
-    k.ckks_public_context()
-    return k
+    return KeyHolder.generate(k_min=10, with_ckks=True)
 
 
 def _cohort(kh: KeyHolder, n: int, cohort: int) -> tuple[CohortAggregator, list[np.ndarray]]:
@@ -28,7 +26,9 @@ def _cohort(kh: KeyHolder, n: int, cohort: int) -> tuple[CohortAggregator, list[
     ups = [rng.normal(size=P) * 0.01 for _ in range(n)]
     agg = CohortAggregator(CKKS_DEFAULT, 2, cohort, 1, SEED, P, ckks_public_context=ctx)
     for i, u in enumerate(ups):
-        assert agg.add(f"d{i}", protect_update(u, CKKS_DEFAULT, ctx, 2, cohort, 1, SEED)).accepted
+        assert agg.add(
+            f"d{i}", protect_update(u, CKKS_DEFAULT, kh.public(ckks=True), 2, cohort, 1, SEED)
+        ).accepted
     return agg, ups
 
 
@@ -53,9 +53,9 @@ def test_ckks_small_cohort_refused(kh: KeyHolder) -> None:
 
 def test_ckks_garbage_refused(kh: KeyHolder) -> None:
     agg, _ = _cohort(kh, 1, 3)
-    good = protect_update(np.zeros(P), CKKS_DEFAULT, kh.ckks_public_context(), 2, 3, 1, SEED)
+    good = protect_update(np.zeros(P), CKKS_DEFAULT, kh.public(ckks=True), 2, 3, 1, SEED)
     bad = bytearray(good)
-    bad[40:60] = bytes(20)
+    bad[130:150] = bytes(20)  # inside the ciphertext (header 20 B, seal 80 B, chunk count, length)
     assert agg.add("x", bytes(bad)).reason in {Reason.MALFORMED_PAYLOAD, Reason.WRONG_LENGTH}
     assert agg.add("y", good[:-5]).reason in {Reason.MALFORMED_PAYLOAD, Reason.WRONG_LENGTH}
     assert agg.add("z", good + bytes(1 << 20)).reason is Reason.OVERSIZED
@@ -63,8 +63,8 @@ def test_ckks_garbage_refused(kh: KeyHolder) -> None:
 
 
 def test_devices_refuse_a_private_context(kh: KeyHolder) -> None:
-    secret = kh._ckks_secret_context
-    assert secret is not None
+    assert kh._ckks_contexts is not None
+    secret = kh._ckks_contexts[0]
     with pytest.raises(PrivateContextError):
         load_public_context(secret)
     assert not load_public_context(kh.ckks_public_context()).is_private()

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fedchurn.server import i18n
 from fedchurn.server.api_bench import live_server
 from fedchurn.server.audit import AuditStore
 from fedchurn.shared.catalogue import CATEGORIES
@@ -41,11 +42,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finished_at=t0 + timedelta(seconds=2),
         sampled=3,
         received=2,
-        refused=[{"device": "n<1>", "reason": "too big & late"}],
+        refused=[{"device": "n<1>", "reason": "too big & late"}, {"reason": "too big & late", "count": 2}],
         bytes_received=18288,
         protection_mode="plaintext",
         dp_noise_std=None,
-        epsilon_spent=None,
+        epsilon_spent=1.25,  # against outsiders
+        epsilon_aggregator=7.5,  # against the aggregator
         metrics={},
     )
     s.close()
@@ -77,14 +79,24 @@ def _dump_dom(url: str, profile: Path) -> str:
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_chromium_shows_all_17_categories(base: str, lang: str, tmp_path: Path) -> None:
+def test_chromium_shows_all_17_categories(base: str, lang: i18n.Lang, tmp_path: Path) -> None:
     dom = html.unescape(_dump_dom(f"{base}/v1/reviewer?lang={lang}", tmp_path / "profile"))
     names = [c.name_zh if lang == "zh" else c.name_en for c in CATEGORIES]
     missing = [n for n in names if f'<strong class="cat-name">{n}</strong>' not in dom]
     assert not missing, missing
     assert f'<html lang="{"zh-Hans" if lang == "zh" else "en"}">' in dom
     assert ("警告" if lang == "zh" else "WARNING") in dom  # plaintext runs are flagged loudly
-    assert "too big & late" in dom and "every update <in the clear>" in dom  # escaped, then shown as text
+    assert "too big & late ×3" in dom and "every update <in the clear>" in dom  # escaped, then shown as text
+    assert "n<1>" not in dom  # refused devices are counted, never named
+    both_epsilons = (
+        "budget.spent",
+        "budget.spent_aggregator",
+        "audit.col.epsilon",
+        "audit.col.epsilon_aggregator",
+    )
+    for key in both_epsilons:
+        assert i18n.t(lang, key) in dom, key  # both ε, in the page's language
+    assert "<dd>1.25</dd>" in dom and "<dd>7.5</dd>" in dom
 
 
 def test_page_language_caching_and_escaping(base: str) -> None:

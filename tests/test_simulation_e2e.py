@@ -25,16 +25,15 @@ from fedchurn.simulations.simulate import simulate
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sim")
     cfg = RunConfig(
-        audit_db=f"sqlite:///{out / 'audit.sqlite'}",
         num_server_rounds=3,
         devices=160,
         per_round=30,
-        eval_per_round=20,
+        eval_per_round=10,
         eval_fraction=0.5,
         seed=11,
-        out_dir=str(out),
+        sampling_source="seeded",
     )
-    summary = simulate(cfg, Console(quiet=True), baselines=True)
+    summary = simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
     return out, summary
 
 
@@ -49,18 +48,33 @@ def centred_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         eval_fraction=0.4,
         seed=5,
         centre_features=True,
-        out_dir=str(out),
+        sampling_source="seeded",
     )
-    return out, simulate(cfg, Console(quiet=True), baselines=True)
+    return out, simulate(cfg, Console(quiet=True), out)
 
 
 def test_training_improves_on_the_untrained_model(small_run: tuple[Path, dict]) -> None:
+    """Held-out devices evaluate once per run, so the untrained model is scored centrally (on every
+    held-out device) and the trained one through the secure sum (on the final-evaluation half)."""
     _, summary = small_run
-    before = summary["federated"]["initial_evaluation"]
+    before = summary["baselines"]["untrained"]
     after = summary["federated"]["final_evaluation"]
-    assert after["devices"] == before["devices"] > 40 and after["positives"] > 0
+    assert after["devices"] > 25 and after["positives"] > 0
     assert after["roc_auc"] > before["roc_auc"] + 0.05
     assert after["calibration_error"] < before["calibration_error"]
+    assert summary["federated"]["initial_evaluation"] == {}
+
+
+def test_each_held_out_device_evaluates_once(small_run: tuple[Path, dict]) -> None:
+    """Per-round evaluations and the final one never share a device (no release can be
+    differenced against another)."""
+    out, summary = small_run
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    per_round = sum(r["evaluation"].get("devices", 0) for r in rounds)
+    assert per_round > 0
+    final = summary["federated"]["final_evaluation"]["devices"]
+    held_out = summary["baselines"]["untrained"]["devices"]
+    assert per_round + final <= held_out
 
 
 def test_the_run_leaves_its_records(small_run: tuple[Path, dict]) -> None:
@@ -111,6 +125,7 @@ def test_the_feature_mean_is_the_sampled_devices_mean_through_the_secure_sum(
     sampled first, recomputed here from the devices' own code, up to the 1/32 quantisation step."""
     out, summary = centred_run
     cfg = RunConfig(**json.loads((out / "config.json").read_text())["run"])
+    assert cfg.sampling_source == "seeded"
     pool = [d for d in range(cfg.devices) if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
     sampled = random.Random(cfg.seed).sample(pool, cfg.per_round)  # the strategy's first draw
     summaries = []

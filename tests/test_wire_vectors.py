@@ -44,6 +44,7 @@ def test_keystream_vector() -> None:
     key = bytes.fromhex(v["key_hex"])
     assert wire.chacha20_keystream(key, 128).hex() == v["keystream_hex"]
     assert wire.mask_stream(key, 20, 12).tolist() == v["mask_12bit_first_20"]
+    assert wire.ckks_mask(key, 8, v["ckks_mask_bound"]).tolist() == v["ckks_mask_first_8"]
 
 
 @pytest.mark.parametrize("path", UPLOADS, ids=lambda p: p.stem)
@@ -77,8 +78,9 @@ def test_upload_vector_deterministic_bytes(path: Path) -> None:
     assert fresh[: seal.start] + fresh[seal.stop :] == upload[: seal.start] + upload[seal.stop :]
     assert fresh[seal.stop :].hex() == v["payload_hex"]
     assert len(upload) == v["upload_len"] == p.upload_bytes(n)
-    info = wire.seal_info(header.pack(), p.config_digest(seed, n), bytes.fromhex(v["payload_digest_hex"]))
+    info = wire.seal_info(header.pack(), p.config_digest(seed, n))
     assert info.hex() == v["seal_info_hex"]
+    assert bytes.fromhex(v["upload_hex"])[2] == wire.WIRE_VERSION == 2
 
 
 @pytest.mark.parametrize("path", UPLOADS, ids=lambda p: p.stem)

@@ -95,10 +95,12 @@ def upload_case(name: str, c: dict[str, Any], seal: bytes | None) -> dict[str, A
     )
     payload = wire.pack_bits(masked, p.ring_bits)
     digest = p.config_digest(c["round_seed"], n)
-    info = wire.seal_info(header.pack(), digest, wire.sha256(payload))
+    info = wire.seal_info(header.pack(), digest)
     upload = secagg_upload(ring, seed, p, test_public_key(), header, digest)
-    if seal is not None:  # keep the committed seal so the file changes only when the format does
-        upload = upload[: wire.HEADER_LEN] + seal + upload[wire.HEADER_LEN + wire.SEAL_LEN :]
+    if seal is not None and _opens(seal, info, seed):  # keep a committed seal that still opens, so the
+        upload = (
+            upload[: wire.HEADER_LEN] + seal + upload[wire.HEADER_LEN + wire.SEAL_LEN :]
+        )  # file changes only with the format
     return {
         "description": f"secagg upload, {p.n_coords(n)} of {n} coordinates at {p.ring_bits} bits",
         "params": p.to_dict(),
@@ -121,12 +123,19 @@ def upload_case(name: str, c: dict[str, Any], seal: bytes | None) -> dict[str, A
         "masked": [int(v) for v in masked],
         "header_hex": header.pack().hex(),
         "payload_hex": payload.hex(),
-        "payload_digest_hex": wire.sha256(payload).hex(),
         "seal_info_hex": info.hex(),
         "sealed_seed_hex": upload[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN].hex(),
         "upload_hex": upload.hex(),
         "upload_len": len(upload),
     }
+
+
+def _opens(seal: bytes, info: bytes, seed: bytes) -> bool:
+    sk = X25519PrivateKey.from_private_bytes(TEST_KEYHOLDER_PRIVATE_KEY)
+    try:
+        return wire.SEAL_SUITE.decrypt(seal, sk, info=info) == seed
+    except Exception:
+        return False
 
 
 def packing_cases() -> dict[str, Any]:
@@ -152,6 +161,8 @@ def keystream_cases() -> dict[str, Any]:
         "key_hex": key.hex(),
         "keystream_hex": wire.chacha20_keystream(key, 128).hex(),
         "mask_12bit_first_20": [int(v) for v in wire.mask_stream(key, 20, 12)],
+        "ckks_mask_bound": 4096.0,
+        "ckks_mask_first_8": [float(v) for v in wire.ckks_mask(key, 8, 4096.0)],
     }
 
 

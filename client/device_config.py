@@ -1,0 +1,61 @@
+"""A device's own configuration: what its provisioner set, never what the aggregator says.
+
+On a deployed SuperNode this is Flower's node configuration (`flower-supernode --node-config`,
+written by `fedchurn deploy`). Flower's simulation engine gives its simulated nodes no node
+configuration of their own (only `partition-id`), so a simulation provisions its devices through
+a TOML file named by `$FEDCHURN_DEVICE_CONFIG` (written by the runner, read on the device side);
+keys present in both must agree. The key holder's identity (`shared.keyholder_pin`) is read from
+here and only from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+from fedchurn.shared.keyholder_pin import CKKS_PIN_KEY, KeyHolderPin, KeyHolderPublic, PinError
+
+__all__ = ["PROVISIONING_ENV", "device_settings", "pinned_keyholder", "trusted_keyholder"]
+
+PROVISIONING_ENV = "FEDCHURN_DEVICE_CONFIG"
+
+
+@lru_cache(maxsize=4)
+def _provisioning(path: str) -> dict[str, object]:
+    try:
+        with Path(path).open("rb") as f:
+            return dict(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise PinError(f"${PROVISIONING_ENV} names {path}, which cannot be read as TOML: {e}") from None
+
+
+def device_settings(node_config: Mapping[str, object]) -> tuple[dict[str, object], str]:
+    """The device's settings and where they come from (for error messages)."""
+    path = os.environ.get(PROVISIONING_ENV, "")
+    if not path:
+        return dict(node_config), "the node configuration"
+    file = _provisioning(path)
+    for key, value in node_config.items():
+        if key in file and file[key] != value:
+            raise PinError(f"{key!r} differs between the node configuration and {path}")
+    return {**file, **node_config}, f"the node configuration or {path}"
+
+
+def pinned_keyholder(node_config: Mapping[str, object]) -> KeyHolderPin:
+    settings, where = device_settings(node_config)
+    return KeyHolderPin.from_node_config(settings, where)
+
+
+def trusted_keyholder(
+    node_config: Mapping[str, object], offered_key: bytes | None, ckks: bool, offered_context: bytes | None
+) -> KeyHolderPublic:
+    """What this device protects its uploads with: its pinned key holder, checked against what the
+    aggregator's message names (a different key, or a CKKS context whose hash is not pinned, is
+    refused with `UntrustedKeyHolderError` before any work)."""
+    pin = pinned_keyholder(node_config)
+    if ckks and pin.ckks_context_sha256 is None:
+        raise PinError(f"a CKKS run needs {CKKS_PIN_KEY!r} pinned in the device's configuration")
+    return pin.trusted(offered_key, ckks, offered_context)

@@ -1,0 +1,549 @@
+"""Attacks on the protection, each played through the real code path (issue 19).
+
+Each test plays the attacker the review described: the aggregator (the real strategy's messages,
+delivered to the real ClientApp by `InProcessGrid`, then rewritten as a malicious aggregator
+would), the key holder (with exactly what it receives), or a malicious device (a valid upload built
+by hand). Each one succeeded on 806c25c and fails there (the attacker's success is what the test
+reports); docs/privacy.md maps them to the parties.
+
+The attacks are written so that they run unchanged against the version 1 code, where the seal
+bound a payload digest: where the formats differ, the attacker uses whichever the code under test
+speaks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import random
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi.testclient import TestClient
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from inprocess_grid import InProcessGrid
+
+from fedchurn.client import flower_app
+from fedchurn.client.flower_app import (
+    COHORT_KEY,
+    DEVICE_KEY,
+    KEY_KEY,
+    MODEL_VERSION_KEY,
+    PARAMS_KEY,
+    ROUND_SEED_KEY,
+    UPLOAD_KEY,
+    UPLOAD_RECORD,
+)
+from fedchurn.server import keyholder as keyholder_module
+from fedchurn.server.strategy import ChurnFedAvg, make_strategy
+from fedchurn.shared import wire
+from fedchurn.shared.evaluation import histogram_length
+from fedchurn.shared.model_format import init_params
+from fedchurn.shared.protection import ProtectionParams, round_seed_bytes
+from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.simulations.flower_client import app as simulated_device
+
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
+
+NODES = list(range(101, 113))  # 12 simulated SuperNodes ("slots")
+V1_SEAL_LABEL = b"fedchurn/v1/seal"
+
+
+def _raw(key: Any) -> bytes:
+    return bytes(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def _pins(strategy: ChurnFedAvg) -> dict[str, str]:
+    """What `fedchurn deploy` / the simulation's provisioning give a device: the key holder's pin."""
+    assert strategy.secure is not None
+    pins = {"keyholder-x25519": base64.b64encode(strategy.secure.keyholder.public_key()).decode()}
+    context = getattr(strategy.secure, "ckks_context", None) or (
+        strategy.secure.key if strategy.cfg.protection == "ckks" else None
+    )
+    if context is not None:
+        pins["keyholder-ckks-sha256"] = hashlib.sha256(context).hexdigest()
+    return pins
+
+
+def _grid(strategy: ChurnFedAvg, run_id: int) -> InProcessGrid:
+    pins = _pins(strategy)
+
+    def node_config(node: int) -> dict[str, Any]:
+        return {**pins, "partition-id": NODES.index(node), "num-partitions": len(NODES)}
+
+    return InProcessGrid(simulated_device, node_config, strategy.cfg.to_flower(), run_id)
+
+
+def _arrays(seed: int = 0) -> ArrayRecord:
+    return ArrayRecord({PARAMS_KEY: Array(init_params(seed))})
+
+
+def _conf(msg: Message) -> ConfigRecord:
+    return msg.content.config_records["config"]
+
+
+def _int(msg: Message, key: str) -> int:
+    value: Any = _conf(msg)[key]
+    return int(value)
+
+
+def _v1(module: Any) -> bool:
+    """Does the code under test speak wire version 1 (seal bound to a payload digest)?"""
+    return bool(module.WIRE_VERSION == 1)
+
+
+def _seal_info(head: bytes, config_digest: bytes, payload: bytes) -> bytes:
+    if _v1(wire):
+        return V1_SEAL_LABEL + head + config_digest + wire.sha256(payload)
+    return wire.seal_info(head, config_digest)
+
+
+def _signed(ring: np.ndarray, bits: int) -> np.ndarray:
+    v = ring.astype(np.int64)
+    return v - np.where(v >= 1 << (bits - 1), 1 << bits, 0)
+
+
+# --- finding 1: the aggregator names its own sealing key ---------------------------------------
+
+
+def test_attack_aggregator_substitutes_its_own_sealing_key() -> None:
+    """The aggregator puts its own X25519 key in the training message. The device must refuse
+    before training; on 806c25c it sealed its mask seed to that key, and the aggregator read
+    every coordinate of the quantised update."""
+    cfg = RunConfig(devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60)
+    strategy = make_strategy(cfg, NODES)
+    grid = _grid(strategy, run_id=11)
+    evil = X25519PrivateKey.generate()
+
+    def substitute(msg: Message) -> Message:
+        _conf(msg)[KEY_KEY] = _raw(evil.public_key())
+        return msg
+
+    grid.on_message = substitute
+    msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    replies = grid.send_and_receive(msgs)
+    for msg, reply in zip(msgs, replies, strict=True):
+        if not reply.has_error():
+            conf = _conf(msg)
+            blob = reply.content.config_records[UPLOAD_RECORD][UPLOAD_KEY]
+            assert isinstance(blob, bytes)
+            params = cfg.train_protection(float(conf["noise-multiplier"]))  # type: ignore[arg-type]
+            seed = bytes(conf[ROUND_SEED_KEY])  # type: ignore[arg-type]
+            head, sealed, payload = blob[: wire.HEADER_LEN], blob[20:100], blob[100:]
+            info = _seal_info(head, params.config_digest(seed, init_params(0).size), payload)
+            mask_seed = wire.SEAL_SUITE.decrypt(sealed, evil, info=info)
+            m, bits = params.n_coords(init_params(0).size), params.ring_bits
+            q = _signed(
+                (wire.unpack_bits(payload, bits, m) - wire.mask_stream(mask_seed, m, bits)) % (1 << bits),
+                bits,
+            )
+            pytest.fail(
+                f"the aggregator opened device {_int(msg, DEVICE_KEY)}'s seal with its own key and read its "
+                f"quantised update: {int(np.count_nonzero(q))} non-zero of {m} coordinates, all within "
+                f"±{params.level} (max |q| = {int(np.abs(q).max())})"
+            )
+    assert len(grid.errors) == len(msgs)
+    assert all("UntrustedKeyHolderError" in e and "does not trust" in e for e in grid.errors), grid.errors[:2]
+
+
+def test_attack_aggregator_substitutes_its_own_ckks_context() -> None:
+    """CKKS: the aggregator sends its own public context (and keeps the matching secret key). The
+    device must refuse it (its SHA-256 is not the pinned one); on 806c25c it encrypted to it."""
+    import tenseal as ts
+
+    cfg = RunConfig(
+        devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60, protection="ckks"
+    )
+    strategy = make_strategy(cfg, NODES)
+    grid = _grid(strategy, run_id=12)
+    evil_ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[60, 49])
+    evil_ctx.global_scale = 2.0**40
+    public = evil_ctx.copy()
+    public.make_context_public()
+    evil_public = public.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+
+    def substitute(msg: Message) -> Message:
+        conf = _conf(msg)
+        for key in list(conf.keys()):
+            if conf[key] == getattr(strategy.secure, "ckks_context", None) or (key == KEY_KEY and _v1(wire)):
+                conf[key] = evil_public
+        return msg
+
+    grid.on_message = substitute
+    msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))[:2]  # type: ignore[arg-type]
+    for msg, reply in zip(msgs, grid.send_and_receive(msgs), strict=True):
+        if not reply.has_error():
+            blob = reply.content.config_records[UPLOAD_RECORD][UPLOAD_KEY]
+            assert isinstance(blob, bytes)
+            body = blob[wire.HEADER_LEN :] if _v1(wire) else blob[wire.HEADER_LEN + wire.SEAL_LEN :]
+            values = ts.ckks_vector_from(evil_ctx, wire.parse_ckks_body(body)[0]).decrypt()
+            pytest.fail(
+                f"the aggregator decrypted device {_int(msg, DEVICE_KEY)}'s update with its own context: "
+                f"{len(values)} values, e.g. {values[:3]}"
+            )
+    assert grid.errors and all("UntrustedKeyHolderError" in e for e in grid.errors), grid.errors[:2]
+
+
+# --- finding 2: the key holder alone tests guesses of an evaluation upload ----------------------
+
+
+class _Recording:
+    """A key holder that keeps every request it receives (what an honest-but-curious one sees)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.requests: list[Any] = []
+
+    def mask_sum(self, request: Any) -> Any:
+        self.requests.append(request)
+        return self.inner.mask_sum(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _keyholder_guesses(kh: Any, request: Any, horizon: int) -> list[int | None]:
+    """The key holder's brute force: derive each device's mask from its seal, then find the one-hot
+    histogram (count cell and quantised score) whose masked payload has the digest it was given.
+    Returns the recovered count cell per device (None: nothing to test a guess against)."""
+    p: ProtectionParams = request.params
+    n = histogram_length(horizon)
+    half = n // 2
+    seed = round_seed_bytes(request.round_seed)
+    header = wire.Header(
+        wire.Mode.SECAGG, request.round_id, request.cohort_id, request.model_version, p.config_tag(seed, n)
+    )
+    found: list[int | None] = []
+    for e in request.entries:
+        digest = getattr(e, "payload_digest", None)
+        if digest is None:
+            found.append(None)  # the key holder holds nothing computed from the payload
+            continue
+        info = V1_SEAL_LABEL + header.pack() + p.config_digest(seed, n) + digest
+        mask = wire.mask_stream(wire.SEAL_SUITE.decrypt(e.sealed_seed, kh._sk, info=info), n, p.ring_bits)
+        hit = None
+        for cell in range(half):
+            for q in range(p.level + 1):
+                v = np.zeros(n, dtype=np.uint64)
+                v[cell] = p.level  # one count: `level` ring units
+                v[half + cell] = q
+                payload = wire.pack_bits((v + mask) & np.uint64((1 << p.ring_bits) - 1), p.ring_bits)
+                if wire.sha256(payload) == digest:
+                    hit = cell
+                    break
+            if hit is not None:
+                break
+        found.append(hit)
+    return found
+
+
+def test_attack_keyholder_alone_recovers_an_evaluation_histogram() -> None:
+    """The key holder receives, per device, a sealed seed (and on 806c25c the SHA-256 of the masked
+    payload). Deriving the mask from the seal, it tested every possible one-hot evaluation
+    histogram against that digest and recovered each held-out device's outcome and score bin."""
+    cfg = RunConfig(devices=40, per_round=12, k_min=3, eval_fraction=0.3, strategy="fedavg", days=60, seed=3)
+    strategy = make_strategy(cfg, NODES)
+    assert strategy.secure is not None
+    kh = strategy.secure.keyholder
+    recording = _Recording(kh)
+    strategy.secure.keyholder = recording
+    grid = _grid(strategy, run_id=21)
+    metrics = strategy.evaluate_all(grid, _arrays(), 1, 60.0)  # type: ignore[arg-type]
+    assert metrics.get("devices", 0) >= cfg.k_min, grid.errors[:3]
+    assert recording.requests
+    for request in recording.requests:
+        recovered = [c for c in _keyholder_guesses(kh, request, cfg.horizon) if c is not None]
+        if recovered:
+            pytest.fail(
+                f"the key holder alone recovered {len(recovered)} devices' histogram cells: {recovered}"
+            )
+        assert {f.name for f in fields(request.entries[0])} == {"device_id", "sealed_seed"}
+
+
+# --- finding 3: two evaluation releases that differ by one device --------------------------------
+
+
+def test_attack_evaluation_releases_are_differenced() -> None:
+    """The aggregator evaluates the held-out devices twice (as 806c25c did before and after
+    training) and leaves one device out of the second release: the difference of the two
+    positives counts is that device's outcome. Each held-out device now answers one evaluation
+    per run, so a second release over any of them does not exist."""
+    cfg = RunConfig(devices=60, per_round=12, k_min=3, eval_fraction=0.3, strategy="fedavg", days=60, seed=5)
+    strategy = make_strategy(cfg, NODES)
+    grid = _grid(strategy, run_id=31)
+    first = strategy.evaluate_all(grid, _arrays(), 0, 60.0)  # type: ignore[arg-type]
+    assert first.get("devices", 0) >= cfg.k_min, grid.errors[:3]
+    held_out = [d for d in range(cfg.devices) if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    target = held_out[0]
+
+    # A malicious aggregator does not keep the honest strategy's books: it asks everyone again,
+    # and drops the target's answer from the release.
+    strategy.evaluated = set()
+    msgs_seen: list[int] = []
+
+    def note(msg: Message) -> Message:
+        msgs_seen.append(_int(msg, DEVICE_KEY))
+        return msg
+
+    grid.on_message = note
+
+    def without_target(reply: Message) -> Message | None:
+        return None if msgs_seen and msgs_seen[-1] == target else reply
+
+    grid.on_reply = without_target
+    second = strategy.evaluate_all(grid, _arrays(1), 1, 60.0)  # type: ignore[arg-type]
+    if second.get("devices"):
+        outcome = first["positives"] - second["positives"]
+        pytest.fail(
+            f"two releases differ by device {target} only ({first['devices']:.0f} vs {second['devices']:.0f} "
+            f"devices): its outcome is {'churn' if outcome > 0.5 else 'no churn'}"
+        )
+    assert grid.errors and all("AlreadyEvaluatedError" in e for e in grid.errors)
+
+
+# --- finding 4: CKKS, one device's ciphertext scaled into a made-up cohort -----------------------
+
+
+def test_attack_ckks_single_device_scaled_into_a_fake_cohort() -> None:
+    """The aggregator takes one device's CKKS ciphertext, adds it to itself k times and labels it a
+    cohort of k. On 806c25c the key holder decrypted it: the value divided by k is that device's
+    update (and any DP noise divided by k). Now the key holder removes the masks of the seals it
+    opened, so a scaled ciphertext decrypts to mask-dominated values, which it refuses; and made-up
+    members have no seals."""
+    import tenseal as ts
+
+    cfg = RunConfig(
+        devices=40, per_round=12, cohort_size=12, k_min=4, strategy="fedavg", days=60, protection="ckks"
+    )
+    strategy = make_strategy(cfg, NODES)
+    assert strategy.secure is not None
+    kh: Any = strategy.secure.keyholder
+    grid = _grid(strategy, run_id=41)
+    msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))[:1]  # type: ignore[arg-type]
+    (reply,) = grid.send_and_receive(msgs)
+    assert not reply.has_error(), grid.errors
+    conf = _conf(msgs[0])
+    blob = reply.content.config_records[UPLOAD_RECORD][UPLOAD_KEY]
+    assert isinstance(blob, bytes)
+    params = cfg.train_protection(0.0)
+    n = init_params(0).size
+    seed = bytes(conf[ROUND_SEED_KEY])  # type: ignore[arg-type]
+    round_id, cohort, model = (_int(msgs[0], k) for k in ("server-round", COHORT_KEY, MODEL_VERSION_KEY))
+    k = cfg.k_min
+    ctx = kh._ckks()
+    if _v1(wire):
+        chunks = [ts.ckks_vector_from(ctx, c) for c in wire.parse_ckks_body(blob[wire.HEADER_LEN :])]
+    else:
+        chunks = [
+            ts.ckks_vector_from(ctx, c) for c in wire.parse_ckks_body(blob[wire.HEADER_LEN + wire.SEAL_LEN :])
+        ]
+    truth = np.concatenate([np.asarray(c.decrypt()) for c in chunks])  # god's view, to score the attack
+    scaled_chunks = []
+    for c in chunks:  # k times the same ciphertext, by repeated addition
+        total = c.copy()
+        for _ in range(k - 1):
+            total = total + c
+        scaled_chunks.append(total.serialize())
+    scaled = wire.pack_ckks_body(scaled_chunks)
+    request_type: Any = keyholder_module.CkksSumRequest
+    names = {f.name for f in fields(request_type)}
+    if "device_ids" in names:  # 806c25c: members are just names
+        request = request_type(
+            round_id, cohort, model, seed, n, params, tuple(f"fake-{i}" for i in range(k)), scaled
+        )
+    else:  # the device's real seal plus k - 1 seals the aggregator made itself (it knows their seeds)
+        head = wire.Header(wire.Mode.CKKS, round_id, cohort, model, params.config_tag(seed, n)).pack()
+        info = wire.seal_info(head, params.config_digest(seed, n))
+        sybils = [
+            keyholder_module.SealedEntry(
+                f"sybil-{i}",
+                wire.SEAL_SUITE.encrypt(
+                    os.urandom(32),
+                    X25519PrivateKey.from_private_bytes(bytes(32)).public_key() if False else _pub(kh),
+                    info=info,
+                ),
+            )
+            for i in range(k - 1)
+        ]
+        device = keyholder_module.SealedEntry(
+            "victim", blob[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN]
+        )
+        request = request_type(round_id, cohort, model, seed, n, params, (device, *sybils), scaled)
+    try:
+        resp = kh.ckks_decrypt_sum(request)
+    except keyholder_module.KeyHolderRefusedError as e:
+        assert e.reason in (wire.Reason.OUT_OF_RANGE, wire.Reason.COHORT_TOO_SMALL), e
+        return
+    recovered = np.asarray(resp.values) / k
+    err = float(np.abs(recovered - truth).max())
+    pytest.fail(
+        f"the key holder decrypted one device's ciphertext scaled by {k}: "
+        f"its update recovered within {err:.2g}"
+    )
+
+
+def _pub(kh: Any) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return X25519PublicKey.from_public_bytes(kh.public_key())
+
+
+# --- finding 5: who takes part is predictable from the published seed -----------------------------
+
+
+def test_attack_participation_is_predictable_from_the_published_seed() -> None:
+    """The run's seed is public (`/v1/runs/{id}` serves the run config). On 806c25c the strategy drew
+    each round's devices with `random.Random(seed)`: anyone could compute who took part, so the
+    amplification by sampling the reported epsilon assumed did not hold. The default draw is now
+    secret: the same public configuration draws differently, and the seed predicts nothing."""
+    cfg = RunConfig(devices=2000, per_round=60, cohort_size=20, k_min=5, strategy="fedavg", days=60)
+    slots = list(range(1, 61))
+    draws = []
+    for _ in range(2):
+        s = make_strategy(cfg, slots)
+        msgs = s.configure_train(1, _arrays(), ConfigRecord(), None)  # type: ignore[arg-type]
+        draws.append({_int(m, DEVICE_KEY) for m in msgs})
+    train_pool = [d for d in range(cfg.devices) if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    predicted = set(random.Random(cfg.seed).sample(train_pool, cfg.per_round))
+    assert draws[0] != predicted, "the published seed predicts who takes part"
+    assert draws[0] != draws[1], "the same public configuration draws the same devices"
+    assert len(draws[0] & predicted) < cfg.per_round // 2
+
+
+# --- finding 6: one device wraps the ring ---------------------------------------------------------
+
+
+def test_attack_one_device_wraps_the_ring_to_move_the_model() -> None:
+    """A malicious device sends a valid upload (correct header, a seal that opens, the right length)
+    whose payload, once the mask is removed, holds the ring's extreme value everywhere. On 806c25c
+    the wrapped cohort sum moved the model by many times what any honest device can; the unmasked
+    sum is now bounded by what the cohort's honest devices can produce, so the model moves by at
+    most one honest device's largest contribution."""
+    cfg = RunConfig(devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60, seed=2)
+    strategy = make_strategy(cfg, NODES)
+    grid = _grid(strategy, run_id=61)
+    start = init_params(0)
+    msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    replies = grid.send_and_receive(msgs)
+    assert not grid.errors, grid.errors[:2]
+    conf = _conf(msgs[0])
+    params = cfg.train_protection(float(conf["noise-multiplier"]))  # type: ignore[arg-type]
+    n = start.size
+    seed = bytes(conf[ROUND_SEED_KEY])  # type: ignore[arg-type]
+    honest = replies[0].content.config_records[UPLOAD_RECORD][UPLOAD_KEY]
+    assert isinstance(honest, bytes)
+    head = honest[: wire.HEADER_LEN]
+    m, bits = params.n_coords(n), params.ring_bits
+    mask_seed = os.urandom(32)
+    extreme = np.full(m, (1 << (bits - 1)) - 1, dtype=np.uint64)
+    payload = wire.pack_bits(
+        (extreme + wire.mask_stream(mask_seed, m, bits)) & np.uint64((1 << bits) - 1), bits
+    )
+    info = _seal_info(head, params.config_digest(seed, n), payload)
+    sealed = wire.SEAL_SUITE.encrypt(mask_seed, _pub(strategy.secure.keyholder), info=info)  # type: ignore[union-attr]
+    malicious = head + sealed + payload
+    assert len(malicious) == len(honest)
+    replies[0].content.config_records[UPLOAD_RECORD][UPLOAD_KEY] = malicious
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    moved = float(np.linalg.norm(arrays[PARAMS_KEY].numpy().astype(np.float64) - start))
+    one_device = params.sensitivity_int(n) / params.scale(n)  # one honest device's largest quantised update
+    assert moved <= one_device * (1 + 1e-6), (  # float32 model
+        f"one malicious upload moved the model by {moved:.3g}, {moved / one_device:.1f}x what one honest "
+        f"device can ({one_device:.3g})"
+    )
+
+
+# --- finding 7: aggregator secrets in the run configuration ---------------------------------------
+
+
+def test_attack_run_config_carries_aggregator_secrets(tmp_path: Any) -> None:
+    """On 806c25c the run configuration (sent to every SuperNode, on `flwr run`'s command line, and
+    served by `/v1/runs/{id}`) carried the aggregator's database URLs (with their password) and the
+    path of its key holder token. The run configuration now refuses such keys by name; they live in
+    the aggregator's private settings file."""
+    secrets = {
+        "state-db": "postgresql://fedchurn:S3CRET-PASSWORD@db.internal/fedchurn",
+        "keyholder-token-file": "/srv/aggregator/keyholder.token",
+    }
+    try:
+        cfg = RunConfig.from_flower({**RunConfig().to_flower(), **secrets})
+    except ValueError as e:
+        assert "unknown run-config key" in str(e)
+        assert not ({k.replace("-", "_") for k in secrets} & {f.name for f in fields(RunConfig)})
+        return
+    from fedchurn.server import run_audit
+    from fedchurn.server.api import create_app
+
+    RunAudit: Any = run_audit.RunAudit
+
+    url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    audit = (
+        RunAudit(cfg, None, {"accountant": "none", "delta": cfg.delta})
+        if "audit_db" not in {f.name for f in fields(RunConfig)}
+        else None
+    )
+    if audit is None:
+        from dataclasses import replace
+
+        old: Any = cfg
+        audit = RunAudit(replace(old, audit_db=url), None, {"accountant": "none", "delta": cfg.delta})
+    body = TestClient(create_app(url, None)).get(f"/v1/runs/{audit.run_id}").text
+    leaked = [
+        v for v in secrets.values() if v.split("://")[-1].split("@")[0].split(":")[-1] in body or v in body
+    ]
+    pytest.fail(f"/v1/runs/{audit.run_id} publishes the aggregator's secrets: {leaked}")
+
+
+def test_accountant_reports_epsilon_against_the_aggregator_without_amplification() -> None:
+    """Both figures, and the aggregator's is what dp-accounting gives for every round unsampled."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    from fedchurn.server.dp import PrivacyAccountant
+
+    acc = PrivacyAccountant(1.2, 0.03, sampling="fixed", population=10_000)
+    acc.step(20)
+    outsiders, aggregator = acc.epsilon(1e-6), acc.epsilon_aggregator(1e-6)
+    ref = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    ref.compose(dp_accounting.GaussianDpEvent(1.2 / 2), 20)
+    assert aggregator == pytest.approx(ref.get_epsilon(1e-6), rel=1e-3)
+    assert aggregator > 3 * outsiders  # no amplification is claimed against who knows the sample
+    report = acc.report(1e-6)
+    assert report["epsilon_outsiders"] == outsiders and report["epsilon_aggregator"] == aggregator
+    assert math.isinf(PrivacyAccountant.none().epsilon_aggregator(1e-6))
+
+
+def test_simulated_devices_get_their_pin_from_provisioning_not_the_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Flower's simulation engine gives a simulated node no node configuration of its own: the
+    simulated device reads its pin from the provisioning file, and still refuses another key."""
+    from fedchurn.client.device_config import PROVISIONING_ENV
+
+    cfg = RunConfig(devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60)
+    strategy = make_strategy(cfg, NODES)
+    provisioning = tmp_path / "device.toml"
+    provisioning.write_text("".join(f'{k} = "{v}"\n' for k, v in _pins(strategy).items()))
+    monkeypatch.setenv(PROVISIONING_ENV, str(provisioning))
+    grid = InProcessGrid(
+        simulated_device,
+        lambda node: {"partition-id": NODES.index(node), "num-partitions": 12},
+        cfg.to_flower(),
+        71,
+    )
+    msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    replies = grid.send_and_receive(msgs[:2])
+    assert not grid.errors and all(not r.has_error() for r in replies)
+    _conf(msgs[2])[KEY_KEY] = _raw(X25519PrivateKey.generate().public_key())
+    grid.send_and_receive(msgs[2:3])
+    assert len(grid.errors) == 1 and "UntrustedKeyHolderError" in grid.errors[0]
+    assert flower_app.KEY_KEY == KEY_KEY
