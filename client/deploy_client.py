@@ -10,9 +10,9 @@ user name) it is by hashing candidate names. Held-out membership (`is_eval_devic
 the index, so node and server agree on it without a list. Each held-out device answers one
 evaluation per run, remembered in `<store-dir>/.evaluations.sqlite`.
 
-One message per node and round: the server lists the node's sampled devices with their cohorts;
-the node answers with one protected upload per device, all in one record (one request on the wire).
-A device whose training fails is left out of the reply; the server names it in the round's audit.
+The protocol is every node's (`shared.messages`, `client.flower_app`): one task per node and round
+listing its sampled devices; one reply with one protected upload per device. A device whose store
+cannot be read is left out of the reply; the server names it in the round's audit.
 """
 
 from __future__ import annotations
@@ -22,36 +22,22 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Context
 
-from fedchurn.client.device_data import DeviceData, prepare_device
-from fedchurn.client.evaluation_ledger import AlreadyEvaluatedError, FileLedger
-from fedchurn.client.flower_app import (
-    COHORT_KEY,
-    FEATURE_MEAN_ACTION,
-    PARAMS_KEY,
-    ROUND_SEED_KEY,
-    UPLOAD_RECORD,
-    device_summary,
-    eval_histogram,
-    feature_mean_upload,
-    keyholder_for,
-    protected_eval_upload,
-    protected_train_upload,
-    train_device,
-)
+from fedchurn.client.device_data import DeviceData, prepare_devices
+from fedchurn.client.evaluation_ledger import EvaluationLedger, FileLedger
+from fedchurn.client.flower_app import make_client_app
 from fedchurn.client.store import EventStore
 from fedchurn.shared.events import SECONDS_PER_DAY
-from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.shared.run_config import RunConfig
+
+__all__ = ["StoreSource", "app", "list_stores", "node_secret", "store_index"]
 
 STORE_DIR_KEY, TODAY_KEY = "store-dir", "today"
-DEVICES_KEY, COHORTS_KEY, ROUND_SEEDS_KEY, BLOBS_KEY = "device-indices", "cohort-ids", "round-seeds", "blobs"
-
-
 NODE_SECRET_FILE = ".node-secret"
 LEDGER_FILE = ".evaluations.sqlite"
 INDEX_BITS = 62  # Flower's config integers are signed 64-bit
@@ -95,99 +81,54 @@ def list_stores(store_dir: Path) -> dict[int, Path]:
     return out
 
 
-def _today(context: Context) -> int:
-    if TODAY_KEY in context.node_config:
-        return int(context.node_config[TODAY_KEY])
-    return int(time.time() // SECONDS_PER_DAY)
-
-
 def _store_dir(context: Context) -> Path:
     if STORE_DIR_KEY not in context.node_config:
         raise ValueError("this SuperNode has no store-dir in its --node-config")
     return Path(str(context.node_config[STORE_DIR_KEY]))
 
 
-def _stores(context: Context) -> dict[int, Path]:
-    return list_stores(_store_dir(context))
+def _today(context: Context) -> int:
+    if TODAY_KEY in context.node_config:
+        return int(context.node_config[TODAY_KEY])
+    return int(time.time() // SECONDS_PER_DAY)
 
 
-def load_store(path: Path, cfg: RunConfig, today: int) -> DeviceData:
-    with EventStore(path) as store:
-        events, first = store.events(), store.first_day()
-    return prepare_device(events, first, today, cfg.horizon, cfg.silence_days, cfg.activity_categories())
+class StoreSource:
+    """The devices of one folder of stores, read afresh each round (stores grow between rounds)."""
+
+    plaintext_allowed = False
+
+    def roster(self, context: Context, cfg: RunConfig) -> list[int]:
+        return sorted(list_stores(_store_dir(context)))
+
+    def load(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> dict[int, DeviceData]:
+        stores, today = list_stores(_store_dir(context)), _today(context)
+        served = [d for d in devices if d in stores]
+        if not served:
+            return {}
+        chunks, rows, firsts = [], [], []
+        for j, d in enumerate(served):
+            with EventStore(stores[d]) as store:
+                events, first = store.events(), store.first_day()
+            chunks.append(events)
+            rows.append(np.full(len(events), j, dtype=np.int64))
+            firsts.append(first if first is not None else today)
+        prepared = prepare_devices(
+            np.concatenate(chunks),
+            np.concatenate(rows),
+            firsts,
+            [max(today, f) for f in firsts],
+            cfg.horizon,
+            cfg.silence_days,
+            cfg.activity_categories(),
+        )
+        return dict(zip(served, prepared, strict=True))
+
+    def ledger(self, context: Context) -> EvaluationLedger:
+        return FileLedger(_store_dir(context) / LEDGER_FILE)
+
+    def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
+        return None  # a real device: OS-seeded
 
 
-def _device_conf(conf: ConfigRecord, j: int) -> ConfigRecord:
-    """The message's settings as one device sees them (its own cohort and round seed)."""
-    cohorts, seeds = conf[COHORTS_KEY], conf[ROUND_SEEDS_KEY]
-    assert isinstance(cohorts, list) and isinstance(seeds, list)
-    cohort, seed = cohorts[j], seeds[j]
-    if not isinstance(cohort, int) or not isinstance(seed, bytes):
-        raise ValueError("the server's cohort ids or round seeds have the wrong type")
-    return ConfigRecord({**dict(conf.items()), COHORT_KEY: cohort, ROUND_SEED_KEY: seed})
-
-
-app = ClientApp()
-
-
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """The indices of the devices this node serves (public pseudonyms the server samples from)."""
-    return Message(
-        RecordDict({UPLOAD_RECORD: ConfigRecord({DEVICES_KEY: sorted(_stores(context))})}), reply_to=msg
-    )
-
-
-def _answer(msg: Message, context: Context, kind: str) -> Message:
-    """`kind`: train, evaluate or feature_mean, for every listed device this node serves."""
-    cfg = RunConfig.from_flower(context.run_config)
-    conf = msg.content.config_records["config"]
-    keyholder = keyholder_for(dict(context.node_config), cfg, conf)  # refuses before any work
-    if keyholder is None:
-        raise ValueError("a SuperNode serving real devices refuses the plaintext baseline")
-    ledger = FileLedger(_store_dir(context) / LEDGER_FILE)
-    arrays = msg.content.array_records["arrays"]
-    params = arrays[PARAMS_KEY].numpy() if PARAMS_KEY in arrays else np.zeros(0, dtype=np.float32)
-    stores, today = _stores(context), _today(context)
-    wanted = conf[DEVICES_KEY]
-    assert isinstance(wanted, list)
-    done: list[int] = []
-    blobs: list[bytes] = []
-    for j, index in enumerate(int(i) for i in wanted):
-        if index not in stores:
-            continue  # not ours (any more): left out, the server names it
-        dconf = _device_conf(conf, j)
-        if kind == "evaluate" and is_eval_device(cfg.seed, index, cfg.eval_fraction):
-            try:  # before computing anything: a second evaluation in this run is refused
-                ledger.claim(context.run_id, index)
-            except AlreadyEvaluatedError:
-                continue  # left out of the reply; the server names it
-        data = load_store(stores[index], cfg, today)
-        if kind == "train":
-            _, new_params = train_device(cfg, dconf, params, index, data)
-            blobs.append(protected_train_upload(cfg, dconf, params, np.asarray(new_params), keyholder))
-        elif kind == "evaluate":
-            blobs.append(
-                protected_eval_upload(cfg, dconf, eval_histogram(cfg, params, index, data), keyholder)
-            )
-        else:
-            blobs.append(feature_mean_upload(cfg, dconf, device_summary(cfg, index, data), keyholder))
-        done.append(index)
-    return Message(
-        RecordDict({UPLOAD_RECORD: ConfigRecord({DEVICES_KEY: done, BLOBS_KEY: blobs})}), reply_to=msg
-    )
-
-
-@app.query(FEATURE_MEAN_ACTION)
-def feature_mean(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "feature_mean")
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "train")
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    return _answer(msg, context, "evaluate")
+app = make_client_app(StoreSource())

@@ -9,20 +9,23 @@ a mask, and only as a cohort sum. The key holder never sees anything that depend
 
 `protect_with` is the deterministic core (seed and rounding generator given: golden vectors);
 `protect_update` draws the seed from `os.urandom` and, unless told otherwise, the rounding coins
-from an OS-seeded generator.
+from an OS-seeded generator. `protect_batch` / `protect_batch_with` do the same for many devices at
+once (a simulation node answering for hundreds of devices per round): upload i is byte for byte
+`protect_with`'s for row i, with the arithmetic vectorised over the devices and one HPKE seal each.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from fedchurn.shared import wire
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
-from fedchurn.shared.protection import ProtectionParams, select_coordinates
+from fedchurn.shared.protection import ProtectionParams, round_seed_bytes, select_coordinates
 
 MAX_ROUNDING_TRIES = 32  # each try meets the norm bound with probability >= 0.39; then round toward 0
 
@@ -173,4 +176,183 @@ def protect_update(
         round_seed,
         os.urandom(wire.SEED_LEN),
         rng if rng is not None else np.random.default_rng(),
+    )
+
+
+# --- many devices at once (simulation nodes) ---
+
+
+def check_updates(updates: np.ndarray) -> np.ndarray:
+    """`check_update` for every row of a (D, P) array: a float64 copy, or an error naming the rows."""
+    x = np.asarray(updates)
+    if x.ndim != 2 or x.shape[1] == 0 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"updates must be a (devices, params) numeric array with params > 0, got {x.shape}")
+    x = x.astype(np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise NonFiniteUpdateError(
+            f"{int(bad.sum())} non-finite values in the updates of rows {rows[:10].tolist()}"
+        )
+    return x
+
+
+def _selected_clipped_rows(x: np.ndarray, params: ProtectionParams, round_seed: bytes) -> np.ndarray:
+    """`selected_clipped` of every row (one round seed). The L2 norm is taken per row exactly as the
+    one-row path takes it (`np.linalg.norm` of a vector, a BLAS dot): a 2-D norm sums in another
+    order and could differ in the last bit, which would change the upload."""
+    sub = x[:, select_coordinates(params, round_seed, x.shape[1])]
+    if not math.isfinite(params.clip_norm):
+        return sub
+    c = params.clip_norm
+    norms = [float(np.linalg.norm(row)) for row in sub]
+    factors = np.array([c / n if n > c else 1.0 for n in norms], dtype=np.float64)
+    a = params.coord_clip(x.shape[1])
+    return np.clip(sub * factors[:, None], -a, a)
+
+
+def quantise_rows(
+    sub: np.ndarray, params: ProtectionParams, n_params: int, rngs: Sequence[np.random.Generator]
+) -> np.ndarray:
+    """`quantise` of every row, row i drawing from rngs[i] exactly as `quantise` draws.
+
+    Each try draws `rng.random(m)` from the generator of every row still above the bound. When
+    every row has its own generator the interleaving of rows does not matter (each generator sees
+    only its own draws); when rows share one (or its bit generator), its draws must follow the
+    one-row order (all of a row's tries before the next row's), so the rows are then rounded one
+    after another by `quantise`.
+    The squared norms are summed for all rows at once when that is exact in any order (integers
+    whose sum of squares stays below 2^53, as with every shipped parameter set); otherwise row by
+    row with `quantise`'s own dot product, so the accept/redraw decision is the same to the bit.
+    """
+    if len({id(r.bit_generator) for r in rngs}) < len(rngs):
+        return np.array(
+            [quantise(row, params, n_params, rng) for row, rng in zip(sub, rngs, strict=True)],
+            dtype=np.int64,
+        ).reshape(np.shape(sub))
+    v = np.asarray(sub, dtype=np.float64) * params.scale(n_params)
+    bound2 = params.sensitivity_int(n_params) ** 2
+    low = np.floor(v)
+    frac = v - low
+    q = np.trunc(v)  # rows still pending after MAX_ROUNDING_TRIES round toward zero
+    pending = np.arange(v.shape[0])
+    m = v.shape[1]
+    exact = (float(np.abs(v).max(initial=0.0)) + 1.0) ** 2 * m < 2.0**53
+    for _ in range(MAX_ROUNDING_TRIES):
+        if pending.size == 0:
+            break
+        coins = np.empty((pending.size, m), dtype=np.float64)
+        for k, i in enumerate(pending.tolist()):
+            coins[k] = rngs[i].random(m)
+        draw = low[pending] + (coins < frac[pending])
+        if exact:
+            ok = np.einsum("ij,ij->i", draw, draw) <= bound2
+        else:
+            ok = np.array([float(np.dot(r, r)) <= bound2 for r in draw], dtype=bool)
+        q[pending[ok]] = draw[ok]
+        pending = pending[~ok]
+    return np.clip(q, -params.level, params.level).astype(np.int64)
+
+
+def protect_batch_with(
+    updates: np.ndarray,
+    params: ProtectionParams,
+    keyholder: KeyHolderPublic | None,
+    round_id: int,
+    cohort_ids: Sequence[int],
+    model_version: int,
+    round_seeds: Sequence[bytes | int],
+    seeds: Sequence[bytes],
+    rngs: Sequence[np.random.Generator],
+) -> list[bytes]:
+    """The uploads of D devices: element i is `protect_with(updates[i], params, keyholder, round_id,
+    cohort_ids[i], model_version, round_seeds[i], seeds[i], rngs[i])`, byte for byte.
+
+    Devices are grouped by round seed, which selects the coordinates and enters the config
+    digest; selection and clipping run per group, then rounding, the ring lift, the masks (one
+    keystream per device) and the packing for all devices at once; each device's seed is sealed on
+    its own (one HPKE seal each). CKKS uploads are made one by one with `protect_with`.
+    """
+    n = len(updates)
+    if not len(cohort_ids) == len(round_seeds) == len(seeds) == len(rngs) == n:
+        raise ValueError("updates, cohort_ids, round_seeds, seeds and rngs must have one entry per device")
+    if keyholder is None and params.mode != "plaintext":
+        raise ValueError(f"{params.mode} protection needs the pinned key holder")
+    if n == 0:
+        return []
+    if params.mode == "ckks":  # TenSEAL encrypts one vector at a time anyway
+        return [
+            protect_with(
+                u,
+                params,
+                keyholder,
+                round_id,
+                cohort_ids[i],
+                model_version,
+                round_seeds[i],
+                seeds[i],
+                rngs[i],
+            )
+            for i, u in enumerate(updates)
+        ]
+    x = check_updates(updates)
+    n_params = x.shape[1]
+    if params.mode == "secagg":
+        assert keyholder is not None
+        for s in seeds:
+            if len(s) != wire.SEED_LEN:
+                raise ValueError("mask seed must be 32 bytes")
+    groups: dict[bytes, list[int]] = {}
+    for i, r in enumerate(round_seeds):
+        groups.setdefault(round_seed_bytes(r), []).append(i)
+    heads: list[bytes] = [b""] * n
+    digests: list[bytes] = [b""] * n
+    sub = np.empty((n, params.n_coords(n_params)), dtype=np.float64)
+    for round_seed, members in groups.items():  # the coordinates and config differ per round seed
+        digest = params.config_digest(round_seed, n_params)
+        tag = digest[: wire.CONFIG_TAG_LEN]
+        for i in members:
+            heads[i] = wire.Header(params.wire_mode, round_id, cohort_ids[i], model_version, tag).pack()
+            digests[i] = digest
+        idx = np.asarray(members, dtype=np.int64)
+        sub[idx] = _selected_clipped_rows(x[idx], params, round_seed)
+    if params.mode == "plaintext":
+        rows = sub.astype("<f4")
+        return [heads[i] + rows[i].tobytes() for i in range(n)]
+    assert keyholder is not None
+    bits = params.ring_bits
+    ring = to_ring(quantise_rows(sub, params, n_params, rngs), bits)
+    masked = (ring + wire.mask_streams(seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
+    payloads = wire.pack_bits_rows(masked, bits)
+    return [
+        heads[i] + seal_seed(seeds[i], keyholder.x25519, wire.seal_info(heads[i], digests[i])) + payloads[i]
+        for i in range(n)
+    ]
+
+
+def protect_batch(
+    updates: np.ndarray,
+    params: ProtectionParams,
+    keyholder: KeyHolderPublic | None,
+    round_id: int,
+    cohort_ids: Sequence[int],
+    model_version: int,
+    round_seeds: Sequence[bytes | int],
+    rngs: Sequence[np.random.Generator | None],
+) -> list[bytes]:
+    """The uploads of D devices (a simulation node answering for many): `protect_update` for each.
+
+    Every device gets a fresh mask seed from `os.urandom`; rngs[i] drives device i's stochastic
+    rounding (None: an OS-seeded generator, as on a real device).
+    """
+    return protect_batch_with(
+        updates,
+        params,
+        keyholder,
+        round_id,
+        cohort_ids,
+        model_version,
+        round_seeds,
+        [os.urandom(wire.SEED_LEN) for _ in range(len(updates))],
+        [r if r is not None else np.random.default_rng() for r in rngs],
     )

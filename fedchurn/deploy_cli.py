@@ -197,7 +197,7 @@ def run(
         "results/deploy"
     ),
 ) -> None:
-    """`flwr run` the fedchurn app (stores sampling) on the SuperLink; re-run the same to resume."""
+    """`flwr run` the fedchurn app on the SuperLink; re-run the same to resume."""
     import subprocess
 
     from fedchurn.server.app_package import write_run_config
@@ -211,7 +211,6 @@ def run(
         target_epsilon=target_epsilon,
         round_timeout=round_timeout,
         run_name=run_name,
-        sampling="stores",
     )
     app_dir = work.resolve() / "flower-app"
     app_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +246,6 @@ def local(
             num_server_rounds=rounds,
             per_round=n_train,
             k_min=k_min,
-            sampling="stores",
             days=60,
             eval_per_round=0,
             run_name=name,

@@ -22,23 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedchurn.client.deploy_client import DEVICES_KEY
-from fedchurn.client.flower_app import PARAMS_KEY, UPLOAD_RECORD
 from fedchurn.server.audit import RunFinishedError
 from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
+from fedchurn.server.grid_polling import PromptGrid
 from fedchurn.server.run_audit import RunAudit
 from fedchurn.server.run_output import RunOutput
 from fedchurn.server.secure_rounds import KeyHolderClient, connect_keyholder
 from fedchurn.server.settings import AggregatorSettings, redact_url
 from fedchurn.server.strategy import ChurnFedAvg, make_strategy
+from fedchurn.shared.messages import PARAMS_KEY, MessageError, RosterReply, roster_query
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig
 
 app = ServerApp()
+NODE_SETTLE_S = 1.0  # the node count must stay the same this long before the run starts
 
 
 def run_identity(cfg: RunConfig) -> str:
@@ -52,30 +53,38 @@ def run_identity(cfg: RunConfig) -> str:
     return "cfg-" + hashlib.sha256(doc.encode()).hexdigest()[:24]
 
 
+def node_ids(grid: Grid, timeout: float) -> list[int]:
+    """The nodes of the federation: waits (up to `timeout`) until at least one has registered and
+    the count has been steady for a moment (a simulation registers its nodes as the run starts)."""
+    deadline = time.monotonic() + timeout
+    seen: list[int] = []
+    steady_since = time.monotonic()
+    while time.monotonic() < deadline:
+        now = sorted(grid.get_node_ids())
+        if now != seen:
+            seen, steady_since = now, time.monotonic()
+        elif seen and time.monotonic() - steady_since > NODE_SETTLE_S:
+            break
+        time.sleep(0.05)
+    return seen
+
+
 def discover_devices(grid: Grid, nodes: list[int], timeout: float) -> list[tuple[int, int]]:
-    """Stores sampling: ask every node which device indices it serves (one query message each)."""
-    msgs = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in nodes
-    ]
+    """Ask every node which device indices it serves (one query message each): a simulation shard
+    lists its share of the population, a SuperNode the pseudonyms of its stores."""
     roster: dict[int, int] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
+    for reply in grid.send_and_receive([roster_query(n) for n in nodes], timeout=timeout):
         node = reply.metadata.src_node_id
-        if reply.has_error():
-            log(WARNING, "node %d did not list its devices: %s", node, reply.error.reason)
+        try:
+            devices = RosterReply.from_message(reply).devices
+        except MessageError as e:
+            log(WARNING, "node %d did not list its devices: %s", node, e)
             continue
-        devices = reply.content.config_records[UPLOAD_RECORD].get(DEVICES_KEY, [])
-        for d in devices if isinstance(devices, list) else []:
-            if int(d) in roster:
-                log(
-                    WARNING,
-                    "device %s is served by nodes %d and %d; using the first",
-                    d,
-                    roster[int(d)],
-                    node,
-                )
+        for d in devices:
+            if d in roster:
+                log(WARNING, "device %d is served by nodes %d and %d; using the first", d, roster[d], node)
                 continue
-            roster[int(d)] = node
+            roster[d] = node
     return sorted((n, d) for d, n in roster.items())
 
 
@@ -167,6 +176,8 @@ def round_recorder(
             "epsilon_aggregator": s.epsilon_aggregator,
             "out_of_range": s.out_of_range,
             "norm_clipped": s.norm_clipped,
+            "wait_seconds": s.wait_seconds,
+            "aggregate_seconds": s.aggregate_seconds,
             "protection": cfg.protection,
             "seconds": time.time() - s.started,
             "elapsed": time.time() - t0,
@@ -198,13 +209,12 @@ def main(grid: Grid, context: Context) -> None:
     out = RunOutput(results) if results is not None else None
     if out:
         (out.dir / "aggregator.pid").write_text(f"{os.getpid()}\n")
-    nodes = list(grid.get_node_ids())
+    grid = PromptGrid(grid)
+    nodes = node_ids(grid, timeout)
     recovery = Recovery(cfg, settings.state_db) if settings.state_db else None
     last = recovery.last if recovery else None
-    roster = None
-    if cfg.sampling == "stores":
-        roster = last.roster if last and last.roster is not None else discover_devices(grid, nodes, timeout)
-        log(INFO, "%d devices on %d SuperNodes", len(roster), len(nodes))
+    roster = last.roster if last and last.roster is not None else discover_devices(grid, nodes, timeout)
+    log(INFO, "%d devices on %d nodes", len(roster), len(nodes))
     keyholder: KeyHolderClient | None = None
     if settings.keyholder_url:
         keyholder = connect_keyholder(settings, timeout)
@@ -216,7 +226,6 @@ def main(grid: Grid, context: Context) -> None:
         )
     strategy = make_strategy(
         cfg,
-        nodes,
         roster,
         keyholder,
         Path(settings.keyholder_key_file) if settings.keyholder_key_file else None,
@@ -226,12 +235,10 @@ def main(grid: Grid, context: Context) -> None:
     audit = RunAudit(
         cfg,
         settings.audit_db,
-        secure.train_params if secure else None,
-        secure.dp_record() if secure else {"accountant": "none", "delta": cfg.delta},
+        secure.train_params if secure.keyholder is not None else None,
+        secure.dp_record() if secure.keyholder is not None else {"accountant": "none", "delta": cfg.delta},
         run_id=last.audit_run_id if last else None,
     )
-    n_devices = len(roster) if roster is not None else cfg.devices
-    log(INFO, "%d SuperNodes, sampling mode %s, %d devices", len(nodes), cfg.sampling, n_devices)
     records: list[dict[str, Any]] = []
     feature_mean: dict[str, Any] | None = None  # centre-features: what the first round measured
     if recovery is not None:

@@ -426,9 +426,9 @@ class KeyHolder:
             opened = self._open_seals(wire.Mode.SECAGG, r, k)
             m, bits = p.n_coords(r.n_params), p.ring_bits
             ring_mask = np.uint64((1 << bits) - 1)
-            total = np.zeros(m, dtype=np.uint64)
-            for s in opened.seeds:
-                total = (total + wire.mask_stream(s, m, bits)) & ring_mask
+            # All masks at once (one keystream per seed), summed in one reduction: uint64 addition
+            # wraps modulo 2^64, a multiple of 2^bits, so reducing afterwards gives the ring sum.
+            total = wire.mask_streams(opened.seeds, m, bits).sum(axis=0, dtype=np.uint64) & ring_mask
             sigma = p.noise_std_int(r.n_params)
             noise = discrete_gaussian(sigma, m)
             answer = (total - (noise % (1 << bits)).astype(np.uint64)) & ring_mask

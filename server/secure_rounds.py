@@ -15,14 +15,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedchurn.client.flower_app import (
-    CKKS_CONTEXT_KEY,
-    COHORT_KEY,
-    KEY_KEY,
-    MODEL_VERSION_KEY,
-    NOISE_KEY,
-    ROUND_SEED_KEY,
-)
 from fedchurn.server import secure_sum
 from fedchurn.server.dp import PrivacyAccountant, calibrate_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
@@ -122,30 +114,26 @@ class SecureRounds:
             "min_noise_multiplier": self.noise_multiplier,
             "noise_exempt": [(self.eval_params, histogram_length(cfg.horizon))],
         }
-        if keyholder is not None:
-            self.keyholder: KeyHolderClient = keyholder
+        self.keyholder: KeyHolderClient | None = None  # the plaintext baseline has none
+        if cfg.protection == "plaintext":
+            if cfg.target_epsilon > 0:
+                raise ValueError("plaintext mode adds no noise: differential privacy needs secagg or ckks")
+        elif keyholder is not None:
+            self.keyholder = keyholder
         elif keyholder_key is not None:
             self.keyholder = KeyHolder.open(keyholder_key, keyholder_state, **policy)
         else:
             self.keyholder = KeyHolder.generate(keyholder_state, with_ckks=cfg.protection == "ckks", **policy)
         # What the aggregator tells devices; each device checks it against its own pin.
-        self.key = self.keyholder.public_key()
-        self.ckks_context = self.keyholder.ckks_public_context() if cfg.protection == "ckks" else None
+        self.key = self.keyholder.public_key() if self.keyholder is not None else None
+        self.ckks_context = (
+            self.keyholder.ckks_public_context()
+            if self.keyholder is not None and cfg.protection == "ckks"
+            else None
+        )
 
     def cohorts(self, n_devices: int, params: ProtectionParams) -> int:
         return cohort_count(n_devices, self.cfg.cohort_size, params.max_cohort, self.cfg.k_min)
-
-    def message_config(self, params: ProtectionParams, server_round: int, cohort: int) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            ROUND_SEED_KEY: round_seed(self.cfg.seed, server_round, cohort),
-            COHORT_KEY: cohort,
-            MODEL_VERSION_KEY: server_round,
-            KEY_KEY: self.key,
-            NOISE_KEY: params.noise_multiplier,
-        }
-        if self.ckks_context is not None:
-            out[CKKS_CONTEXT_KEY] = self.ckks_context
-        return out
 
     def aggregate(
         self,
@@ -172,18 +160,11 @@ class SecureRounds:
                 ckks_public_context=self.ckks_context if params.mode == "ckks" else None,
             )
             refused_here = 0  # the aggregator's own refusals; finalize repeats them first in `dropped`
-            for device, blob in items:
-                verdict = agg.add(device, blob)
+            for verdict in agg.add_batch([d for d, _ in items], [b for _, b in items]):
                 if not verdict.accepted:
                     refused_here += 1
-                    out.refused.append(
-                        {
-                            "device": device,
-                            "reason": f"{verdict.reason.value}: {verdict.detail}"
-                            if verdict.reason
-                            else verdict.detail,
-                        }
-                    )
+                    reason = f"{verdict.reason.value}: {verdict.detail}" if verdict.reason else verdict.detail
+                    out.refused.append({"device": verdict.device_id, "reason": reason})
             out.upload_bytes += agg.bytes_received
             if on_contact is not None:
                 on_contact()

@@ -41,6 +41,11 @@ def survival_nll(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor) 
 
     `time` in 1..H is the event day, or the last day known event-free when `event` is False.
     """
+    return survival_nll_rows(logits, time, event).mean()
+
+
+def survival_nll_rows(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Each row's negative log-likelihood (shape `logits.shape[:-1]`); `survival_nll` is its mean."""
     H = logits.shape[-1]
     days = torch.arange(1, H + 1, device=logits.device)
     log_surv = torch.nn.functional.logsigmoid(-logits)  # log(1 - h)
@@ -49,4 +54,4 @@ def survival_nll(logits: torch.Tensor, time: torch.Tensor, event: torch.Tensor) 
     survived = (days < t) | ((days == t) & ~event.unsqueeze(-1))
     happened = (days == t) & event.unsqueeze(-1)
     ll = (log_surv * survived).sum(-1) + (log_h * happened).sum(-1)
-    return -ll.mean()
+    return -ll

@@ -10,6 +10,7 @@ noise in ring units) live here so that all three parties compute them identicall
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -240,32 +241,34 @@ def select_coordinates(params: ProtectionParams, round_seed: bytes | int, n_para
     m = params.n_coords(n_params)
     if m == n_params:
         return np.arange(n_params, dtype=np.int64)
-    key = wire.sha256(wire.SELECT_LABEL + round_seed_bytes(round_seed))
-    words = _WordStream(key)
+    chosen = _selection(m, n_params, round_seed_bytes(round_seed))
+    out = np.asarray(chosen, dtype=np.int64)
+    out.flags.writeable = False  # shared by every caller of the round (cached)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _selection(m: int, n_params: int, seed: bytes) -> tuple[int, ...]:
+    """The sorted selection (cached: a round's cohorts and every device of a cohort ask again)."""
+    key = wire.sha256(wire.SELECT_LABEL + seed)
+    words: list[int] = []
+    pos = 0
+    length = 4 * (m + 64)
     perm = list(range(n_params))
     for i in range(m):
         bound = n_params - i
         limit = 2**32 - (2**32 % bound)
-        w = words.next()
-        while w >= limit:
-            w = words.next()
+        while True:
+            if pos >= len(words):  # the keystream read as u32 words, extended when exhausted
+                length *= 2
+                words = np.frombuffer(wire.chacha20_keystream(key, length), dtype="<u4").tolist()
+            w = words[pos]
+            pos += 1
+            if w < limit:
+                break
         j = i + w % bound
         perm[i], perm[j] = perm[j], perm[i]
-    return np.sort(np.asarray(perm[:m], dtype=np.int64))
-
-
-class _WordStream:
-    """Consecutive little-endian u32 words of a ChaCha20 keystream (regenerated longer when exhausted)."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key, self._pos, self._buf = key, 0, b""
-
-    def next(self) -> int:
-        if self._pos + 4 > len(self._buf):
-            self._buf = wire.chacha20_keystream(self._key, max(4096, 2 * len(self._buf)))
-        (w,) = struct.unpack_from("<I", self._buf, self._pos)
-        self._pos += 4
-        return int(w)
+    return tuple(sorted(perm[:m]))
 
 
 # --- who learns what, as data (docs/privacy.md explains it in prose) ---

@@ -55,7 +55,6 @@ class RunConfig:
     centre_features: bool = False  # measure the feature mean through the secure sum; train centred
     target_epsilon: float = 0.0  # 0: no differential privacy
     delta: float = 1e-5
-    sampling: str = "slots"  # slots: K SuperNodes play devices the server draws; nodes: node = device
     # secret: participation drawn with `secrets` (what amplification by sampling needs); seeded: from
     # `seed`, so that a simulation is reproducible (a stand-in for the deployment's secret draw).
     sampling_source: str = "secret"
@@ -102,16 +101,19 @@ class RunConfig:
             if ring > self.ring_bits:
                 coords = min(coords, max_secagg_coords(UPLOAD_BUDGET, ring))
             try:
-                return DEFAULT.replace(
-                    mode=self.protection,
-                    clip_norm=self.clip_norm,
-                    coord_clip_factor=self.coord_clip_factor,
-                    coords_per_round=coords,
-                    quant_bits=self.quant_bits,
-                    ring_bits=ring,
-                    max_cohort=self.max_cohort,
-                    k_min=self.k_min,
-                    noise_multiplier=noise_multiplier,
+                return _sized(
+                    DEFAULT.replace(
+                        mode=self.protection,
+                        clip_norm=self.clip_norm,
+                        coord_clip_factor=self.coord_clip_factor,
+                        coords_per_round=coords,
+                        quant_bits=self.quant_bits,
+                        ring_bits=ring,
+                        max_cohort=self.max_cohort,
+                        k_min=self.k_min,
+                        noise_multiplier=noise_multiplier,
+                    ),
+                    DEFAULT_SPEC.n_params,
                 )
             except ValueError as e:
                 last = e
@@ -123,15 +125,18 @@ class RunConfig:
         clip = 1.5  # a device's histogram holds one count and one score in [0, 1]: norm <= sqrt(2)
         if self.protection == "ckks":
             return CKKS_DEFAULT.replace(clip_norm=clip, k_min=self.k_min)
-        return DEFAULT.replace(
-            mode=self.protection,
-            coords_per_round=None,
-            quant_bits=4,
-            ring_bits=12,
-            clip_norm=clip,
-            coord_clip_factor=math.sqrt(n) / clip,
-            k_min=self.k_min,
-            max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, 12),
+        return _sized(
+            DEFAULT.replace(
+                mode=self.protection,
+                coords_per_round=None,
+                quant_bits=4,
+                ring_bits=12,
+                clip_norm=clip,
+                coord_clip_factor=math.sqrt(n) / clip,
+                k_min=self.k_min,
+                max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, 12),
+            ),
+            n,
         )
 
     def stats_protection(self, noise_multiplier: float = 0.0) -> ProtectionParams:
@@ -160,7 +165,7 @@ class RunConfig:
                     max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
                 )
                 params.check_ring(n)
-                return params
+                return _sized(params, n)
             except ValueError as e:
                 last = e
         raise ValueError(f"no ring width fits the feature-mean upload: {last}")
@@ -180,7 +185,15 @@ class RunConfig:
         return tuple(c.strip() for c in self.activity.split(",") if c.strip())
 
 
+def _sized(params: ProtectionParams, n_params: int) -> ProtectionParams:
+    """The plaintext baseline's uploads are float32: the aggregator accepts exactly their size."""
+    if params.mode != "plaintext":
+        return params
+    return params.replace(max_upload_bytes=params.upload_bytes(n_params))
+
+
 STATS_BOUND = 127 / 32  # scaled features are clipped to this in the feature-mean upload
+SIMULATION_NODES = 2  # Flower simulation nodes (shards) by default: one per core of a laptop
 UPLOAD_BUDGET = 780  # bytes per device per round, all included (the brief's figure)
 
 

@@ -2,15 +2,16 @@
 
 The apps follow Flower's quickstart-pytorch: the ServerApp hands Flower's own
 `flwr.serverapp.strategy.FedAvg` a torch state dict and calls `strategy.start`; the ClientApp
-loads the ArrayRecord into the net, trains, and replies with an ArrayRecord and a
-MetricRecord("num-examples"). What is fedchurn's is only what must be identical for a fair
-comparison: the net (`ChurnNet`), its initial weights, local training (`local_train`), and the
-device data (`flower_client.load_device`, the same generated devices as fedchurn's simulation).
+loads the ArrayRecord into the net, trains it with its own torch loop (`model.train()`, an SGD
+optimiser, minibatches), and replies with an ArrayRecord and a MetricRecord("num-examples"). What
+is fedchurn's is only what must be identical for a fair comparison: the net (`ChurnNet`) and its
+loss, its initial weights, the local hyper-parameters and the device data (the same generated
+devices as fedchurn's simulation, through the device's own preparation code).
 
-Like fedchurn's `slots` sampling, the federation has `per_round` SuperNodes and each round every
-node plays one device of the training pool, drawn as fedchurn's server draws them
-(`random.Random(seed).sample(pool, per_round)` once per round). Flower's FedAvg then samples every
-node (`fraction_train = 1`). No federated evaluation (fedchurn's bench runs have none per round).
+As in quickstart-pytorch, one SuperNode is one device: the federation has `per_round` SuperNodes
+and each round every node plays one device of the training pool, drawn from the run's seed.
+Flower's FedAvg then samples every node (`fraction_train = 1`). No federated evaluation (fedchurn's
+bench runs have none per round).
 
 The ServerApp writes `quickstart.json` in `out-dir`: `flwr run` exits 0 even when a ServerApp
 fails, so the caller checks `status` there.
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -34,13 +36,13 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedchurn.client.device_data import prepare_device
-from fedchurn.client.flower_app import conf_int, device_seed
-from fedchurn.client.training import TrainConfig, local_train
+from fedchurn.client.flower_app import device_seed
 from fedchurn.server.settings import AggregatorSettings
-from fedchurn.shared.model import ChurnNet
+from fedchurn.shared.model import ChurnNet, survival_nll
 from fedchurn.shared.model_format import init_params
 from fedchurn.shared.run_config import RunConfig, is_eval_device
-from fedchurn.simulations.flower_client import load_device
+from fedchurn.simulations.population import generate_device
+from fedchurn.simulations.scenario import load_scenario
 
 STATUS_FILE = "quickstart.json"
 PARAMS_FILE = "quickstart_params.npy"
@@ -67,6 +69,28 @@ def device_for(cfg: RunConfig, server_round: int, slot: int, slots: int) -> int:
     return drawn[slot]
 
 
+def _train(model: ChurnNet, x: np.ndarray, t: np.ndarray, e: np.ndarray, cfg: RunConfig, seed: int) -> float:
+    """quickstart-pytorch's `train`: the model's own parameters, torch's SGD, minibatches."""
+    if len(x) == 0:
+        return 0.0
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    xs, ts, es = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(e)
+    total = 0.0
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(len(x))
+        total = 0.0
+        for k in range(0, len(x), cfg.batch_size):
+            idx = order[k : k + cfg.batch_size]
+            opt.zero_grad()
+            loss = survival_nll(model(xs[idx]), ts[idx], es[idx])
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+    return total / len(x)
+
+
 # --- ClientApp (quickstart-pytorch's shape) ---
 
 client_app = ClientApp()
@@ -75,29 +99,24 @@ client_app = ClientApp()
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_flower(context.run_config)
-    server_round = conf_int(msg.content.config_records["config"], "server-round")
+    server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
     slot = int(context.node_config["partition-id"])
     index = device_for(cfg, server_round, slot, int(context.node_config["num-partitions"]))
-    dev = load_device(context, cfg, index)
+    dev = generate_device(cfg.seed, index, load_scenario(cfg.scenario), cfg.days)
     data = prepare_device(
-        dev.events, dev.first_day, dev.today, cfg.horizon, cfg.silence_days, cfg.activity_categories()
+        dev.events,
+        int(dev.truth["start_day"]),
+        int(dev.truth["today"]),
+        cfg.horizon,
+        cfg.silence_days,
+        cfg.activity_categories(),
     )
     x, t, e = data.training_rows()
+    x, t, e = x[-120:], t[-120:], e[-120:]  # the device's most recent days, as fedchurn's devices
     model = ChurnNet()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    res = local_train(
-        model.get_vector(),
-        x,
-        t,
-        e,
-        TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
-        seed=device_seed(cfg, index, server_round),
-    )
-    model.set_vector(res.params)
-    metrics: dict[str, MetricValue] = {
-        "train_loss": res.loss if res.n_examples else 0.0,
-        "num-examples": res.n_examples,
-    }
+    loss = _train(model, x, t, e, cfg, device_seed(cfg, index, server_round))
+    metrics: dict[str, MetricValue] = {"train_loss": loss, "num-examples": len(x)}
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from fedchurn.server.app_package import flower_bin, free_port
 from fedchurn.shared.run_config import RunConfig
 
 STARTUP_TIMEOUT_S = 60.0
+MARK_ENV = "FEDCHURN_RUN_MARK"  # in the environment of every process a run starts
+STOP_GRACE_S = 5.0
 # (serverapp, clientapp) of the generated Flower app: fedchurn's own apps unless a caller names others.
 FEDCHURN_COMPONENTS = ("fedchurn.server.app:app", "fedchurn.simulations.flower_client:app")
 
@@ -47,6 +50,7 @@ def run_flower(
     timeout_s: float = 4 * 3600,
     components: tuple[str, str] = FEDCHURN_COMPONENTS,
     env: dict[str, str] | None = None,
+    cpus_per_node: int = 1,
 ) -> None:
     """Run one federated simulation; returns when the ServerApp has finished.
 
@@ -64,9 +68,11 @@ def run_flower(
         '[superlink]\ndefault = "fedchurn"\n\n'
         f'[superlink.fedchurn]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
+    mark = uuid.uuid4().hex
     env = {
         **os.environ,
         **(env or {}),
+        MARK_ENV: mark,  # every process of this run inherits it, Ray's agents included
         "FLWR_HOME": str(home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -111,7 +117,7 @@ def run_flower(
                     "fedchurn",
                     "--stream",
                     "--federation-config",
-                    f"num-supernodes={num_supernodes}",
+                    f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node}",
                     "--run-config",
                     str(run_config),
                 ],
@@ -132,6 +138,7 @@ def run_flower(
                 raise FlowerRunError(f"flwr run exited with {run.returncode}; see {log_path}")
         finally:
             _stop(link)
+            stop_marked(mark)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     if on_poll:
@@ -168,3 +175,34 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
             proc.wait(timeout=10)
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Processes whose environment carries this run's mark (Linux /proc; others: none found)."""
+    needle = f"{MARK_ENV}={mark}".encode()
+    out = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                out.append(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
+def stop_marked(mark: str) -> None:
+    """Stop every process of the run, wherever it was reparented (Ray's dashboard and runtime-env
+    agents outlive their parents): SIGTERM, then SIGKILL what is left after a grace period."""
+    pids = marked_processes(mark)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = marked_processes(mark)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)

@@ -794,6 +794,29 @@ def generate_device(seed: int, device: int, scenario: Scenario, days: int | None
     return DeviceHistory(device=device, events=to_event_array(ev), truth=_truth_row(truth, 0))
 
 
+def generate_devices(
+    seed: int, devices: Array, scenario: Scenario, days: int | None = None, chunk: int = 512
+) -> tuple[Array, Array, Array, Array]:
+    """Histories of any set of devices with the population's batch path (what a simulation shard
+    generates on first use): (events EVENT_DTYPE sorted by device then ts, each event's row in
+    `devices`, start days, todays). Each device's history is `generate_device`'s."""
+    sc = scenario.with_days(days)
+    devs = np.asarray(devices, dtype=np.int64)
+    _check_ids(seed, devs)
+    parts, rows, starts, todays = [], [], [], []
+    for a in range(0, len(devs), chunk):
+        block = devs[a : a + chunk]
+        ev, truth, per_dev = _simulate(seed, block, sc)
+        parts.append(to_event_array(ev))
+        rows.append(np.repeat(np.arange(a, a + len(block), dtype=np.int64), per_dev))
+        starts.append(np.asarray(truth["start_day"], dtype=np.int64))
+        todays.append(np.asarray(truth["today"], dtype=np.int64))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return np.empty(0, dtype=EVENT_DTYPE), empty, empty, empty
+    return np.concatenate(parts), np.concatenate(rows), np.concatenate(starts), np.concatenate(todays)
+
+
 def to_event_array(columns: dict[str, Array], rows: slice = slice(None)) -> Array:
     """Event columns (plus any extra ones, such as `device`) -> an EVENT_DTYPE array."""
     n = len(columns["ts"][rows])

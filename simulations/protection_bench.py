@@ -7,6 +7,12 @@ Message reply(s) carrying it (Flower 1.41 object serialisation, measured); `flow
 adds Flower's HTTP framing at the brief's measured ~840 B per request (one request per object,
 plus one for the message push) - an estimate, labelled as such. Server and client times are
 wall-clock on this machine. `python -m fedchurn.simulations.protection_bench` prints JSON.
+
+Clients are timed one at a time (`protect_update_ms`, what a phone runs) and batched
+(`protect_batch_ms_per_device`, a simulation node answering for many devices); the aggregator adds
+each cohort's uploads as one batch (`CohortAggregator.add_batch`). `fedchurn_shipped_scale`
+measures the aggregator and the in-process key holder at the shipped defaults (no DP) for 1,000
+and 10,000 updates, against the targets of 0.1 s and 1 s.
 """
 
 from __future__ import annotations
@@ -20,17 +26,22 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedchurn.client.protect import protect_update
+from fedchurn.client.protect import protect_batch, protect_update, seal_seed
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, mean_update
 from fedchurn.shared import wire
 from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, PLAINTEXT_DEFAULT, ProtectionParams
+from fedchurn.shared.run_config import RunConfig
 
 FLOWER_HTTP_FRAMING_PER_REQUEST = 840  # the brief's measurement (Flower 1.41 Fleet API, HTTP/1.1)
 BENCH_NOISE_MULTIPLIER = 1.0  # the secagg benchmark includes the key holder's DP noise sampling
 CKKS_MEASURED_UPDATES = 100  # CKKS aggregation is measured on 100 updates and scaled to 1,000
 SECAGGPLUS_CLIENTS = 20  # SecAgg+ is driven for 20 clients; server unmasking scaled per client
+# What the aggregator plus an in-process key holder should take at the shipped defaults (no DP).
+AGGREGATE_TARGETS_S = {1000: 0.1, 10_000: 1.0}
+HPKE_MEASURED = 500  # seals and opens timed alone, to say how much of the server time they are
 
 
 def _median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -92,26 +103,57 @@ def _blob_reply(blob: bytes) -> tuple[int, int]:
 # --- fedchurn modes ---
 
 
+def _cohorts(n: int, max_cohort: int) -> list[np.ndarray]:
+    """Devices 0..n-1 in ceil(n / max_cohort) cohorts of (nearly) equal size, each <= max_cohort."""
+    return np.array_split(np.arange(n), max(1, -(-n // max_cohort)))
+
+
+def _cohort_ids(cohorts: list[np.ndarray], n: int) -> list[int]:
+    ids = np.empty(n, dtype=np.int64)
+    for c, members in enumerate(cohorts):
+        ids[members] = c
+    return [int(c) for c in ids]
+
+
+def _aggregate(
+    params: ProtectionParams,
+    kh: KeyHolder,
+    blobs: list[bytes],
+    cohorts: list[np.ndarray],
+    round_id: int,
+    round_seed: int,
+    n_params: int,
+    ckks_context: bytes | None = None,
+) -> tuple[float, int]:
+    """Server seconds for every cohort: add_batch, finalize through the key holder, mean update."""
+    t0 = time.perf_counter()
+    results = []
+    for c, members in enumerate(cohorts):
+        agg = CohortAggregator(params, round_id, c, 1, round_seed, n_params, ckks_public_context=ckks_context)
+        agg.add_batch([f"d{i}" for i in members], [blobs[i] for i in members])
+        results.append(agg.finalize(kh))
+    new_model = np.zeros(n_params, dtype=np.float32) + mean_update(results, n_params)
+    server_s = time.perf_counter() - t0
+    assert np.all(np.isfinite(new_model))
+    return server_s, sum(r.count for r in results)
+
+
 def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, measured: int) -> dict[str, Any]:
     kh = KeyHolder.generate(k_min=min(10, params.k_min), with_ckks=params.mode == "ckks")
     pk = kh.public(ckks=params.mode == "ckks")
     ups = _updates(measured, n_params)
     rng = np.random.default_rng(1)
-    size = params.max_cohort
+    cohorts = _cohorts(measured, params.max_cohort)
+    cohort_ids = _cohort_ids(cohorts, measured)
     t0 = time.perf_counter()
-    blobs = [protect_update(u, params, pk, 1, i // size, 1, 77, rng) for i, u in enumerate(ups)]
+    for i, u in enumerate(ups):
+        protect_update(u, params, pk, 1, cohort_ids[i], 1, 77, rng)
     client_ms = (time.perf_counter() - t0) / measured * 1e3
-    ctx = pk.ckks_context
+    rngs = [np.random.default_rng([1, i]) for i in range(measured)]
     t0 = time.perf_counter()
-    results = []
-    for c, start in enumerate(range(0, measured, size)):
-        agg = CohortAggregator(params, 1, c, 1, 77, n_params, ckks_public_context=ctx)
-        for i, b in enumerate(blobs[start : start + size]):
-            agg.add(f"d{start + i}", b)
-        results.append(agg.finalize(kh))
-    new_model = np.zeros(n_params, dtype=np.float32) + mean_update(results, n_params)
-    server_s = time.perf_counter() - t0
-    assert np.all(np.isfinite(new_model))
+    blobs = protect_batch(ups, params, pk, 2, cohort_ids, 1, [77] * measured, rngs)
+    batch_ms = (time.perf_counter() - t0) / measured * 1e3
+    server_s, _ = _aggregate(params, kh, blobs, cohorts, 2, 77, n_params, pk.ckks_context)
     bodies, objects = _blob_reply(blobs[0])
     out: dict[str, Any] = {
         "label": params.label,
@@ -121,9 +163,11 @@ def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, mea
         "ciphertexts); nothing else is sent by the device",
         **_flower_sizes(bodies, objects),
         "protect_update_ms": client_ms,
+        "protect_batch_ms_per_device": batch_ms,
+        "protect_batch_how": f"protect_batch over all {measured} devices at once, per device",
         "aggregate_1000_s": server_s * n_updates / measured,
         "aggregate_measured_updates": measured,
-        "cohorts": len(results),
+        "cohorts": len(cohorts),
         "params": params.to_dict(),
     }
     if measured != n_updates:
@@ -138,8 +182,9 @@ def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, mea
             "ring_bits": p.ring_bits,
         }
         out["aggregate_includes"] = (
-            "validation, ring sums, key holder opening every seal + discrete-Gaussian noise "
-            f"(z={p.noise_multiplier}), dequantisation, averaging over cohorts of {p.max_cohort}"
+            "batched validation (add_batch), ring sums, key holder opening every seal + "
+            f"discrete-Gaussian noise (z={p.noise_multiplier}), dequantisation, averaging over "
+            f"cohorts of up to {p.max_cohort}"
         )
     if params.mode == "ckks":
         out["public_context_download_bytes"] = len(kh.ckks_public_context())
@@ -149,6 +194,62 @@ def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, mea
             "scale_bits": params.ckks_scale_bits,
             "ciphertexts": math.ceil(params.n_coords(n_params) / (params.ckks_poly_modulus // 2)),
         }
+    return out
+
+
+def _hpke_costs() -> dict[str, float]:
+    """Microseconds per HPKE seal and per open on this machine (the part no batching removes)."""
+    sk = X25519PrivateKey.generate()
+    pk = sk.public_key().public_bytes_raw()
+    info = wire.seal_info(bytes(wire.HEADER_LEN), bytes(wire.DIGEST_LEN))
+    seeds = [os.urandom(wire.SEED_LEN) for _ in range(HPKE_MEASURED)]
+    t0 = time.perf_counter()
+    sealed = [seal_seed(s, pk, info) for s in seeds]
+    seal_us = (time.perf_counter() - t0) / HPKE_MEASURED * 1e6
+    t0 = time.perf_counter()
+    opened = [wire.SEAL_SUITE.decrypt(b, sk, info=info) for b in sealed]
+    open_us = (time.perf_counter() - t0) / HPKE_MEASURED * 1e6
+    assert opened == seeds
+    return {"hpke_seal_us": seal_us, "hpke_open_us": open_us}
+
+
+def bench_shipped_scale(n_small: int = 1000, n_params: int = 2286) -> dict[str, Any]:
+    """Aggregator + in-process key holder at the shipped defaults (`RunConfig().train_protection(0.0)`),
+    cohorts of up to max_cohort, for n_small and 10 x n_small secagg updates (1,000 and 10,000 by
+    default): `aggregate_1000_s` and `aggregate_10000_s` are server seconds for 1,000 and 10,000
+    updates, every cohort (scaled linearly, and said so, when measured on other counts)."""
+    params = RunConfig().train_protection(0.0)
+    kh = KeyHolder.generate(k_min=params.k_min)
+    pk = kh.public()
+    out: dict[str, Any] = {"label": params.label, "params": params.to_dict()}
+    measured: dict[int, float] = {}
+    for round_id, target in enumerate(AGGREGATE_TARGETS_S):
+        n = n_small * target // 1000
+        ups = _updates(n, n_params, seed=round_id)
+        cohorts = _cohorts(n, params.max_cohort)
+        rngs = [np.random.default_rng([round_id, i]) for i in range(n)]
+        t0 = time.perf_counter()
+        blobs = protect_batch(ups, params, pk, round_id, _cohort_ids(cohorts, n), 1, [77] * n, rngs)
+        out["protect_batch_ms_per_device"] = (time.perf_counter() - t0) / n * 1e3
+        out["protect_batch_devices"] = n
+        server_s, count = _aggregate(params, kh, blobs, cohorts, round_id, 77, n_params)
+        assert count == n, f"{n - count} uploads were refused"
+        measured[n] = server_s
+        out[f"aggregate_{target}_s"] = server_s * target / n
+        out[f"aggregate_{target}_target_s"] = AGGREGATE_TARGETS_S[target]
+        out[f"cohorts_{target}"] = len(cohorts)
+    out["aggregate_measured"] = {str(n): s for n, s in measured.items()}
+    if n_small != 1000:
+        out["aggregate_note"] = (
+            f"measured on {n_small:,} and {10 * n_small:,} updates, scaled linearly to 1,000 and 10,000"
+        )
+    out["aggregate_includes"] = (
+        "CohortAggregator.add_batch (headers, lengths, payloads of a cohort at once), finalize: the "
+        "in-process key holder opens every seal (one HPKE open each), expands and sums the masks at "
+        "once, commits its once-only state; unmasking, bounding, dequantisation, mean over cohorts "
+        f"of up to {params.max_cohort}; no DP noise (the shipped default)"
+    )
+    out.update(_hpke_costs())
     return out
 
 
@@ -319,6 +420,7 @@ def bench_protection(
         "fedchurn_default": _bench_fedchurn(secagg, n_updates, n_params, n_updates),
         "fedchurn_ckks": _bench_fedchurn(CKKS_DEFAULT, n_updates, n_params, ckks_measured),
         "fedchurn_plaintext": _bench_fedchurn(PLAINTEXT_DEFAULT, n_updates, n_params, n_updates),
+        "fedchurn_shipped_scale": bench_shipped_scale(n_updates, n_params),
         "flower_plain_fedavg": _bench_flower_fedavg(n_updates, n_params),
         "flower_secaggplus": _bench_flower_secaggplus(n_params, n_updates),
     }

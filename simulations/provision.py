@@ -18,6 +18,7 @@ from fedchurn.client.device_config import PROVISIONING_ENV
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.settings import SETTINGS_ENV, AggregatorSettings
 from fedchurn.shared.run_config import RunConfig
+from fedchurn.simulations.flower_client import LEDGER_KEY, STORE_KEY
 
 __all__ = ["Provisioned", "provision_simulation"]
 
@@ -36,18 +37,24 @@ def provision_simulation(cfg: RunConfig, out: Path, audit_db: str = "") -> Provi
     os.chmod(private, 0o700)
     for stale in private.glob("keyholder*"):
         stale.unlink()
-    env: dict[str, str] = {}
     key = private / "keyholder.key"
+    device: dict[str, str] = {
+        LEDGER_KEY: str(private / "evaluations.sqlite"),
+        STORE_KEY: str(out / "devices"),  # the simulated devices' own storage (shared, sparse)
+    }
+    (private / "evaluations.sqlite").unlink(missing_ok=True)
     if cfg.protection != "plaintext":
-        pin = KeyHolder.provision(key, with_ckks=cfg.protection == "ckks")
-        device = private / "device.toml"
-        device.write_text("".join(f'{k} = "{v}"\n' for k, v in pin.to_node_config().items()))
-        env[PROVISIONING_ENV] = str(device)
+        device.update(KeyHolder.provision(key, with_ckks=cfg.protection == "ckks").to_node_config())
+    device_file = private / "device.toml"
+    device_file.write_text("".join(f'{k} = "{v}"\n' for k, v in device.items()))
+    env: dict[str, str] = {PROVISIONING_ENV: str(device_file)}
     settings = AggregatorSettings(
         out_dir=str(out),
         audit_db=audit_db,
         keyholder_key_file=str(key) if cfg.protection != "plaintext" else "",
-        keyholder_state=str(private / "keyholder-state.sqlite") if cfg.protection != "plaintext" else "",
+        # The once-only state lives as long as the run's ServerApp (a simulation is never resumed);
+        # a deployed key holder keeps it in SQLite with a full sync per answer.
+        keyholder_state="",
     )
     env[SETTINGS_ENV] = str(settings.write(private / "aggregator.toml"))
     return Provisioned(settings, env)

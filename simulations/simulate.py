@@ -18,7 +18,7 @@ from fedchurn.client.importer import ColumnMapping, read_log
 from fedchurn.server.run_output import load_model
 from fedchurn.shared.events import local_day
 from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability, init_params
-from fedchurn.shared.run_config import RunConfig, is_final_eval_device
+from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig, is_final_eval_device
 from fedchurn.simulations.baselines import evaluate_scores, run_baselines
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
@@ -69,8 +69,15 @@ def final_evaluation_examples(test: Examples, cfg: RunConfig) -> Examples:
 
 
 def simulate(
-    cfg: RunConfig, console: Console, out: Path, audit_db: str = "", baselines: bool = True
+    cfg: RunConfig,
+    console: Console,
+    out: Path,
+    audit_db: str = "",
+    baselines: bool = True,
+    nodes: int = SIMULATION_NODES,
 ) -> dict[str, Any]:
+    """One federated run on Flower's simulation engine: `nodes` simulation nodes, each a shard of
+    the population (device d on node d mod nodes), then the central baselines and the report."""
     cfg.train_protection()  # refuse settings no upload could meet before anything is written
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +124,13 @@ def simulate(
                 )
             seen = len(lines)
 
-        supernodes = max(cfg.per_round, cfg.eval_per_round, 1) if cfg.sampling == "slots" else n_devices
-        run_flower(cfg, out / "flower", num_supernodes=supernodes, on_poll=poll, env=provisioned.env)
+        run_flower(
+            cfg,
+            out / "flower",
+            num_supernodes=max(1, min(nodes, n_devices)),
+            on_poll=poll,
+            env=provisioned.env,
+        )
     wall = time.time() - t0
     fed_path = out / "federated.json"
     fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}

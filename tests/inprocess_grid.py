@@ -13,6 +13,8 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedchurn.server.keyholder import KeyHolder
+
 
 class InProcessGrid:
     def __init__(
@@ -66,3 +68,28 @@ class InProcessGrid:
 
     def get_node_ids(self) -> list[int]:
         return sorted(self.contexts)
+
+
+def inprocess_keyholder(strategy: Any) -> KeyHolder:
+    """The strategy's in-process key holder (tests build strategies without a deployed one)."""
+    kh = strategy.secure.keyholder
+    assert isinstance(kh, KeyHolder), "this strategy talks to a deployed key holder"
+    return kh
+
+
+def device_pins(strategy: Any) -> dict[str, str]:
+    """What `fedchurn deploy` / a simulation's provisioning give a device: the key holder's pin."""
+    return dict(inprocess_keyholder(strategy).pin().to_node_config())
+
+
+def simulation_grid(strategy: Any, nodes: list[int], run_id: int = 1) -> InProcessGrid:
+    """The real simulation ClientApp behind `nodes` (node i serves devices d with d % len = i)."""
+    from fedchurn.simulations.flower_client import app
+
+    pins = device_pins(strategy) if strategy.cfg.protection != "plaintext" else {}
+    ordered = sorted(nodes)
+
+    def node_config(node: int) -> dict[str, Any]:
+        return {**pins, "partition-id": ordered.index(node), "num-partitions": len(ordered)}
+
+    return InProcessGrid(app, node_config, strategy.cfg.to_flower(), run_id)

@@ -48,7 +48,6 @@ class Deployment:
             num_server_rounds=2,
             per_round=PER_ROUND,
             eval_per_round=0,
-            sampling="stores",
             k_min=K_MIN,
             days=60,
             local_epochs=1,

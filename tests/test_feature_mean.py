@@ -12,15 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedchurn.client.deploy_client import DEVICES_KEY, _device_conf
 from fedchurn.client.feature_mean import centre_rows, feature_summary, mean_from_sum
-from fedchurn.client.flower_app import PARAMS_KEY, conf_offset
 from fedchurn.client.protect import protect_update
 from fedchurn.server.app import Recovery
 from fedchurn.server.keyholder import KeyHolder
+from fedchurn.server.sampling import simulation_roster
 from fedchurn.server.secure_sum import CohortAggregator
 from fedchurn.server.strategy import make_strategy
 from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.messages import PARAMS_KEY, RoundTask
 from fedchurn.shared.model import ChurnNet
 from fedchurn.shared.model_format import INPUT_SCALE, fold_input_offset, hazards, init_params
 from fedchurn.shared.run_config import STATS_BOUND, RunConfig
@@ -126,7 +126,6 @@ def test_a_feature_mean_round_a_crashed_start_reached_the_key_holder_with_is_cha
         per_round=20,
         target_epsilon=4.0,
         centre_features=True,
-        sampling="nodes",
         run_name="crashed",
     )
     state_db = f"sqlite:///{tmp_path / 'state.sqlite'}"
@@ -136,32 +135,25 @@ def test_a_feature_mean_round_a_crashed_start_reached_the_key_holder_with_is_cha
     recovery.store.begin_attempt("crashed", 0, "eval")  # evaluation costs no privacy budget
     restarted = Recovery(cfg, state_db)
     assert restarted.last is None  # nothing was checkpointed: the run starts afresh
-    strategy = make_strategy(cfg, list(range(1, 61)))
+    strategy = make_strategy(cfg, [(d, d) for d in range(1, 61)])
     assert strategy.secure is not None and strategy.secure.accountant.rounds == 0
     assert restarted.charge_before_first_checkpoint(strategy) == 1
     assert strategy.secure.accountant.rounds == 1
 
 
 @pytest.mark.usefixtures("serverapp_identity")
-@pytest.mark.parametrize("sampling", ["slots", "stores"])
-def test_every_training_message_carries_the_measured_offset(sampling: str, tmp_path: Path) -> None:
-    """Simulated slots and deployed stores alike: a device that trains gets the offset the server
-    measured, so it trains on the same centred rows the server's model expects."""
-    nodes = [1, 2, 3, 4]
-    cfg = RunConfig(devices=40, per_round=12, centre_features=True, sampling=sampling)
-    roster = [(n, d) for d in range(40) for n in [nodes[d % 4]]] if sampling == "stores" else None
-    strategy = make_strategy(cfg, nodes, roster=roster)
+@pytest.mark.parametrize("nodes", ["phones", "shards"])
+def test_every_training_message_carries_the_measured_offset(nodes: str) -> None:
+    """Phones (a list of one each) and simulation shards alike: every node that trains gets the
+    offset the server measured, so its devices train on the rows the server's model expects."""
+    cfg = RunConfig(devices=40, per_round=12, centre_features=True)
+    roster = [(d + 1, d) for d in range(40)] if nodes == "phones" else simulation_roster([1, 2, 3, 4], 40)
+    strategy = make_strategy(cfg, roster)
     strategy.offset = np.linspace(-1.0, 1.0, N_FEATURES)
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord(), None))  # type: ignore[arg-type]
-    assert msgs
+    assert sum(len(RoundTask.from_message(m, init_params(0).size, N_FEATURES).devices) for m in msgs) == 12
     for msg in msgs:
-        conf = msg.content.config_records["config"]
-        if sampling == "stores":
-            confs = [_device_conf(conf, j) for j in range(len(conf[DEVICES_KEY]))]  # type: ignore[arg-type]
-        else:
-            confs = [conf]
-        for device_conf in confs:
-            got = conf_offset(device_conf)
-            assert got is not None
-            np.testing.assert_allclose(got, strategy.offset)
+        got = RoundTask.from_message(msg, init_params(0).size, N_FEATURES).input_offset
+        assert got is not None
+        np.testing.assert_allclose(got, strategy.offset)

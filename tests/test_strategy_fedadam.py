@@ -4,37 +4,46 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedchurn.client.flower_app import PARAMS_KEY
+from fedchurn.client.protect import protect_batch, selected_clipped
 from fedchurn.server.strategy import ChurnFedAdam, make_strategy
-from fedchurn.shared.model_format import init_params
+from fedchurn.shared.messages import PARAMS_KEY, NodeReply, RoundTask
+from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
+from fedchurn.shared.protection import select_coordinates
 from fedchurn.shared.run_config import RunConfig
 
-NODES = [11, 12, 13, 14]
+NODES = [11, 12, 13, 14]  # four phones: each node a list of one device
+ROSTER = [(node, node * 100) for node in NODES]
 
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
-def _first_step(cfg: RunConfig, start: np.ndarray, new: list[np.ndarray]) -> np.ndarray:
-    strategy = make_strategy(cfg, NODES)
+def _first_step(cfg: RunConfig, start: np.ndarray, new: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Round 1 with each phone's update set to `new[i] - start`, uploaded as the plaintext baseline
+    uploads it (the real reply format, without training). Returns the new global parameters and
+    the mean of what the phones uploaded (the round's coordinates, clipped; zero elsewhere)."""
+    strategy = make_strategy(cfg, ROSTER)
     msgs = list(strategy.configure_train(1, ArrayRecord({PARAMS_KEY: Array(start)}), ConfigRecord(), None))  # type: ignore[arg-type]
-    replies = [
-        Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord({PARAMS_KEY: Array(p)}),
-                    "metrics": MetricRecord({strategy.weighted_by_key: 10}),
-                }
-            ),
-            reply_to=m,
+    params = strategy.secure.train_params
+    replies, uploaded = [], []
+    for msg in msgs:
+        task = RoundTask.from_message(msg, DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features)
+        (device,) = task.devices
+        delta = (new[NODES.index(device // 100)] - start)[None, :]
+        sent = np.zeros(start.size)
+        sent[select_coordinates(params, task.round_seeds[0], start.size)] = selected_clipped(
+            delta[0], params, task.round_seeds[0]
         )
-        for m, p in zip(msgs, new, strict=True)
-    ]
+        uploaded.append(sent)
+        blobs = protect_batch(
+            delta, params, None, task.round_id, task.cohorts, task.model_version, task.round_seeds, [None]
+        )
+        replies.append(NodeReply(task.devices, tuple(blobs)).to_message(msg))
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
-    return np.asarray(arrays[PARAMS_KEY].numpy(), dtype=np.float64)
+    return np.asarray(arrays[PARAMS_KEY].numpy(), dtype=np.float64), np.mean(uploaded, axis=0)
 
 
 @pytest.mark.parametrize(("beta2", "tau"), [(0.99, 1e-3), (0.999, 1e-6)])
@@ -43,6 +52,8 @@ def test_fedadam_step_follows_the_configured_beta2_and_tau(beta2: float, tau: fl
         devices=20,
         per_round=len(NODES),
         protection="plaintext",
+        k_min=2,
+        eval_fraction=0.0,
         server_lr=0.01,
         server_beta2=beta2,
         server_tau=tau,
@@ -50,9 +61,8 @@ def test_fedadam_step_follows_the_configured_beta2_and_tau(beta2: float, tau: fl
     start = init_params(0)
     rng = np.random.default_rng(1)
     new = [(start + rng.normal(0, 1e-2, start.size)).astype(np.float32) for _ in NODES]
-    got = _first_step(cfg, start, new)
-
-    delta = np.mean(new, axis=0).astype(np.float64) - start  # equal weights: the plain mean
+    got, delta = _first_step(cfg, start, new)  # equal weights: the plain mean of the uploads
+    assert np.count_nonzero(delta) > start.size // 10
     m, v = 0.1 * delta, (1 - beta2) * delta**2
     eta = 0.01 * np.sqrt(1 - beta2**2) / (1 - 0.9**2)  # Flower's bias-corrected step, round 1
     expected = start + eta * m / (np.sqrt(v) + tau)
@@ -70,7 +80,7 @@ def test_a_cosine_schedule_sets_flowers_step_round_by_round() -> None:
     assert {cfg.server_lr_at(r) for r in range(1, 10)} == {0.04}
     with pytest.raises(ValueError, match="constant or cosine"):
         RunConfig(server_lr_schedule="linear").server_lr_at(1)
-    strategy = make_strategy(cosine, NODES)
+    strategy = make_strategy(cosine, ROSTER)
     assert isinstance(strategy, ChurnFedAdam)
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
     for r in (1, 5, 9):

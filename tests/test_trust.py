@@ -17,11 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
-from inprocess_grid import InProcessGrid
+from inprocess_grid import InProcessGrid, device_pins
 
 from fedchurn.client import deploy_client
-from fedchurn.client.deploy_client import BLOBS_KEY, DEVICES_KEY, list_stores, node_secret
-from fedchurn.client.flower_app import KEY_KEY, PARAMS_KEY, UPLOAD_RECORD
+from fedchurn.client.deploy_client import list_stores, node_secret
 from fedchurn.client.store import EventStore
 from fedchurn.server.app import Recovery
 from fedchurn.server.checkpoint import Checkpoint
@@ -29,17 +28,19 @@ from fedchurn.server.deploy import population_stores
 from fedchurn.server.keyholder import MaskSumRequest, SealedEntry
 from fedchurn.server.strategy import make_strategy
 from fedchurn.shared import wire
-from fedchurn.shared.model_format import init_params
+from fedchurn.shared.messages import K_KEY, PARAMS_KEY, TASK_RECORD, NodeReply, RoundTask
+from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig, round_seed
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 def _devices(msgs: list[Message]) -> set[int]:
-    out: set[int] = set()
-    for m in msgs:
-        out |= {int(d) for d in m.content.config_records["config"][DEVICES_KEY]}  # type: ignore[union-attr]
-    return out
+    return {
+        d
+        for m in msgs
+        for d in RoundTask.from_message(m, DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features).devices
+    }
 
 
 def test_a_retried_round_draws_afresh_and_every_attempt_that_reached_the_key_holder_is_charged(
@@ -47,10 +48,10 @@ def test_a_retried_round_draws_afresh_and_every_attempt_that_reached_the_key_hol
 ) -> None:
     nodes = [1, 2, 3]
     roster = [(nodes[d % 3], d) for d in range(300)]
-    cfg = RunConfig(sampling="stores", per_round=40, target_epsilon=4.0, run_name="retry", k_min=5)
+    cfg = RunConfig(per_round=40, target_epsilon=4.0, run_name="retry", k_min=5)
     state_db = f"sqlite:///{tmp_path / 'state.sqlite'}"
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
-    first = make_strategy(cfg, nodes, roster=roster)
+    first = make_strategy(cfg, roster)
     recovery = Recovery(cfg, state_db)
     recovery.attach(first)
     rng, opt = first.state()
@@ -59,7 +60,7 @@ def test_a_retried_round_draws_afresh_and_every_attempt_that_reached_the_key_hol
     assert first.on_contact is not None
     first.on_contact()  # the key holder answered round 1's cohorts, then the aggregator died
 
-    restarted = make_strategy(cfg, nodes, roster=roster)
+    restarted = make_strategy(cfg, roster)
     again = Recovery(cfg, state_db)
     again.attach(restarted)
     assert again.resume(restarted) == 0
@@ -92,36 +93,29 @@ def _unmasked(kh: object, blob: bytes, params: object, seed: bytes, n: int) -> n
 
 
 def test_a_deployed_device_draws_its_rounding_coins_from_the_os(tmp_path: Path) -> None:
-    """The same update protected twice by the deployed path rounds differently (OS entropy); by
-    the simulated path with the same (public) seed, identically."""
-    from fedchurn.client.flower_app import protected_train_upload, simulated_entropy
+    """The same update protected twice by a real device's path rounds differently (OS entropy:
+    `DeviceSource.coins` is None for stores); by a simulated device with the same public seed,
+    identically."""
+    from fedchurn.client.deploy_client import StoreSource
+    from fedchurn.client.protect import protect_batch
     from fedchurn.server.keyholder import KeyHolder
+    from fedchurn.simulations.flower_client import SimulatedShard
 
     cfg = RunConfig(k_min=1)
     kh = KeyHolder.generate(k_min=1)
     n = init_params(0).size
-    g = init_params(0)
-    new = g + np.random.default_rng(1).normal(0, 0.01, n).astype(np.float32)
+    update = np.random.default_rng(1).normal(0, 0.01, (1, n)).astype(np.float32)
     seed = round_seed(cfg.seed, 1, 0)
     params = cfg.train_protection(0.0)
 
     def upload(cohort: int, rng: np.random.Generator | None) -> np.ndarray:
-        conf = ConfigRecord(
-            {
-                "server-round": 1,
-                "round-id": 1,
-                "cohort-id": cohort,
-                "model-version": 1,
-                "round-seed": seed,
-                "noise-multiplier": 0.0,
-            }
-        )
-        blob = protected_train_upload(cfg, conf, g, new, kh.public(), rng)
+        (blob,) = protect_batch(update, params, kh.public(), 1, [cohort], 1, [seed], [rng])
         return _unmasked(kh, blob, params, seed, n)
 
-    deployed = [upload(c, None) for c in (1, 2)]
+    real = StoreSource()
+    deployed = [upload(c, real.coins(cfg, 7, 1)) for c in (1, 2)]
     assert np.any(deployed[0] != deployed[1]), "rounding coins repeat: not from the OS"
-    simulated = [upload(c, simulated_entropy(cfg, 7, 1)) for c in (3, 4)]
+    simulated = [upload(c, SimulatedShard().coins(cfg, 7, 1)) for c in (3, 4)]
     np.testing.assert_array_equal(simulated[0], simulated[1])
 
 
@@ -147,21 +141,19 @@ def test_a_deployed_device_index_is_keyed_by_its_node_secret(tmp_path: Path) -> 
 def test_a_deployed_node_refuses_a_key_holder_it_does_not_pin_before_opening_a_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = RunConfig(sampling="stores", per_round=4, k_min=2, days=30)
+    cfg = RunConfig(per_round=4, k_min=2, days=30)
     dirs, today = population_stores(tmp_path / "stores", 1, 5, days=30)
     roster = [(1, d) for d in list_stores(dirs[0])]
-    strategy = make_strategy(cfg, [1], roster=roster)
+    strategy = make_strategy(cfg, roster)
     assert strategy.secure is not None
-    pin = strategy.secure.keyholder.pin().to_node_config()  # type: ignore[attr-defined]
-    node_config = {"store-dir": str(dirs[0]), "today": today, **pin}
+    node_config = {"store-dir": str(dirs[0]), "today": today, **device_pins(strategy)}
     grid = InProcessGrid(deploy_client.app, lambda node: node_config, cfg.to_flower(), run_id=5)
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]
     (reply,) = grid.send_and_receive(msgs)
     assert not reply.has_error(), grid.errors
-    asked = msgs[0].content.config_records["config"][DEVICES_KEY]
-    blobs = reply.content.config_records[UPLOAD_RECORD][BLOBS_KEY]
-    assert isinstance(asked, list) and isinstance(blobs, list) and len(blobs) == len(asked)
+    asked = RoundTask.from_message(msgs[0], DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features).devices
+    assert NodeReply.from_message(reply).devices == asked
 
     opened: list[object] = []
     original = EventStore.__init__
@@ -173,7 +165,7 @@ def test_a_deployed_node_refuses_a_key_holder_it_does_not_pin_before_opening_a_s
     monkeypatch.setattr(EventStore, "__init__", spy)
     msgs = list(strategy.configure_train(2, start, ConfigRecord(), grid))  # type: ignore[arg-type]
     evil = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    msgs[0].content.config_records["config"][KEY_KEY] = evil
+    msgs[0].content.config_records[TASK_RECORD][K_KEY] = evil
     (reply,) = grid.send_and_receive(msgs)
     assert reply.has_error() and "does not trust" in (reply.error.reason or "")
     assert opened == [], "a store was opened before the key was checked"

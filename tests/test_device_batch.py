@@ -1,0 +1,53 @@
+"""A simulation shard's batch paths are the phone's paths with a batch axis (issue 20, item 3).
+
+`generate_devices` (a shard generating its devices on first use) gives each device exactly
+`generate_device`'s history, and `prepare_devices` (a shard or a SuperNode preparing many devices)
+gives each device exactly `prepare_device`'s examples, for any set of devices, in any order,
+including devices without a single usable day.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedchurn.client.device_data import DeviceData, prepare_device, prepare_devices
+from fedchurn.simulations.population import generate_device, generate_devices
+from fedchurn.simulations.scenario import load_scenario
+
+SCENARIO = load_scenario("default")
+
+
+def _same(a: DeviceData, b: DeviceData) -> None:
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.time, b.time)
+    np.testing.assert_array_equal(a.event, b.event)
+    assert (a.eval_x is None) == (b.eval_x is None)
+    if a.eval_x is not None and b.eval_x is not None:
+        np.testing.assert_array_equal(a.eval_x, b.eval_x)
+        assert (a.eval_time, a.eval_event) == (b.eval_time, b.eval_event)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.lists(st.integers(0, 5_000), min_size=1, max_size=12, unique=True),
+    st.sampled_from([20, 45, 120]),
+    st.sampled_from([1, 3, 250]),
+)
+def test_a_batch_of_devices_is_each_device_alone(
+    seed: int, devices: list[int], days: int, chunk: int
+) -> None:
+    events, rows, starts, todays = generate_devices(seed, np.asarray(devices), SCENARIO, days)
+    batch = prepare_devices(events, rows, starts, todays, chunk=chunk)
+    assert len(batch) == len(devices)
+    for j, d in enumerate(devices):
+        alone = generate_device(seed, d, SCENARIO, days)
+        mine = events[rows == j]
+        np.testing.assert_array_equal(mine, alone.events)
+        assert (starts[j], todays[j]) == (alone.truth["start_day"], alone.truth["today"])
+        _same(batch[j], prepare_device(alone.events, int(starts[j]), int(todays[j])))
+    # 20 days cannot label a single day (horizon + silence = 28): every device has no example.
+    if days == 20:
+        assert all(len(b.x) == 0 and b.eval_x is None for b in batch)
