@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TYPECHECK := build/typecheck
 
-.PHONY: install lint typecheck test test-all demo bench bench-api bench-policy chromium clean
+.PHONY: install lint typecheck test test-all demo bench bench-api bench-policy chromium pfl-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,18 @@ bench-api: $(STAMP)
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fedchurn demo --out results/demo
 
-bench: $(STAMP)
+# Apple's pfl 0.6 needs dp-accounting<0.6 (the project pins 0.6.0): it gets its own venv, used
+# only by `fedchurn bench`'s pfl section (simulations/pfl_bench/README.md).
+PFL_VENV := simulations/pfl_bench/.venv
+$(PFL_VENV)/.installed-stamp: simulations/pfl_bench/requirements.txt
+	test -x $(PFL_VENV)/bin/python || $(PYTHON) -m venv $(PFL_VENV)
+	$(PFL_VENV)/bin/pip install -q torch==2.13.0
+	$(PFL_VENV)/bin/pip install -q -r simulations/pfl_bench/requirements.txt
+	touch $@
+
+pfl-venv: $(PFL_VENV)/.installed-stamp
+
+bench: $(STAMP) pfl-venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/fedchurn bench
 
 bench-policy: $(STAMP)

@@ -89,11 +89,15 @@ def to_ring(q: np.ndarray, bits: int) -> np.ndarray:
     return (np.asarray(q, dtype=np.int64) % (1 << bits)).astype(np.uint64)
 
 
-def seal_seed(seed: bytes, keyholder_public_key: bytes, info: bytes) -> bytes:
+def seal_seed(seed: bytes, keyholder_public_key: bytes | X25519PublicKey, info: bytes) -> bytes:
     """HPKE-seal the 32-byte mask seed to the key holder: 80 bytes (enc || ciphertext || tag)."""
     if len(seed) != wire.SEED_LEN:
         raise ValueError("mask seed must be 32 bytes")
-    pk = X25519PublicKey.from_public_bytes(keyholder_public_key)
+    pk = (
+        keyholder_public_key
+        if isinstance(keyholder_public_key, X25519PublicKey)
+        else X25519PublicKey.from_public_bytes(keyholder_public_key)
+    )
     sealed = wire.SEAL_SUITE.encrypt(seed, pk, info=info)
     assert len(sealed) == wire.SEAL_LEN
     return sealed
@@ -324,10 +328,9 @@ def protect_batch_with(
     ring = to_ring(quantise_rows(sub, params, n_params, rngs), bits)
     masked = (ring + wire.mask_streams(seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
     payloads = wire.pack_bits_rows(masked, bits)
-    return [
-        heads[i] + seal_seed(seeds[i], keyholder.x25519, wire.seal_info(heads[i], digests[i])) + payloads[i]
-        for i in range(n)
-    ]
+    pk = X25519PublicKey.from_public_bytes(keyholder.x25519)  # parsed once for every seal
+    infos = [wire.seal_info(heads[i], digests[i]) for i in range(n)]
+    return [heads[i] + seal_seed(seeds[i], pk, infos[i]) + payloads[i] for i in range(n)]
 
 
 def protect_batch(

@@ -170,11 +170,24 @@ def bench(
     test_sizes: Annotated[
         bool, typer.Option("--test-sizes", hidden=True, help="Tiny sizes, for the test suite only.")
     ] = False,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated sections to run (default: all), e.g. simulation,memory.")
+    ] = "",
 ) -> None:
     """Measure fedchurn beside Flower and TenSEAL in one run: speed, size, memory and model quality."""
-    from fedchurn.simulations.bench import TEST, print_table, run_bench, to_json
+    from fedchurn.simulations.bench import SECTIONS, TEST, print_table, run_bench, to_json
 
-    figures = run_bench(quick=quick, console=console, sizes=TEST if test_sizes else None, work_dir=work_dir)
+    sections = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        _fail(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    figures = run_bench(
+        quick=quick,
+        console=console,
+        only=sections or None,
+        sizes=TEST if test_sizes else None,
+        work_dir=work_dir,
+    )
     print_table(figures, console)
     if json_out:
         text, replaced = to_json(figures)
@@ -195,8 +208,8 @@ def demo(out: Annotated[Path, typer.Option(help="Results folder.")] = Path("resu
 @app.command()
 def simulate(
     devices: Annotated[int, typer.Option(help="Simulated devices.")] = 1000,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
-    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = 50,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 200,
+    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = 300,
     seed: Annotated[int, typer.Option(help="Seed of everything fedchurn draws.")] = 0,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/simulate"),
     scenario: Annotated[
@@ -231,7 +244,9 @@ def simulate(
         int, typer.Option(help="Local batch size (≥ 120: one full-batch step per epoch).")
     ] = _RC.batch_size,
     lr: Annotated[float, typer.Option(help="Local learning rate.")] = _RC.lr,
-    eval_per_round: Annotated[int, typer.Option(help="Held-out devices evaluated after each round.")] = 200,
+    eval_per_round: Annotated[
+        int, typer.Option(help="Held-out devices evaluated after each round (0: all at the end).")
+    ] = 0,
     eval_fraction: Annotated[
         float, typer.Option(help="Share of devices held out for evaluation.")
     ] = _RC.eval_fraction,
@@ -247,7 +262,7 @@ def simulate(
         float, typer.Option(help="secagg: each coordinate clipped to factor × clip-norm / √coords.")
     ] = _RC.coord_clip_factor,
     coords_per_round: Annotated[
-        int, typer.Option(help="secagg: coordinates per upload (at most 924: 1,024 B).")
+        int, typer.Option(help="secagg: coordinates per upload (at most what fits in 1,024 B).")
     ] = _RC.coords_per_round,
     quant_bits: Annotated[
         int, typer.Option(help="secagg: bits per quantised coordinate (levels ±(2^(b-1)-1)).")

@@ -177,6 +177,7 @@ def round_recorder(
             "out_of_range": s.out_of_range,
             "norm_clipped": s.norm_clipped,
             "wait_seconds": s.wait_seconds,
+            "streamed_seconds": s.streamed_seconds,
             "aggregate_seconds": s.aggregate_seconds,
             "protection": cfg.protection,
             "seconds": time.time() - s.started,

@@ -146,16 +146,41 @@ class _Opened:
     dropped: tuple[Dropped, ...]
 
 
+class _MemoryState:
+    """Once-only facts of a key holder that lives for one process (a simulation's): the same
+    rules as `_State`, kept in sets (no database round trip per cohort)."""
+
+    def __init__(self) -> None:
+        self._answered: set[tuple[int, int]] = set()
+        self._used: set[bytes] = set()
+
+    def answered(self, round_id: int, cohort_id: int) -> bool:
+        return (round_id, cohort_id) in self._answered
+
+    def used(self, seal_ids: Sequence[bytes]) -> set[bytes]:
+        return {s for s in seal_ids if s in self._used}
+
+    def commit(self, round_id: int, cohort_id: int, mode: str, n: int, seal_ids: Sequence[bytes]) -> bool:
+        if (round_id, cohort_id) in self._answered or any(s in self._used for s in seal_ids):
+            return False
+        self._answered.add((round_id, cohort_id))
+        self._used.update(seal_ids)
+        return True
+
+    def close(self) -> None:
+        self._answered.clear()
+        self._used.clear()
+
+
 @dataclass
 class _State:
-    """Once-only facts in SQLite (stdlib); an in-memory database when no path is given."""
+    """Once-only facts in SQLite (stdlib), durable across restarts of the key holder."""
 
-    path: Path | None
+    path: Path
     conn: sqlite3.Connection = field(init=False)
 
     def __post_init__(self) -> None:
-        target = str(self.path) if self.path is not None else ":memory:"
-        self.conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(_SCHEMA)
 
@@ -241,7 +266,7 @@ class KeyHolder:
             raise ValueError("k_min must be >= 1 and min_noise_multiplier >= 0")
         self._sk = private_key
         self._pk = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self._state = _State(state_path)
+        self._state: _State | _MemoryState = _State(state_path) if state_path is not None else _MemoryState()
         self._lock = threading.Lock()
         self.k_min = k_min
         self.min_noise_multiplier = min_noise_multiplier

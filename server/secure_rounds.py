@@ -63,6 +63,7 @@ class CohortSum:
     sum: np.ndarray
     coord_count: np.ndarray  # devices whose upload covered each coordinate
     count: int = 0
+    received: int = 0  # uploads that arrived (accepted or not)
     refused: list[dict[str, str]] = field(default_factory=list)
     upload_bytes: int = 0
     noise_std: float = 0.0
@@ -135,59 +136,20 @@ class SecureRounds:
     def cohorts(self, n_devices: int, params: ProtectionParams) -> int:
         return cohort_count(n_devices, self.cfg.cohort_size, params.max_cohort, self.cfg.k_min)
 
-    def aggregate(
+    def open_round(
         self,
         params: ProtectionParams,
         server_round: int,
-        uploads: dict[int, list[tuple[str, bytes]]],
         n: int,
         round_id: int | None = None,
         on_contact: Callable[[], None] | None = None,
-    ) -> CohortSum:
-        """Sum each cohort's uploads through the key holder; a refused cohort contributes nothing.
+    ) -> RoundSum:
+        """An empty sum for one round's uploads of `n` values each (see `RoundSum`).
 
         `round_id` (default: the server round) is what uploads and the key holder's once-only rule
         are bound to; `on_contact` runs once before the first key-holder request (crash recovery)."""
-        out = CohortSum(sum=np.zeros(n), coord_count=np.zeros(n))
-        for cohort, items in sorted(uploads.items()):
-            agg = CohortAggregator(
-                params,
-                server_round if round_id is None else round_id,
-                cohort,
-                server_round,
-                round_seed(self.cfg.seed, server_round, cohort),
-                n,
-                ckks_public_context=self.ckks_context if params.mode == "ckks" else None,
-            )
-            refused_here = 0  # the aggregator's own refusals; finalize repeats them first in `dropped`
-            for verdict in agg.add_batch([d for d, _ in items], [b for _, b in items]):
-                if not verdict.accepted:
-                    refused_here += 1
-                    reason = f"{verdict.reason.value}: {verdict.detail}" if verdict.reason else verdict.detail
-                    out.refused.append({"device": verdict.device_id, "reason": reason})
-            out.upload_bytes += agg.bytes_received
-            if on_contact is not None:
-                on_contact()
-                on_contact = None
-            try:
-                res = agg.finalize(self.keyholder)
-            except CohortRefusedError as e:
-                out.refused.append({"device": f"cohort {cohort}", "reason": f"{e.reason.value}: {e.detail}"})
-                out.refused += [
-                    {"device": d.device_id, "reason": d.reason.value} for d in e.dropped[refused_here:]
-                ]
-                continue
-            out.refused += [
-                {"device": d.device_id, "reason": d.reason.value} for d in res.dropped[refused_here:]
-            ]
-            out.sum += res.sum
-            out.coord_count[res.selected] += res.count
-            out.count += res.count
-            out.noise_std = max(out.noise_std, res.noise_std)
-            out.cohorts += 1
-            out.out_of_range += res.out_of_range
-            out.norm_clipped += int(res.norm_clipped)
-        return out
+        bound_to = server_round if round_id is None else round_id
+        return RoundSum(self, params, server_round, bound_to, n, on_contact)
 
     def dp_record(self) -> dict[str, Any]:
         return {
@@ -197,3 +159,88 @@ class SecureRounds:
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.cfg.clip_norm,
         }
+
+
+class RoundSum:
+    """One round's cohort sums, built as uploads arrive: `add` a cohort's uploads (the aggregator's
+    checks), `close` a cohort once every upload it will get is in (the key holder unmasks it, or
+    refuses it), then read `result()`. A cohort can be closed while others still wait for devices,
+    so the key holder's work overlaps the devices' work; the cohort sums are added in cohort order
+    whatever the order they were closed in, so a run is reproducible from its seed bit for bit."""
+
+    def __init__(
+        self,
+        rounds: SecureRounds,
+        params: ProtectionParams,
+        server_round: int,
+        round_id: int,
+        n: int,
+        on_contact: Callable[[], None] | None,
+    ) -> None:
+        self.rounds, self.params, self.n = rounds, params, n
+        self.server_round, self.round_id = server_round, round_id
+        self.on_contact = on_contact
+        self.total = CohortSum(sum=np.zeros(n), coord_count=np.zeros(n))  # all but `sum`
+        self._sums: dict[int, np.ndarray] = {}  # unmasked cohort sums, added up by `result`
+        self._open: dict[int, CohortAggregator] = {}
+        self._refused_here: dict[int, int] = {}  # the aggregator's own refusals, per cohort
+
+    def _cohort(self, cohort: int) -> CohortAggregator:
+        if cohort not in self._open:
+            ckks = self.rounds.ckks_context if self.params.mode == "ckks" else None
+            self._open[cohort] = CohortAggregator(
+                self.params,
+                self.round_id,
+                cohort,
+                self.server_round,
+                round_seed(self.rounds.cfg.seed, self.server_round, cohort),
+                self.n,
+                ckks_public_context=ckks,
+            )
+            self._refused_here[cohort] = 0
+        return self._open[cohort]
+
+    def add(self, cohort: int, items: list[tuple[str, bytes]]) -> None:
+        agg, out = self._cohort(cohort), self.total
+        out.received += len(items)
+        for verdict in agg.add_batch([d for d, _ in items], [b for _, b in items]):
+            if not verdict.accepted:
+                self._refused_here[cohort] += 1
+                reason = f"{verdict.reason.value}: {verdict.detail}" if verdict.reason else verdict.detail
+                out.refused.append({"device": verdict.device_id, "reason": reason})
+
+    def close(self, cohort: int) -> None:
+        """Ask the key holder for the cohort's sum; a refused cohort contributes nothing."""
+        agg, out = self._open.pop(cohort), self.total
+        out.upload_bytes += agg.bytes_received
+        before = self._refused_here.pop(cohort)  # finalize repeats the aggregator's refusals first
+        if self.on_contact is not None:
+            self.on_contact()
+            self.on_contact = None
+        try:
+            res = agg.finalize(self.rounds.keyholder)
+        except CohortRefusedError as e:
+            out.refused.append({"device": f"cohort {cohort}", "reason": f"{e.reason.value}: {e.detail}"})
+            out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in e.dropped[before:]]
+            return
+        out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in res.dropped[before:]]
+        self._sums[cohort] = res.sum
+        out.coord_count[res.selected] += res.count
+        out.count += res.count
+        out.noise_std = max(out.noise_std, res.noise_std)
+        out.cohorts += 1
+        out.out_of_range += res.out_of_range
+        out.norm_clipped += int(res.norm_clipped)
+
+    @property
+    def open_cohorts(self) -> list[int]:
+        return sorted(self._open)
+
+    def result(self) -> CohortSum:
+        """The round's sum over every unmasked cohort, in cohort order (float addition is not
+        associative: arrival order must not change the model)."""
+        total = np.zeros(self.n)
+        for cohort in sorted(self._sums):
+            total += self._sums[cohort]
+        self.total.sum = total
+        return self.total

@@ -34,8 +34,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedchurn.client.feature_mean import mean_from_sum
+from fedchurn.server.grid_polling import PromptGrid
 from fedchurn.server.sampling import Pair, Sampler
-from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, SecureRounds
+from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, RoundSum, SecureRounds
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.messages import PARAMS_KEY, MessageError, NodeReply, Purpose, RoundTask
@@ -73,6 +74,19 @@ class RoundStats:
     sent: float = 0.0  # when the round's messages were handed to Flower
     wait_seconds: float = 0.0  # from then until every reply was in (engine, devices, transfer)
     aggregate_seconds: float = 0.0  # the aggregator and the key holder on the replies
+    streamed_seconds: float = 0.0  # of which done while other nodes were still working
+
+
+@dataclass
+class _Step:
+    """One step's messages in flight (a training round, an evaluation, the feature mean)."""
+
+    acc: RoundSum
+    train: bool
+    expected: dict[Pair, int] = field(default_factory=dict)  # (node, device) -> cohort
+    waiting: dict[int, set[int]] = field(default_factory=dict)  # cohort -> nodes yet to answer
+    arrived: set[Pair] = field(default_factory=set)
+    replied: set[int] = field(default_factory=set)  # nodes whose reply was taken in
 
 
 def reply_bytes(msg: Message) -> int:
@@ -101,7 +115,7 @@ class ChurnFedAvg(FedAvg):
         self.sampler = Sampler(cfg, roster)
         self.stats = RoundStats()
         self.current: np.ndarray | None = None
-        self._expected: dict[Pair, int] = {}  # (node, device) -> cohort of the messages in flight
+        self._step: _Step | None = None  # the messages in flight and their sum so far
         self.done_rounds = 0  # finished before a restart: skipped by Flower's loop
         self.attempts: Callable[[int, str], int] | None = None  # fresh round ids (crash recovery)
         self.on_contact: Callable[[], None] | None = None  # called before the key holder is asked
@@ -128,23 +142,46 @@ class ChurnFedAvg(FedAvg):
         self.sampler.restore(rng_state)
 
     # -- one message per node, one reply per node ------------------------------------------------
-    def _tasks(
+    def _send(
         self,
         plan: list[Pair],
         purpose: Purpose,
         params: ProtectionParams,
         server_round: int,
         arrays: ArrayRecord | None,
+        n: int,
         cohort_base: int = 0,
     ) -> list[Message]:
-        """One `RoundTask` per node for the planned (node, device) pairs, split into cohorts."""
+        """One `RoundTask` per node for the planned (node, device) pairs, and an open sum for the
+        replies. Cohorts are consecutive runs of the plan grouped by node: a simulation shard's
+        devices fill whole cohorts (closed as soon as that shard answers), phones share cohorts.
+        Nodes are ordered by the smallest device they serve in the plan, not by Flower's node id
+        (random per run), so the cohorts, and with them the coordinates each device uploads, are
+        the same in every run of a seed."""
+        first: dict[int, int] = {}
+        for node, device in plan:
+            first[node] = min(device, first.get(node, device))
+        # stable: the draw order within a node
+        by_node = sorted(range(len(plan)), key=lambda i: (first[plan[i][0]], plan[i][0]))
         n_cohorts = self.secure.cohorts(len(plan), params)
-        self._expected = {}
+        step = _Step(
+            self.secure.open_round(
+                params,
+                server_round,
+                n,
+                round_id=self.round_id if self.attempts else None,
+                on_contact=self.on_contact,
+            ),
+            train=purpose == "train",
+        )
         per_node: dict[int, list[tuple[int, int]]] = {}
-        for i, (node, device) in enumerate(plan):
-            cohort = cohort_base + i % n_cohorts
-            self._expected[(node, device)] = cohort
+        for rank, i in enumerate(by_node):
+            node, device = plan[i]
+            cohort = cohort_base + rank * n_cohorts // len(plan)
+            step.expected[(node, device)] = cohort
+            step.waiting.setdefault(cohort, set()).add(node)
             per_node.setdefault(node, []).append((device, cohort))
+        self._step = step
         global_params = None if arrays is None else arrays[PARAMS_KEY].numpy().astype(np.float32)
         offset = self.offset if purpose == "train" else None
         out = []
@@ -166,18 +203,27 @@ class ChurnFedAvg(FedAvg):
             out.append(task.to_message(node))
         return out
 
-    def _collect(self, replies: Iterable[Message], train: bool) -> Uploads:
-        """Uploads by cohort; errors, malformed replies, unexpected and missing devices are named."""
-        by_cohort: Uploads = {}
-        arrived: set[Pair] = set()
-        s = self.stats
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                reason = (msg.error.reason or "")[:REASON_CHARS]
-                s.refused.append({"device": f"node {node}", "reason": f"client error: {reason}"})
-                continue
-            if train:
+    def listen(self, grid: Grid | None) -> None:
+        """Take replies in as they arrive when the grid can say so (`PromptGrid`): a cohort whose
+        nodes have all answered is unmasked while other nodes still work."""
+        if isinstance(grid, PromptGrid):
+            grid.on_reply = self.receive
+
+    def receive(self, msg: Message) -> None:
+        """One node's reply: its uploads into their cohorts; close every cohort it completes.
+        Errors, malformed replies, unexpected and repeated devices are named, never summed."""
+        step, s = self._step, self.stats
+        node = msg.metadata.src_node_id
+        if step is None or node in step.replied:
+            return  # already taken in (a reply is seen while streaming and again at the end)
+        step.replied.add(node)
+        t0 = time.perf_counter()
+        by_cohort: dict[int, list[tuple[str, bytes]]] = {}
+        if msg.has_error():
+            reason = (msg.error.reason or "")[:REASON_CHARS]
+            s.refused.append({"device": f"node {node}", "reason": f"client error: {reason}"})
+        else:
+            if step.train:
                 s.bytes_received += reply_bytes(msg)
             else:
                 s.eval_bytes += reply_bytes(msg)
@@ -185,30 +231,38 @@ class ChurnFedAvg(FedAvg):
                 reply = NodeReply.from_message(msg)
             except MessageError as e:
                 s.refused.append({"device": f"node {node}", "reason": f"malformed reply: {e}"})
-                continue
+                reply = NodeReply((), ())
             for device, blob in zip(reply.devices, reply.blobs, strict=True):
                 key = (node, device)
-                if key not in self._expected or key in arrived:
+                if key not in step.expected or key in step.arrived:
                     reason = "unexpected or repeated device in reply"
                     s.refused.append({"device": f"{node}/{device}", "reason": reason})
                     continue
-                arrived.add(key)
-                by_cohort.setdefault(self._expected[key], []).append((f"{node}/{device}", blob))
-        for node, device in sorted(set(self._expected) - arrived):
-            reason = "no upload (failed, refused or timed out)"
-            s.refused.append({"device": f"{node}/{device}", "reason": reason})
-        self._expected = {}  # consumed: an empty evaluation step must not name them again
-        return by_cohort
+                step.arrived.add(key)
+                by_cohort.setdefault(step.expected[key], []).append((f"{node}/{device}", blob))
+        for cohort, items in sorted(by_cohort.items()):
+            step.acc.add(cohort, items)
+        for cohort, nodes in sorted(step.waiting.items()):
+            if node in nodes:
+                nodes.discard(node)
+                if not nodes and cohort in step.acc.open_cohorts:
+                    step.acc.close(cohort)
+        s.streamed_seconds += time.perf_counter() - t0
 
-    def _release(self, params: ProtectionParams, server_round: int, uploads: Uploads, n: int) -> CohortSum:
-        return self.secure.aggregate(
-            params,
-            server_round,
-            uploads,
-            n,
-            round_id=self.round_id if self.attempts else None,
-            on_contact=self.on_contact,
-        )
+    def _finish(self, replies: Iterable[Message]) -> CohortSum:
+        """The step's sum once the replies are in: late replies taken in, devices without an
+        upload named, every cohort still open closed."""
+        for msg in replies:
+            self.receive(msg)
+        step, self._step = self._step, None
+        if step is None:
+            return CohortSum(sum=np.zeros(0), coord_count=np.zeros(0))
+        for node, device in sorted(set(step.expected) - step.arrived):
+            reason = "no upload (failed, refused or timed out)"
+            self.stats.refused.append({"device": f"{node}/{device}", "reason": reason})
+        for cohort in step.acc.open_cohorts:
+            step.acc.close(cohort)
+        return step.acc.result()
 
     # -- training ------------------------------------------------------------------------------
     def configure_train(
@@ -222,7 +276,9 @@ class ChurnFedAvg(FedAvg):
             self.on_round_start(server_round)
         self.stats = RoundStats(sampled=len(plan), started=time.time())
         self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
-        msgs = self._tasks(plan, "train", self.secure.train_params, server_round, arrays)
+        n = self.current.size
+        msgs = self._send(plan, "train", self.secure.train_params, server_round, arrays, n)
+        self.listen(grid)
         self.stats.sent = time.time()
         return msgs
 
@@ -235,9 +291,8 @@ class ChurnFedAvg(FedAvg):
         s = self.stats
         t0 = time.time()
         s.wait_seconds = t0 - s.sent
-        uploads = self._collect(replies, True)
-        s.received = sum(len(v) for v in uploads.values())
-        res = self._release(self.secure.train_params, server_round, uploads, self.current.size)
+        res = self._finish(replies)
+        s.received = res.received
         s.refused += res.refused
         s.trained = res.count
         s.upload_bytes = res.upload_bytes
@@ -278,10 +333,10 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.train()
         params = self.secure.stats_params
         s.sampled = len(plan)
-        msgs = self._tasks(plan, "stats", params, 0, None, STATS_COHORTS)
-        uploads = self._collect(grid.send_and_receive(msgs, timeout=timeout), False)
-        s.received = sum(len(v) for v in uploads.values())
-        res = self._release(params, 0, uploads, N_FEATURES + 1)
+        msgs = self._send(plan, "stats", params, 0, None, N_FEATURES + 1, STATS_COHORTS)
+        self.listen(grid)
+        res = self._finish(grid.send_and_receive(msgs, timeout=timeout))
+        s.received = res.received
         s.refused += res.refused
         s.noise_std = res.noise_std if self.secure.keyholder is not None else None
         s.out_of_range, s.norm_clipped = res.out_of_range, res.norm_clipped
@@ -296,10 +351,8 @@ class ChurnFedAvg(FedAvg):
         return self.offset
 
     # -- evaluation ---------------------------------------------------------------------------
-    def _sum_eval(self, server_round: int, replies: Iterable[Message]) -> np.ndarray | None:
-        uploads = self._collect(replies, False)
-        n = histogram_length(self.cfg.horizon)
-        res = self._release(self.secure.eval_params, server_round, uploads, n)
+    def _sum_eval(self, replies: Iterable[Message]) -> np.ndarray | None:
+        res = self._finish(replies)
         return res.sum if res.count else None
 
     def configure_evaluate(
@@ -310,13 +363,20 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.round_evaluation()
         if not plan:
             return []
-        params = self.secure.eval_params
-        return self._tasks(plan, "evaluate", params, server_round, self.exported(arrays), EVAL_COHORTS)
+        msgs = self._send(plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
+        self.listen(grid)
+        return msgs
+
+    def _eval_args(
+        self, server_round: int, arrays: ArrayRecord
+    ) -> tuple[ProtectionParams, int, ArrayRecord, int]:
+        n = histogram_length(self.cfg.horizon)
+        return self.secure.eval_params, server_round, self.exported(arrays), n
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         if server_round <= self.done_rounds:
             return None
-        summed = self._sum_eval(server_round, replies)
+        summed = self._sum_eval(replies)
         if summed is None:
             return None
         m = metrics_from_histogram(summed, self.cfg.horizon)
@@ -333,9 +393,9 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.final_evaluation()
         if not plan:
             return {}
-        params = self.secure.eval_params
-        msgs = self._tasks(plan, "evaluate", params, server_round, self.exported(arrays), EVAL_COHORTS)
-        summed = self._sum_eval(server_round, grid.send_and_receive(msgs, timeout=timeout))
+        msgs = self._send(plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
+        self.listen(grid)
+        summed = self._sum_eval(grid.send_and_receive(msgs, timeout=timeout))
         return {} if summed is None else metrics_from_histogram(summed, self.cfg.horizon)
 
 

@@ -236,25 +236,37 @@ def select_coordinates(params: ProtectionParams, round_seed: bytes | int, n_para
 
     Partial Fisher-Yates over 0..n_params-1 driven by little-endian u32 words of the ChaCha20
     keystream keyed by SHA-256(label || round seed), with rejection sampling so that every subset
-    is equally likely.
+    is equally likely. The result is cached and read-only (a round's cohorts and every device of
+    a cohort ask again).
     """
     m = params.n_coords(n_params)
     if m == n_params:
         return np.arange(n_params, dtype=np.int64)
-    chosen = _selection(m, n_params, round_seed_bytes(round_seed))
-    out = np.asarray(chosen, dtype=np.int64)
-    out.flags.writeable = False  # shared by every caller of the round (cached)
-    return out
+    return _selection(m, n_params, round_seed_bytes(round_seed))
 
 
 @functools.lru_cache(maxsize=4096)
-def _selection(m: int, n_params: int, seed: bytes) -> tuple[int, ...]:
-    """The sorted selection (cached: a round's cohorts and every device of a cohort ask again)."""
+def _selection(m: int, n_params: int, seed: bytes) -> np.ndarray:
     key = wire.sha256(wire.SELECT_LABEL + seed)
-    words: list[int] = []
-    pos = 0
-    length = 4 * (m + 64)
+    bounds = n_params - np.arange(m, dtype=np.int64)
+    limits = 2**32 - (2**32 % bounds)
+    words = np.frombuffer(wire.chacha20_keystream(key, 8 * (m + 64)), dtype="<u4").astype(np.int64)
+    if np.all(words[:m] < limits):  # no word rejected (all but ~1 in 3,000 selections): the
+        js = (np.arange(m) + words[:m] % bounds).tolist()  # i-th word serves the i-th draw
+    else:
+        js = _draws_with_rejection(key, m, n_params)
     perm = list(range(n_params))
+    for i, j in enumerate(js):
+        perm[i], perm[j] = perm[j], perm[i]
+    out = np.sort(np.asarray(perm[:m], dtype=np.int64))
+    out.flags.writeable = False
+    return out
+
+
+def _draws_with_rejection(key: bytes, m: int, n_params: int) -> list[int]:
+    """The swap targets word by word, skipping rejected words (the keystream extended as needed)."""
+    words: list[int] = []
+    pos, length, js = 0, 4 * (m + 64), []
     for i in range(m):
         bound = n_params - i
         limit = 2**32 - (2**32 % bound)
@@ -266,9 +278,8 @@ def _selection(m: int, n_params: int, seed: bytes) -> tuple[int, ...]:
             pos += 1
             if w < limit:
                 break
-        j = i + w % bound
-        perm[i], perm[j] = perm[j], perm[i]
-    return tuple(sorted(perm[:m]))
+        js.append(i + w % bound)
+    return js
 
 
 # --- who learns what, as data (docs/privacy.md explains it in prose) ---

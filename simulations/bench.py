@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -47,13 +48,15 @@ class Sizes:
     scoring_devices: int
     sim_devices: int
     sim_rounds: int
-    sim_per_round: int
+    sim_per_round: int  # the run beside Flower's quickstart (same devices, rounds and cohort)
+    sim_per_round_large: int  # a second fedchurn run with larger cohorts (0: none)
+    memory_devices: int  # a short run on this many devices, for its peak memory (0: none)
 
 
-FULL = Sizes("full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 100)
-QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 600, 3, 50)
+FULL = Sizes("full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 300, 1000, 100_000)
+QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0)
 # For the test suite only: every section runs for real, at sizes too small to be benchmarks.
-TEST = Sizes("test", 400, 2_000, 64, 2, 500, 300, 2, 20)
+TEST = Sizes("test", 400, 2_000, 64, 2, 500, 300, 2, 20, 40, 0)
 SIZES = {s.name: s for s in (FULL, QUICK, TEST)}
 Section = Callable[[Sizes, Console, dict[str, Any]], dict[str, Any]]
 
@@ -252,12 +255,12 @@ def _throughput(updates: list[int], seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _fedchurn_run(cfg: RunConfig, out: Path, console: Console) -> dict[str, Any]:
+def _fedchurn_run(cfg: RunConfig, out: Path, console: Console, nodes: int) -> dict[str, Any]:
     from fedchurn.simulations.simulate import simulate
 
     shutil.rmtree(out, ignore_errors=True)  # no stale federated.json can pass for this run
     with ProcessTreeMemory() as mem:
-        summary = simulate(cfg, console, out, baselines=False)
+        summary = simulate(cfg, console, out, baselines=False, nodes=nodes)
     rounds = summary["federated"]["rounds"]
     elapsed = [float(r["elapsed"]) for r in rounds]
     seconds = [float(rounds[0]["seconds"])] + [b - a for a, b in pairwise(elapsed)]
@@ -304,28 +307,40 @@ def _quickstart_run(cfg: RunConfig, out: Path, console: Console) -> dict[str, An
 
 
 def _federated_runs(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
-    """The three runs on the same devices, rounds and engine; kept in `ctx` for the quality section."""
+    """The runs on the same devices, rounds and engine; kept in `ctx` for the quality section."""
     if "runs" in ctx:
         return dict(ctx["runs"])
+    from fedchurn.shared.run_config import SIMULATION_NODES
+
     work = Path(ctx.get("work_dir", "results/bench")).resolve()
     base = RunConfig(
         devices=sizes.sim_devices,
         num_server_rounds=sizes.sim_rounds,
         per_round=sizes.sim_per_round,
         eval_per_round=0,
+        sampling_source="seeded",  # what `fedchurn simulate` runs: reproducible from the seed
     )
+    runs: dict[str, Any] = {"config": base, "nodes": SIMULATION_NODES}
+    steps = 3 + (1 if sizes.sim_per_round_large else 0)
     console.print(
-        f"[bold]federated runs[/]: {base.devices:,} devices, {base.num_server_rounds} rounds × "
-        f"{base.per_round}, Flower simulation engine, results in {work}"
+        f"[bold]federated runs[/]: {base.devices:,} devices, {base.num_server_rounds} rounds, Flower "
+        f"simulation engine, {SIMULATION_NODES} fedchurn simulation nodes, results in {work}"
     )
-    console.print("1/3 fedchurn, default protection")
-    default = _fedchurn_run(base, work / "fedchurn_default", console)
-    console.print("2/3 fedchurn, plaintext (the labelled baseline)")
-    plain = _fedchurn_run(replace(base, protection="plaintext"), work / "fedchurn_plaintext", console)
-    console.print("3/3 Flower quickstart FedAvg, same model, devices and engine")
-    quick = _quickstart_run(base, work / "flower_quickstart", console)
-    ctx["runs"] = {"config": base, "default": default, "plain": plain, "quickstart": quick}
-    return dict(ctx["runs"])
+    console.print(f"1/{steps} fedchurn, default protection, {base.per_round} per round")
+    runs["default"] = _fedchurn_run(base, work / "fedchurn_default", console, SIMULATION_NODES)
+    if sizes.sim_per_round_large:
+        large = replace(base, per_round=sizes.sim_per_round_large)
+        console.print(f"2/{steps} fedchurn, default protection, {large.per_round} per round")
+        runs["large"] = _fedchurn_run(large, work / "fedchurn_default_large", console, SIMULATION_NODES)
+    console.print(
+        f"{steps - 1}/{steps} fedchurn, plaintext (the labelled baseline), {base.per_round} per round"
+    )
+    plain = replace(base, protection="plaintext")
+    runs["plain"] = _fedchurn_run(plain, work / "fedchurn_plaintext", console, SIMULATION_NODES)
+    console.print(f"{steps}/{steps} Flower quickstart FedAvg, same model, devices, rounds, cohort and engine")
+    runs["quickstart"] = _quickstart_run(base, work / "flower_quickstart", console)
+    ctx["runs"] = runs
+    return dict(runs)
 
 
 def _simulation(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -335,14 +350,16 @@ def _simulation(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str
         "devices": cfg.devices,
         "rounds": cfg.num_server_rounds,
         "per_round": cfg.per_round,
-        "supernodes": max(cfg.per_round, 1),
+        "supernodes": runs["nodes"],
         "wall_s": d["wall_s"],
         "updates_per_s": d["updates_per_s"],
+        "updates_per_s_vs_quickstart": d["updates_per_s"] / max(q["updates_per_s"], 1e-9),
         "updates_per_s_wall": d["updates"] / d["wall_s"],
         "updates_per_s_all_rounds": d["updates_per_s_all_rounds"],
         "first_round_s": d["first_round_s"],
         "peak_mem_mb": d["peak_mem_mb"],
         "bytes_per_device": d["bytes_per_device"],
+        "flower_quickstart_supernodes": max(cfg.per_round, 1),
         "flower_quickstart_updates_per_s": q["updates_per_s"],
         "flower_quickstart_wall_s": q["wall_s"],
         "flower_quickstart_updates_per_s_wall": q["updates"] / q["wall_s"],
@@ -355,18 +372,153 @@ def _simulation(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str
         "plaintext_bytes_per_device": p["bytes_per_device"],
         "updates_per_s_how": (
             "client updates received per second of server time in rounds 2..R (round 1 holds the "
-            "quickstart's ClientApp start-up); *_all_rounds: every round; *_wall: the whole run "
-            "including Flower's start-up and, for fedchurn only, its full evaluation before and after"
+            "engine's start-up); *_all_rounds: every round; *_wall: the whole run including "
+            "Flower's start-up and, for fedchurn only, its final evaluation"
         ),
         "peak_mem_mb_how": "peak of the summed PSS of every process the run started (SuperLink, "
         "ServerApp, simulation engine, ClientApps), sampled every 0.5 s",
         "comparison": (
-            f"the same {max(cfg.per_round, 1)} SuperNodes, each playing one device per round drawn "
-            "from the same training pool; same net, initial weights, local SGD and devices; "
-            "fedchurn: FedAdam over protected uploads; quickstart: Flower's FedAvg over ArrayRecords"
+            f"the same devices, rounds, cohort of {cfg.per_round}, net, initial weights and local SGD "
+            f"on Flower's simulation engine; fedchurn: {runs['nodes']} simulation nodes, each a shard "
+            "answering for its sampled devices in one message, FedAdam over protected uploads; "
+            f"quickstart: {max(cfg.per_round, 1)} SuperNodes, one device and one message each, "
+            "Flower's FedAvg over ArrayRecords"
         ),
     }
+    if "large" in runs:
+        big = runs["large"]
+        out.update(
+            {
+                "per_round_large": big["summary"]["config"]["per_round"],
+                "updates_per_s_large": big["updates_per_s"],
+                "updates_per_s_large_vs_quickstart": big["updates_per_s"] / max(q["updates_per_s"], 1e-9),
+                "wall_s_large": big["wall_s"],
+                "peak_mem_mb_large": big["peak_mem_mb"],
+                "large_how": "the same run with larger cohorts; its ratio is to the quickstart's rate "
+                "at the smaller cohort (the quickstart's rate is set by one message per device)",
+            }
+        )
     return out
+
+
+PFL_DIR = Path(__file__).resolve().parent / "pfl_bench"
+
+
+def pfl_python() -> Path | None:
+    """The pfl benchmark's own interpreter (`make pfl-venv`), if it was created."""
+    py = PFL_DIR / ".venv" / "bin" / "python"
+    return py if py.exists() else None
+
+
+def export_workload(cfg: RunConfig, per_round: list[int], out: Path) -> Path:
+    """The simulation's training devices, prepared by the devices' own code, for another simulator:
+    `devices.npz` (rows, per-device offsets, the net's input scale and initial weights) and
+    `config.json` (rounds, cohorts, local SGD)."""
+    from fedchurn.shared.model_format import DEFAULT_SPEC, INPUT_SCALE, init_params
+    from fedchurn.shared.run_config import is_eval_device
+    from fedchurn.simulations.flower_client import SimulatedShard
+
+    out.mkdir(parents=True, exist_ok=True)
+    pool = [d for d in range(cfg.devices) if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    xs, ts, es, offsets = [], [], [], [0]
+    for a in range(0, len(pool), 1000):
+        for data in SimulatedShard._prepare(cfg, pool[a : a + 1000]):
+            xs.append(data.x)
+            ts.append(data.time)
+            es.append(data.event)
+            offsets.append(offsets[-1] + len(data.x))
+    np.savez(
+        out / "devices.npz",
+        x=np.concatenate(xs).astype(np.float32),
+        time=np.concatenate(ts).astype(np.int64),
+        event=np.concatenate(es).astype(bool),
+        offsets=np.asarray(offsets, dtype=np.int64),
+        input_scale=np.asarray(INPUT_SCALE, dtype=np.float32),
+        init_params=init_params(cfg.seed, DEFAULT_SPEC).astype(np.float32),
+    )
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "rounds": cfg.num_server_rounds,
+                "per_round": per_round,
+                "local_epochs": cfg.local_epochs,
+                "batch_size": cfg.batch_size,
+                "lr": cfg.lr,
+                "seed": cfg.seed,
+            }
+        )
+    )
+    return out
+
+
+def _pfl(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Apple's pfl 0.6 on the same devices, rounds, cohorts and local SGD, in its own venv."""
+    py = pfl_python()
+    if py is None:
+        return {"skipped": f"pfl's venv is not there: `make pfl-venv` creates it ({PFL_DIR / 'README.md'})"}
+    work = Path(ctx.get("work_dir", "results/bench")).resolve() / "pfl"
+    cfg = replace(RunConfig(), devices=sizes.sim_devices, num_server_rounds=sizes.sim_rounds)
+    cohorts = [c for c in (sizes.sim_per_round, sizes.sim_per_round_large) if c]
+    with console.status("pfl: the same training devices, prepared by the devices' code…"):
+        data = export_workload(cfg, cohorts, work / "data")
+    console.print(f"pfl 0.6 (its own venv): {cfg.num_server_rounds} rounds × {', '.join(map(str, cohorts))}")
+    result = work / "pfl.json"
+    subprocess.run(
+        [str(py), str(PFL_DIR / "run_pfl.py"), str(data), str(result)],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=3600,
+    )
+    doc = json.loads(result.read_text())
+    out: dict[str, Any] = {
+        "pfl_version": doc.get("pfl_version"),
+        "settings": doc.get("settings"),
+        "workers": doc.get("workers"),
+        "how": "pfl's own FedAvg simulation (its multi-worker mode, `workers` processes on this machine) "
+        "on the same training devices, rounds, cohorts and local SGD (no protection, no Flower): "
+        "client updates per second in rounds 2..R",
+    }
+    for run in doc["runs"]:
+        suffix = "" if run["per_round"] == sizes.sim_per_round else "_large"
+        out[f"updates_per_s{suffix}"] = run["updates_per_s"]
+        out[f"wall_s{suffix}"] = run["wall_s"]
+        out[f"per_round{suffix}"] = run["per_round"]
+    sim = ctx.get("figures", {}).get("simulation", {})
+    if "updates_per_s" in out and "updates_per_s" in sim:
+        out["fedchurn_vs_pfl"] = sim["updates_per_s"] / max(out["updates_per_s"], 1e-9)
+    return out
+
+
+def _memory(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of a short run on a large population: every shard prepares its devices."""
+    if not sizes.memory_devices:
+        return {"skipped": f"{sizes.name} sizes: the large-population memory run is part of the full bench"}
+    from fedchurn.shared.run_config import SIMULATION_NODES
+
+    work = Path(ctx.get("work_dir", "results/bench")).resolve() / "memory"
+    cfg = RunConfig(
+        devices=sizes.memory_devices,
+        num_server_rounds=3,
+        per_round=1000,
+        eval_per_round=0,
+        sampling_source="seeded",
+    )
+    console.print(
+        f"[bold]memory[/]: {cfg.devices:,} devices, {cfg.num_server_rounds} rounds × {cfg.per_round}"
+    )
+    run = _fedchurn_run(cfg, work, console, SIMULATION_NODES)
+    store = sum(f.stat().st_blocks * 512 for f in (work / "devices").rglob("*") if f.is_file())
+    return {
+        "devices": cfg.devices,
+        "peak_mem_mb": run["peak_mem_mb"],
+        "device_store_mb_on_disk": store / 2**20,
+        "wall_s": run["wall_s"],
+        "how": "peak of the summed PSS of every process of the run; the shards' prepared devices "
+        "live in files read per round (device_store_mb_on_disk: in the OS page cache as memory "
+        "allows, not process memory)",
+    }
 
 
 def _quality(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +597,8 @@ SECTIONS: dict[str, Section] = {
     "api": _api,
     "scoring": _scoring,
     "simulation": _simulation,
+    "pfl": _pfl,
+    "memory": _memory,
     "quality": _quality,
 }
 
@@ -478,7 +632,9 @@ def run_bench(
             f"[yellow]{sizes.name} sizes[/] — smaller than the full benchmark: "
             f"features {sizes.feature_devices:,} devices, population {sizes.population_devices:,}, "
             f"protection {sizes.protection_updates:,} updates, scoring {sizes.scoring_devices:,} devices, "
-            f"simulation {sizes.sim_devices:,} devices × {sizes.sim_rounds} rounds × {sizes.sim_per_round}; "
+            f"simulation {sizes.sim_devices:,} devices × {sizes.sim_rounds} rounds × {sizes.sim_per_round}"
+            + (f" and × {sizes.sim_per_round_large}" if sizes.sim_per_round_large else "")
+            + "; "
             "figures scaled to the full size say so (*_note)"
         )
     figures: dict[str, Any] = {
@@ -495,6 +651,7 @@ def run_bench(
         console.rule(f"[bold]{name}")
         t = time.perf_counter()
         figures[name] = fn(sizes, console, ctx)
+        ctx["figures"] = figures
         figures[name]["section_seconds"] = time.perf_counter() - t
         console.print(f"{name}: {figures[name]['section_seconds']:.1f} s")
     if "protection" in figures:  # the comparison the issue asks for, at the top level

@@ -1,19 +1,21 @@
-"""Where a simulation's devices keep their prepared data: memory-mapped files shared by the run's
-worker processes.
+"""Where a simulation's devices keep their prepared data: one file of fixed slots, shared by the
+run's worker processes.
 
 A simulation node is a shard of the population, but Flower's simulation engine hands each message
 to whichever Ray actor is idle, so the same node is played by different processes from round to
 round. Keeping a node's devices in one process's memory would make every process prepare (and
 hold) every device. Instead a run has one store on disk, like the phones' own storage: a device is
 generated and prepared on first use (by whichever process plays its node) and written to its slot;
-every process maps the same files, so the operating system keeps one copy in its page cache, and a
-device untouched by the run costs nothing (the files are sparse).
+every process reads the same file. Slots are read and written with `os.pread` / `os.pwrite`, not
+mapped: the operating system keeps the file in its page cache as memory allows, and no process's
+memory grows with the devices it has touched (a 100,000-device run costs its processes what a
+10,000-device run does). Slots of devices the run never touches cost nothing (the file is sparse).
 
-Layout of `<root>/<identity>/` (little-endian, fixed slots of `capacity` rows per device):
-`x.f32` (devices × capacity × F), `time.i32`, `event.u8` (devices × capacity), `rows.i32`,
-`eval_x.f32` (devices × F), `eval.i32` (devices × 2: time, event), `ready.u8` (devices). A device's
-slot is written before its `ready` byte; two processes preparing the same device write the same
-bytes.
+Layout of `<root>/slots.bin`: one slot of `slot_bytes(capacity)` bytes per device, little-endian:
+a 16-byte head (ready u8, 3 pad bytes, rows i32, evaluation time i32 (-1: no evaluation day),
+evaluation event i32), the evaluation row (F f32), `capacity` times (i32), `capacity` events (u8,
+padded to 4 bytes), then `capacity` feature rows (F f32 each). A slot's data is written before its
+ready byte; two processes preparing the same device write the same bytes.
 """
 
 from __future__ import annotations
@@ -27,64 +29,86 @@ import numpy as np
 from fedchurn.client.device_data import DeviceData
 from fedchurn.shared.feature_spec import N_FEATURES
 
-__all__ = ["DeviceStore"]
+__all__ = ["DeviceStore", "slot_bytes"]
 
 Prepare = Callable[[list[int]], list[DeviceData]]
+_HEAD = np.dtype(
+    [("ready", "u1"), ("pad", "u1", 3), ("rows", "<i4"), ("eval_time", "<i4"), ("eval_event", "<i4")]
+)
+_ROW = N_FEATURES * 4
 
 
-def _mapped(path: Path, dtype: str, shape: tuple[int, ...]) -> np.memmap:
-    """A shared read-write mapping of `path`, created sparse (all zeros) if missing."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
-    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+def _fixed_bytes(capacity: int) -> int:
+    """Head, evaluation row, times and (padded) events: what every read fetches."""
+    return _HEAD.itemsize + _ROW + 4 * capacity + -(-capacity // 4) * 4
+
+
+def slot_bytes(capacity: int) -> int:
+    return _fixed_bytes(capacity) + capacity * _ROW
 
 
 class DeviceStore:
     def __init__(self, root: Path, n_devices: int, capacity: int) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.n, self.capacity = n_devices, capacity
-        self.x = _mapped(root / "x.f32", "<f4", (n_devices, capacity, N_FEATURES))
-        self.time = _mapped(root / "time.i32", "<i4", (n_devices, capacity))
-        self.event = _mapped(root / "event.u8", "u1", (n_devices, capacity))
-        self.rows = _mapped(root / "rows.i32", "<i4", (n_devices,))
-        self.eval_x = _mapped(root / "eval_x.f32", "<f4", (n_devices, N_FEATURES))
-        self.eval = _mapped(root / "eval.i32", "<i4", (n_devices, 2))
-        self.ready = _mapped(root / "ready.u8", "u1", (n_devices,))
+        self.slot, self.fixed = slot_bytes(capacity), _fixed_bytes(capacity)
+        self.path = root / "slots.bin"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self.fd).st_size < n_devices * self.slot:
+            os.ftruncate(self.fd, n_devices * self.slot)  # sparse: untouched slots take no disk
+
+    def close(self) -> None:
+        os.close(self.fd)
 
     def get(self, devices: Sequence[int], prepare: Prepare) -> dict[int, DeviceData]:
         """The devices' data, preparing (with `prepare`) and storing those not stored yet."""
-        missing = [d for d in devices if not self.ready[d]]
+        heads = {d: os.pread(self.fd, self.fixed, d * self.slot) for d in devices}
+        missing = [d for d, h in heads.items() if h[0] != 1]
+        out: dict[int, DeviceData] = {}
         if missing:
             for d, data in zip(missing, prepare(missing), strict=True):
-                self._put(d, data)
-        return {d: self._read(d) for d in devices}
+                out[d] = self._put(d, data)
+        for d in devices:
+            if d not in out:
+                out[d] = self._read(d, heads[d])
+        return out
 
-    def _put(self, d: int, data: DeviceData) -> None:
-        n = min(len(data.x), self.capacity)
-        self.x[d, :n] = data.x[-n:] if n else data.x[:0]
-        self.time[d, :n] = data.time[-n:] if n else data.time[:0]
-        self.event[d, :n] = data.event[-n:] if n else data.event[:0]
-        self.rows[d] = n
-        if data.eval_x is None:
-            self.eval[d] = (-1, 0)
-        else:
-            self.eval_x[d] = data.eval_x
-            self.eval[d] = (data.eval_time, int(data.eval_event))
-        self.ready[d] = 1  # last: a reader that sees it sees the whole slot
+    def _put(self, d: int, data: DeviceData) -> DeviceData:
+        """Write a device's slot (ready byte last); returns what a later read gives back."""
+        cap, n = self.capacity, min(len(data.x), self.capacity)
+        head = np.zeros(1, _HEAD)
+        head["rows"] = n
+        head["eval_time"] = -1 if data.eval_x is None else data.eval_time
+        head["eval_event"] = int(data.eval_event)
+        eval_x = np.zeros(N_FEATURES, "<f4") if data.eval_x is None else np.asarray(data.eval_x, "<f4")
+        times = np.zeros(cap, "<i4")
+        events = np.zeros(-(-cap // 4) * 4, "u1")
+        times[:n], events[:n] = data.time[len(data.time) - n :], data.event[len(data.event) - n :]
+        x = np.ascontiguousarray(data.x[len(data.x) - n :], dtype="<f4")
+        base = d * self.slot
+        os.pwrite(self.fd, x.tobytes(), base + self.fixed)
+        os.pwrite(
+            self.fd, head.tobytes()[1:] + eval_x.tobytes() + times.tobytes() + events.tobytes(), base + 1
+        )
+        os.pwrite(self.fd, b"\x01", base)  # last: a reader that sees it sees the whole slot
+        return self._read(d, os.pread(self.fd, self.fixed, base))
 
-    def _read(self, d: int) -> DeviceData:
-        n = int(self.rows[d])
-        t, e = (int(v) for v in self.eval[d])
+    def _read(self, d: int, fixed: bytes) -> DeviceData:
+        head = np.frombuffer(fixed, _HEAD, count=1)[0]
+        n, t = int(head["rows"]), int(head["eval_time"])
+        at = _HEAD.itemsize
+        eval_x = np.frombuffer(fixed, "<f4", N_FEATURES, at).astype(np.float32)
+        at += _ROW
+        times = np.frombuffer(fixed, "<i4", n, at).astype(np.int64)
+        at += 4 * self.capacity
+        events = np.frombuffer(fixed, "u1", n, at).astype(bool)
+        raw = os.pread(self.fd, n * _ROW, d * self.slot + self.fixed) if n else b""
+        x = np.frombuffer(raw, "<f4").reshape(n, N_FEATURES).astype(np.float32)
         return DeviceData(
-            x=np.asarray(self.x[d, :n]),
-            time=np.asarray(self.time[d, :n], dtype=np.int64),
-            event=np.asarray(self.event[d, :n], dtype=bool),
-            eval_x=None if t < 0 else np.asarray(self.eval_x[d]),
+            x=x,
+            time=times,
+            event=events,
+            eval_x=None if t < 0 else eval_x,
             eval_time=max(t, 0),
-            eval_event=bool(e),
+            eval_event=bool(head["eval_event"]),
         )

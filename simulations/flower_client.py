@@ -3,9 +3,12 @@
 Node p of S serves the devices whose index is p modulo S (a public rule, so the aggregator's
 roster and the node agree). A device is generated on first use with the population's batch path
 (`population.generate_devices`; with `events-file`, one user of a real log) and prepared with the
-device's own batch path (`client.device_data.prepare_devices`); the node keeps its prepared
-devices across rounds, up to a memory budget (least recently used first out), so a device is
-generated at most once per run unless the budget is tight. The population is never materialised.
+device's own batch path (`client.device_data.prepare_devices`). Prepared devices are kept across
+rounds in the run's device store (`simulations.device_store`: one file every worker process
+reads, so a device is prepared once per run whichever process plays its node); when a node's
+slots fit in 1 GB of disk it prepares its whole shard on its first message. Without a provisioned
+store (tests that play nodes in one process) a node keeps its devices in memory, up to a budget,
+least recently used first out. The population is never materialised.
 
 The answer itself is every node's (`client.flower_app.answer`); only where the devices come from,
 and that a simulated device's rounding coins are seeded (a run is reproducible from its seed), is
@@ -31,7 +34,6 @@ from fedchurn.client.evaluation_ledger import EvaluationLedger, FileLedger, Memo
 from fedchurn.client.flower_app import make_client_app, simulated_entropy
 from fedchurn.client.importer import ColumnMapping, read_log
 from fedchurn.shared.events import local_day
-from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.device_store import DeviceStore
 from fedchurn.simulations.population import generate_devices
@@ -109,7 +111,7 @@ class SimulatedShard:
         p, n = self._partition(context)
         mine = shard_devices(self._population(cfg), p, n)
         store = self._store(context, cfg)
-        if store is not None and len(mine) * store.capacity * N_FEATURES * 4 <= WARM_LIMIT_BYTES:
+        if store is not None and len(mine) * store.slot <= WARM_LIMIT_BYTES:
             for a in range(0, len(mine), WARM_CHUNK):
                 store.get(mine[a : a + WARM_CHUNK], lambda ds: self._prepare(cfg, ds))
         return mine

@@ -194,15 +194,18 @@ def marked_processes(mark: str) -> list[int]:
 
 def stop_marked(mark: str) -> None:
     """Stop every process of the run, wherever it was reparented (Ray's dashboard and runtime-env
-    agents outlive their parents): SIGTERM, then SIGKILL what is left after a grace period."""
-    pids = marked_processes(mark)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
+    agents outlive their parents): SIGTERM, then SIGKILL what is left after a grace period. A
+    process started while the others stop (Ray restarts an agent it sees die) is caught by the
+    next scan."""
+    signalled: set[int] = set()
     deadline = time.monotonic() + STOP_GRACE_S
-    while pids and time.monotonic() < deadline:
+    while pids := marked_processes(mark):
+        late = time.monotonic() >= deadline
+        for pid in pids:
+            if late or pid not in signalled:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL if late else signal.SIGTERM)
+                signalled.add(pid)
+        if late and time.monotonic() >= deadline + STOP_GRACE_S:
+            break  # unkillable (another user's?): give up rather than hang
         time.sleep(0.1)
-        pids = marked_processes(mark)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)

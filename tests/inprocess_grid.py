@@ -82,12 +82,16 @@ def device_pins(strategy: Any) -> dict[str, str]:
     return dict(inprocess_keyholder(strategy).pin().to_node_config())
 
 
-def simulation_grid(strategy: Any, nodes: list[int], run_id: int = 1) -> InProcessGrid:
-    """The real simulation ClientApp behind `nodes` (node i serves devices d with d % len = i)."""
+def simulation_grid(
+    strategy: Any, nodes: list[int], run_id: int = 1, in_given_order: bool = False
+) -> InProcessGrid:
+    """The real simulation ClientApp behind `nodes`: the i-th node in id order serves the devices
+    d with d % len = i, or the i-th node as given with `in_given_order` (Flower's engine pairs
+    partitions with node ids at random)."""
     from fedchurn.simulations.flower_client import app
 
     pins = device_pins(strategy) if strategy.cfg.protection != "plaintext" else {}
-    ordered = sorted(nodes)
+    ordered = list(nodes) if in_given_order else sorted(nodes)
 
     def node_config(node: int) -> dict[str, Any]:
         return {**pins, "partition-id": ordered.index(node), "num-partitions": len(ordered)}

@@ -6,6 +6,8 @@ from pathlib import Path
 from conftest import RunCli
 
 from fedchurn.shared.feature_spec import FEATURE_NAMES
+from fedchurn.shared.protection import DEFAULT, max_secagg_coords
+from fedchurn.shared.run_config import RunConfig
 
 LOG = (
     "user_id,timestamp,category,action,value\n"
@@ -50,8 +52,9 @@ def test_simulate_refuses_uploads_the_aggregator_would_refuse_before_starting_fl
     tmp_path: Path, run_cli: RunCli
 ) -> None:
     out = tmp_path / "run"
-    res = run_cli("simulate", "--devices", "20", "--coords-per-round", "925", "--out", str(out))
+    fit = max_secagg_coords(DEFAULT.max_upload_bytes, RunConfig().ring_bits)
+    res = run_cli("simulate", "--devices", "20", "--coords-per-round", str(fit + 1), "--out", str(out))
     said = res.stderr + res.stdout
     assert res.returncode != 0
-    assert "coords-per-round 925" in said and "at most 924" in said
+    assert f"coords-per-round {fit + 1}" in said and f"at most {fit}" in said
     assert not out.exists()  # nothing was written or started

@@ -39,7 +39,8 @@ def test_the_wire_format_and_the_privacy_model_state_the_shipped_defaults() -> N
     )
     assert stated in wire_doc
     assert f"b = {under_dp.ring_bits}, m = {under_dp.coords_per_round}" in wire_doc
-    assert shipped.upload_bytes(n) == under_dp.upload_bytes(n) == DEFAULT.upload_bytes(n) == 780
+    assert shipped.upload_bytes(n) == DEFAULT.upload_bytes(n) == 780
+    assert under_dp.upload_bytes(n) <= 780
     assert f"m = {DEFAULT.coords_per_round}, q = {DEFAULT.quant_bits}, b = {DEFAULT.ring_bits}" in wire_doc
     row = next(line for line in wire_doc.splitlines() if line.startswith("| training update"))
     assert f"{shipped.coords_per_round} of {n:,}" in row and f"{shipped.ring_bits} bits" in row

@@ -205,6 +205,28 @@ def _check_answers(msgs: list[Message], replies: list[Message], upload_bytes: in
     return answered
 
 
+def test_a_seeded_round_does_not_depend_on_node_ids_or_reply_order() -> None:
+    """Flower's engine gives each shard a random node id per run, and replies arrive in any
+    order: the same seed must still give the same cohorts (so the same uploaded coordinates) and
+    the same model, bit for bit. (Before, cohorts followed the node ids' order.)"""
+    cfg = RunConfig(devices=300, per_round=90, k_min=5, days=40, sampling_source="seeded")
+    outcomes = []
+    for nodes, reverse in (([7, 8, 9], False), ([9, 7, 8], True)):
+        roster = [(nodes[d % 3], d) for d in range(cfg.devices)]  # partition i on nodes[i]
+        strategy = make_strategy(cfg, roster)
+        grid = simulation_grid(strategy, nodes, in_given_order=True)
+        start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+        msgs = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]
+        replies = grid.send_and_receive(msgs)
+        arrays, _ = strategy.aggregate_train(1, replies[::-1] if reverse else replies)
+        assert arrays is not None and strategy.stats.trained == 90
+        tasks = [RoundTask.from_message(m, N_PARAMS, N_FEATURES) for m in msgs]
+        cohorts = {d: c for t in tasks for d, c in zip(t.devices, t.cohorts, strict=True)}
+        outcomes.append((cohorts, arrays[PARAMS_KEY].numpy()))
+    assert outcomes[0][0] == outcomes[1][0]
+    np.testing.assert_array_equal(outcomes[0][1], outcomes[1][1])
+
+
 def _store_strategy(tmp_path: Path, per_node: int, n_nodes: int) -> tuple[ChurnFedAvg, InProcessGrid]:
     dirs, today = population_stores(tmp_path / "stores", n_nodes, per_node, days=40)
     roster = [(n + 1, d) for n, folder in enumerate(dirs) for d in list_stores(folder)]

@@ -183,3 +183,20 @@ def test_params_round_trip_and_label() -> None:
     assert "NOT PRIVATE" not in DEFAULT.label
     with pytest.raises(ValueError):
         ProtectionParams(mode="secagg", clip_norm=math.inf)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(1, 3000), st.integers(0, 2999))
+def test_the_fast_selection_is_the_word_by_word_fisher_yates(seed: bytes, n: int, short: int) -> None:
+    """`_selection` takes the i-th keystream word for the i-th draw when no word is rejected; the
+    word-by-word walk (with rejection) must give the same coordinates."""
+    from fedchurn.shared.protection import _draws_with_rejection, _selection
+
+    m = max(1, n - short % n)
+    key = wire.sha256(wire.SELECT_LABEL + seed)
+    perm = list(range(n))
+    for i, j in enumerate(_draws_with_rejection(key, m, n)):
+        perm[i], perm[j] = perm[j], perm[i]
+    fast = _selection.__wrapped__(m, n, seed)
+    assert fast.tolist() == sorted(perm[:m])
+    assert not fast.flags.writeable

@@ -48,7 +48,11 @@ ROUND, COHORT, MODEL, SEED = 7, 3, 2, 41
 SK = X25519PrivateKey.generate()
 PK = KeyHolderPublic(SK.public_key().public_bytes_raw())
 
-SHIPPED = RunConfig().train_protection(0.0)  # 680 of 2,286 coordinates, 3-bit levels, 8-bit ring
+SHIPPED = RunConfig().train_protection(0.0)  # 418 of 2,286 coordinates, 8-bit levels, 13-bit ring
+# A coarse parameter set (the defaults before issue 20) on which rounding redraws are easy to force.
+COARSE = RunConfig(coords_per_round=680, quant_bits=3, ring_bits=8, coord_clip_factor=3.0).train_protection(
+    0.0
+)
 # (params, n_params): ring widths from 7 to 32 bits, from 10 coordinates to all, with and without padding
 SECAGG_CASES = [
     (SHIPPED, P),
@@ -230,9 +234,9 @@ def test_secagg_batch_equals_single_uploads_for_any_mix(
 
 
 def _near_the_bound(n: int, seed: int) -> np.ndarray:
-    """Shipped-default updates just inside the clip norm with every selected coordinate half-way
+    """Coarse-parameter updates just inside the clip norm with every selected coordinate half-way
     between two levels: their rounded norm exceeds the bound on some draws (a redraw)."""
-    p = SHIPPED
+    p = COARSE
     m, s = p.n_coords(P), p.scale(P)
     rng = np.random.default_rng(seed)
     # |v| in {2.5, 1.5, 0.5} ring units with 6 n1 + 2 n2 = 508 < 2 m: ||v|| just below C s
@@ -248,7 +252,7 @@ def _near_the_bound(n: int, seed: int) -> np.ndarray:
 def test_rounding_retries_draw_each_devices_own_generator_in_order() -> None:
     """The batch redraws only the devices above the bound, from their own generators, and leaves
     every generator where the one-device path leaves it."""
-    p, n_params, n = SHIPPED, P, 60
+    p, n_params, n = COARSE, P, 60
     x = _near_the_bound(n, seed=3)
     subs = np.stack([selected_clipped(x[i], p, SEED) for i in range(n)])
     tries = [_rounding_tries(subs[i], p, n_params, i) for i in range(n)]
@@ -279,7 +283,7 @@ def test_rows_that_never_meet_the_bound_round_toward_zero_after_every_try() -> N
 
 def test_one_generator_shared_by_every_device_is_drawn_in_device_order() -> None:
     """A simulation may hand every device the same generator: its draws then follow device order."""
-    p, n = SHIPPED, 30
+    p, n = COARSE, 30
     x = _near_the_bound(n, seed=5)  # redraws: the order of draws matters
     seeds = _seeds(n)
     shared = np.random.default_rng(9)
@@ -581,7 +585,9 @@ def test_the_shipped_scale_bench_reports_both_sizes() -> None:
     from fedchurn.simulations.protection_bench import bench_shipped_scale
 
     out = bench_shipped_scale(n_small=20)
-    assert out["params"]["coords_per_round"] == 680 and out["params"]["ring_bits"] == 8
+    shipped = RunConfig().train_protection(0.0)
+    assert out["params"]["coords_per_round"] == shipped.coords_per_round
+    assert out["params"]["ring_bits"] == shipped.ring_bits
     assert out["cohorts_1000"] == 1 and out["cohorts_10000"] == 7  # 200 updates in cohorts of <= 32
     for key in ("aggregate_1000_s", "aggregate_10000_s", "protect_batch_ms_per_device", "hpke_open_us"):
         assert out[key] > 0, key

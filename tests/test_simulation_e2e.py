@@ -31,6 +31,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         eval_fraction=0.5,
         seed=11,
         sampling_source="seeded",
+        centre_features=False,  # the centred path (the default) is `centred_run`
     )
     summary = simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
     return out, summary

@@ -71,7 +71,12 @@ def test_fedadam_step_follows_the_configured_beta2_and_tau(beta2: float, tau: fl
 
 def test_a_cosine_schedule_sets_flowers_step_round_by_round() -> None:
     cfg = RunConfig(
-        devices=20, per_round=len(NODES), protection="plaintext", server_lr=0.04, num_server_rounds=9
+        devices=20,
+        per_round=len(NODES),
+        protection="plaintext",
+        server_lr=0.04,
+        num_server_rounds=9,
+        server_lr_schedule="constant",
     )
     cosine = RunConfig(**{**cfg.__dict__, "server_lr_schedule": "cosine"})
     etas = [cosine.server_lr_at(r) for r in range(1, 10)]
