@@ -56,7 +56,7 @@ class Sizes:
 FULL = Sizes("full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 300, 1000, 100_000)
 QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0)
 # For the test suite only: every section runs for real, at sizes too small to be benchmarks.
-TEST = Sizes("test", 400, 2_000, 64, 2, 500, 300, 2, 20, 40, 0)
+TEST = Sizes("test", 400, 2_000, 64, 2, 500, 300, 2, 20, 0, 0)
 SIZES = {s.name: s for s in (FULL, QUICK, TEST)}
 Section = Callable[[Sizes, Console, dict[str, Any]], dict[str, Any]]
 
