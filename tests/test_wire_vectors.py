@@ -16,6 +16,7 @@ from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator
 from fedchurn.shared import wire
 from fedchurn.shared.protection import ProtectionParams, select_coordinates
+from fedchurn.shared.run_config import RunConfig
 
 VECTORS = Path(__file__).parent / "vectors" / "wire"
 UPLOADS = sorted(VECTORS.glob("upload_*.json"))
@@ -103,3 +104,10 @@ def test_upload_vector_seal_opens_and_sums(path: Path) -> None:
 
 def test_default_vector_is_780_bytes() -> None:
     assert _load(VECTORS / "upload_default_2286.json")["upload_len"] == 780
+
+
+def test_the_run_default_vector_is_what_runs_send() -> None:
+    """`upload_run_default_2286.json` pins the shipped run defaults, not the library's."""
+    v = _load(VECTORS / "upload_run_default_2286.json")
+    assert ProtectionParams.from_dict(v["params"]) == RunConfig().train_protection(0.0).replace(k_min=1)
+    assert v["upload_len"] == 780

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fedchurn.client.protect import quantise, secagg_upload, selected_clipped, to_ring
 from fedchurn.shared import wire
 from fedchurn.shared.protection import DEFAULT, ProtectionParams, select_coordinates
+from fedchurn.shared.run_config import RunConfig
 
 HERE = Path(__file__).parent
 # TEST ONLY. Public, derived from a label, never used in production.
@@ -74,6 +75,17 @@ CASES: dict[str, dict[str, Any]] = {
         "model_version": 12,
         "round_seed": 20261123,
         "norm": 1.5,
+    },
+    # What `fedchurn simulate` and a deployment send by default (RunConfig().train_protection()):
+    # 418 coordinates, 8-bit levels, 13-bit ring, coordinate clip factor 20; k_min only for the test.
+    "upload_run_default_2286": {
+        "params": RunConfig().train_protection(0.0).replace(k_min=1),
+        "n_params": 2286,
+        "round_id": 3,
+        "cohort_id": 2,
+        "model_version": 3,
+        "round_seed": 20261206,
+        "norm": 2.0,
     },
 }
 
