@@ -16,6 +16,7 @@ DEMO = RunConfig(
     eval_per_round=0,
     eval_fraction=0.3,
     seed=7,
+    sampling_source="seeded",  # reproducible from the seed, as `fedchurn simulate`
 )
 
 
