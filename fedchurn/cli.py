@@ -25,6 +25,26 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from fedchurn.shared.wire import WIRE_VERSION
+
+        console.print(f"fedchurn {version('fedchurn')} (wire format {WIRE_VERSION}, flwr {version('flwr')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """fedchurn: privacy-preserving, federated, on-device churn scoring."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
@@ -330,21 +350,30 @@ def simulate(
 
 def _print_summary(summary: dict[str, Any], con: Console) -> None:
     table = Table(title="Held-out devices (churn within the horizon)")
-    for col in ("model", "ROC-AUC", "PR-AUC", "lift@10%", "ECE", "concordance"):
+    for col in ("model", "ROC-AUC", "95% interval", "PR-AUC", "lift@10%", "ECE", "concordance"):
         table.add_column(col, justify="right" if col != "model" else "left")
     rows = [("federated", summary["federated"].get("final_evaluation", {}))]
     rows += [
         (k, v) for k, v in summary.get("baselines", {}).items() if isinstance(v, dict) and k != "skipped"
     ]
     for name, m in rows:
+        interval = m.get("roc_auc_ci95")
         table.add_row(
             name,
+            f"{m['roc_auc']:.3f}" if "roc_auc" in m else "-",
+            f"{interval[0]:.3f}–{interval[1]:.3f}" if interval else "-",
             *(
                 f"{m[k]:.3f}" if k in m else "-"
-                for k in ("roc_auc", "pr_auc", "lift_top_decile", "calibration_error", "concordance")
+                for k in ("pr_auc", "lift_top_decile", "calibration_error", "concordance")
             ),
         )
     con.print(table)
+    fed = summary["federated"].get("final_evaluation", {})
+    if "devices" in fed:
+        con.print(
+            f"{int(fed['devices']):,} held-out devices, "
+            f"{int(fed.get('positives', 0)):,} churned within the horizon"
+        )
 
 
 @app.command()

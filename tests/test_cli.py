@@ -58,3 +58,34 @@ def test_simulate_refuses_uploads_the_aggregator_would_refuse_before_starting_fl
     assert res.returncode != 0
     assert f"coords-per-round {fit + 1}" in said and f"at most {fit}" in said
     assert not out.exists()  # nothing was written or started
+
+
+def test_version_names_the_package_wire_format_and_flower(run_cli: RunCli) -> None:
+    from importlib.metadata import version
+
+    from fedchurn.shared.wire import WIRE_VERSION
+
+    res = run_cli("--version")
+    assert res.returncode == 0, res.stderr
+    assert (
+        res.stdout.strip()
+        == f"fedchurn {version('fedchurn')} (wire format {WIRE_VERSION}, flwr {version('flwr')})"
+    )
+
+
+def test_the_results_table_shows_each_auc_with_its_interval_and_the_sample() -> None:
+    from rich.console import Console
+
+    from fedchurn.cli import _print_summary
+
+    con = Console(record=True, width=200)
+    fed = {"roc_auc": 0.8612, "roc_auc_ci95": [0.8101, 0.9123], "devices": 1003.0, "positives": 90.0}
+    summary = {"federated": {"final_evaluation": fed}, "baselines": {"logreg": {"roc_auc": 0.853}}}
+    _print_summary(summary, con)
+    text = con.export_text()
+    assert "95% interval" in text
+    federated = next(line for line in text.splitlines() if "federated" in line)
+    assert "0.861" in federated and "0.810–0.912" in federated
+    logreg = next(line for line in text.splitlines() if "logreg" in line)
+    assert "0.853" in logreg and "–" not in logreg  # no interval known: shown as "-", not made up
+    assert "1,003 held-out devices, 90 churned within the horizon" in text
