@@ -144,6 +144,7 @@ class ChurnFedAvg(FedAvg):
     # -- one message per node, one reply per node ------------------------------------------------
     def _send(
         self,
+        grid: Grid | None,
         plan: list[Pair],
         purpose: Purpose,
         params: ProtectionParams,
@@ -153,11 +154,12 @@ class ChurnFedAvg(FedAvg):
         cohort_base: int = 0,
     ) -> list[Message]:
         """One `RoundTask` per node for the planned (node, device) pairs, and an open sum for the
-        replies. Cohorts are consecutive runs of the plan grouped by node: a simulation shard's
-        devices fill whole cohorts (closed as soon as that shard answers), phones share cohorts.
-        Nodes are ordered by the smallest device they serve in the plan, not by Flower's node id
-        (random per run), so the cohorts, and with them the coordinates each device uploads, are
-        the same in every run of a seed."""
+        replies, taken in as they arrive when the grid can say so (`listen`). Cohorts are
+        consecutive runs of the plan grouped by node: a simulation shard's devices fill whole
+        cohorts (closed as soon as that shard answers), phones share cohorts. Nodes are ordered
+        by the smallest device they serve in the plan, not by Flower's node id (random per run),
+        so the cohorts, and with them the coordinates each device uploads, are the same in every
+        run of a seed."""
         first: dict[int, int] = {}
         for node, device in plan:
             first[node] = min(device, first.get(node, device))
@@ -182,6 +184,7 @@ class ChurnFedAvg(FedAvg):
             step.waiting.setdefault(cohort, set()).add(node)
             per_node.setdefault(node, []).append((device, cohort))
         self._step = step
+        self.listen(grid)
         global_params = None if arrays is None else arrays[PARAMS_KEY].numpy().astype(np.float32)
         offset = self.offset if purpose == "train" else None
         out = []
@@ -277,8 +280,7 @@ class ChurnFedAvg(FedAvg):
         self.stats = RoundStats(sampled=len(plan), started=time.time())
         self.current = arrays[PARAMS_KEY].numpy().astype(np.float32)
         n = self.current.size
-        msgs = self._send(plan, "train", self.secure.train_params, server_round, arrays, n)
-        self.listen(grid)
+        msgs = self._send(grid, plan, "train", self.secure.train_params, server_round, arrays, n)
         self.stats.sent = time.time()
         return msgs
 
@@ -333,8 +335,7 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.train()
         params = self.secure.stats_params
         s.sampled = len(plan)
-        msgs = self._send(plan, "stats", params, 0, None, N_FEATURES + 1, STATS_COHORTS)
-        self.listen(grid)
+        msgs = self._send(grid, plan, "stats", params, 0, None, N_FEATURES + 1, STATS_COHORTS)
         res = self._finish(grid.send_and_receive(msgs, timeout=timeout))
         s.received = res.received
         s.refused += res.refused
@@ -363,8 +364,7 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.round_evaluation()
         if not plan:
             return []
-        msgs = self._send(plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
-        self.listen(grid)
+        msgs = self._send(grid, plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
         return msgs
 
     def _eval_args(
@@ -393,8 +393,7 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.final_evaluation()
         if not plan:
             return {}
-        msgs = self._send(plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
-        self.listen(grid)
+        msgs = self._send(grid, plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
         summed = self._sum_eval(grid.send_and_receive(msgs, timeout=timeout))
         return {} if summed is None else metrics_from_histogram(summed, self.cfg.horizon)
 

@@ -106,6 +106,7 @@ def run_flower(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        run: subprocess.Popen[bytes] | None = None
         try:
             _wait_healthy(link, port, log_path)
             run_config = app_package.write_run_config(cfg, work_dir / "run-config.toml")
@@ -138,7 +139,7 @@ def run_flower(
                 raise FlowerRunError(f"flwr run exited with {run.returncode}; see {log_path}")
         finally:
             _stop(link)
-            stop_marked(mark)
+            stop_run(mark, frozenset({link.pid, run.pid} if run is not None else {link.pid}))
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     if on_poll:
@@ -177,29 +178,34 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-def marked_processes(mark: str) -> list[int]:
-    """Processes whose environment carries this run's mark (Linux /proc; others: none found)."""
+def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[int]:
+    """Processes of this run (Linux /proc; elsewhere none are found): those whose environment
+    carries the run's mark, and those still in a session the run started. Both are needed: Ray's
+    agents rewrite their command line over their environment (so the mark is gone from
+    /proc/PID/environ) but keep the SuperLink's session when they are reparented."""
     needle = f"{MARK_ENV}={mark}".encode()
     out = []
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
+            stat = (entry / "stat").read_text()
+            session = int(stat[stat.rindex(")") + 2 :].split()[3])  # state ppid pgrp session
+            if session in sessions or needle in (entry / "environ").read_bytes().split(b"\0"):
                 out.append(int(entry.name))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
     return out
 
 
-def stop_marked(mark: str) -> None:
-    """Stop every process of the run, wherever it was reparented (Ray's dashboard and runtime-env
-    agents outlive their parents): SIGTERM, then SIGKILL what is left after a grace period. A
-    process started while the others stop (Ray restarts an agent it sees die) is caught by the
-    next scan."""
+def stop_run(mark: str, sessions: frozenset[int]) -> None:
+    """Stop every process of the run (`run_processes`), wherever it was reparented (Ray's
+    dashboard and runtime-env agents outlive their parents): SIGTERM, then SIGKILL what is left
+    after a grace period. A process started while the others stop (Ray restarts an agent it sees
+    die) is caught by the next scan."""
     signalled: set[int] = set()
     deadline = time.monotonic() + STOP_GRACE_S
-    while pids := marked_processes(mark):
+    while pids := run_processes(mark, sessions):
         late = time.monotonic() >= deadline
         for pid in pids:
             if late or pid not in signalled:

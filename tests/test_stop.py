@@ -16,18 +16,38 @@ from conftest import VENV_BIN
 TAG_ENV = "FEDCHURN_TEST_TAG"  # every descendant inherits it, wherever it is reparented
 
 
-def _tagged(tag: str) -> list[str]:
+def _session(entry: Path) -> int:
+    stat = (entry / "stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[3])
+
+
+def _tagged(tag: str, sessions: frozenset[int] = frozenset()) -> list[str]:
+    """Processes carrying the tag in their environment, or in one of `sessions` (Ray's agents
+    overwrite their environment with their process title, but keep their session)."""
     needle = f"{TAG_ENV}={tag}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
+            if _session(entry) in sessions or needle in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
         except OSError:
             continue
     return found
+
+
+def _sessions_of(tag: str) -> frozenset[int]:
+    """The sessions the run's processes live in, other than this test's own."""
+    own = os.getsid(0)
+    pids = [line.split(":")[0] for line in _tagged(tag)]
+    out = set()
+    for pid in pids:
+        try:
+            out.add(_session(Path("/proc") / pid))
+        except OSError:
+            continue
+    return frozenset(out - {own})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -53,12 +73,14 @@ def test_ctrl_c_stops_every_process_of_the_run(tmp_path: Path) -> None:
     try:
         _wait_for(out / "rounds.jsonl", proc, timeout=180)  # Ray's actors and agents are all up
         assert len(_tagged(tag)) > 3
+        sessions = _sessions_of(tag)
+        assert sessions  # the SuperLink runs in a session of its own
         proc.send_signal(signal.SIGINT)  # what a terminal sends its foreground process on Ctrl-C
         assert proc.wait(timeout=60) != 0
         deadline = time.monotonic() + 10  # reparented processes may take a moment to be reaped
-        while _tagged(tag) and time.monotonic() < deadline:
+        while _tagged(tag, sessions) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _tagged(tag) == []
+        assert _tagged(tag, sessions) == []
     finally:
         if proc.poll() is None:
             proc.kill()
