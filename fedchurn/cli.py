@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import date, timedelta
 from pathlib import Path
@@ -274,8 +275,12 @@ def simulate(
         str, typer.Option(help="secagg (default), ckks, or plaintext (baseline).")
     ] = _RC.protection,
     target_epsilon: Annotated[
-        float, typer.Option(help="Differential privacy target ε (0: no DP).")
-    ] = _RC.target_epsilon,
+        str,
+        typer.Option(
+            help="Differential privacy target ε against outsiders (a number > 0), or none "
+            "(also 0). Under DP each round is a Poisson sample and the key holder adds noise once.",
+        ),
+    ] = "none",
     delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _RC.delta,
     clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _RC.clip_norm,
     coord_clip_factor: Annotated[
@@ -330,7 +335,7 @@ def simulate(
         batch_size=batch_size,
         lr=lr,
         protection=protection,
-        target_epsilon=target_epsilon,
+        target_epsilon=_epsilon_option(target_epsilon),
         delta=delta,
         clip_norm=clip_norm,
         coord_clip_factor=coord_clip_factor,
@@ -346,6 +351,40 @@ def simulate(
         _fail(str(e))
     _print_summary(summary, console)
     console.print(f"results in [bold]{out}[/]: metrics.json, rounds.jsonl, model/, *.png")
+
+
+def _epsilon_option(value: str) -> float:
+    """--target-epsilon: `none` (or 0) for no DP, else a positive number."""
+    if value.strip().lower() in ("none", "0", "0.0"):
+        return 0.0
+    try:
+        eps = float(value)
+    except ValueError:
+        eps = math.nan
+    if not (math.isfinite(eps) and eps > 0):
+        _fail(f"--target-epsilon must be a positive number or none, got {value!r}")
+    return eps
+
+
+def _print_privacy(summary: dict[str, Any], con: Console) -> None:
+    """One line on what the run spent, as the report records it."""
+    p = summary["federated"].get("privacy") or {}
+    mem, wall = summary.get("peak_memory_mb"), summary.get("wall_seconds")
+    tail = ", ".join(
+        ([f"wall {wall:.0f} s"] if wall is not None else []) + ([f"peak memory {mem:,.0f} MB"] if mem else [])
+    )
+    rel = p.get("release", {})
+    if not p.get("dp"):
+        con.print("[bold yellow]no differential privacy[/]" + (f"; {tail}" if tail else ""))
+        return
+    pld = p.get("epsilon_pld")
+    con.print(
+        f"ε = {p['epsilon_outsiders']:.3f} against outsiders (PLD {pld:.3f}), "
+        f"{p['epsilon_aggregator']:.1f} against the aggregator, δ = {p['delta']:g}; "
+        f"z = {p['noise_multiplier']:.3f}, {rel.get('expected_devices_per_round', 0):,.0f} devices "
+        f"per round (one cohort, noise once), {p['rounds_charged']} rounds charged"
+        + (f"; {tail}" if tail else "")
+    )
 
 
 def _print_summary(summary: dict[str, Any], con: Console) -> None:
@@ -368,6 +407,7 @@ def _print_summary(summary: dict[str, Any], con: Console) -> None:
             ),
         )
     con.print(table)
+    _print_privacy(summary, con)
     fed = summary["federated"].get("final_evaluation", {})
     if "devices" in fed:
         con.print(

@@ -232,6 +232,7 @@ class DpIn(BaseModel):
     target_epsilon: float | None = Field(default=None, ge=0)
     delta: float | None = Field(default=None, ge=0, le=1)
     accountant: str = Field(default="none", max_length=200)
+    mechanism: str = Field(default="none", max_length=400)
     noise_multiplier: float | None = Field(default=None, ge=0)
     clip_norm: float | None = Field(default=None, ge=0)
 
@@ -535,6 +536,9 @@ class PrivacyBudget(BaseModel):
     remaining_epsilon: float | None = Field(description="target_epsilon - epsilon_spent (against outsiders).")
     delta: float | None
     accountant: str | None
+    mechanism: str | None = Field(
+        default=None, description="How the noise is added (DP-FedAvg: once per round's sum, key holder)."
+    )
     noise_multiplier: float | None
     clip_norm: float | None
     rounds_counted: int

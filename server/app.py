@@ -337,6 +337,7 @@ def main(grid: Grid, context: Context) -> None:
                 "initial_evaluation": before,
                 "final_evaluation": after,
                 "feature_mean": feature_mean,
+                "privacy": secure.privacy_report(cfg.num_server_rounds),
                 "rounds": out.rounds,
                 "wall_seconds": time.time() - t0,
             },

@@ -699,6 +699,7 @@ class AuditStore:
             "remaining_epsilon": None if target is None or spent is None else max(0.0, target - spent),
             "delta": run.dp.get("delta"),
             "accountant": run.dp.get("accountant"),
+            "mechanism": run.dp.get("mechanism"),
             "noise_multiplier": run.dp.get("noise_multiplier"),
             "clip_norm": run.dp.get("clip_norm"),
             "rounds_counted": int(counted or 0),

@@ -1,12 +1,13 @@
 """Differential privacy: noise calibration, a per-run accountant (dp-accounting), the noise sampler.
 
 The unit of privacy is the device (= one user): each device's upload is L2-clipped, so one
-device changes a cohort sum by at most the clip norm (add/remove) or twice it (replace one). The
-key holder adds Gaussian noise of std `noise_multiplier x clip_norm` to each cohort sum; rounds
-are accounted with the RDP accountant of `dp_accounting` as a subsampled Gaussian composed over
-rounds. Sampling: "poisson" (each device joins a round independently with rate q; add/remove
-neighbours) or "fixed" (exactly q*N devices without replacement; replace-one neighbours, so the
-sensitivity doubles and the accountant sees noise_multiplier / 2).
+device changes a round's sum by at most the clip norm (add/remove). Under DP a round is one cohort
+and the key holder adds Gaussian noise of std `noise_multiplier x clip_norm` to its sum, once
+(decision 97). Rounds are accounted with dp-accounting's RDP accountant (PLD beside it) as a
+subsampled Gaussian composed over rounds. Sampling: "poisson" (each device joins a round
+independently with rate q; add/remove neighbours; what runs use) or "fixed" (exactly q*N devices
+without replacement; replace-one neighbours, so the sensitivity doubles and the accountant sees
+noise_multiplier / 2; kept for comparison: it needs 2.5-4x the noise).
 
 The noise itself is an exact discrete Gaussian (Canonne, Kamath, Steinke 2020) drawn with
 rational arithmetic from `secrets` (the OS CSPRNG): no floating-point sampling artefacts
@@ -23,7 +24,7 @@ from typing import Literal
 
 import dp_accounting
 import numpy as np
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
 
 Sampling = Literal["poisson", "fixed"]
 RDP_ORDERS: tuple[float, ...] = (
@@ -36,6 +37,10 @@ RDP_ORDERS: tuple[float, ...] = (
 )
 # Sampling without replacement is evaluated at integer orders only (its fractional orders are slow).
 RDP_ORDERS_FIXED: tuple[float, ...] = (*map(float, range(2, 33)), 40.0, 48.0, 64.0, 128.0, 256.0, 512.0)
+MECHANISM = (
+    "DP-FedAvg: each device's update L2-clipped and securely summed; the key holder adds one "
+    "discrete Gaussian to each round's sum (one cohort per round)"
+)
 SIGMA2_DENOMINATOR = 2**16  # sigma^2 is rounded UP to this grid so the sampler's fractions stay small
 
 
@@ -92,17 +97,36 @@ def _epsilon(event: dp_accounting.DpEvent, rounds: int, sampling: Sampling, delt
     return float(acc.get_epsilon(delta))
 
 
-def epsilon_without_sampling(noise_multiplier: float, delta: float, rounds: int) -> float:
+def _aggregator_event(noise_multiplier: float, sampling: Sampling, rounds: int) -> dp_accounting.DpEvent:
+    """What the aggregator, which knows who took part, sees: the Gaussian of every round, no
+    sampling. Add-or-remove (poisson): multiplier z; replace-one (fixed): the sum moves by up to
+    2 x clip norm, so z / 2."""
+    z = noise_multiplier if sampling == "poisson" else noise_multiplier / 2
+    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds)
+
+
+def epsilon_without_sampling(
+    noise_multiplier: float, delta: float, rounds: int, sampling: Sampling = "fixed"
+) -> float:
     """epsilon against a party that knows who took part in every round (the aggregator): no
     amplification by sampling, and the device assumed to take part in every one of `rounds`
-    rounds (the aggregator chooses). Replace-one: the sum moves by up to 2 x clip norm, so each
-    round is a Gaussian of multiplier z / 2, composed with the RDP accountant."""
+    rounds (the aggregator chooses), composed with the RDP accountant."""
     if noise_multiplier <= 0:
         return math.inf
     if rounds <= 0:
         return 0.0
-    acc = rdp.RdpAccountant(list(RDP_ORDERS), dp_accounting.NeighboringRelation.REPLACE_ONE)
-    acc.compose(dp_accounting.GaussianDpEvent(noise_multiplier / 2), rounds)
+    acc = rdp.RdpAccountant(list(RDP_ORDERS), _relation(sampling))
+    acc.compose(_aggregator_event(noise_multiplier, sampling, rounds))
+    return float(acc.get_epsilon(delta))
+
+
+def pld_epsilon(event: dp_accounting.DpEvent, sampling: Sampling, delta: float) -> float | None:
+    """The same event through dp-accounting's PLD accountant (tighter than RDP); None where PLD
+    does not support the event (sampling without replacement)."""
+    acc = pld.PLDAccountant(_relation(sampling), value_discretization_interval=1e-3)
+    if not acc.supports(event):
+        return None
+    acc.compose(event)
     return float(acc.get_epsilon(delta))
 
 
@@ -147,6 +171,7 @@ class PrivacyAccountant:
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[int, float], float] = {}
+        self._pld: dict[tuple[str, bool, int, float], float | None] = {}
         if self.enabled:
             self._event = _round_event(
                 self.noise_multiplier, self.sample_rate, self.sampling, self.population
@@ -184,8 +209,26 @@ class PrivacyAccountant:
             return math.inf
         key = (-self.rounds, delta)
         if key not in self._cache:
-            self._cache[key] = epsilon_without_sampling(self.noise_multiplier, delta, self.rounds)
+            self._cache[key] = epsilon_without_sampling(
+                self.noise_multiplier, delta, self.rounds, self.sampling
+            )
         return self._cache[key]
+
+    def epsilon_pld(self, delta: float, aggregator: bool = False) -> float | None:
+        """Both figures again through the PLD accountant (None without PLD support)."""
+        if not self.enabled:
+            return math.inf
+        if self.rounds == 0:
+            return 0.0
+        key = ("pld", aggregator, self.rounds, delta)
+        if key not in self._pld:
+            event = (
+                _aggregator_event(self.noise_multiplier, self.sampling, self.rounds)
+                if aggregator
+                else self.dp_event()
+            )
+            self._pld[key] = pld_epsilon(event, self.sampling, delta)
+        return self._pld[key]
 
     def epsilon(self, delta: float) -> float:
         """epsilon against outsiders (amplified by sampling, which must be secret from them) spent
@@ -213,8 +256,11 @@ class PrivacyAccountant:
             "epsilon": self.epsilon(delta),
             "epsilon_outsiders": self.epsilon(delta),
             "epsilon_aggregator": self.epsilon_aggregator(delta),
-            "accountant": "dp_accounting RDP (subsampled Gaussian, composed over rounds)",
-            "accountant_aggregator": "dp_accounting RDP (Gaussian, every round, no amplification)",
+            "epsilon_pld": self.epsilon_pld(delta),
+            "epsilon_aggregator_pld": self.epsilon_pld(delta, aggregator=True),
+            "mechanism": MECHANISM if self.enabled else "none",
+            "accountant": "dp_accounting RDP (subsampled Gaussian, composed over rounds); PLD beside",
+            "accountant_aggregator": "dp_accounting RDP (Gaussian each round, no amplification); PLD beside",
         }
 
 

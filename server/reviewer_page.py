@@ -194,6 +194,7 @@ def _budget(d: ReviewerData, lang: Lang) -> str:
             ("budget.remaining", _num(b.remaining_epsilon)),
             ("budget.delta", _num(b.delta)),
             ("budget.accountant", _e(b.accountant)),
+            ("budget.mechanism", _e(b.mechanism)),
             ("budget.noise", _num(b.noise_multiplier)),
             ("budget.clip", _num(b.clip_norm)),
             ("budget.rounds", _num(b.rounds_counted)),

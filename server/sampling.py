@@ -4,9 +4,13 @@ The roster is what the nodes said they serve (a query per node, once per run): a
 lists its share of the population, a SuperNode the pseudonyms of its stores, a phone itself. The
 training pool, the per-round evaluation pool and the final evaluation pool follow from public
 hashes of the device index (`shared.run_config`), so node and aggregator agree on them without a
-list. Draws are fixed-size and without replacement, as the accountant assumes, from `secrets`
-(sampling-source "secret", the default and the only choice for real devices), or from the run's
-seed (sampling-source "seeded", a reproducible simulation).
+list. Without differential privacy a round draws `per-round` pairs without replacement; under DP
+each training pair takes part independently with rate q = per-round / pool (Poisson sampling, the
+add-or-remove-one setting the accountant assumes), drawn as a Binomial(pool, q) count (by inverting
+its CDF at one uniform draw) and then that many pairs without replacement, which is the same
+distribution. Every draw comes from `secrets` (sampling-source "secret", the default and the only
+choice for real devices), or from the run's seed (sampling-source "seeded", a reproducible
+simulation).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from scipy.stats import binom
 
 from fedchurn.shared.run_config import RunConfig, is_eval_device, is_final_eval_device
 
@@ -53,9 +59,20 @@ class Sampler:
     def secret(self) -> bool:
         return isinstance(self.rng, secrets.SystemRandom)
 
+    @property
+    def sample_rate(self) -> float:
+        """q: the chance that a training device takes part in a round."""
+        return min(1.0, self.cfg.per_round / max(len(self.train_pool), 1))
+
     def train(self) -> list[Pair]:
-        """This round's training devices: `per-round` of the training pool (or all of it)."""
-        return self.rng.sample(self.train_pool, min(self.cfg.per_round, len(self.train_pool)))
+        """This round's training devices: `per-round` of the training pool (or all of it); under
+        DP a Poisson sample of rate q (cut, with probability < 1e-15, at `cfg.round_cap()`)."""
+        pool = self.train_pool
+        if not self.cfg.dp:
+            return self.rng.sample(pool, min(self.cfg.per_round, len(pool)))
+        u = self.rng.random()
+        k = int(binom.ppf(u, len(pool), self.sample_rate)) if self.sample_rate < 1 else len(pool)
+        return self.rng.sample(pool, min(k, self.cfg.round_cap(), len(pool)))
 
     def round_evaluation(self) -> list[Pair]:
         """This round's evaluation sample: devices that have not evaluated in this run."""

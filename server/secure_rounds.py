@@ -16,15 +16,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedchurn.server import secure_sum
-from fedchurn.server.dp import PrivacyAccountant, calibrate_noise_multiplier
+from fedchurn.server.dp import MECHANISM, PrivacyAccountant, calibrate_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.server.settings import AggregatorSettings
 from fedchurn.shared.evaluation import histogram_length
+from fedchurn.shared.model_format import DEFAULT_SPEC
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
 
-ACCOUNTANT = "dp-accounting RDP, fixed-size sampling without replacement (replace-one)"
+ACCOUNTANT = "dp-accounting RDP (PLD beside it), Poisson sampling (add-or-remove-one)"
 
 
 class KeyHolderClient(secure_sum.KeyHolderClient, Protocol):
@@ -71,9 +72,13 @@ class CohortSum:
     out_of_range: int = 0  # coordinates beyond what honest devices can produce (all cohorts)
     norm_clipped: int = 0  # cohorts whose norm was cut to the honest bound
 
-    def mean(self) -> np.ndarray:
-        """Per-coordinate mean over the devices that uploaded it (0 where none did)."""
-        return np.divide(self.sum, self.coord_count, out=np.zeros_like(self.sum), where=self.coord_count > 0)
+    def mean(self, expected_devices: float | None = None) -> np.ndarray:
+        """Per-coordinate mean over the devices that uploaded it (0 where none did); with
+        `expected_devices` (DP) the uploaded coordinates are divided by that instead."""
+        count = self.coord_count
+        if expected_devices is not None:
+            count = np.where(count > 0, expected_devices, 0.0)
+        return np.divide(self.sum, count, out=np.zeros_like(self.sum), where=count > 0)
 
 
 class SecureRounds:
@@ -90,21 +95,22 @@ class SecureRounds:
         its devices must be given `self.keyholder.pin()`)."""
         self.cfg = cfg
         self.noise_multiplier = 0.0
-        if cfg.target_epsilon > 0:
+        # Under DP a round's sum is divided by the expected number of devices, not the count:
+        # with Poisson sampling the count itself depends on who took part (McMahan et al. 2018).
+        self.expected_devices: float | None = None
+        if cfg.dp:
+            # Poisson sampling at rate q (`server.sampling`), add-or-remove-one neighbours; the
+            # feature-mean round is charged as one more round.
+            rate = min(1.0, cfg.per_round / max(n_train_devices, 1))
             self.noise_multiplier = calibrate_noise_multiplier(
                 cfg.target_epsilon,
                 cfg.delta,
-                sample_rate=cfg.per_round / max(n_train_devices, 1),
+                sample_rate=rate,
                 rounds=cfg.num_server_rounds + (1 if cfg.centre_features else 0),
-                sampling="fixed",
-                population=n_train_devices,
+                sampling="poisson",
             )
-            self.accountant = PrivacyAccountant(
-                self.noise_multiplier,
-                cfg.per_round / max(n_train_devices, 1),
-                sampling="fixed",
-                population=n_train_devices,
-            )
+            self.accountant = PrivacyAccountant(self.noise_multiplier, rate, sampling="poisson")
+            self.expected_devices = rate * n_train_devices
         else:
             self.accountant = PrivacyAccountant.none()
         self.train_params = cfg.train_protection(self.noise_multiplier)
@@ -134,6 +140,10 @@ class SecureRounds:
         )
 
     def cohorts(self, n_devices: int, params: ProtectionParams) -> int:
+        """Cohorts of a round: one under DP noise (the key holder noises each cohort sum, so the
+        round carries the noise once), else about `cohort-size` devices each."""
+        if params.noise_multiplier > 0:
+            return 1
         return cohort_count(n_devices, self.cfg.cohort_size, params.max_cohort, self.cfg.k_min)
 
     def open_round(
@@ -151,11 +161,38 @@ class SecureRounds:
         bound_to = server_round if round_id is None else round_id
         return RoundSum(self, params, server_round, bound_to, n, on_contact)
 
+    def privacy_report(self, rounds_run: int) -> dict[str, Any]:
+        """What a run's report says about privacy: both epsilons (RDP, PLD beside), the mechanism,
+        z, and the shape of a training release (devices per cohort, cohorts per round, ring,
+        coordinates, upload bytes)."""
+        p, cfg = self.train_params, self.cfg
+        release: dict[str, Any] = {
+            "expected_devices_per_round": self.expected_devices or cfg.per_round,
+            "cohorts_per_round": self.cohorts(cfg.per_round, p),
+            "noise_added": "once per round" if cfg.dp else "none",
+        }
+        if p.mode == "secagg":
+            release |= {
+                "ring_bits": p.ring_bits,
+                "coords_per_upload": p.n_coords(DEFAULT_SPEC.n_params),
+                "upload_bytes": p.upload_bytes(DEFAULT_SPEC.n_params),
+            }
+        return {
+            **self.accountant.report(cfg.delta),
+            "target_epsilon": cfg.target_epsilon or None,
+            "clip_norm": cfg.clip_norm,
+            "sampling_source": cfg.sampling_source,
+            "rounds_charged": self.accountant.rounds,
+            "rounds_run": rounds_run,
+            "release": release,
+        }
+
     def dp_record(self) -> dict[str, Any]:
         return {
             "target_epsilon": self.cfg.target_epsilon or None,
             "delta": self.cfg.delta,
             "accountant": ACCOUNTANT if self.accountant.enabled else "none",
+            "mechanism": MECHANISM if self.accountant.enabled else "none",
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.cfg.clip_norm,
         }

@@ -307,7 +307,7 @@ class ChurnFedAvg(FedAvg):
             log(WARNING, "round %d: no cohort was unmasked; the model is unchanged", server_round)
             s.skip_reason = f"no cohort reached k={self.cfg.k_min} valid uploads; model unchanged"
             return None, metrics
-        new = self.current + res.mean().astype(np.float32)
+        new = self.current + res.mean(self.secure.expected_devices).astype(np.float32)
         return ArrayRecord({PARAMS_KEY: Array(new.astype(np.float32))}), metrics
 
     def _charge(self) -> None:
@@ -345,8 +345,8 @@ class ChurnFedAvg(FedAvg):
         total = res.sum.copy() if res.count else None
         if total is not None and res.noise_std > 0:
             # Under DP the count coordinate's noise is as large as a cohort's count; divide by
-            # the devices summed instead (those without a training day pull the mean to 0).
-            total[N_FEATURES] = res.count
+            # the expected devices instead (those without a training day pull the mean to 0).
+            total[N_FEATURES] = self.secure.expected_devices or res.count
         self.offset = None if total is None else mean_from_sum(total)
         s.trained = 0 if total is None else round(float(total[N_FEATURES]))
         return self.offset

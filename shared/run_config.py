@@ -76,6 +76,22 @@ class RunConfig:
     def to_flower(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
+    @property
+    def dp(self) -> bool:
+        """Differential privacy is on: Poisson sampling, one cohort per round, noise added once."""
+        return self.target_epsilon > 0
+
+    def round_cap(self) -> int:
+        """Under DP a round is one cohort of Binomial(pool, per_round / pool) devices: the ring and
+        the key holder are sized for `per_round` plus 8 standard deviations of that draw (exceeded
+        with probability below 1e-15; the sampler cuts a larger draw to this cap)."""
+        return self.per_round + math.ceil(8 * math.sqrt(self.per_round)) + 1
+
+    def cohort_limit(self, noise_multiplier: float) -> int:
+        """Largest cohort of a training or feature-mean round: the whole round under DP (the key
+        holder's noise is then added once per round, not once per small cohort: decision 97)."""
+        return self.round_cap() if noise_multiplier > 0 else self.max_cohort
+
     def train_protection(self, noise_multiplier: float = 0.0) -> ProtectionParams:
         """What a training upload is protected with; both sides build it from the run config.
 
@@ -109,7 +125,7 @@ class RunConfig:
                         coords_per_round=coords,
                         quant_bits=self.quant_bits,
                         ring_bits=ring,
-                        max_cohort=self.max_cohort,
+                        max_cohort=self.cohort_limit(noise_multiplier),
                         k_min=self.k_min,
                         noise_multiplier=noise_multiplier,
                     ),
@@ -160,7 +176,7 @@ class RunConfig:
                     clip_norm=clip,
                     coord_clip_factor=1.0,
                     noise_multiplier=noise_multiplier,
-                    max_cohort=self.max_cohort,
+                    max_cohort=self.cohort_limit(noise_multiplier),
                     k_min=self.k_min,
                     max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
                 )

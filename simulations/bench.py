@@ -15,7 +15,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.feature_bench import bench_batch, bench_one_device
+from fedchurn.simulations.process_memory import ProcessTreeMemory
 
 PROTECTION_ROWS = ("fedchurn_default", "fedchurn_ckks", "flower_plain_fedavg", "flower_secaggplus")
 HEADLINE = ("upload_bytes", "aggregate_1000_s", "protect_update_ms")
@@ -182,64 +182,6 @@ def _scoring(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, A
 # --- federated runs (simulation + quality) ---
 
 
-class ProcessTreeMemory:
-    """Peak memory of every process started from this one while the block runs (the SuperLink,
-    ServerApp, simulation engine and ClientApps): the sum of their PSS, so pages they share are
-    not counted twice, sampled every `interval` s. Linux /proc only; elsewhere the peak stays 0."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ProcessTreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, descendants_pss_mb(os.getpid()))
-            self._stop.wait(self.interval)
-
-
-def descendants_pss_mb(root: int) -> float:
-    """Summed PSS (RSS where PSS is unreadable) of every descendant of `root`, in MB."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
-        return 0.0
-    for name in entries:
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    todo, kb = list(children.get(root, [])), 0
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        kb += _pss_kb(pid)
-    return kb / 1024
-
-
-def _pss_kb(pid: int) -> int:
-    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
-        try:
-            for line in Path(path).read_text().splitlines():
-                if line.startswith(key):
-                    return int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return 0
-
-
 def _throughput(updates: list[int], seconds: list[float]) -> dict[str, float]:
     """Client updates per second over the rounds after the first, and over all rounds.
 
@@ -259,15 +201,14 @@ def _fedchurn_run(cfg: RunConfig, out: Path, console: Console, nodes: int) -> di
     from fedchurn.simulations.simulate import simulate
 
     shutil.rmtree(out, ignore_errors=True)  # no stale federated.json can pass for this run
-    with ProcessTreeMemory() as mem:
-        summary = simulate(cfg, console, out, baselines=False, nodes=nodes)
+    summary = simulate(cfg, console, out, baselines=False, nodes=nodes)
     rounds = summary["federated"]["rounds"]
     elapsed = [float(r["elapsed"]) for r in rounds]
     seconds = [float(rounds[0]["seconds"])] + [b - a for a, b in pairwise(elapsed)]
     return {
         "summary": summary,
         "wall_s": summary["wall_seconds"],
-        "peak_mem_mb": mem.peak_mb,
+        "peak_mem_mb": summary["peak_memory_mb"],
         **_throughput([int(r["received"]) for r in rounds], seconds),
         "bytes_per_device": float(np.mean([r["bytes_per_device"] for r in rounds])),
     }

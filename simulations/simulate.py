@@ -23,6 +23,7 @@ from fedchurn.simulations.baselines import evaluate_scores, run_baselines
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
 from fedchurn.simulations.population import generate_population
+from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
 from fedchurn.simulations.report import write_report
 from fedchurn.simulations.scenario import load_scenario
@@ -124,13 +125,14 @@ def simulate(
                 )
             seen = len(lines)
 
-        run_flower(
-            cfg,
-            out / "flower",
-            num_supernodes=max(1, min(nodes, n_devices)),
-            on_poll=poll,
-            env=provisioned.env,
-        )
+        with ProcessTreeMemory() as memory:
+            run_flower(
+                cfg,
+                out / "flower",
+                num_supernodes=max(1, min(nodes, n_devices)),
+                on_poll=poll,
+                env=provisioned.env,
+            )
     wall = time.time() - t0
     fed_path = out / "federated.json"
     fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}
@@ -143,6 +145,8 @@ def simulate(
         "wall_seconds": wall,
         "updates_per_second": cfg.num_server_rounds * cfg.per_round / max(wall, 1e-9),
         "peak_rss_mb_runner": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # every process of the run (SuperLink, ServerApp, engine, ClientApps), summed PSS
+        "peak_memory_mb": memory.peak_mb,
         "federated": fed,
     }
     data: Dataset | None = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import RunCli
 
 from fedchurn.shared.feature_spec import FEATURE_NAMES
@@ -60,6 +61,17 @@ def test_simulate_refuses_uploads_the_aggregator_would_refuse_before_starting_fl
     assert not out.exists()  # nothing was written or started
 
 
+@pytest.mark.parametrize("value", ["-1", "abc", "inf"])
+def test_simulate_names_a_bad_target_epsilon_before_starting(
+    value: str, tmp_path: Path, run_cli: RunCli
+) -> None:
+    out = tmp_path / "run"
+    res = run_cli("simulate", "--devices", "20", "--target-epsilon", value, "--out", str(out))
+    assert res.returncode != 0
+    assert f"--target-epsilon must be a positive number or none, got '{value}'" in res.stderr + res.stdout
+    assert not out.exists()
+
+
 def test_version_names_the_package_wire_format_and_flower(run_cli: RunCli) -> None:
     from importlib.metadata import version
 
@@ -89,3 +101,28 @@ def test_the_results_table_shows_each_auc_with_its_interval_and_the_sample() -> 
     logreg = next(line for line in text.splitlines() if "logreg" in line)
     assert "0.853" in logreg and "–" not in logreg  # no interval known: shown as "-", not made up
     assert "1,003 held-out devices, 90 churned within the horizon" in text
+    assert "no differential privacy" in text  # said, not left out
+
+
+def test_a_dp_run_prints_both_epsilons_and_the_release() -> None:
+    from rich.console import Console
+
+    from fedchurn.cli import _print_summary
+
+    con = Console(record=True, width=300)
+    privacy = {
+        "dp": True,
+        "epsilon_outsiders": 0.99993,
+        "epsilon_pld": 0.7101,
+        "epsilon_aggregator": 61.2,
+        "delta": 1e-7,
+        "noise_multiplier": 2.061,
+        "rounds_charged": 201,
+        "release": {"expected_devices_per_round": 2000.0, "cohorts_per_round": 1},
+    }
+    fed = {"final_evaluation": {"roc_auc": 0.857}, "privacy": privacy}
+    _print_summary({"federated": fed, "wall_seconds": 397.2, "peak_memory_mb": 2900.4}, con)
+    text = " ".join(con.export_text().split())
+    assert "ε = 1.000 against outsiders (PLD 0.710), 61.2 against the aggregator, δ = 1e-07" in text
+    assert "z = 2.061, 2,000 devices per round (one cohort, noise once), 201 rounds charged" in text
+    assert "wall 397 s, peak memory 2,900 MB" in text

@@ -262,8 +262,7 @@ def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployme
             cfg.delta,
             PER_ROUND / n_train,
             int(str(r["round"])) + 1,  # the feature-mean round is the first charged step
-            sampling="fixed",
-            population=n_train,
+            sampling="poisson",
         )
         assert r["epsilon_spent"] == pytest.approx(expected, rel=1e-9)
 

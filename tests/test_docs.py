@@ -52,5 +52,10 @@ def test_the_wire_format_and_the_privacy_model_state_the_shipped_defaults() -> N
 
     claims = [float(x) for x in re.findall(r"([\d.]+) % above z·C with the shipped defaults", privacy)]
     assert claims == [round(excess(shipped), 1)]
-    assert f"{excess(under_dp):.1f} % at the {under_dp.coords_per_round} coordinates" in privacy
-    assert f"{excess(DEFAULT):.1f} %\n  only with `ProtectionParams()`" in privacy
+    round_dp = RunConfig(per_round=2000).train_protection(2.061)  # one 2,000-device cohort under DP
+    flat = " ".join(privacy.split())
+    assert (
+        f"{excess(round_dp):.1f} % at the {round_dp.coords_per_round} coordinates of a 2,000-device "
+        f"round in a {round_dp.ring_bits}-bit ring" in flat
+    )
+    assert f"{excess(DEFAULT):.1f} % only with `ProtectionParams()`" in flat

@@ -74,3 +74,7 @@ def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(tmp_path: Path, run_cli:
     assert all(r["dp_noise_std"] > 0 for r in rounds["items"])
     assert budget["epsilon_spent"] == eps[2] and budget["target_epsilon"] == TARGET_EPSILON
     assert "RDP" in budget["accountant"] and budget["noise_multiplier"] > 0
+    assert "one cohort per round" in budget["mechanism"] and budget["epsilon_aggregator_spent"] > eps[2]
+    privacy = doc["privacy"]  # the run's own report: both figures, the release's shape
+    assert privacy["epsilon_outsiders"] == eps[2] and privacy["release"]["cohorts_per_round"] == 1
+    assert 0 < privacy["epsilon_pld"] <= privacy["epsilon_outsiders"]

@@ -66,7 +66,8 @@ def test_a_retried_round_draws_afresh_and_every_attempt_that_reached_the_key_hol
     assert again.resume(restarted) == 0
     assert restarted.secure is not None and restarted.secure.accountant.rounds == 1  # the crashed attempt
     redrawn = _devices(list(restarted.configure_train(1, start, ConfigRecord(), None)))  # type: ignore[arg-type]
-    assert len(redrawn) == len(drawn_before_crash) == 40
+    # under DP a round is a Poisson sample of rate 40 / 240: its size varies around 40
+    assert all(10 <= len(d) <= cfg.round_cap() for d in (redrawn, drawn_before_crash))
     assert redrawn != drawn_before_crash, "the retried round released the same devices' updates again"
 
 
