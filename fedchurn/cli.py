@@ -7,13 +7,16 @@ import math
 import sys
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig
+
+if TYPE_CHECKING:
+    from fedchurn.server.i18n import Lang
 
 _RC = RunConfig()  # the run configuration's defaults are the CLI's defaults
 
@@ -65,29 +68,39 @@ def categories(
     lang: Annotated[str, typer.Option(help="Table language: en or zh.")] = "en",
 ) -> None:
     """List the 17 categories of behaviour data a device records, and why."""
+    from fedchurn.server.i18n import LANGS, t
     from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
 
+    if lang not in LANGS:
+        _fail(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
     if as_json:
         doc = {"catalogue_version": CATALOGUE_VERSION, "categories": [as_dict(c) for c in CATEGORIES]}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return
-    table = Table(title=f"fedchurn data categories (catalogue {CATALOGUE_VERSION})", show_lines=False)
-    for col in ("#", "id", "name", "retention", "never recorded", "Apple label", "Google Play", "features"):
-        table.add_column(col, overflow="fold")
+    lg = cast("Lang", lang)
+    # Five narrow columns fit 80 terminal columns; everything else is in --json and the reviewer page.
+    table = Table(title=t(lg, "cli.categories.title", version=CATALOGUE_VERSION))
+    table.add_column(t(lg, "cat.col.number"), justify="right")
+    table.add_column(t(lg, "cat.col.name"), max_width=18)
+    table.add_column(t(lg, "cli.categories.why"))
+    table.add_column(t(lg, "cat.col.retention"), justify="right", no_wrap=True)
+    table.add_column(t(lg, "cli.categories.features"), justify="right")
     for c in CATEGORIES:
-        d = as_dict(c)
         table.add_row(
             str(c.number),
-            c.id,
-            c.name_zh if lang == "zh" else c.name_en,
-            f"{c.retention_days} d",
-            ", ".join(c.never_recorded),
-            c.apple_privacy_label,
-            c.google_data_safety,
-            str(len(d["features_fed"])),
+            c.name_zh if lg == "zh" else c.name_en,
+            c.description,
+            t(lg, "cat.day" if c.retention_days == 1 else "cat.days", n=c.retention_days),
+            str(len(as_dict(c)["features_fed"])),
         )
     console.print(table)
-    console.print("Nothing of these leaves the device raw: only a masked model update, summed over a cohort.")
+    purposes = sorted({p for c in CATEGORIES for p in c.purposes})
+    console.print(
+        t(lg, "cli.categories.purposes", purposes=", ".join(t(lg, f"purpose_short.{p}") for p in purposes))
+    )
+    if lg != "en":
+        console.print(t(lg, "cat.source_language_note"))
+    console.print(t(lg, "cli.categories.footer"))
 
 
 @app.command()
@@ -475,10 +488,28 @@ def serve(
     write_token_file: Annotated[
         Path | None, typer.Option(help="File holding the write token instead.")
     ] = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Start an empty SQLite audit database if the file is missing.")
+    ] = False,
 ) -> None:
     """Serve the transparency API and the reviewer page (read-only unless --writable)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     from fedchurn.server.serve_cli import ServeError
     from fedchurn.server.serve_cli import serve as run_server
+
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        _fail(f"--database-url {database_url!r} is not a database URL (e.g. sqlite:///audit.sqlite)")
+    path = url.database if url.get_backend_name() == "sqlite" else None
+    if path not in (None, "", ":memory:") and not Path(str(path)).exists() and not create:
+        # A typo would otherwise serve an empty log as if no run had ever happened.
+        _fail(
+            f"--database-url names {path}, which does not exist; a run writes it with --audit-db, "
+            "or pass --create to start an empty audit database there"
+        )
 
     try:
         run_server(host, port, database_url, write_token_env, writable=writable, token_file=write_token_file)

@@ -48,6 +48,15 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "cat.col.labels": "Apple / Google Play / DPV",
         "cat.col.features": "Features fed",
         "cat.days": "{n} days",
+        "cat.day": "{n} day",
+        "cli.categories.title": "Data categories a device records (catalogue {version})",
+        "cli.categories.why": "What is recorded, and why it matters",
+        "cli.categories.purposes": "Every category serves: {purposes}.",
+        "cli.categories.features": "Features",
+        "cli.categories.footer": (
+            "None of this leaves the device raw: only a masked model update, usable only in a sum over "
+            "many devices. Full details: --json, or the reviewer page (fedchurn serve)."
+        ),
         "cat.fields": "Every stored event holds",
         "purpose_short.churn_risk_scoring": "Risk scoring",
         "purpose_short.federated_model_training": "Model training",
@@ -248,6 +257,15 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "cat.col.labels": "Apple / Google Play / DPV",
         "cat.col.features": "所供特征",
         "cat.days": "{n} 天",
+        "cat.day": "{n} 天",
+        "cli.categories.title": "设备记录的数据类别（目录 {version}）",
+        "cli.categories.why": "记录内容及其意义",
+        "cli.categories.purposes": "每个类别的用途：{purposes}。",
+        "cli.categories.features": "特征数",
+        "cli.categories.footer": (
+            "这些数据都不会以原始形式离开设备：只有经过掩码的模型更新，且只能在许多设备的总和中使用。"
+            "完整信息：--json，或审阅页面（fedchurn serve）。"
+        ),
         "cat.fields": "每条存储的事件包含",
         "purpose_short.churn_risk_scoring": "风险评分",
         "purpose_short.federated_model_training": "模型训练",

@@ -20,8 +20,11 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 def run_cli() -> RunCli:
     """Run the installed `fedchurn` command; returns the CompletedProcess."""
 
-    def run(*args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "200"}
+    def run(
+        *args: str, check: bool = False, timeout: float = 300, columns: int = 200
+    ) -> subprocess.CompletedProcess[str]:
+        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, "COLUMNS": str(columns)}
         return subprocess.run(
             [str(VENV_BIN / "fedchurn"), *args],
             capture_output=True,

@@ -54,5 +54,26 @@ def test_cli_categories_json_lists_17_complete_entries(run_cli: RunCli) -> None:
 
 
 def test_cli_categories_table_in_chinese(run_cli: RunCli) -> None:
-    res = run_cli("categories", "--lang", "zh", check=True)
-    assert "应用会话" in res.stdout
+    res = run_cli("categories", "--lang", "zh", check=True, columns=80)
+    assert "应用会话" in res.stdout and "记录内容及其意义" in res.stdout and "风险评分" in res.stdout
+    assert "120 天" in res.stdout and "Risk scoring" not in res.stdout and "days" not in res.stdout
+    assert all(c.name_zh in res.stdout for c in cat.CATEGORIES)
+
+
+def test_cli_categories_table_fits_80_columns_and_says_why(run_cli: RunCli) -> None:
+    res = run_cli("categories", check=True, columns=80)
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "What is recorded, and why" in res.stdout and "120 days" in res.stdout
+    # names and descriptions wrap between words, never inside one
+    words = set(res.stdout.replace("│", " ").replace(",", " ").replace(".", " ").split())
+    for c in cat.CATEGORIES:
+        assert set((c.name_en + " " + c.description).replace(",", " ").replace(".", " ").split()) <= words
+    serves = "Every category serves: Risk scoring, Model training, Retention policy, Transparency."
+    assert serves in " ".join(res.stdout.split())
+
+
+def test_cli_categories_refuses_a_language_it_does_not_have(run_cli: RunCli) -> None:
+    res = run_cli("categories", "--lang", "fr")
+    assert res.returncode != 0
+    assert "--lang must be one of en, zh, got 'fr'" in res.stderr + res.stdout

@@ -126,3 +126,14 @@ def test_a_dp_run_prints_both_epsilons_and_the_release() -> None:
     assert "ε = 1.000 against outsiders (PLD 0.710), 61.2 against the aggregator, δ = 1e-07" in text
     assert "z = 2.061, 2,000 devices per round (one cohort, noise once), 201 rounds charged" in text
     assert "wall 397 s, peak memory 2,900 MB" in text
+
+
+def test_serve_refuses_a_database_file_that_does_not_exist(tmp_path: Path, run_cli: RunCli) -> None:
+    missing = tmp_path / "typo.sqlite"
+    res = run_cli("serve", "--port", "9", "--database-url", f"sqlite:///{missing}", timeout=60)
+    assert res.returncode != 0
+    said = " ".join((res.stderr + res.stdout).split())
+    assert f"--database-url names {missing}, which does not exist" in said and "--create" in said
+    assert not missing.exists()  # nothing created, nothing served
+    bad = run_cli("serve", "--database-url", "not a url", timeout=60)
+    assert bad.returncode != 0 and "is not a database URL" in bad.stderr + bad.stdout
