@@ -127,6 +127,8 @@ def _as_float(raw: Any) -> float:
 
 def read_table(path: Path) -> pa.Table:
     suffix = path.suffix.lower()
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (expected a header row and events)")
     if suffix == ".parquet":
         return pq.read_table(path)
     if suffix == ".csv":

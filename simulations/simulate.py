@@ -80,9 +80,10 @@ def simulate(
     """One federated run on Flower's simulation engine: `nodes` simulation nodes, each a shard of
     the population (device d on node d mod nodes), then the central baselines and the report."""
     cfg.train_protection()  # refuse settings no upload could meet before anything is written
+    # A bad log is named before anything is written.
+    n_devices = len(_read_log(cfg.events_file, cfg.events_map)) if cfg.events_file else cfg.devices
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    n_devices = len(_read_log(cfg.events_file, cfg.events_map)) if cfg.events_file else cfg.devices
     cfg = replace(cfg, devices=n_devices)
     (out / "rounds.jsonl").unlink(missing_ok=True)
     provisioned = provision_simulation(cfg, out, audit_db)

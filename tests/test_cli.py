@@ -137,3 +137,17 @@ def test_serve_refuses_a_database_file_that_does_not_exist(tmp_path: Path, run_c
     assert not missing.exists()  # nothing created, nothing served
     bad = run_cli("serve", "--database-url", "not a url", timeout=60)
     assert bad.returncode != 0 and "is not a database URL" in bad.stderr + bad.stdout
+
+
+def test_every_command_that_reads_a_log_names_an_empty_file(tmp_path: Path, run_cli: RunCli) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    for args in (
+        ("import", str(empty), "--stores", str(tmp_path / "stores")),
+        ("features", "--events", str(empty)),
+        ("simulate", "--events", str(empty), "--out", str(tmp_path / "run")),
+    ):
+        res = run_cli(*args, timeout=120)
+        assert res.returncode != 0, args
+        assert f"{empty}: the file is empty" in " ".join((res.stderr + res.stdout).split()), args
+    assert not (tmp_path / "run").exists()
