@@ -123,7 +123,7 @@ def features(
     from fedchurn.client.importer import ColumnMapping, read_log
     from fedchurn.client.pipeline import device_features
     from fedchurn.client.signals import signals
-    from fedchurn.shared.feature_spec import FEATURE_NAMES
+    from fedchurn.shared.feature_spec import FEATURE_NAMES, FEATURES
 
     try:
         per_user = read_log(events, ColumnMapping.parse(mapping, tz))
@@ -162,9 +162,11 @@ def features(
         return
     table = Table(title=f"{user}: features on {iso_day(res.days[-1])} ({len(res.days)} days of history)")
     table.add_column("feature")
-    table.add_column("value", justify="right")
-    for name, v in zip(FEATURE_NAMES, res.features[-1], strict=True):
-        table.add_row(name, f"{v:.4g}")
+    table.add_column("model input", justify="right")
+    table.add_column("transform")
+    table.add_column("natural value", justify="right")
+    for spec, v in zip(FEATURES, res.features[-1], strict=True):
+        table.add_row(spec.name, f"{v:.4g}", spec.transform or "none", f"{spec.natural(float(v)):.4g}")
     console.print(table)
     for k, v in sig.items():
         console.print(f"signal {k}: {'[bold red]ON[/]' if v[-1] else 'off'}")

@@ -7,6 +7,7 @@ and the catalogue's "features fed" comes from here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,6 +90,15 @@ class FeatureSpec:
     group: Group
     categories: tuple[str, ...]
     formula: str
+
+    @property
+    def transform(self) -> str:
+        """ "log1p" when the model sees log1p of a count or amount, "" when it sees the value as is."""
+        return "log1p" if self.formula.startswith("log1p(") else ""
+
+    def natural(self, value: float) -> float:
+        """The value before the transform (a count, minutes, an amount), for people to read."""
+        return math.expm1(value) if self.transform == "log1p" else value
 
 
 def _behaviour() -> tuple[str, ...]:

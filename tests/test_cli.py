@@ -30,6 +30,22 @@ def test_features_json_prints_one_vector_per_day(tmp_path: Path, run_cli: RunCli
     assert set(doc["days"][0]["signals"]) >= {"silence_alert", "content_below_mean"}
 
 
+def test_features_table_shows_each_value_with_its_transform_and_in_natural_units(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    res = run_cli("features", "--events", str(log), "--user", "alice", check=True, columns=100)
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2:5] for line in res.stdout.splitlines() if "│" in line
+    }
+    model_input, transform, natural = (c.strip() for c in rows["sessions.count_7d"])
+    assert (model_input, transform, natural) == ("1.099", "log1p", "2")  # two sessions in 7 days
+    model_input, transform, natural = (c.strip() for c in rows["rfm.monetary_28d"])
+    assert transform == "log1p" and natural == "20"  # the purchase amount, as spent
+    assert rows["feature_usage.trend"][1].strip() == "none"
+
+
 def test_features_asks_which_user_when_there_are_several(tmp_path: Path, run_cli: RunCli) -> None:
     log = tmp_path / "log.csv"
     log.write_text(LOG)
