@@ -402,10 +402,21 @@ def _print_privacy(summary: dict[str, Any], con: Console) -> None:
     )
 
 
+MODEL_LABELS = {
+    "federated": "federated",
+    "logreg": "logistic regression (central)",
+    "xgboost": "XGBoost (central)",
+    "central_net": "same net (central)",
+    "untrained": "untrained net",
+    "federated_checked_centrally": "federated, scored centrally",
+}
+
+
 def _print_summary(summary: dict[str, Any], con: Console) -> None:
     table = Table(title="Held-out devices (churn within the horizon)")
-    for col in ("model", "ROC-AUC", "95% interval", "PR-AUC", "lift@10%", "ECE", "concordance"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+    for col in ("model", "ROC-AUC", "95% interval", "PR-AUC", "lift@10%", "ECE", "C-index"):
+        # fold, never cut: a results row is read whole even at 80 columns
+        table.add_column(col, justify="right" if col != "model" else "left", overflow="fold")
     rows = [("federated", summary["federated"].get("final_evaluation", {}))]
     rows += [
         (k, v) for k, v in summary.get("baselines", {}).items() if isinstance(v, dict) and k != "skipped"
@@ -413,7 +424,7 @@ def _print_summary(summary: dict[str, Any], con: Console) -> None:
     for name, m in rows:
         interval = m.get("roc_auc_ci95")
         table.add_row(
-            name,
+            MODEL_LABELS.get(name, name),
             f"{m['roc_auc']:.3f}" if "roc_auc" in m else "-",
             f"{interval[0]:.3f}–{interval[1]:.3f}" if interval else "-",
             *(

@@ -114,10 +114,27 @@ def test_the_results_table_shows_each_auc_with_its_interval_and_the_sample() -> 
     assert "95% interval" in text
     federated = next(line for line in text.splitlines() if "federated" in line)
     assert "0.861" in federated and "0.810–0.912" in federated
-    logreg = next(line for line in text.splitlines() if "logreg" in line)
+    logreg = next(line for line in text.splitlines() if "logistic regression" in line)
     assert "0.853" in logreg and "–" not in logreg  # no interval known: shown as "-", not made up
     assert "1,003 held-out devices, 90 churned within the horizon" in text
     assert "no differential privacy" in text  # said, not left out
+
+
+def test_results_rows_are_whole_at_80_columns() -> None:
+    from rich.console import Console
+
+    from fedchurn.cli import _print_summary
+
+    con = Console(record=True, width=80)
+    m = {"roc_auc": 0.8612, "roc_auc_ci95": [0.8101, 0.9123], "pr_auc": 0.61, "lift_top_decile": 5.2}
+    m |= {"calibration_error": 0.021, "concordance": 0.855}
+    base = {"federated_checked_centrally": dict(m), "logreg": dict(m)}
+    _print_summary({"federated": {"final_evaluation": m}, "baselines": base}, con)
+    text = con.export_text()
+    assert "…" not in text  # nothing cut
+    first_column = " ".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line)
+    assert "federated, scored centrally" in first_column and "logistic regression (central)" in first_column
+    assert text.count("0.810–0.912") == 3
 
 
 def test_a_dp_run_prints_both_epsilons_and_the_release() -> None:
