@@ -174,7 +174,9 @@ def features(
 
 @app.command("import")
 def import_(
-    events: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet log.")],
+    events: Annotated[
+        Path, typer.Option("--events", exists=True, dir_okay=False, help="CSV or Parquet log.")
+    ],
     stores: Annotated[Path, typer.Option(help="Folder of per-device SQLite stores (one per user).")],
     mapping: Annotated[
         str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")

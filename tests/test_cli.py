@@ -56,12 +56,12 @@ def test_features_asks_which_user_when_there_are_several(tmp_path: Path, run_cli
 def test_import_reports_the_bad_row_and_writes_nothing(tmp_path: Path, run_cli: RunCli) -> None:
     log = tmp_path / "log.csv"
     log.write_text(LOG + "bob,2026-01-02T09:00:00Z,sessions,sesion,60\n")
-    res = run_cli("import", str(log), "--stores", str(tmp_path / "stores"))
+    res = run_cli("import", "--events", str(log), "--stores", str(tmp_path / "stores"))
     assert res.returncode == 2
     assert "row 5 (line 6)" in res.stderr and "'sesion' is not an action" in res.stderr
     assert not list((tmp_path / "stores").glob("*.sqlite"))
     log.write_text(LOG)
-    ok = run_cli("import", str(log), "--stores", str(tmp_path / "stores"), check=True)
+    ok = run_cli("import", "--events", str(log), "--stores", str(tmp_path / "stores"), check=True)
     assert "imported 4 rows for 2 devices" in ok.stdout
 
 
@@ -176,7 +176,7 @@ def test_every_command_that_reads_a_log_names_an_empty_file(tmp_path: Path, run_
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     for args in (
-        ("import", str(empty), "--stores", str(tmp_path / "stores")),
+        ("import", "--events", str(empty), "--stores", str(tmp_path / "stores")),
         ("features", "--events", str(empty)),
         ("simulate", "--events", str(empty), "--out", str(tmp_path / "run")),
     ):
@@ -184,3 +184,10 @@ def test_every_command_that_reads_a_log_names_an_empty_file(tmp_path: Path, run_
         assert res.returncode != 0, args
         assert f"{empty}: the file is empty" in " ".join((res.stderr + res.stdout).split()), args
     assert not (tmp_path / "run").exists()
+
+
+def test_every_command_names_the_log_with_events(run_cli: RunCli) -> None:
+    """import, features, score and simulate all take the log as --events."""
+    for command in ("import", "features", "score", "simulate"):
+        res = run_cli(command, "--help")
+        assert "--events" in res.stdout, command
