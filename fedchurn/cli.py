@@ -160,7 +160,8 @@ def features(
         }
         sys.stdout.write(json.dumps(doc) + "\n")
         return
-    table = Table(title=f"{user}: features on {iso_day(res.days[-1])} ({len(res.days)} days of history)")
+    title = f"{user}: features on {iso_day(res.days[-1])} ({_days(len(res.days))} of history)"
+    table = Table(title=title)
     table.add_column("feature")
     table.add_column("model input", justify="right")
     table.add_column("transform")
@@ -370,6 +371,11 @@ def simulate(
     console.print(f"results in [bold]{out}[/]: metrics.json, rounds.jsonl, model/, *.png")
 
 
+def _days(n: int) -> str:
+    """ "1 day", "N days"."""
+    return f"{n:,} day" if n == 1 else f"{n:,} days"
+
+
 def _epsilon_option(value: str) -> float:
     """--target-epsilon: `none` (or 0) for no DP, else a positive number."""
     if value.strip().lower() in ("none", "0", "0.0"):
@@ -473,7 +479,9 @@ def score(
     if as_json:
         sys.stdout.write(json.dumps({"model_version": meta["model_version"], "devices": results}) + "\n")
         return
-    table = Table(title=f"churn risk within {meta['spec']['horizon']} days (model v{meta['model_version']})")
+    table = Table(
+        title=f"churn risk within {_days(meta['spec']['horizon'])} (model v{meta['model_version']})"
+    )
     for col in ("user", "date", "probability", "score", "tier"):
         table.add_column(col)
     for r in results:

@@ -191,3 +191,12 @@ def test_every_command_names_the_log_with_events(run_cli: RunCli) -> None:
     for command in ("import", "features", "score", "simulate"):
         res = run_cli(command, "--help")
         assert "--events" in res.stdout, command
+
+
+def test_one_day_of_history_is_one_day(tmp_path: Path, run_cli: RunCli) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text(LOG)
+    res = run_cli("features", "--events", str(log), "--user", "bob", check=True)
+    assert "(1 day of history)" in res.stdout
+    res = run_cli("features", "--events", str(log), "--user", "alice", check=True)
+    assert "(4 days of history)" in res.stdout
