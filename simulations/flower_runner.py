@@ -184,18 +184,22 @@ def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[int
     agents rewrite their command line over their environment (so the mark is gone from
     /proc/PID/environ) but keep the SuperLink's session when they are reparented."""
     needle = f"{MARK_ENV}={mark}".encode()
-    out = []
+    seen: list[tuple[int, int, bool]] = []  # (pid, session, carries the mark)
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             stat = (entry / "stat").read_text()
             session = int(stat[stat.rindex(")") + 2 :].split()[3])  # state ppid pgrp session
-            if session in sessions or needle in (entry / "environ").read_bytes().split(b"\0"):
-                out.append(int(entry.name))
+            marked = needle in (entry / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-    return out
+        seen.append((int(entry.name), session, marked))
+    # A marked process may lead a session of its own (Flower starts the simulation process with
+    # one, and Ray's agents inherit it): that session is the run's too, never the caller's.
+    runs = set(sessions) | {sid for _, sid, marked in seen if marked}
+    runs.discard(os.getsid(0))
+    return [pid for pid, sid, marked in seen if marked or sid in runs]
 
 
 def stop_run(mark: str, sessions: frozenset[int]) -> None:
