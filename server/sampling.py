@@ -62,7 +62,7 @@ class Sampler:
     @property
     def sample_rate(self) -> float:
         """q: the chance that a training device takes part in a round."""
-        return min(1.0, self.cfg.per_round / max(len(self.train_pool), 1))
+        return self.cfg.sample_rate(len(self.train_pool))
 
     def train(self) -> list[Pair]:
         """This round's training devices: `per-round` of the training pool (or all of it); under

@@ -101,7 +101,7 @@ class SecureRounds:
         if cfg.dp:
             # Poisson sampling at rate q (`server.sampling`), add-or-remove-one neighbours; the
             # feature-mean round is charged as one more round.
-            rate = min(1.0, cfg.per_round / max(n_train_devices, 1))
+            rate = cfg.sample_rate(n_train_devices)
             self.noise_multiplier = calibrate_noise_multiplier(
                 cfg.target_epsilon,
                 cfg.delta,

@@ -81,6 +81,10 @@ class RunConfig:
         """Differential privacy is on: Poisson sampling, one cohort per round, noise added once."""
         return self.target_epsilon > 0
 
+    def sample_rate(self, pool: int) -> float:
+        """q under DP: the chance that one of `pool` training devices takes part in a round."""
+        return min(1.0, self.per_round / max(pool, 1))
+
     def round_cap(self) -> int:
         """Under DP a round is one cohort of Binomial(pool, per_round / pool) devices: the ring and
         the key holder are sized for `per_round` plus 8 standard deviations of that draw (exceeded
