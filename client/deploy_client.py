@@ -118,9 +118,7 @@ class StoreSource:
             np.concatenate(rows),
             firsts,
             [max(today, f) for f in firsts],
-            cfg.horizon,
-            cfg.silence_days,
-            cfg.activity_categories(),
+            cfg.protocol(),
         )
         return dict(zip(served, prepared, strict=True))
 

@@ -8,17 +8,26 @@ day's feature vector (about half the memory, which is what lets a simulation nod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedchurn.client.aggregates import daily_aggregates_batch, history_days
 from fedchurn.client.features import extract_features
-from fedchurn.client.labels import activity_from_daily, survival_labels
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.client.labels import (
+    activity_from_daily,
+    recently_active,
+    survival_labels,
+    to_bins,
+    window_labels,
+)
+from fedchurn.shared.feature_spec import BASE_FEATURES
+from fedchurn.shared.protocol import ROW_STRIDE, Protocol
 
-__all__ = ["DeviceData", "prepare_device", "prepare_devices"]
+__all__ = ["DeviceData", "empty_device", "iter_devices", "prepare_device", "prepare_devices"]
+
+ROLLING = Protocol()
 
 
 @dataclass(frozen=True)
@@ -39,23 +48,24 @@ class DeviceData:
         return int(self.x.nbytes + self.time.nbytes + self.event.nbytes + extra)
 
 
-def prepare_devices(
+def iter_devices(
     events: np.ndarray,
     device: np.ndarray,
     first_days: Sequence[int] | np.ndarray,
     todays: Sequence[int] | np.ndarray,
-    horizon: int = 14,
-    silence_days: int = 14,
-    activity: tuple[str, ...] = ("sessions",),
+    protocol: Protocol = ROLLING,
     chunk: int = 250,
-) -> list[DeviceData]:
-    """Features for every day, local survival labels and the evaluation day of many devices.
+) -> Iterator[DeviceData]:
+    """Features for every day, the protocol's labels and the evaluation row of many devices, one
+    device at a time in row order (a caller keeps what it needs; `prepare_devices` keeps all).
 
     `device` gives each event's row (0..n-1); `first_days` / `todays` each device's first and last
-    local day. The evaluation day is the last day whose outcome is fully known: today - horizon -
-    silence_days + 1, so that a churn starting on its last horizon day is confirmed by today.
-    Training examples are the usable days strictly before it, so that a device's evaluation
-    outcome never leaks into its own training labels.
+    local day. Under the rolling protocol the evaluation day is the last day whose outcome is fully
+    known (today - horizon - silence_days + 1, so a churn starting on its last horizon day is
+    confirmed by today) and training rows are the usable days strictly before it, so a device's
+    evaluation outcome never leaks into its own training labels. Under the cutoff protocol the
+    evaluation day is the cutoff and training rows are every `ROW_STRIDE`-th day from cutoff -
+    horizon back (their outcomes end by the cutoff). See `shared.protocol`.
     """
     first = np.asarray(first_days, dtype=np.int64)
     last = np.asarray(todays, dtype=np.int64)
@@ -63,50 +73,74 @@ def prepare_devices(
     order = np.argsort(device, kind="stable")
     events, device = events[order], np.asarray(device)[order]
     bounds = np.searchsorted(device, np.arange(0, n + chunk, chunk))
-    lag = horizon + silence_days - 1
-    out: list[DeviceData] = []
     for c0 in range(0, n, chunk):
         c1 = min(c0 + chunk, n)
         lo, hi = int(bounds[c0 // chunk]), int(bounds[c0 // chunk + 1])
         start, end = int(first[c0:c1].min()), int(last[c0:c1].max())
         days = np.arange(start, end + 1, dtype=np.int64)
         daily = daily_aggregates_batch(events[lo:hi], device[lo:hi] - c0, c1 - c0, start, len(days))
-        feats = extract_features(daily, days, first[c0:c1])
-        active = activity_from_daily(daily, activity)
+        feats = extract_features(daily, days, first[c0:c1], protocol.n_features)
+        active = activity_from_daily(daily, protocol.activity)
         for j in range(c1 - c0):
             a, b = int(first[c0 + j]) - start, int(last[c0 + j]) - start
-            lab = survival_labels(active[j, a : b + 1], horizon=horizon, silence_days=silence_days)
-            f = feats[j, a : b + 1]
-            ev = len(f) - 1 - lag
-            rows = np.flatnonzero(lab.usable[: max(ev, 0)])
-            has_eval = ev >= 0 and bool(lab.usable[ev])
-            out.append(
-                DeviceData(
-                    x=np.ascontiguousarray(f[rows], dtype=np.float32),
-                    time=lab.time[rows].astype(np.int64),
-                    event=lab.event[rows].astype(bool),
-                    eval_x=np.array(f[ev], dtype=np.float32) if has_eval else None,
-                    eval_time=int(lab.time[ev]) if has_eval else 0,
-                    eval_event=bool(lab.event[ev]) if has_eval else False,
-                )
-            )
-    return out
+            yield _device(feats[j, a : b + 1], active[j, a : b + 1], int(first[c0 + j]), protocol)
+
+
+def _device(f: np.ndarray, active: np.ndarray, first_day: int, protocol: Protocol) -> DeviceData:
+    """One device's rows from its features and activity over its days (first_day .. today)."""
+    D = len(active)
+    if protocol.cutoff_day is None:
+        lab = to_bins(
+            survival_labels(active, horizon=protocol.horizon, silence_days=protocol.silence_days),
+            protocol.bin_days,
+            protocol.horizon,
+        )
+        ev = D - 1 - protocol.lag
+        candidates = np.arange(max(ev, 0))
+    else:
+        lab = window_labels(active, protocol.horizon)
+        ev = protocol.cutoff_day - first_day
+        top = ev - protocol.horizon
+        candidates = np.arange(top % ROW_STRIDE, top + 1, ROW_STRIDE) if top >= 0 else np.arange(0)
+    usable = lab.usable
+    if protocol.population_days is not None:
+        usable = usable & recently_active(active, protocol.population_days)
+    rows = candidates[usable[candidates]]
+    has_eval = 0 <= ev < D and bool(usable[ev])
+    return DeviceData(
+        x=np.ascontiguousarray(f[rows], dtype=np.float32),
+        time=lab.time[rows].astype(np.int64),
+        event=lab.event[rows].astype(bool),
+        eval_x=np.array(f[ev], dtype=np.float32) if has_eval else None,
+        eval_time=int(lab.time[ev]) if has_eval else 0,
+        eval_event=bool(lab.event[ev]) if has_eval else False,
+    )
+
+
+def prepare_devices(
+    events: np.ndarray,
+    device: np.ndarray,
+    first_days: Sequence[int] | np.ndarray,
+    todays: Sequence[int] | np.ndarray,
+    protocol: Protocol = ROLLING,
+    chunk: int = 250,
+) -> list[DeviceData]:
+    """Every device of `iter_devices`, kept."""
+    return list(iter_devices(events, device, first_days, todays, protocol, chunk))
 
 
 def prepare_device(
     events: np.ndarray,
     first_day: int | None = None,
     today: int | None = None,
-    horizon: int = 14,
-    silence_days: int = 14,
-    activity: tuple[str, ...] = ("sessions",),
+    protocol: Protocol = ROLLING,
 ) -> DeviceData:
     """One device: `prepare_devices` with a batch of one (a phone's path)."""
     start, end = history_days(events, first_day, today)
-    (data,) = prepare_devices(
-        events, np.zeros(len(events), dtype=np.int64), [start], [end], horizon, silence_days, activity
-    )
+    (data,) = prepare_devices(events, np.zeros(len(events), dtype=np.int64), [start], [end], protocol)
     return data
 
 
-EMPTY = DeviceData(np.zeros((0, N_FEATURES), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), None)
+def empty_device(n_features: int = BASE_FEATURES) -> DeviceData:
+    """A device with no labelled row (what a held-out device trains on: nothing)."""
+    return DeviceData(np.zeros((0, n_features), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), None)

@@ -19,7 +19,7 @@ import numpy as np
 
 from fedchurn.shared.catalogue import BY_ID, CATEGORY_IDS
 from fedchurn.shared.feature_spec import FEATURE_NAMES, FEATURES, N_FEATURES
-from fedchurn.shared.model_format import INPUT_SCALE, unflatten
+from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, unflatten
 
 
 def _category_matrix() -> np.ndarray:
@@ -34,21 +34,27 @@ def _category_matrix() -> np.ndarray:
 CATEGORY_SHARE = _category_matrix()
 
 
-def probability_and_gradient(params: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """P(churn within the horizon) and ∂P/∂features for each row of x (..., N_FEATURES), in float64.
+def probability_and_gradient(
+    params: np.ndarray, x: np.ndarray, spec: ModelSpec = DEFAULT_SPEC
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(churn within the horizon) and ∂P/∂features for each row of x (..., F), in float64. F is
+    the model's inputs or a device's whole vector (features the model does not read get 0).
 
     With S = Π(1 − h_t) and h_t = sigmoid(z_t): ∂P/∂z_t = S·h_t, then back through the two layers.
     """
-    w1, b1, w2, b2 = (a.astype(np.float64) for a in unflatten(params))
-    scale = INPUT_SCALE.astype(np.float64)
-    u = (np.asarray(x, dtype=np.float64) / scale) @ w1.T + b1
+    w1, b1, w2, b2 = (a.astype(np.float64) for a in unflatten(params, spec))
+    x = np.asarray(x, dtype=np.float64)
+    scale = spec.input_scale.astype(np.float64)
+    u = (x[..., : spec.n_features] / scale) @ w1.T + b1
     a = np.maximum(u, 0.0)
     z = a @ w2.T + b2
     h = 1.0 / (1.0 + np.exp(-z))
     s = np.prod(1.0 - h, axis=-1, keepdims=True)
     dz = s * h
     du = (dz @ w2) * (u > 0)
-    return 1.0 - s[..., 0], (du @ w1) / scale
+    grad = np.zeros(x.shape)
+    grad[..., : spec.n_features] = (du @ w1) / scale
+    return 1.0 - s[..., 0], grad
 
 
 def feature_contributions(
@@ -57,8 +63,8 @@ def feature_contributions(
     """Integrated-gradients contribution of every feature to P(x) − P(reference) (midpoint rule)."""
     x = np.asarray(x, dtype=np.float64)
     ref = np.zeros_like(x) if reference is None else np.asarray(reference, dtype=np.float64)
-    if x.shape != (N_FEATURES,) or ref.shape != (N_FEATURES,):
-        raise ValueError(f"expected vectors of {N_FEATURES} features")
+    if x.shape != ref.shape or x.shape not in ((N_FEATURES,), (DEFAULT_SPEC.n_features,)):
+        raise ValueError(f"expected two vectors of {DEFAULT_SPEC.n_features} or {N_FEATURES} features")
     alphas = (np.arange(steps) + 0.5) / steps
     path = ref + alphas[:, None] * (x - ref)
     _, grads = probability_and_gradient(params, path)
@@ -95,12 +101,13 @@ def explain(
     Only categories with a positive contribution are returned (at most `top`).
     """
     contrib = feature_contributions(params, x, reference, steps)
-    per_cat = contrib @ CATEGORY_SHARE
+    share = CATEGORY_SHARE[: len(contrib)]  # the model's inputs: a prefix of the feature vector
+    per_cat = contrib @ share
     out = []
     for k in np.argsort(-per_cat, kind="stable")[:top]:
         if per_cat[k] <= 0:
             break
-        shares = contrib * CATEGORY_SHARE[:, k]
+        shares = contrib * share[:, k]
         idx = [i for i in np.argsort(-shares, kind="stable")[:3] if shares[i] > 0]
         cat = CATEGORY_IDS[int(k)]
         out.append(

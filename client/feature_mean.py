@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.model_format import INPUT_SCALE
 from fedchurn.shared.run_config import STATS_BOUND
 
 
-def feature_summary(x: np.ndarray) -> np.ndarray:
-    """[mean of x / INPUT_SCALE clipped to +-STATS_BOUND ..., 1]; all zeros for a device with no rows."""
-    x = np.asarray(x, dtype=np.float64).reshape(-1, N_FEATURES)
-    out = np.zeros(N_FEATURES + 1)
+def feature_summary(x: np.ndarray, n_features: int = BASE_FEATURES) -> np.ndarray:
+    """[mean of x / INPUT_SCALE clipped to +-STATS_BOUND ..., 1] over the model's `n_features`
+    inputs; all zeros for a device with no rows."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, n_features)
+    out = np.zeros(n_features + 1)
     if len(x):
-        out[:N_FEATURES] = np.clip((x / INPUT_SCALE).mean(axis=0), -STATS_BOUND, STATS_BOUND)
-        out[N_FEATURES] = 1.0
+        out[:n_features] = np.clip((x / INPUT_SCALE[:n_features]).mean(axis=0), -STATS_BOUND, STATS_BOUND)
+        out[n_features] = 1.0
     return out
 
 
 def mean_from_sum(total: np.ndarray) -> np.ndarray | None:
     """The population mean from summed summaries; None when no device contributed."""
     total = np.asarray(total, dtype=np.float64)
-    count = total[N_FEATURES]
-    return None if count < 0.5 else total[:N_FEATURES] / count
+    count = total[-1]
+    return None if count < 0.5 else total[:-1] / count
 
 
 def centre_rows(x: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """Raw feature rows shifted so that (x / INPUT_SCALE) loses the offset (a scaled-space mean)."""
-    return (np.asarray(x, dtype=np.float32) - np.asarray(offset, dtype=np.float32) * INPUT_SCALE).astype(
-        np.float32
-    )
+    x = np.asarray(x, dtype=np.float32)
+    return (x - np.asarray(offset, dtype=np.float32) * INPUT_SCALE[: x.shape[-1]]).astype(np.float32)

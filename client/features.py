@@ -71,6 +71,61 @@ def _safe_div(a: np.ndarray, b: np.ndarray, default: float) -> np.ndarray:
     return out
 
 
+def _extended(
+    counts: np.ndarray,
+    cs: np.ndarray,
+    ch: np.ndarray,
+    amount: np.ndarray,
+    a_cs: np.ndarray,
+    t: np.ndarray,
+    valid: np.ndarray,
+    fd: np.ndarray,
+    days: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The extended block (`fs._extended`): long windows, history rhythm and money."""
+    f: dict[str, np.ndarray] = {}
+    for w in fs.LONG_WINDOWS:
+        win = np.log1p(_win(cs, w))
+        for k, c in enumerate(CATEGORY_IDS):
+            f[f"{c}.count_{w}d"] = win[k]
+    a90 = _win(a_cs, 90)
+    f["rfm.monetary_90d"] = np.log1p(a90)
+    f["rfm.monetary_365d"] = np.log1p(_win(a_cs, 365))
+    f["rfm.monetary_total"] = np.log1p(np.cumsum(amount, axis=-1))
+    a_prior = _win(a_cs, 90 + fs.MONETARY_PRIOR) - a90
+    f["rfm.monetary_trend"] = np.log((a90 + 1.0) / (a_prior * 90 / fs.MONETARY_PRIOR + 1.0))
+    f["rfm.refunds_365d"] = np.log1p(_window(ch[C["refund_amount"]], 365))
+    f.update(_history(counts, t, valid, fd, days))
+    return f
+
+
+def _history(
+    counts: np.ndarray, t: np.ndarray, valid: np.ndarray, fd: np.ndarray, days: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Recency, frequency and the rhythm of the days with a behaviour event, over all history."""
+    behaviour = counts[[k for k, c in enumerate(CATEGORY_IDS) if c != "device_context"]].sum(axis=0)
+    act = (behaviour > 0) & valid
+    last = _last_true(act)  # last active day <= t
+    seen = last > _NEVER // 2
+    prev = np.concatenate([np.full((*last.shape[:-1], 1), _NEVER), last[..., :-1]], axis=-1)
+    has_gap = act & (prev > _NEVER // 2)
+    gap = np.where(has_gap, t - prev, 0).astype(np.float64)
+    n_gaps = np.cumsum(has_gap, axis=-1)
+    s1, s2 = np.cumsum(gap, axis=-1), np.cumsum(gap * gap, axis=-1)
+    mean = _safe_div(s1, n_gaps, 0.0)
+    std = np.sqrt(np.maximum(_safe_div(s2, n_gaps, 0.0) - mean * mean, 0.0))
+    age = np.maximum(days - fd, 0).astype(np.float64)
+    recency = np.where(seen, t - last, age).astype(np.float64)
+    return {
+        "history.recency_days": np.log1p(recency),
+        "history.active_days": np.log1p(np.cumsum(act, axis=-1).astype(np.float64)),
+        "history.gap_mean_days": np.log1p(mean),
+        "history.gap_std_days": np.log1p(std),
+        "history.gap_last_days": np.log1p(np.take_along_axis(gap, np.maximum(last, 0), axis=-1) * seen),
+        "history.overdue": np.minimum(_safe_div(recency, mean, 0.0), fs.OVERDUE_CAP),
+    }
+
+
 def activity_index(daily: np.ndarray) -> np.ndarray:
     raw = sum(w * np.log1p(daily[..., C[name]]) for name, w in fs.ACTIVITY_WEIGHTS.items())
     raw = np.asarray(raw, dtype=np.float64)
@@ -78,14 +133,20 @@ def activity_index(daily: np.ndarray) -> np.ndarray:
 
 
 def extract_features(
-    daily: np.ndarray, days: np.ndarray, first_day: np.ndarray | int | None = None
+    daily: np.ndarray,
+    days: np.ndarray,
+    first_day: np.ndarray | int | None = None,
+    n_features: int = fs.N_FEATURES,
 ) -> np.ndarray:
-    """Feature vectors for every day: daily (..., D, C) -> (..., D, N_FEATURES) float32.
+    """Feature vectors for every day: daily (..., D, C) -> (..., D, n_features) float32, the first
+    `n_features` of the specification (`fs.BASE_FEATURES` skips the extended block's work).
 
     `days` holds the absolute local day number of each row; `first_day` (per device) is the first
     day of the device's history (default: the first row). Rows before it are computed but
     meaningless; the caller ignores them.
     """
+    if not 1 <= n_features <= fs.N_FEATURES:
+        raise ValueError(f"n_features must be 1..{fs.N_FEATURES}, got {n_features}")
     daily = np.asarray(daily, dtype=np.float64)
     days = np.asarray(days, dtype=np.int64)
     D = daily.shape[-2]
@@ -115,7 +176,11 @@ def extract_features(
     active = (sessions > 0).astype(np.float64)
     f["active_days_7d"] = _window(active, 7)
     f["active_days_28d"] = _window(active, 28)
-    f["rfm.monetary_28d"] = np.log1p(_window(ch[C["purchase_amount"]], 28))
+    amount = ch[C["purchase_amount"]]
+    a_cs = _csum(amount)
+    f["rfm.monetary_28d"] = np.log1p(_win(a_cs, 28))
+    if n_features > fs.BASE_FEATURES:
+        f.update(_extended(counts, cs, ch, amount, a_cs, t, valid, fd, days))
     f["session_minutes_7d"] = np.log1p(_window(ch[C["session_minutes"]], 7))
 
     # Activity index against the user's own trailing baseline.
@@ -183,6 +248,5 @@ def extract_features(
     f["env.notifications_enabled"] = _ffill_last(ch[C["notifications_enabled"]])
 
     shape = daily.shape[:-1]
-    return np.stack([np.broadcast_to(f[name], shape) for name in fs.FEATURE_NAMES], axis=-1).astype(
-        np.float32
-    )
+    names = fs.FEATURE_NAMES[:n_features]
+    return np.stack([np.broadcast_to(f[name], shape) for name in names], axis=-1).astype(np.float32)

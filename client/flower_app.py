@@ -27,15 +27,14 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedchurn.client.device_config import trusted_keyholder
-from fedchurn.client.device_data import EMPTY, DeviceData
+from fedchurn.client.device_data import DeviceData, empty_device
 from fedchurn.client.evaluation_ledger import AlreadyEvaluatedError, EvaluationLedger
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
 from fedchurn.shared.evaluation import device_histogram, histogram_length
-from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.messages import NodeReply, RosterReply, RoundTask
-from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability
+from fedchurn.shared.model_format import churn_probability
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 
@@ -92,7 +91,7 @@ def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Seq
     rows = []
     for device, d in zip(devices, data, strict=True):
         if is_eval_device(cfg.seed, device, cfg.eval_fraction):
-            d = EMPTY
+            d = empty_device(cfg.model_spec().n_features)
         x = d.x if task.input_offset is None else centre_rows(d.x, task.input_offset)
         rows.append(DeviceRows(x, d.time, d.event))
     res = train_devices(
@@ -100,6 +99,7 @@ def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Seq
         rows,
         TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
         seeds=[device_seed(cfg, dev, task.server_round) for dev in devices],
+        spec=cfg.model_spec(),
     )
     return np.asarray(res.params, dtype=np.float32) - np.asarray(task.params, dtype=np.float32)[None, :]
 
@@ -109,7 +109,8 @@ def _histograms(
 ) -> np.ndarray:
     """A held-out device's one-count score histogram; zeros for every other device."""
     assert task.params is not None
-    out = np.zeros((len(devices), histogram_length(cfg.horizon)))
+    spec = cfg.model_spec()
+    out = np.zeros((len(devices), histogram_length(spec.outputs)))
     held = [
         i
         for i, (dev, d) in enumerate(zip(devices, data, strict=True))
@@ -117,19 +118,18 @@ def _histograms(
     ]
     if held:
         x = np.stack([data[i].eval_x for i in held])  # type: ignore[misc]
-        probs = churn_probability(task.params, x)
+        probs = churn_probability(task.params, x, spec)
         for i, p in zip(held, np.atleast_1d(probs), strict=True):
-            out[i] = device_histogram(float(p), data[i].eval_time, data[i].eval_event, cfg.horizon)
+            out[i] = device_histogram(float(p), data[i].eval_time, data[i].eval_event, spec.outputs)
     return out
 
 
 def _summaries(cfg: RunConfig, data: list[DeviceData], devices: Sequence[int]) -> np.ndarray:
     """A training device's feature summary; zeros for a held-out device (it trains nothing)."""
+    n = cfg.model_spec().n_features
     return np.stack(
         [
-            np.zeros(N_FEATURES + 1)
-            if is_eval_device(cfg.seed, dev, cfg.eval_fraction)
-            else feature_summary(d.x)
+            np.zeros(n + 1) if is_eval_device(cfg.seed, dev, cfg.eval_fraction) else feature_summary(d.x, n)
             for dev, d in zip(devices, data, strict=True)
         ]
     )
@@ -138,7 +138,8 @@ def _summaries(cfg: RunConfig, data: list[DeviceData], devices: Sequence[int]) -
 def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     """A node's whole answer to a round task."""
     cfg = RunConfig.from_flower(context.run_config)
-    task = RoundTask.from_message(msg, DEFAULT_SPEC.n_params, N_FEATURES)
+    spec = cfg.model_spec()
+    task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
     keyholder = keyholder_for(context.node_config, cfg, task)  # refuses before any work
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from fedchurn.shared.events import (
     check_timestamp,
     check_tz_offset,
     check_value,
+    local_day,
 )
 
 
@@ -38,32 +40,97 @@ class ImportRowError(ValueError):
         self.path, self.row, self.column, self.reason = path, row, column, reason
 
 
+FIELDS = ("user", "timestamp", "category", "action", "value", "tz_offset")
+CONSTANT_FIELDS = ("category", "action", "value", "tz_offset")  # a log may hold one value for all rows
+ALIASES = {"tz": "tz_offset", "amount": "value"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one field comes from: a column of the log (its cells optionally mapped through
+    `values`), or, when the log has no column of that name, a constant for every row."""
+
+    name: str
+    values: tuple[tuple[str, str], ...] = ()  # cell text -> field value; other cells are an error
+    given: bool = False  # named in --map: may be a constant when the log has no such column
+
+    def lookup(self, cell: Any) -> Any:
+        if not self.values:
+            return cell
+        text = "" if cell is None else str(cell).strip()
+        table = dict(self.values)
+        if text not in table:
+            raise EventError("", f"{text!r} is not in the mapping {{{', '.join(table)}}}")
+        return table[text]
+
+
 @dataclass(frozen=True)
 class ColumnMapping:
-    """Which column of the log holds each field. `value` and `tz_offset` columns are optional."""
+    """How a log's columns make events. `value` and `tz_offset` are optional.
 
-    user: str = "user_id"
-    timestamp: str = "timestamp"
-    category: str = "category"
-    action: str = "action"
-    value: str | None = "value"
-    tz_offset: str | None = None
+    `field=column` reads a column; `field=column:{a:x,b:y}` maps its cells (cell a gives x);
+    `field=text` where the log has no column `text` sets a constant (category, action, value and
+    tz_offset only), e.g. `category=purchases,action=event_type:{buy:purchase,return:refund}`.
+    """
+
+    user: Source = Source("user_id")
+    timestamp: Source = Source("timestamp")
+    category: Source = Source("category")
+    action: Source = Source("action")
+    value: Source | None = Source("value")
+    tz_offset: Source | None = None
     default_tz_min: int | None = None  # used for epoch timestamps and naive ISO times
-    renames: dict[str, str] = field(default_factory=dict)  # category renames: log name -> catalogue id
 
     @classmethod
     def parse(cls, spec: str | None, default_tz_min: int | None = None) -> ColumnMapping:
-        """From `field=column,...` (e.g. `user=uid,timestamp=time`); unknown fields are an error."""
+        """From `field=source,...` (see the class); unknown fields and bad syntax are an error."""
         kwargs: dict[str, Any] = {"default_tz_min": default_tz_min}
-        for part in filter(None, (p.strip() for p in (spec or "").split(","))):
-            key, sep, col = part.partition("=")
-            if not sep or key not in {"user", "timestamp", "category", "action", "value", "tz_offset"}:
+        for part in _split_top(spec or ""):
+            key, sep, rhs = part.partition("=")
+            key = ALIASES.get(key.strip(), key.strip())
+            if not sep or key not in FIELDS:
                 raise ValueError(
-                    f"bad mapping {part!r}: expected field=column with field one of "
-                    "user, timestamp, category, action, value, tz_offset"
+                    f"--map: bad mapping {part!r}: expected field=column with field one of "
+                    f"{', '.join(FIELDS)} (or tz)"
                 )
-            kwargs[key] = col or None
+            kwargs[key] = _source(key, rhs.strip()) if rhs.strip() else None
+        if any(k in kwargs and kwargs[k] is None for k in ("user", "timestamp", "category", "action")):
+            raise ValueError("--map: user, timestamp, category and action cannot be empty")
         return cls(**kwargs)
+
+
+def _split_top(spec: str) -> list[str]:
+    """Split on commas outside braces."""
+    parts, depth, cur = [], 0, ""
+    for ch in spec:
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    if depth != 0:
+        raise ValueError(f"--map {spec!r}: unbalanced braces")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _source(key: str, rhs: str) -> Source:
+    name, brace, rest = rhs.partition(":{")
+    if not brace:
+        return Source(rhs, given=True)
+    if not rest.endswith("}"):
+        raise ValueError(f"--map {key}={rhs}: a value map is column:{{cell:value,...}}")
+    pairs = []
+    for item in filter(None, (i.strip() for i in rest[:-1].split(","))):
+        a, colon, b = item.partition(":")
+        if not colon or not a.strip() or not b.strip():
+            raise ValueError(f"--map {key}={rhs}: {item!r} is not cell:value")
+        pairs.append((a.strip(), b.strip()))
+    if not pairs:
+        raise ValueError(f"--map {key}={rhs}: the value map is empty")
+    return Source(name.strip(), tuple(pairs), given=True)
 
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -125,44 +192,71 @@ def _as_float(raw: Any) -> float:
         raise EventError("value", f"expected a number, got {raw!r}") from None
 
 
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow decompresses a CSV by its extension
+
+
+def log_format(path: Path) -> str:
+    """`csv` (plain or compressed) or `parquet`, from the file name; anything else is refused."""
+    suffixes = [x.lower() for x in path.suffixes[-2:]]
+    if suffixes[-1:] == [".parquet"]:
+        return "parquet"
+    if suffixes[-1:] == [".csv"] or (
+        len(suffixes) == 2 and suffixes[0] == ".csv" and suffixes[1] in COMPRESSED
+    ):
+        return "csv"
+    raise ValueError(
+        f"{path.name}: unsupported format {''.join(path.suffixes) or 'without an extension'!r} "
+        f"(use .csv, .csv{'/.csv'.join(COMPRESSED)} or .parquet)"
+    )
+
+
 def read_table(path: Path) -> pa.Table:
-    suffix = path.suffix.lower()
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (expected a header row and events)")
-    if suffix == ".parquet":
+    if log_format(path) == "parquet":
         return pq.read_table(path)
-    if suffix == ".csv":
-        bad: list[str] = []
+    bad: list[str] = []
 
-        def on_invalid(row: pacsv.InvalidRow) -> str:
-            bad.append(
-                f"row {row.number - 1} (line {row.number}): expected {row.expected_columns} "
-                f"columns, got {row.actual_columns}"
-            )
-            return "skip"
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad.append(
+            f"row {row.number - 1} (line {row.number}): expected {row.expected_columns} "
+            f"columns, got {row.actual_columns}"
+        )
+        return "skip"
 
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=False),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                strings_can_be_null=False, column_types=None, auto_dict_encode=False
-            ),
-        )
-        if bad:
-            raise ValueError(f"{path.name}: {bad[0]}")
-        # Re-read as text so every cell is validated by the same rules whatever pyarrow inferred.
-        names = table.column_names
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    raise ValueError(f"{path.name}: unsupported format {suffix!r} (use .csv or .parquet)")
+    # Every cell is read as text and validated by the same rules whatever pyarrow would infer.
+    header = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 16),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+    )
+    names = header.schema.names
+    header.close()
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    if bad:
+        raise ValueError(f"{path.name}: {bad[0]}")
+    if table.num_rows == 0:
+        raise ValueError(f"{path.name}: a header row but no events")
+    return table
+
+
+def _tz_cell(raw: Any) -> int:
+    """A tz cell: minutes east of UTC (`120`) or an offset (`+02:00`, `-0530`)."""
+    text = "" if raw is None else str(raw).strip()
+    m = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", text)
+    if m:
+        minutes = int(m.group(2)) * 60 + int(m.group(3))
+        return minutes if m.group(1) == "+" else -minutes
+    return _as_int(raw, "tz_offset")
 
 
 def read_log(path: str | Path, mapping: ColumnMapping | None = None) -> dict[str, np.ndarray]:
@@ -170,49 +264,95 @@ def read_log(path: str | Path, mapping: ColumnMapping | None = None) -> dict[str
     path = Path(path)
     m = mapping or ColumnMapping()
     table = read_table(path)
-    needed = {"user": m.user, "timestamp": m.timestamp, "category": m.category, "action": m.action}
-    if m.value:
-        needed["value"] = m.value
-    if m.tz_offset:
-        needed["tz_offset"] = m.tz_offset
-    missing = [f"{k} (column {c!r})" for k, c in needed.items() if c not in table.column_names]
+    sources = {
+        k: src
+        for k, src in (
+            ("user", m.user),
+            ("timestamp", m.timestamp),
+            ("category", m.category),
+            ("action", m.action),
+            ("value", m.value),
+            ("tz_offset", m.tz_offset),
+        )
+        if src is not None
+    }
+    have = set(table.column_names)
+    constant = {
+        k for k, src in sources.items() if src.name not in have and src.given and k in CONSTANT_FIELDS
+    }
+    missing = [
+        f"{k} (column {src.name!r})"
+        for k, src in sources.items()
+        if src.name not in have and k not in constant
+    ]
     if missing:
         raise ValueError(
             f"{path.name}: missing columns: {', '.join(missing)}; "
             f"the file has: {', '.join(table.column_names)}"
         )
-    cols = {k: table.column(c).to_pylist() for k, c in needed.items()}
+    n = table.num_rows
+    cols = {
+        k: [src.name] * n if k in constant else table.column(src.name).to_pylist()
+        for k, src in sources.items()
+    }
+    where = {k: (f"--map {k}={src.name}" if k in constant else src.name) for k, src in sources.items()}
     rows: dict[str, list[tuple[int, int, int, int, float]]] = {}
-    for i in range(table.num_rows):
+    for i in range(n):
         column = "user"
         try:
             user = cols["user"][i]
             if user is None or str(user).strip() == "":
                 raise EventError("user", "missing user id")
+            column = "tz_offset"  # a tz column is also the zone of the row's naive time
+            row_tz = (
+                _tz_cell(sources["tz_offset"].lookup(cols["tz_offset"][i]))
+                if "tz_offset" in sources
+                else None
+            )
+            if row_tz is not None:
+                check_tz_offset(row_tz)
             column = "timestamp"
-            ts, carried_tz = _parse_ts(cols["timestamp"][i], m.default_tz_min)
+            naive_tz = m.default_tz_min if row_tz is None else row_tz
+            ts, carried_tz = _parse_ts(sources["timestamp"].lookup(cols["timestamp"][i]), naive_tz)
             check_timestamp(ts)
-            column = "tz_offset"
-            if m.tz_offset:
-                tz = _as_int(cols["tz_offset"][i], "tz_offset")
-            elif carried_tz is not None:
-                tz = carried_tz
-            else:
-                tz = m.default_tz_min or 0
+            tz = (
+                row_tz
+                if row_tz is not None
+                else carried_tz
+                if carried_tz is not None
+                else m.default_tz_min or 0
+            )
             check_tz_offset(tz)
             column = "category"
-            cat = str(cols["category"][i] or "").strip()
-            cat = m.renames.get(cat, cat)
+            cat = str(sources["category"].lookup(cols["category"][i]) or "").strip()
             column = "action"
-            cat_idx, act_idx = action_code(cat, str(cols["action"][i] or "").strip())
+            act = str(sources["action"].lookup(cols["action"][i]) or "").strip()
+            column = "category"
+            cat_idx, act_idx = action_code(cat, act)
             column = "value"
-            value = _as_float(cols["value"][i]) if m.value else 1.0
+            value = _as_float(sources["value"].lookup(cols["value"][i])) if "value" in sources else 1.0
             check_value(value)
         except EventError as err:
-            col_name = needed.get(err.field, needed.get(column, column))
-            raise ImportRowError(path, i + 1, col_name, str(err).split(": ", 1)[-1]) from None
+            field_name = err.field if err.field in where else column
+            raise ImportRowError(
+                path, i + 1, where.get(field_name, field_name), str(err).split(": ", 1)[-1]
+            ) from None
         rows.setdefault(str(user).strip(), []).append((ts, tz, cat_idx, act_idx, value))
     return {u: np.array(r, dtype=EVENT_DTYPE) for u, r in rows.items()}
+
+
+@lru_cache(maxsize=2)
+def read_log_devices(path: str, mapping: str, tz: str = "") -> tuple[tuple[np.ndarray, ...], int]:
+    """A log as simulated devices: each user's events, users sorted by id (device i is the i-th),
+    and the log's last local day (every device's today). Cached: a simulation process reads the
+    log once however many messages it answers."""
+    default_tz = int(tz) if tz.strip() else None
+    per_user = read_log(Path(path), ColumnMapping.parse(mapping, default_tz))
+    if not per_user:
+        raise ValueError(f"{Path(path).name}: the log holds no events")
+    arrays = tuple(per_user[u] for u in sorted(per_user))
+    today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
+    return arrays, today
 
 
 def store_path(store_dir: Path, user: str) -> Path:

@@ -77,3 +77,40 @@ def survival_labels(
     if valid is not None:
         usable &= np.asarray(valid, dtype=bool)
     return SurvivalLabels(time=time, event=event, usable=usable)
+
+
+def window_labels(active: np.ndarray, horizon: int) -> SurvivalLabels:
+    """The standard churn label for every day t of (..., D) activity flags (the last column is
+    today): churned when there is no activity in (t, t + horizon]. Known when that window ends by
+    today or holds an activity. One output bin: time is 1 for every usable day."""
+    active = np.asarray(active, dtype=bool)
+    D = active.shape[-1]
+    t = np.arange(D)
+    big = np.iinfo(np.int64).max // 4
+    rev = np.where(active, t, big)[..., ::-1]
+    next_on_or_after = np.minimum.accumulate(rev, axis=-1)[..., ::-1]
+    next_after = np.concatenate([next_on_or_after[..., 1:], np.full((*active.shape[:-1], 1), big)], axis=-1)
+    returned = next_after - t <= horizon
+    known = returned | (t + horizon <= D - 1)
+    return SurvivalLabels(time=known.astype(np.int64), event=known & ~returned, usable=known)
+
+
+def recently_active(active: np.ndarray, days: int) -> np.ndarray:
+    """Whether each day t has activity in the `days` days ending at t (the `active:N` population)."""
+    c = np.cumsum(np.asarray(active, dtype=np.int64), axis=-1)
+    before = np.concatenate([np.zeros((*c.shape[:-1], days), dtype=np.int64), c[..., :-days]], axis=-1)
+    return np.asarray(c - before[..., : c.shape[-1]] > 0)
+
+
+def to_bins(labels: SurvivalLabels, bin_days: int, horizon: int) -> SurvivalLabels:
+    """Day-valued survival labels in bins of `bin_days`: an event on day s falls in bin
+    ceil(s / bin_days); a day-s censoring has survived floor(s / bin_days) whole bins (all of them
+    when s reaches the horizon). Rows with no whole bin known become unusable."""
+    if bin_days == 1:
+        return labels
+    outputs = -(-horizon // bin_days)
+    t = labels.time
+    binned = np.where(labels.event, -(-t // bin_days), np.where(t >= horizon, outputs, t // bin_days))
+    return SurvivalLabels(
+        time=binned.astype(np.int64), event=labels.event, usable=labels.usable & (binned >= 1)
+    )

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from fedchurn.shared.model import survival_nll_rows
-from fedchurn.shared.model_format import DEFAULT_SPEC, INPUT_SCALE, ModelSpec, unflatten
+from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, unflatten
 
 # Devices trained together at a time: small enough for a chunk's minibatch rows (256 × 32 × 127
 # floats, 4 MB) to stay near the cache; measured fastest of 64..1,000 (all at once: ~20 % slower).
@@ -175,7 +175,7 @@ def _train_chunk(
     """Devices with at least one row, sorted by minibatches per epoch (most first): their new
     parameters (D, P) and last-epoch losses (D,)."""
     D, B, E = len(rows), cfg.batch_size, cfg.epochs
-    F, H = spec.n_features, spec.horizon
+    F, H = spec.n_features, spec.outputs
     nl = [len(r.time) for r in rows]
     n = np.array(nl, dtype=np.int64)
     R = int(n.sum())  # rows of the batch; row R of each table is the padding row
@@ -186,7 +186,7 @@ def _train_chunk(
     u[R] = 0.0
     perms: list[np.ndarray] = []
     for d, r in enumerate(rows):
-        np.divide(r.x, INPUT_SCALE, out=u[start[d] : start[d] + nl[d]])
+        np.divide(r.x, spec.input_scale, out=u[start[d] : start[d] + nl[d]])
         rng = np.random.default_rng(seeds[d])
         perms.extend(rng.permutation(nl[d]) for _ in range(E))
     t_np = np.zeros(R + 1, dtype=np.int64)

@@ -264,10 +264,26 @@ def simulate(
     mapping: Annotated[
         str, typer.Option("--map", help="With --events: column mapping, e.g. user=uid,timestamp=t.")
     ] = "",
+    tz: Annotated[
+        int | None, typer.Option(help="With --events: UTC offset (minutes) for times without one.")
+    ] = None,
+    cutoff: Annotated[
+        str,
+        typer.Option(
+            help="With --events: the standard churn protocol at this date (YYYY-MM-DD): features "
+            "from events up to it, churn = no activity in the horizon after it; training rows "
+            "are earlier days whose outcome ends by it. Default: rolling labels (docs/client-spec.md §7)."
+        ),
+    ] = _RC.cutoff,
+    population: Annotated[
+        str, typer.Option(help="Rows scored: all, or active:N (activity in the N days up to the day).")
+    ] = _RC.population,
     activity: Annotated[
         str, typer.Option(help="Categories that count as activity (comma-separated).")
     ] = "sessions",
-    horizon: Annotated[int, typer.Option(help="Prediction horizon in days.")] = _RC.horizon,
+    horizon: Annotated[
+        int, typer.Option(help="Prediction horizon in days (1-365); the model's outputs follow it.")
+    ] = _RC.horizon,
     silence_days: Annotated[
         int, typer.Option(help="Days without activity that make a churn.")
     ] = _RC.silence_days,
@@ -325,11 +341,8 @@ def simulate(
     """Train the churn model with Flower's simulation engine and report it beside baselines."""
     from fedchurn.simulations.simulate import simulate as run
 
-    if events is not None and horizon + silence_days > 200:
-        console.print(
-            "[yellow]note:[/] long horizons need long logs: each device keeps horizon + silence days "
-            "of history for its evaluation day"
-        )
+    if events is None and (cutoff or tz is not None):
+        _fail("--cutoff and --tz apply to a real log: give --events too")
     cfg = RunConfig(
         num_server_rounds=rounds,
         devices=devices,
@@ -341,6 +354,9 @@ def simulate(
         days=days,
         events_file=str(events.resolve()) if events else "",
         events_map=mapping,
+        events_tz="" if tz is None else str(tz),
+        cutoff=cutoff,
+        population=population,
         activity=activity,
         horizon=horizon,
         silence_days=silence_days,
@@ -412,6 +428,7 @@ def _print_privacy(summary: dict[str, Any], con: Console) -> None:
 
 MODEL_LABELS = {
     "federated": "federated",
+    "recency": "recency only (days since last activity)",
     "logreg": "logistic regression (central)",
     "xgboost": "XGBoost (central)",
     "central_net": "same net (central)",
@@ -444,9 +461,11 @@ def _print_summary(summary: dict[str, Any], con: Console) -> None:
     _print_privacy(summary, con)
     fed = summary["federated"].get("final_evaluation", {})
     if "devices" in fed:
+        n, pos = int(fed["devices"]), int(fed.get("positives", 0))
+        labels = RunConfig(**summary["config"]).protocol().describe() if "config" in summary else ""
         con.print(
-            f"{int(fed['devices']):,} held-out devices, "
-            f"{int(fed.get('positives', 0)):,} churned within the horizon"
+            f"{n:,} held-out devices, {pos:,} churned within the horizon ({pos / max(n, 1):.1%})"
+            + (f"; labels: {labels}" if labels else "")
         )
 
 
@@ -460,27 +479,46 @@ def score(
         str | None, typer.Option("--map", help="Column mapping, e.g. user=uid,timestamp=t.")
     ] = None,
     tz: Annotated[int | None, typer.Option(help="UTC offset (minutes) for times without one.")] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Score every user as of this day (YYYY-MM-DD); default: the log's last day."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Score every device of a log with a trained model (as each device would, numpy only)."""
+    """Score every user of a log on one day with a trained model (as each device would, numpy
+    only): a user silent since their last event is scored on that silence."""
     from fedchurn.client.importer import ColumnMapping, read_log
     from fedchurn.client.scoring import score_device
     from fedchurn.server.run_output import load_model
+    from fedchurn.shared.events import local_day
+    from fedchurn.shared.model_format import ModelSpec
+    from fedchurn.shared.protocol import day_number
 
     try:
+        day = day_number(as_of, "--as-of") if as_of is not None else None
         params, meta = load_model(model)
         per_user = read_log(events, ColumnMapping.parse(mapping, tz))
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    results = [
-        {"user": u, **score_device(params, ev, high=meta["high_risk"], medium=meta["medium_risk"])}
-        for u, ev in sorted(per_user.items())
-    ]
+    if not per_user:
+        _fail(f"{events.name}: the log holds no events")
+    if day is None:
+        day = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in per_user.values())
+    spec = ModelSpec.from_dict(meta["spec"])
+    results = []
+    for u, ev in sorted(per_user.items()):
+        r = score_device(params, ev, meta["high_risk"], meta["medium_risk"], spec, as_of=day)
+        if r is not None:
+            results.append({"user": u, **r})
     if as_json:
-        sys.stdout.write(json.dumps({"model_version": meta["model_version"], "devices": results}) + "\n")
+        doc = {"model_version": meta["model_version"], "horizon_days": spec.horizon_days, "devices": results}
+        sys.stdout.write(json.dumps(doc) + "\n")
         return
     table = Table(
-        title=f"churn risk within {_days(meta['spec']['horizon'])} (model v{meta['model_version']})"
+        title=f"churn risk within {_days(spec.horizon_days)} (model v{meta['model_version']}), "
+        f"as of {results[0]['date'] if results else as_of}"
     )
     for col in ("user", "date", "probability", "score", "tier"):
         table.add_column(col)

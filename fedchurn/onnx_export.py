@@ -5,7 +5,8 @@ only on the parameters (no tracing, no torch exporter, whose default path needs 
 whose TorchScript path is deprecated), and it uses only operators every runtime has (opset 17:
 Div, Gemm, Relu, Sigmoid, Softplus, MatMul, Exp, Gather, Sub).
 
-Input `features` float32 [batch, 127] (raw features; the input scaling is baked in).
+Input `features` float32 [batch, n_features] (the first n_features of a device's raw feature vector:
+127 for the default model; the input scaling is baked in).
 Outputs `hazards` [batch, 14], `survival` S(t) [batch, 14] and `churn_probability` [batch, 1].
 S(t) is exp of a cumulative sum of log(1 − h) = −softplus(z), taken as a product with an
 upper-triangular matrix of ones, which is numerically safer than multiplying the (1 − h) terms.
@@ -24,7 +25,6 @@ from fedchurn.shared.feature_spec import FEATURE_NAMES
 from fedchurn.shared.model_format import (
     DEFAULT_SPEC,
     HIGH_RISK,
-    INPUT_SCALE,
     MEDIUM_RISK,
     ModelSpec,
     unflatten,
@@ -40,9 +40,9 @@ def build_model(
     params: np.ndarray, spec: ModelSpec = DEFAULT_SPEC, model_version: int = 0
 ) -> onnx.ModelProto:
     w1, b1, w2, b2 = unflatten(params, spec)
-    H = spec.horizon
+    H = spec.outputs
     inits = [
-        numpy_helper.from_array(INPUT_SCALE.astype(np.float32), "input_scale"),
+        numpy_helper.from_array(spec.input_scale.astype(np.float32), "input_scale"),
         numpy_helper.from_array(np.ascontiguousarray(w1, dtype=np.float32), "W1"),
         numpy_helper.from_array(np.ascontiguousarray(b1, dtype=np.float32), "b1"),
         numpy_helper.from_array(np.ascontiguousarray(w2, dtype=np.float32), "W2"),
@@ -88,7 +88,7 @@ def build_model(
         "fedchurn.spec": json.dumps(spec.to_dict()),
         "fedchurn.high_risk": repr(HIGH_RISK),
         "fedchurn.medium_risk": repr(MEDIUM_RISK),
-        "fedchurn.feature_names": json.dumps(list(FEATURE_NAMES)),
+        "fedchurn.feature_names": json.dumps(list(FEATURE_NAMES[: spec.n_features])),
     }
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)

@@ -600,7 +600,7 @@ def logic_in_plain_words(groups: list[FeatureGroupImportance], lang: i18n.Lang =
         n_static=counts["static"],
         n_env=counts["environment"],
         hidden=DEFAULT_SPEC.hidden,
-        horizon=DEFAULT_SPEC.horizon,
+        horizon=DEFAULT_SPEC.horizon_days,
         high=HIGH_RISK,
         medium=MEDIUM_RISK,
     )

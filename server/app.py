@@ -35,7 +35,7 @@ from fedchurn.server.secure_rounds import KeyHolderClient, connect_keyholder
 from fedchurn.server.settings import AggregatorSettings, redact_url
 from fedchurn.server.strategy import ChurnFedAvg, make_strategy
 from fedchurn.shared.messages import PARAMS_KEY, MessageError, RosterReply, roster_query
-from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
+from fedchurn.shared.model_format import init_params
 from fedchurn.shared.run_config import RunConfig
 
 app = ServerApp()
@@ -259,7 +259,7 @@ def main(grid: Grid, context: Context) -> None:
         if out:
             out.rounds = [r["record"] for r in records]
     else:
-        initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, DEFAULT_SPEC))})
+        initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, cfg.model_spec()))})
         if recovery is not None:
             recovery.charge_before_first_checkpoint(strategy)
         if cfg.centre_features:
@@ -328,7 +328,7 @@ def main(grid: Grid, context: Context) -> None:
         done.status = "finished"
         recovery.save(done, None)
     if out:
-        out.write_model(params, version=cfg.num_server_rounds)
+        out.write_model(params, version=cfg.num_server_rounds, spec=cfg.model_spec())
         out.write_json(
             "federated.json",
             {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fedchurn.server.audit import AuditStore, RoundAlreadyRecordedError
 from fedchurn.shared.catalogue import CATEGORY_IDS
 from fedchurn.shared.feature_spec import FEATURES
-from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, HORIZON_DAYS
+from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, HORIZON_DAYS, ModelSpec
 from fedchurn.shared.protection import MODE_LABELS, PARTY_VIEWS, ProtectionParams
 from fedchurn.shared.run_config import RunConfig
 
@@ -58,11 +58,11 @@ def protection_record(cfg: RunConfig, params: ProtectionParams | None) -> dict[s
         return {
             "mode": "plaintext",
             "params": {"label": MODE_LABELS["plaintext"]},
-            "upload_bytes": 4 * DEFAULT_SPEC.n_params,
+            "upload_bytes": 4 * cfg.model_spec().n_params,
             "aggregator_learns": "every device's new model parameters, in the clear (baseline mode)",
             "keyholder_learns": "nothing (no key holder in plaintext mode)",
         }
-    upload = params.upload_bytes(DEFAULT_SPEC.n_params) if params.mode == "secagg" else 0
+    upload = params.upload_bytes(cfg.model_spec().n_params) if params.mode == "secagg" else 0
     return {
         "mode": params.mode,
         "params": params.to_dict(),
@@ -72,16 +72,16 @@ def protection_record(cfg: RunConfig, params: ProtectionParams | None) -> dict[s
     }
 
 
-def feature_group_importance(params_vector: Any) -> dict[str, float]:
+def feature_group_importance(params_vector: Any, spec: ModelSpec = DEFAULT_SPEC) -> dict[str, float]:
     """Share of first-layer weight magnitude per source category: which data drive the score."""
     import numpy as np
 
-    from fedchurn.shared.model_format import INPUT_SCALE, unflatten
+    from fedchurn.shared.model_format import unflatten
 
-    w1 = unflatten(np.asarray(params_vector))[0]
-    per_feature = np.abs(w1).sum(axis=0) / INPUT_SCALE
+    w1 = unflatten(np.asarray(params_vector), spec)[0]
+    per_feature = np.abs(w1).sum(axis=0) / spec.input_scale
     out = dict.fromkeys(CATEGORY_IDS, 0.0)
-    for f, v in zip(FEATURES, per_feature, strict=True):
+    for f, v in zip(FEATURES[: spec.n_features], per_feature, strict=True):
         for c in f.categories:
             out[c] += float(v) / len(f.categories)
     total = sum(out.values()) or 1.0
@@ -114,8 +114,8 @@ class RunAudit:
                 model={
                     "name": "fedchurn survival net",
                     "version": "0",
-                    "n_params": DEFAULT_SPEC.n_params,
-                    "layers": DEFAULT_SPEC.to_dict(),
+                    "n_params": cfg.model_spec().n_params,
+                    "layers": cfg.model_spec().to_dict(),
                 },
             )
 
@@ -182,6 +182,6 @@ class RunAudit:
             "training_rounds": cfg.num_server_rounds,
             "metrics": metrics,
             "logic": LOGIC,
-            "feature_group_importance": feature_group_importance(params_vector),
+            "feature_group_importance": feature_group_importance(params_vector, cfg.model_spec()),
         }
         self.store.finish_run(self.run_id, status, final_metrics=metrics, model_card=card)

@@ -75,7 +75,7 @@ def load_model(model_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
             f"{meta_path}: model format {meta.get('format_version')}, expected {MODEL_FORMAT_VERSION}"
         )
     params = np.load(d / "params.npy")
-    spec = ModelSpec(**{k: v for k, v in meta["spec"].items() if k != "n_params"})
+    spec = ModelSpec.from_dict(meta["spec"])
     if params.shape != (spec.n_params,):
         raise ValueError(f"{d}: params.npy has shape {params.shape}, the spec says {spec.n_params}")
     return params, meta

@@ -21,7 +21,6 @@ from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.server.settings import AggregatorSettings
 from fedchurn.shared.evaluation import histogram_length
-from fedchurn.shared.model_format import DEFAULT_SPEC
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
 
@@ -119,7 +118,7 @@ class SecureRounds:
         policy: dict[str, Any] = {
             "k_min": cfg.k_min,
             "min_noise_multiplier": self.noise_multiplier,
-            "noise_exempt": [(self.eval_params, histogram_length(cfg.horizon))],
+            "noise_exempt": [(self.eval_params, histogram_length(cfg.outputs))],
         }
         self.keyholder: KeyHolderClient | None = None  # the plaintext baseline has none
         if cfg.protection == "plaintext":
@@ -174,8 +173,8 @@ class SecureRounds:
         if p.mode == "secagg":
             release |= {
                 "ring_bits": p.ring_bits,
-                "coords_per_upload": p.n_coords(DEFAULT_SPEC.n_params),
-                "upload_bytes": p.upload_bytes(DEFAULT_SPEC.n_params),
+                "coords_per_upload": p.n_coords(cfg.model_spec().n_params),
+                "upload_bytes": p.upload_bytes(cfg.model_spec().n_params),
             }
         return {
             **self.accountant.report(cfg.delta),

@@ -38,7 +38,6 @@ from fedchurn.server.grid_polling import PromptGrid
 from fedchurn.server.sampling import Pair, Sampler
 from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, RoundSum, SecureRounds
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
-from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.messages import PARAMS_KEY, MessageError, NodeReply, Purpose, RoundTask
 from fedchurn.shared.model_format import fold_input_offset
 from fedchurn.shared.protection import ProtectionParams
@@ -322,7 +321,7 @@ class ChurnFedAvg(FedAvg):
         """The model as it leaves the server: with the input offset folded into the first bias."""
         if self.offset is None:
             return arrays
-        folded = fold_input_offset(arrays[PARAMS_KEY].numpy(), self.offset)
+        folded = fold_input_offset(arrays[PARAMS_KEY].numpy(), self.offset, self.cfg.model_spec())
         return ArrayRecord({PARAMS_KEY: Array(folded.astype(np.float32))})
 
     def measure_feature_mean(self, grid: Grid, timeout: float) -> np.ndarray | None:
@@ -335,7 +334,8 @@ class ChurnFedAvg(FedAvg):
         plan = self.sampler.train()
         params = self.secure.stats_params
         s.sampled = len(plan)
-        msgs = self._send(grid, plan, "stats", params, 0, None, N_FEATURES + 1, STATS_COHORTS)
+        n_features = self.cfg.model_spec().n_features
+        msgs = self._send(grid, plan, "stats", params, 0, None, n_features + 1, STATS_COHORTS)
         res = self._finish(grid.send_and_receive(msgs, timeout=timeout))
         s.received = res.received
         s.refused += res.refused
@@ -346,9 +346,9 @@ class ChurnFedAvg(FedAvg):
         if total is not None and res.noise_std > 0:
             # Under DP the count coordinate's noise is as large as a cohort's count; divide by
             # the expected devices instead (those without a training day pull the mean to 0).
-            total[N_FEATURES] = self.secure.expected_devices or res.count
+            total[n_features] = self.secure.expected_devices or res.count
         self.offset = None if total is None else mean_from_sum(total)
-        s.trained = 0 if total is None else round(float(total[N_FEATURES]))
+        s.trained = 0 if total is None else round(float(total[n_features]))
         return self.offset
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -370,7 +370,7 @@ class ChurnFedAvg(FedAvg):
     def _eval_args(
         self, server_round: int, arrays: ArrayRecord
     ) -> tuple[ProtectionParams, int, ArrayRecord, int]:
-        n = histogram_length(self.cfg.horizon)
+        n = histogram_length(self.cfg.outputs)
         return self.secure.eval_params, server_round, self.exported(arrays), n
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -379,7 +379,7 @@ class ChurnFedAvg(FedAvg):
         summed = self._sum_eval(replies)
         if summed is None:
             return None
-        m = metrics_from_histogram(summed, self.cfg.horizon)
+        m = metrics_from_histogram(summed, self.cfg.outputs)
         self.stats.evaluation = m
         return MetricRecord({k: v for k, v in m.items() if not isinstance(v, list)})
 
@@ -395,7 +395,7 @@ class ChurnFedAvg(FedAvg):
             return {}
         msgs = self._send(grid, plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
         summed = self._sum_eval(grid.send_and_receive(msgs, timeout=timeout))
-        return {} if summed is None else metrics_from_histogram(summed, self.cfg.horizon)
+        return {} if summed is None else metrics_from_histogram(summed, self.cfg.outputs)
 
 
 class ChurnFedAdam(FedAdam, ChurnFedAvg):

@@ -15,7 +15,7 @@ import numpy as np
 from fedchurn.shared.catalogue import BY_ID, CATEGORIES, CATEGORY_IDS
 
 SECONDS_PER_DAY = 86_400
-MIN_TIMESTAMP = 946_684_800  # 2000-01-01T00:00:00Z
+MIN_TIMESTAMP = 0  # 1970-01-01T00:00:00Z: public logs such as CDNOW (1997) are older than 2000
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01T00:00:00Z
 MAX_TZ_OFFSET_MIN = 14 * 60  # UTC-14:00 .. UTC+14:00
 MAX_VALUE = 1e9
@@ -53,7 +53,7 @@ def check_timestamp(ts: int) -> None:
     if isinstance(ts, bool) or not isinstance(ts, int | np.integer):
         raise EventError("timestamp", f"expected whole seconds since 1970-01-01 UTC, got {ts!r}")
     if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP:
-        raise EventError("timestamp", f"{ts} is outside 2000-01-01..2100-01-01")
+        raise EventError("timestamp", f"{ts} is outside 1970-01-01..2100-01-01")
 
 
 def check_tz_offset(tz_min: int) -> None:

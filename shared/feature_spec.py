@@ -20,12 +20,15 @@ BEHAVIOUR = "*"  # every category except device_context
 NIGHT_HOURS = (0, 6)  # local hours [0, 6) count as night
 
 WINDOWS = (1, 7, 14, 28)
+LONG_WINDOWS = (90, 180, 365)  # extended features: purchase logs and horizons of months
 TREND_RECENT, TREND_PRIOR = 7, 21
 RECENCY_CAP = 90  # days; also the value when a category was never seen
 BASELINE_DAYS = 28
 SILENCE_RATIO = 0.8  # "more than 20% below baseline"
 CONTENT_RATIO = 0.4  # "below 40% of the user's historical mean"
 CONTENT_RATIO_CAP = 10.0
+OVERDUE_CAP = 10.0  # recency / mean gap between active days
+MONETARY_PRIOR = 270  # days before the last 90 that the monetary trend compares against
 ACTIVITY_K = 4.0  # index = 100 * raw / (raw + ACTIVITY_K)
 
 # Weights of log1p(daily amount) in the activity index: channel name -> weight.
@@ -63,7 +66,8 @@ def _channels() -> tuple[Channel, ...]:
     out += [
         Channel("session_minutes", "sessions", ("session",), "sum", scale=1 / 60),
         Channel("content_minutes", "content_consumption", (), "sum"),
-        Channel("purchase_amount", "purchases", (), "sum"),
+        Channel("purchase_amount", "purchases", ("purchase",), "sum"),
+        Channel("refund_amount", "purchases", ("refund",), "sum"),
         Channel("night_events", BEHAVIOUR, (), "count", night_only=True),
         Channel("cart_abandon", "commerce_browsing", ("cart_abandon",), "count"),
         Channel("checkout", "commerce_browsing", ("checkout",), "count"),
@@ -264,7 +268,74 @@ def _features() -> tuple[FeatureSpec, ...]:
     return tuple(out)
 
 
-FEATURES: tuple[FeatureSpec, ...] = _features()
+def _extended() -> tuple[FeatureSpec, ...]:
+    """Features for long horizons and purchase logs: long windows per category, recency, frequency
+    and rhythm over all history, and money. They follow the base features in the vector, so a
+    model of the base features reads a prefix (`ModelSpec.n_features`)."""
+    beh = _behaviour()
+    out = [
+        FeatureSpec(
+            f"{c}.count_{w}d", "dynamic", (c,), f"log1p(number of {c} events in the {w} days ending today)"
+        )
+        for c in CATEGORY_IDS
+        for w in LONG_WINDOWS
+    ]
+    out += [
+        FeatureSpec(
+            "rfm.monetary_90d", "dynamic", ("purchases",), "log1p(purchase amount in the last 90 days)"
+        ),
+        FeatureSpec(
+            "rfm.monetary_365d", "dynamic", ("purchases",), "log1p(purchase amount in the last 365 days)"
+        ),
+        FeatureSpec("rfm.monetary_total", "dynamic", ("purchases",), "log1p(purchase amount, all history)"),
+        FeatureSpec(
+            "rfm.monetary_trend",
+            "dynamic",
+            ("purchases",),
+            f"ln((amount in last 90 d + 1) / (amount in the {MONETARY_PRIOR} d before that × 90/"
+            f"{MONETARY_PRIOR} + 1))",
+        ),
+        FeatureSpec(
+            "rfm.refunds_365d", "dynamic", ("purchases",), "log1p(refunded amount in the last 365 days)"
+        ),
+        FeatureSpec(
+            "history.recency_days",
+            "dynamic",
+            beh,
+            "log1p(days since the last day with a behaviour event, uncapped; days of history when none)",
+        ),
+        FeatureSpec("history.active_days", "dynamic", beh, "log1p(days with a behaviour event, all history)"),
+        FeatureSpec(
+            "history.gap_mean_days",
+            "dynamic",
+            beh,
+            "log1p(mean days between consecutive days with a behaviour event; 0 with fewer than 2)",
+        ),
+        FeatureSpec(
+            "history.gap_std_days",
+            "dynamic",
+            beh,
+            "log1p(standard deviation (population) of those gaps; 0 with fewer than 2 days)",
+        ),
+        FeatureSpec(
+            "history.gap_last_days",
+            "dynamic",
+            beh,
+            "log1p(days between the last two days with a behaviour event; 0 with fewer than 2)",
+        ),
+        FeatureSpec(
+            "history.overdue",
+            "dynamic",
+            beh,
+            f"days since the last behaviour event / mean gap, capped at {OVERDUE_CAP:g} (0 with fewer "
+            "than 2 active days)",
+        ),
+    ]
+    return tuple(out)
+
+
+BASE_FEATURES = len(_features())  # the brief's 127: the default model's inputs
+FEATURES: tuple[FeatureSpec, ...] = _features() + _extended()
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
 FEATURE_INDEX: dict[str, int] = {n: i for i, n in enumerate(FEATURE_NAMES)}

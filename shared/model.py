@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedchurn.shared.model_format import DEFAULT_SPEC, INPUT_SCALE, ModelSpec, flatten, unflatten
+from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, flatten, unflatten
 
 
 class ChurnNet(nn.Module):
@@ -18,11 +18,12 @@ class ChurnNet(nn.Module):
         super().__init__()
         self.spec = spec
         self.hidden = nn.Linear(spec.n_features, spec.hidden)
-        self.out = nn.Linear(spec.hidden, spec.horizon)
-        self.register_buffer("scale", torch.from_numpy(INPUT_SCALE.copy()), persistent=False)
+        self.out = nn.Linear(spec.hidden, spec.outputs)
+        self.register_buffer("scale", torch.from_numpy(spec.input_scale.copy()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.hidden(x / self.scale)))
+        # a device's full feature vector or the model's prefix, as `model_format.hazards`
+        return self.out(torch.relu(self.hidden(x[..., : self.spec.n_features] / self.scale)))
 
     def get_vector(self) -> np.ndarray:
         return flatten([p.detach().cpu().numpy() for p in self._ordered()])

@@ -1,8 +1,9 @@
 """The churn model's layout and forward pass in numpy: what a device needs to score.
 
 The model is a small discrete-time survival net: inputs (features / INPUT_SCALE) -> Linear ->
-ReLU -> Linear -> 14 hazard logits. Its parameters travel as one flat float32 vector in the
-order W1, b1, W2, b2 (row-major), which is also the vector every device's update refers to.
+ReLU -> Linear -> one hazard logit per horizon bin (14 daily bins by default; `ModelSpec`). Its
+parameters travel as one flat float32 vector in the order W1, b1, W2, b2 (row-major), which is
+also the vector every device's update refers to.
 `shared.model` builds the same network in torch for training; a test checks they agree.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedchurn.shared.feature_spec import FEATURE_INDEX, N_FEATURES, RECENCY_CAP
+from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX, N_FEATURES, RECENCY_CAP
 
 HORIZON_DAYS = 14
 HIGH_RISK = 0.78
@@ -21,20 +22,50 @@ MEDIUM_RISK = 0.40
 
 @dataclass(frozen=True)
 class ModelSpec:
-    n_features: int = N_FEATURES
+    """The network's layout. The output layer has one hazard per bin of `bin_days` days covering
+    `horizon_days` (the last bin may be shorter): the churn probability is the chance of the event
+    in any bin, so the horizon a model predicts travels with it (`shared.protocol` chooses bins)."""
+
+    n_features: int = BASE_FEATURES  # a prefix of the feature vector (`feature_spec`)
     hidden: int = 16
-    horizon: int = HORIZON_DAYS
+    horizon_days: int = HORIZON_DAYS
+    bin_days: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.n_features, self.hidden, self.horizon_days, self.bin_days) < 1:
+            raise ValueError(f"a model spec needs positive sizes, got {self}")
+        if self.n_features > N_FEATURES:
+            raise ValueError(f"a model reads at most the {N_FEATURES} features a device computes")
+
+    @property
+    def input_scale(self) -> np.ndarray:
+        """What the model divides its inputs by (the first n_features of INPUT_SCALE)."""
+        return INPUT_SCALE[: self.n_features]
+
+    @property
+    def outputs(self) -> int:
+        """Hazard outputs: ceil(horizon_days / bin_days)."""
+        return -(-self.horizon_days // self.bin_days)
 
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden, self.n_features), (self.hidden,), (self.horizon, self.hidden), (self.horizon,))
+        return ((self.hidden, self.n_features), (self.hidden,), (self.outputs, self.hidden), (self.outputs,))
 
     @property
     def n_params(self) -> int:
         return int(sum(np.prod(s) for s in self.shapes))
 
     def to_dict(self) -> dict[str, int]:
-        return {**asdict(self), "n_params": self.n_params}
+        return {**asdict(self), "outputs": self.outputs, "n_params": self.n_params}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> ModelSpec:
+        """From `to_dict` (derived keys are checked, not trusted)."""
+        spec = cls(**{k: int(d[k]) for k in ("n_features", "hidden", "horizon_days", "bin_days") if k in d})
+        for key, value in (("outputs", spec.outputs), ("n_params", spec.n_params)):
+            if key in d and int(d[key]) != value:
+                raise ValueError(f"model spec: {key} is {d[key]}, the layout gives {value}")
+        return spec
 
 
 DEFAULT_SPEC = ModelSpec()
@@ -52,7 +83,12 @@ def _input_scale() -> np.ndarray:
             scale[i] = 7
         elif name in ("activity.index", "activity.baseline"):
             scale[i] = 100
-        elif name in ("activity.ratio", "content.vs_mean", "commerce.abandoned_cart_streak"):
+        elif name in (
+            "activity.ratio",
+            "content.vs_mean",
+            "commerce.abandoned_cart_streak",
+            "history.overdue",
+        ):
             scale[i] = 10
         elif name == "account_age_days":
             scale[i] = 6
@@ -93,9 +129,10 @@ def fold_input_offset(params: np.ndarray, offset: np.ndarray, spec: ModelSpec = 
 
 
 def hazards(params: np.ndarray, features: np.ndarray, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
-    """Per-day churn hazards h_1..h_H for each row of features (..., n_features)."""
+    """Per-bin churn hazards h_1..h_K for each row of features (..., n_features)."""
     w1, b1, w2, b2 = unflatten(params, spec)
-    x = np.asarray(features, dtype=np.float32) / INPUT_SCALE
+    # A device's full feature vector or just the model's prefix: the model reads its prefix.
+    x = np.asarray(features, dtype=np.float32)[..., : spec.n_features] / spec.input_scale
     h = np.maximum(x @ w1.T + b1, 0.0)
     logits = h @ w2.T + b2
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float64)
@@ -122,5 +159,5 @@ def init_params(seed: int, spec: ModelSpec = DEFAULT_SPEC) -> np.ndarray:
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, np.sqrt(2.0 / spec.n_features), spec.shapes[0])
     w2 = rng.normal(0, np.sqrt(1.0 / spec.hidden), spec.shapes[2])
-    b2 = np.full(spec.horizon, -4.0)  # sigmoid(-4) ~ 1.8% per day
+    b2 = np.full(spec.outputs, -4.0)  # sigmoid(-4) ~ 1.8% per bin
     return flatten([w1, np.zeros(spec.hidden), w2, b2])

@@ -16,8 +16,10 @@ from typing import Any
 
 from fedchurn.shared import wire
 from fedchurn.shared.evaluation import histogram_length
-from fedchurn.shared.model_format import DEFAULT_SPEC
+from fedchurn.shared.feature_spec import BASE_FEATURES, N_FEATURES
+from fedchurn.shared.model_format import ModelSpec
 from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams, max_secagg_coords
+from fedchurn.shared.protocol import Protocol, ProtocolError, day_number, parse_population
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class RunConfig:
     activity: str = "sessions"  # comma-separated categories that count as activity
     events_file: str = ""  # a real event log instead of the synthetic population
     events_map: str = ""  # its column mapping, e.g. "user=uid,timestamp=time" (see client.importer)
+    events_tz: str = ""  # UTC offset in minutes for the log's times that carry none ("" = none)
+    cutoff: str = ""  # YYYY-MM-DD: the standard churn protocol at this cutoff ("" = rolling labels)
+    population: str = "all"  # all | active:N (activity in the N days up to a row's day)
+    features: str = "auto"  # base (127) | extended (all) | auto: extended under --cutoff, else base
     local_epochs: int = 1
     batch_size: int = 120  # ≥ a device's rows: one full-batch step per epoch
     lr: float = 0.3  # local SGD (gradient scale kept, so averaging behaves like large-batch SGD)
@@ -109,7 +115,7 @@ class RunConfig:
             raise ValueError(f"coord-clip-factor must be a positive number, got {self.coord_clip_factor}")
         if self.protection == "secagg":
             fit = max_secagg_coords(DEFAULT.max_upload_bytes, self.ring_bits)
-            if min(self.coords_per_round, DEFAULT_SPEC.n_params) > fit:
+            if min(self.coords_per_round, self.model_spec().n_params) > fit:
                 raise ValueError(
                     f"coords-per-round {self.coords_per_round} makes uploads larger than the "
                     f"{DEFAULT.max_upload_bytes} B the aggregator accepts; at most {fit} fit in a ring of "
@@ -133,7 +139,7 @@ class RunConfig:
                         k_min=self.k_min,
                         noise_multiplier=noise_multiplier,
                     ),
-                    DEFAULT_SPEC.n_params,
+                    self.model_spec().n_params,
                 )
             except ValueError as e:
                 last = e
@@ -141,7 +147,7 @@ class RunConfig:
 
     def eval_protection(self) -> ProtectionParams:
         """Evaluation histograms: every coordinate, counts exact (7 ring units each), 12-bit ring."""
-        n = histogram_length(self.horizon)
+        n = histogram_length(self.outputs)
         clip = 1.5  # a device's histogram holds one count and one score in [0, 1]: norm <= sqrt(2)
         if self.protection == "ckks":
             return CKKS_DEFAULT.replace(clip_norm=clip, k_min=self.k_min)
@@ -165,7 +171,7 @@ class RunConfig:
         Each scaled feature is clipped to +-STATS_BOUND, so its quantisation step is 1/32 and the
         count 1.0 is exactly 32 ring units. Under DP it carries the training noise multiplier (and
         is charged as one more round); the ring widens from 16 bits until that noise fits."""
-        n = DEFAULT_SPEC.n_features + 1
+        n = self.model_spec().n_features + 1
         clip = STATS_BOUND * math.sqrt(n)
         if self.protection == "ckks":
             return CKKS_DEFAULT.replace(clip_norm=clip, noise_multiplier=noise_multiplier, k_min=self.k_min)
@@ -203,6 +209,36 @@ class RunConfig:
 
     def activity_categories(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.activity.split(",") if c.strip())
+
+    def protocol(self) -> Protocol:
+        """The labelling protocol these settings declare (checked: a bad value names its option)."""
+        return Protocol(
+            horizon=self.horizon,
+            silence_days=self.silence_days,
+            activity=self.activity_categories(),
+            cutoff_day=day_number(self.cutoff) if self.cutoff else None,
+            population_days=parse_population(self.population),
+            n_features=self.feature_count(),
+        )
+
+    def feature_count(self) -> int:
+        """The model's inputs: the base 127 or every declared feature (`shared.feature_spec`)."""
+        choice = self.features.strip().lower()
+        if choice == "auto":
+            choice = "extended" if self.cutoff else "base"
+        if choice not in ("base", "extended"):
+            raise ProtocolError("--features", f"{self.features!r}: expected auto, base or extended")
+        return BASE_FEATURES if choice == "base" else N_FEATURES
+
+    def model_spec(self) -> ModelSpec:
+        """The network every device and the server build for this run: its outputs follow the
+        protocol's horizon bins."""
+        return self.protocol().model_spec()
+
+    @property
+    def outputs(self) -> int:
+        """Hazard bins of the run's model (the evaluation histogram has one more outcome)."""
+        return self.model_spec().outputs
 
 
 def _sized(params: ProtectionParams, n_params: int) -> ProtectionParams:

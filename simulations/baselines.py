@@ -1,7 +1,8 @@
 """Centralised baselines on the same devices, features and labels as the federated model.
 
-Logistic regression and XGBoost predict "churn within the horizon"; the same survival net as
-the federated model is also trained centrally. All are scored on the held-out devices' evaluation
+Recency alone (days since the last activity: the score any churn model must beat), logistic
+regression and XGBoost predict "churn within the horizon"; the same survival net as the
+federated model is also trained centrally. All are scored on the held-out devices' evaluation
 days, through the same histogram metrics the federated evaluation uses.
 """
 
@@ -19,8 +20,9 @@ from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
 from fedchurn.shared.evaluation import device_histogram, histogram_length, metrics_from_histogram
+from fedchurn.shared.feature_spec import FEATURE_INDEX, RECENCY_CAP
 from fedchurn.shared.model import ChurnNet, survival_nll
-from fedchurn.shared.model_format import churn_probability, init_params
+from fedchurn.shared.model_format import ModelSpec, churn_probability, init_params
 from fedchurn.simulations.dataset import Dataset, Examples
 
 MAX_TRAIN_ROWS = 300_000
@@ -33,12 +35,12 @@ def _subsample(ex: Examples, n: int, seed: int) -> Examples:
     return Examples(ex.x[idx], ex.time[idx], ex.event[idx], ex.device[idx])
 
 
-def evaluate_scores(prob: np.ndarray, test: Examples, horizon: int) -> dict[str, float]:
+def evaluate_scores(prob: np.ndarray, test: Examples, outputs: int) -> dict[str, float]:
     """Histogram metrics (as the federation computes them) plus exact ROC-AUC / PR-AUC."""
-    hist = np.zeros(histogram_length(horizon))
+    hist = np.zeros(histogram_length(outputs))
     for p, t, e in zip(prob, test.time, test.event, strict=True):
-        hist += device_histogram(float(p), int(t), bool(e), horizon)
-    m = metrics_from_histogram(hist, horizon) if len(test.x) else {}
+        hist += device_histogram(float(p), int(t), bool(e), outputs)
+    m = metrics_from_histogram(hist, outputs) if len(test.x) else {}
     y = test.churn
     if 0 < y.sum() < len(y):
         m["roc_auc_exact"] = float(roc_auc_score(y, prob))
@@ -47,11 +49,11 @@ def evaluate_scores(prob: np.ndarray, test: Examples, horizon: int) -> dict[str,
 
 
 def train_central_net(
-    train: Examples, seed: int, epochs: int = 4, batch: int = 512, lr: float = 3e-3
+    train: Examples, seed: int, spec: ModelSpec, epochs: int = 4, batch: int = 512, lr: float = 3e-3
 ) -> np.ndarray:
     torch.manual_seed(seed)
-    model = ChurnNet()
-    model.set_vector(init_params(seed))
+    model = ChurnNet(spec)
+    model.set_vector(init_params(seed, spec))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x = torch.from_numpy(train.x.astype(np.float32))
     t = torch.from_numpy(train.time.astype(np.int64))
@@ -67,10 +69,22 @@ def train_central_net(
     return model.get_vector()
 
 
+def recency_score(x: np.ndarray, activity: tuple[str, ...]) -> np.ndarray:
+    """Days since the last activity (the features' recency of the activity categories, capped
+    at RECENCY_CAP), as a score in [0, 1) that grows with it: the baseline a model must beat."""
+    cols = [FEATURE_INDEX[f"{c}.recency_days"] for c in activity]
+    return np.asarray(np.min(x[:, cols], axis=1) / (RECENCY_CAP + 1.0), dtype=np.float64)
+
+
 def run_baselines(
-    data: Dataset, seed: int, horizon: int, progress: Callable[[str], None] | None = None
+    data: Dataset,
+    seed: int,
+    spec: ModelSpec,
+    activity: tuple[str, ...] = ("sessions",),
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train every baseline on the training devices and score the held-out devices."""
+    horizon = spec.outputs
     say = progress or (lambda _m: None)
     train = _subsample(data.train, MAX_TRAIN_ROWS, seed)
     test = data.test
@@ -82,6 +96,7 @@ def run_baselines(
     if len(train.x) == 0 or len(test.x) == 0 or train.churn.min() == train.churn.max():
         out["skipped"] = "not enough labelled examples for centralised baselines"
         return out
+    out["recency"] = evaluate_scores(recency_score(test.x, activity), test, horizon)
     say("logistic regression")
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
     lr.fit(train.x, train.churn)
@@ -101,7 +116,7 @@ def run_baselines(
     xgb.fit(train.x, train.churn)
     out["xgboost"] = evaluate_scores(xgb.predict_proba(test.x)[:, 1], test, horizon)
     say("central survival net")
-    params = train_central_net(train, seed)
-    out["central_net"] = evaluate_scores(churn_probability(params, test.x), test, horizon)
+    params = train_central_net(train, seed, spec)
+    out["central_net"] = evaluate_scores(churn_probability(params, test.x, spec), test, horizon)
     out["_central_net_params"] = params
     return out

@@ -29,6 +29,7 @@ from rich.table import Table
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.feature_bench import bench_batch, bench_one_device
 from fedchurn.simulations.process_memory import ProcessTreeMemory
+from fedchurn.simulations.real_log_bench import RealLogSizes, run_cdnow
 
 PROTECTION_ROWS = ("fedchurn_default", "fedchurn_ckks", "flower_plain_fedavg", "flower_secaggplus")
 HEADLINE = ("upload_bytes", "aggregate_1000_s", "protect_update_ms")
@@ -51,11 +52,16 @@ class Sizes:
     sim_per_round: int  # the run beside Flower's quickstart (same devices, rounds and cohort)
     sim_per_round_large: int  # a second fedchurn run with larger cohorts (0: none)
     memory_devices: int  # a short run on this many devices, for its peak memory (0: none)
+    real_log: RealLogSizes | None = None  # the CDNOW benchmark (None: not at these sizes)
 
 
-FULL = Sizes("full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 300, 1000, 100_000)
-QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0)
-# For the test suite only: every section runs for real, at sizes too small to be benchmarks.
+FULL = Sizes(
+    "full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 300, 1000, 100_000, RealLogSizes(5, 300, 300)
+)
+QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0, RealLogSizes(1, 60, 300))
+# For the test suite only: every section runs for real, at sizes too small to be benchmarks. The
+# CDNOW section needs the package index; the suite runs the same path on a small gzipped log
+# (tests/test_real_logs.py).
 TEST = Sizes("test", 400, 2_000, 64, 2, 500, 300, 2, 20, 0, 0)
 SIZES = {s.name: s for s in (FULL, QUICK, TEST)}
 Section = Callable[[Sizes, Console, dict[str, Any]], dict[str, Any]]
@@ -355,7 +361,7 @@ def export_workload(cfg: RunConfig, per_round: list[int], out: Path) -> Path:
     """The simulation's training devices, prepared by the devices' own code, for another simulator:
     `devices.npz` (rows, per-device offsets, the net's input scale and initial weights) and
     `config.json` (rounds, cohorts, local SGD)."""
-    from fedchurn.shared.model_format import DEFAULT_SPEC, INPUT_SCALE, init_params
+    from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
     from fedchurn.shared.run_config import is_eval_device
     from fedchurn.simulations.flower_client import SimulatedShard
 
@@ -374,7 +380,7 @@ def export_workload(cfg: RunConfig, per_round: list[int], out: Path) -> Path:
         time=np.concatenate(ts).astype(np.int64),
         event=np.concatenate(es).astype(bool),
         offsets=np.asarray(offsets, dtype=np.int64),
-        input_scale=np.asarray(INPUT_SCALE, dtype=np.float32),
+        input_scale=np.asarray(DEFAULT_SPEC.input_scale, dtype=np.float32),
         init_params=init_params(cfg.seed, DEFAULT_SPEC).astype(np.float32),
     )
     (out / "config.json").write_text(
@@ -475,14 +481,15 @@ def _quality(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, A
     fed_p = runs["plain"]["summary"]["federated"]
     with console.status("quality: the same devices' examples, built centrally…"):
         data = population_dataset(cfg)
+    spec = cfg.model_spec()
     base = run_baselines(
-        data, cfg.seed, cfg.horizon, progress=lambda m: console.print(f"  quality: training {m}")
+        data, cfg.seed, spec, cfg.activity_categories(), lambda m: console.print(f"  quality: training {m}")
     )
     base.pop("_central_net_params", None)
     test = data.test
 
     def central_auc(params: np.ndarray) -> Any:
-        return evaluate_scores(churn_probability(params, test.x), test, cfg.horizon).get("roc_auc")
+        return evaluate_scores(churn_probability(params, test.x, spec), test, spec.outputs).get("roc_auc")
 
     default_params, _ = load_model(Path(runs["default"]["summary"]["out_dir"]))
     out: dict[str, Any] = {
@@ -531,6 +538,14 @@ def epsilon_of_run(cfg: RunConfig, rounds: list[dict[str, Any]]) -> dict[str, An
     }
 
 
+def _real_log(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
+    """CDNOW under the standard churn protocol: federated (default protection) beside central."""
+    if sizes.real_log is None:
+        return {"note": f"{sizes.name} sizes: the CDNOW benchmark runs at quick and full sizes only"}
+    work = Path(ctx["work_dir"])
+    return run_cdnow(sizes.real_log, console, work, work / "cache")
+
+
 SECTIONS: dict[str, Section] = {
     "features": _features,
     "population": _population,
@@ -541,6 +556,7 @@ SECTIONS: dict[str, Section] = {
     "pfl": _pfl,
     "memory": _memory,
     "quality": _quality,
+    "real_log": _real_log,
 }
 
 

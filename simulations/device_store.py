@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fedchurn.client.device_data import DeviceData
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 
 __all__ = ["DeviceStore", "slot_bytes"]
 
@@ -35,23 +35,23 @@ Prepare = Callable[[list[int]], list[DeviceData]]
 _HEAD = np.dtype(
     [("ready", "u1"), ("pad", "u1", 3), ("rows", "<i4"), ("eval_time", "<i4"), ("eval_event", "<i4")]
 )
-_ROW = N_FEATURES * 4
 
 
-def _fixed_bytes(capacity: int) -> int:
+def _fixed_bytes(capacity: int, n_features: int) -> int:
     """Head, evaluation row, times and (padded) events: what every read fetches."""
-    return _HEAD.itemsize + _ROW + 4 * capacity + -(-capacity // 4) * 4
+    return _HEAD.itemsize + 4 * n_features + 4 * capacity + -(-capacity // 4) * 4
 
 
-def slot_bytes(capacity: int) -> int:
-    return _fixed_bytes(capacity) + capacity * _ROW
+def slot_bytes(capacity: int, n_features: int = BASE_FEATURES) -> int:
+    return _fixed_bytes(capacity, n_features) + capacity * 4 * n_features
 
 
 class DeviceStore:
-    def __init__(self, root: Path, n_devices: int, capacity: int) -> None:
+    def __init__(self, root: Path, n_devices: int, capacity: int, n_features: int = BASE_FEATURES) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.n, self.capacity = n_devices, capacity
-        self.slot, self.fixed = slot_bytes(capacity), _fixed_bytes(capacity)
+        self.n, self.capacity, self.n_features = n_devices, capacity, n_features
+        self.row = 4 * n_features
+        self.slot, self.fixed = slot_bytes(capacity, n_features), _fixed_bytes(capacity, n_features)
         self.path = root / "slots.bin"
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self.fd).st_size < n_devices * self.slot:
@@ -80,7 +80,7 @@ class DeviceStore:
         head["rows"] = n
         head["eval_time"] = -1 if data.eval_x is None else data.eval_time
         head["eval_event"] = int(data.eval_event)
-        eval_x = np.zeros(N_FEATURES, "<f4") if data.eval_x is None else np.asarray(data.eval_x, "<f4")
+        eval_x = np.zeros(self.n_features, "<f4") if data.eval_x is None else np.asarray(data.eval_x, "<f4")
         times = np.zeros(cap, "<i4")
         events = np.zeros(-(-cap // 4) * 4, "u1")
         times[:n], events[:n] = data.time[len(data.time) - n :], data.event[len(data.event) - n :]
@@ -97,13 +97,13 @@ class DeviceStore:
         head = np.frombuffer(fixed, _HEAD, count=1)[0]
         n, t = int(head["rows"]), int(head["eval_time"])
         at = _HEAD.itemsize
-        eval_x = np.frombuffer(fixed, "<f4", N_FEATURES, at).astype(np.float32)
-        at += _ROW
+        eval_x = np.frombuffer(fixed, "<f4", self.n_features, at).astype(np.float32)
+        at += self.row
         times = np.frombuffer(fixed, "<i4", n, at).astype(np.int64)
         at += 4 * self.capacity
         events = np.frombuffer(fixed, "u1", n, at).astype(bool)
-        raw = os.pread(self.fd, n * _ROW, d * self.slot + self.fixed) if n else b""
-        x = np.frombuffer(raw, "<f4").reshape(n, N_FEATURES).astype(np.float32)
+        raw = os.pread(self.fd, n * self.row, d * self.slot + self.fixed) if n else b""
+        x = np.frombuffer(raw, "<f4").reshape(n, self.n_features).astype(np.float32)
         return DeviceData(
             x=x,
             time=times,

@@ -32,7 +32,7 @@ from fedchurn.client.device_config import device_settings
 from fedchurn.client.device_data import DeviceData, prepare_devices
 from fedchurn.client.evaluation_ledger import EvaluationLedger, FileLedger, MemoryLedger
 from fedchurn.client.flower_app import make_client_app, simulated_entropy
-from fedchurn.client.importer import ColumnMapping, read_log
+from fedchurn.client.importer import read_log_devices
 from fedchurn.shared.events import local_day
 from fedchurn.shared.run_config import RunConfig
 from fedchurn.simulations.device_store import DeviceStore
@@ -54,14 +54,9 @@ def _scenario(name: str) -> Scenario:
     return load_scenario(name)
 
 
-@lru_cache(maxsize=2)
-def _log(path: str, mapping: str) -> tuple[list[np.ndarray], int]:
-    """A real log split per user (users sorted by id); today = the log's last local day."""
-    per_user = read_log(Path(path), ColumnMapping.parse(mapping))
-    users = sorted(per_user)
-    arrays = [per_user[u] for u in users]
-    today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
-    return arrays, today
+def _log(cfg: RunConfig) -> tuple[tuple[np.ndarray, ...], int]:
+    """The run's real log split per user (users sorted by id); today = the log's last local day."""
+    return read_log_devices(cfg.events_file, cfg.events_map, cfg.events_tz)
 
 
 def shard_devices(n_devices: int, partition: int, partitions: int) -> list[int]:
@@ -77,9 +72,8 @@ def _identity(cfg: RunConfig) -> tuple[object, ...]:
         cfg.days,
         cfg.events_file,
         cfg.events_map,
-        cfg.horizon,
-        cfg.silence_days,
-        cfg.activity,
+        cfg.events_tz,
+        cfg.protocol(),
     )
 
 
@@ -148,7 +142,10 @@ class SimulatedShard:
         if ident not in _CACHE.stores:
             digest = hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
             _CACHE.stores[ident] = DeviceStore(
-                Path(str(root)) / digest, self._population(cfg), self._capacity(cfg)
+                Path(str(root)) / digest,
+                self._population(cfg),
+                self._capacity(cfg),
+                cfg.model_spec().n_features,
             )
         return _CACHE.stores[ident]
 
@@ -157,18 +154,18 @@ class SimulatedShard:
         """Most labelled days a device can have: its days of history."""
         if not cfg.events_file:
             return max(1, cfg.days)
-        arrays, today = _log(cfg.events_file, cfg.events_map)
+        arrays, today = _log(cfg)
         first = min(int(local_day(a["ts"], a["tz_min"]).min()) for a in arrays)
         return max(1, today - first + 1)
 
     @staticmethod
     def _population(cfg: RunConfig) -> int:
-        return len(_log(cfg.events_file, cfg.events_map)[0]) if cfg.events_file else cfg.devices
+        return len(_log(cfg)[0]) if cfg.events_file else cfg.devices
 
     @staticmethod
     def _prepare(cfg: RunConfig, devices: list[int]) -> list[DeviceData]:
         if cfg.events_file:
-            arrays, today = _log(cfg.events_file, cfg.events_map)
+            arrays, today = _log(cfg)
             chunks = [arrays[d] for d in devices]
             events = np.concatenate(chunks)
             rows = np.concatenate([np.full(len(c), j, dtype=np.int64) for j, c in enumerate(chunks)])
@@ -179,9 +176,7 @@ class SimulatedShard:
                 cfg.seed, np.asarray(devices, dtype=np.int64), _scenario(cfg.scenario), cfg.days
             )
             starts, todays = list(starts_a), list(todays_a)
-        return prepare_devices(
-            events, rows, starts, todays, cfg.horizon, cfg.silence_days, cfg.activity_categories()
-        )
+        return prepare_devices(events, rows, starts, todays, cfg.protocol())
 
     def ledger(self, context: Context) -> EvaluationLedger:
         """The run's shared ledger file when provisioned (every process of the simulation sees the

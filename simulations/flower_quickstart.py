@@ -107,9 +107,7 @@ def train(msg: Message, context: Context) -> Message:
         dev.events,
         int(dev.truth["start_day"]),
         int(dev.truth["today"]),
-        cfg.horizon,
-        cfg.silence_days,
-        cfg.activity_categories(),
+        cfg.protocol(),
     )
     x, t, e = data.training_rows()
     x, t, e = x[-120:], t[-120:], e[-120:]  # the device's most recent days, as fedchurn's devices

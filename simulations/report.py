@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fedchurn.server.run_output import load_model
-from fedchurn.shared.model_format import hazards, survival, tier
+from fedchurn.shared.model_format import ModelSpec, hazards, survival, tier
 
 BASELINES = ("logreg", "xgboost", "central_net")
 
@@ -57,7 +57,8 @@ def write_report(out: Path, summary: dict[str, Any], test_x: np.ndarray | None =
     ax.set_title(f"Churn within {summary['config']['horizon']} days")
     paths.append(_save(fig, out / "auc_by_round.png"))
 
-    params, _ = load_model(out)
+    params, meta = load_model(out)
+    spec = ModelSpec.from_dict(meta["spec"])
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     for name, m in [("federated", fed.get("final_evaluation", {}))] + [
@@ -78,15 +79,17 @@ def write_report(out: Path, summary: dict[str, Any], test_x: np.ndarray | None =
     paths.append(_save(fig, out / "calibration.png"))
 
     if test_x is not None:
-        h = hazards(params, test_x)
+        h = hazards(params, test_x, spec)
         s = survival(h)
         tiers = tier(1 - s[:, -1])
         fig, ax = plt.subplots(figsize=(6, 4))
         for k, name in enumerate(("low", "medium", "high")):
             if (tiers == k).any():
                 ax.plot(
-                    np.arange(1, s.shape[1] + 1),
+                    np.minimum(np.arange(1, s.shape[1] + 1) * spec.bin_days, spec.horizon_days),
                     s[tiers == k].mean(axis=0),
+                    "o-",
+                    markersize=3,
                     label=f"{name} ({(tiers == k).sum()})",
                 )
         ax.set_xlabel("days ahead")

@@ -6,7 +6,6 @@ import json
 import resource
 import time
 from dataclasses import asdict, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,12 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedchurn.client.importer import ColumnMapping, read_log
+from fedchurn.client.importer import read_log_devices
 from fedchurn.server.run_output import load_model
+from fedchurn.shared.catalogue import CATEGORY_IDS
 from fedchurn.shared.events import local_day
-from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability, init_params
+from fedchurn.shared.model_format import churn_probability, init_params
+from fedchurn.shared.protocol import day_text
 from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig, is_final_eval_device
 from fedchurn.simulations.baselines import evaluate_scores, run_baselines
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
@@ -41,20 +42,54 @@ def population_dataset(cfg: RunConfig) -> Dataset:
     )
 
 
-@lru_cache(maxsize=1)
-def _read_log(path: str, mapping: str) -> tuple[np.ndarray, ...]:
+def _read_log(cfg: RunConfig) -> tuple[np.ndarray, ...]:
     """The log's users' events, users sorted by id (the order the ClientApp indexes them in)."""
-    per_user = read_log(Path(path), ColumnMapping.parse(mapping))
-    return tuple(per_user[u] for u in sorted(per_user))
+    return read_log_devices(cfg.events_file, cfg.events_map, cfg.events_tz)[0]
 
 
 def log_dataset(cfg: RunConfig) -> Dataset:
-    arrays = _read_log(cfg.events_file, cfg.events_map)
-    today = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in arrays)
+    arrays, today = read_log_devices(cfg.events_file, cfg.events_map, cfg.events_tz)
     ev = np.concatenate(arrays)
     dev = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
     start = np.array([int(local_day(a["ts"], a["tz_min"]).min()) for a in arrays])
     return build_dataset(ev, dev, start, np.full(len(arrays), today), cfg)
+
+
+MIN_CLASS = 20  # fewest churners or stayers in a test set whose AUC means anything
+
+
+def check_log_setup(cfg: RunConfig, data: Dataset) -> None:
+    """Refuse a log run whose protocol cannot give a meaningful result, before any training."""
+    arrays, today = read_log_devices(cfg.events_file, cfg.events_map, cfg.events_tz)
+    proto = cfg.protocol()
+    first = min(int(local_day(a["ts"], a["tz_min"]).min()) for a in arrays)
+    cats = {int(c) for a in arrays for c in np.unique(a["cat"])}
+    known = [CATEGORY_IDS[c] for c in sorted(cats)]
+    if not any(CATEGORY_IDS.index(c) in cats for c in proto.activity):
+        raise ValueError(
+            f"--activity {','.join(proto.activity)}: the log has no such events, so no day is active; "
+            f"its categories: {', '.join(known)}"
+        )
+    cut = proto.cutoff_day
+    if cut is not None and (cut < first or cut + proto.horizon > today):
+        raise ValueError(
+            f"--cutoff {cfg.cutoff}: the log runs {day_text(first)}..{day_text(today)}; the cutoff must be "
+            f"in it with its {proto.horizon}-day outcome window (so by {day_text(today - proto.horizon)})"
+        )
+    test, train = data.test, data.train
+    churned = int(test.churn.sum())
+    stayed = len(test.churn) - churned
+    if min(churned, stayed) < MIN_CLASS:
+        raise ValueError(
+            f"the held-out devices hold {churned} churners and {stayed} others under {proto.describe()}; "
+            f"at least {MIN_CLASS} of each are needed for a meaningful ROC-AUC (change --cutoff, "
+            "--population, --horizon, --silence-days or --eval-fraction)"
+        )
+    if len(train.churn) == 0 or train.churn.min() == train.churn.max():
+        raise ValueError(
+            f"the training devices have {len(train.churn)} labelled rows, all of one class, under "
+            f"{proto.describe()}: nothing to learn"
+        )
 
 
 def final_evaluation_examples(test: Examples, cfg: RunConfig) -> Examples:
@@ -79,16 +114,21 @@ def simulate(
 ) -> dict[str, Any]:
     """One federated run on Flower's simulation engine: `nodes` simulation nodes, each a shard of
     the population (device d on node d mod nodes), then the central baselines and the report."""
+    spec = cfg.model_spec()  # a bad horizon, cutoff or population names its option
     cfg.train_protection()  # refuse settings no upload could meet before anything is written
-    # A bad log is named before anything is written.
-    n_devices = len(_read_log(cfg.events_file, cfg.events_map)) if cfg.events_file else cfg.devices
+    # A bad log, or a protocol it cannot answer, is named before anything is written.
+    n_devices = len(_read_log(cfg)) if cfg.events_file else cfg.devices
+    data: Dataset | None = None
+    if cfg.events_file:
+        data = log_dataset(replace(cfg, devices=n_devices))
+        check_log_setup(cfg, data)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = replace(cfg, devices=n_devices)
     (out / "rounds.jsonl").unlink(missing_ok=True)
     provisioned = provision_simulation(cfg, out, audit_db)
     (out / "config.json").write_text(
-        json.dumps({"run": asdict(cfg), "model": DEFAULT_SPEC.to_dict()}, indent=2)
+        json.dumps({"run": asdict(cfg), "model": cfg.model_spec().to_dict()}, indent=2)
     )
     if cfg.protection == "plaintext":
         console.print(
@@ -150,20 +190,26 @@ def simulate(
         "peak_memory_mb": memory.peak_mb,
         "federated": fed,
     }
-    data: Dataset | None = None
     if baselines:
-        console.print("building the same examples centrally for the baselines…")
-        data = log_dataset(cfg) if cfg.events_file else population_dataset(cfg)
-        base = run_baselines(data, cfg.seed, cfg.horizon, progress=lambda m: console.print(f"  training {m}"))
+        if data is None:
+            console.print("building the same examples centrally for the baselines…")
+            data = population_dataset(cfg)
+        base = run_baselines(
+            data,
+            cfg.seed,
+            spec,
+            cfg.activity_categories(),
+            progress=lambda m: console.print(f"  training {m}"),
+        )
         central_params = base.pop("_central_net_params", None)
         if len(data.test.x):
             base["untrained"] = evaluate_scores(
-                churn_probability(init_params(cfg.seed, DEFAULT_SPEC), data.test.x), data.test, cfg.horizon
+                churn_probability(init_params(cfg.seed, spec), data.test.x, spec), data.test, spec.outputs
             )
             final = final_evaluation_examples(data.test, cfg)
             if len(final.x):  # the devices the federated evaluation summed: the same figures, centrally
                 base["federated_checked_centrally"] = evaluate_scores(
-                    churn_probability(params, final.x), final, cfg.horizon
+                    churn_probability(params, final.x, spec), final, spec.outputs
                 )
         summary["baselines"] = base
         if central_params is not None:

@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
 from fedchurn.server.deploy import Federation, local_federation, population_stores, stop_group
 from fedchurn.server.dp import epsilon_for
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 
@@ -223,7 +223,7 @@ def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployme
     ck = checkpoint(deployment, cfg)
     assert ck is not None and ck.round >= 1
     offset_before_crash = ck.input_offset
-    assert offset_before_crash is not None and len(offset_before_crash) == N_FEATURES
+    assert offset_before_crash is not None and len(offset_before_crash) == BASE_FEATURES
     contacted_round_2 = query(
         deployment,
         "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' "

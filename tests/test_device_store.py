@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedchurn.client.device_data import DeviceData
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.simulations.device_store import DeviceStore, slot_bytes
 
 CAPACITY = 9
@@ -16,10 +16,10 @@ CAPACITY = 9
 
 def _device(rng: np.random.Generator, rows: int, evaluates: bool) -> DeviceData:
     return DeviceData(
-        x=rng.normal(0, 50, (rows, N_FEATURES)).astype(np.float32),
+        x=rng.normal(0, 50, (rows, BASE_FEATURES)).astype(np.float32),
         time=rng.integers(1, 15, rows),
         event=rng.random(rows) < 0.3,
-        eval_x=rng.normal(0, 5, N_FEATURES).astype(np.float32) if evaluates else None,
+        eval_x=rng.normal(0, 5, BASE_FEATURES).astype(np.float32) if evaluates else None,
         eval_time=int(rng.integers(1, 15)) if evaluates else 0,
         eval_event=bool(rng.random() < 0.5) if evaluates else False,
     )

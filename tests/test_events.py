@@ -57,7 +57,7 @@ def test_weekday_of_known_dates() -> None:
         (Event(1_700_000_000, 0, "sessions", "purchase"), "action", "not an action of 'sessions'"),
         (Event(1_700_000_000, 0, "sessions", "session", float("nan")), "value", "not a finite"),
         (Event(1_700_000_000, 0, "sessions", "session", -1.0), "value", "outside"),
-        (Event(12, 0, "sessions", "session"), "timestamp", "outside"),
+        (Event(-12, 0, "sessions", "session"), "timestamp", "outside"),
         (Event(1_700_000_000, 900, "sessions", "session"), "tz_offset", "UTC-14"),
     ],
 )

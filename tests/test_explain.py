@@ -15,7 +15,7 @@ from fedchurn.client.explain import (
     probability_and_gradient,
 )
 from fedchurn.shared.catalogue import CATEGORY_IDS
-from fedchurn.shared.feature_spec import FEATURE_INDEX, N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX
 from fedchurn.shared.model_format import DEFAULT_SPEC, churn_probability, flatten, init_params
 
 VEC = Path(__file__).parent / "vectors" / "policy"
@@ -36,7 +36,7 @@ def test_gradient_matches_finite_differences() -> None:
     for x in (feats[20], feats[45], feats[-1]):
         p, g = probability_and_gradient(params, x.astype(np.float64))
         np.testing.assert_allclose(p, churn_probability(params, x), atol=1e-6)
-        for i in range(0, N_FEATURES, 7):
+        for i in range(0, BASE_FEATURES, 7):
             h = 1e-4 * max(1.0, abs(float(x[i])))
             up, dn = x.astype(np.float64).copy(), x.astype(np.float64).copy()
             up[i] += h
@@ -58,12 +58,12 @@ def test_contributions_add_up_to_the_change_in_probability() -> None:
 
 def test_the_category_that_drives_the_model_comes_first() -> None:
     """A model whose only input is days since the last session: sessions is the one reason."""
-    w1 = np.zeros((DEFAULT_SPEC.hidden, N_FEATURES))
+    w1 = np.zeros((DEFAULT_SPEC.hidden, BASE_FEATURES))
     w1[0, FEATURE_INDEX["sessions.recency_days"]] = 5.0
-    w2 = np.zeros((DEFAULT_SPEC.horizon, DEFAULT_SPEC.hidden))
+    w2 = np.zeros((DEFAULT_SPEC.outputs, DEFAULT_SPEC.hidden))
     w2[:, 0] = 1.0
-    params = flatten([w1, np.zeros(DEFAULT_SPEC.hidden), w2, np.full(DEFAULT_SPEC.horizon, -4.0)])
-    x = np.zeros(N_FEATURES, dtype=np.float32)
+    params = flatten([w1, np.zeros(DEFAULT_SPEC.hidden), w2, np.full(DEFAULT_SPEC.outputs, -4.0)])
+    x = np.zeros(BASE_FEATURES, dtype=np.float32)
     x[FEATURE_INDEX["sessions.recency_days"]] = 20
     top = explain(params, x)
     assert [c.category for c in top] == ["sessions"]

@@ -19,20 +19,20 @@ from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.sampling import simulation_roster
 from fedchurn.server.secure_sum import CohortAggregator
 from fedchurn.server.strategy import make_strategy
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.messages import PARAMS_KEY, RoundTask
 from fedchurn.shared.model import ChurnNet
 from fedchurn.shared.model_format import INPUT_SCALE, fold_input_offset, hazards, init_params
 from fedchurn.shared.run_config import STATS_BOUND, RunConfig
 
-N = N_FEATURES + 1
+N = BASE_FEATURES + 1
 _finite = st.floats(-50, 50, allow_nan=False, width=32)
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    arrays(np.float32, (5, N_FEATURES), elements=st.floats(0, 100, width=32)),
-    arrays(np.float64, N_FEATURES, elements=st.floats(-4, 4)),
+    arrays(np.float32, (5, BASE_FEATURES), elements=st.floats(0, 100, width=32)),
+    arrays(np.float64, BASE_FEATURES, elements=st.floats(-4, 4)),
     st.integers(0, 2**31 - 1),
 )
 def test_folding_the_offset_gives_the_model_trained_on_centred_rows(
@@ -58,7 +58,7 @@ def test_folding_refuses_an_offset_of_the_wrong_length() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(0, 12), st.just(N_FEATURES)), elements=_finite))
+@given(arrays(np.float64, st.tuples(st.integers(0, 12), st.just(BASE_FEATURES)), elements=_finite))
 def test_a_summary_is_the_clipped_scaled_mean_and_a_count_of_one(x: np.ndarray) -> None:
     s = feature_summary(x)
     assert s.shape == (N,)
@@ -66,15 +66,17 @@ def test_a_summary_is_the_clipped_scaled_mean_and_a_count_of_one(x: np.ndarray) 
         assert not s.any()  # a device without training rows adds nothing, not even to the count
         return
     assert s[-1] == 1.0 and np.all(np.abs(s[:-1]) <= STATS_BOUND)
-    np.testing.assert_allclose(s[:-1], np.clip((x / INPUT_SCALE).mean(0), -STATS_BOUND, STATS_BOUND))
+    np.testing.assert_allclose(
+        s[:-1], np.clip((x / INPUT_SCALE[:BASE_FEATURES]).mean(0), -STATS_BOUND, STATS_BOUND)
+    )
     assert np.linalg.norm(s) <= RunConfig().stats_protection().clip_norm + 1e-9  # never clipped again
 
 
 def test_the_mean_of_summaries_weights_devices_not_rows() -> None:
     rng = np.random.default_rng(0)
-    a, b = rng.uniform(0, 2, (3, N_FEATURES)), rng.uniform(0, 2, (40, N_FEATURES))
-    total = feature_summary(a) + feature_summary(b) + feature_summary(np.zeros((0, N_FEATURES)))
-    expected = ((a / INPUT_SCALE).mean(0) + (b / INPUT_SCALE).mean(0)) / 2
+    a, b = rng.uniform(0, 2, (3, BASE_FEATURES)), rng.uniform(0, 2, (40, BASE_FEATURES))
+    total = feature_summary(a) + feature_summary(b) + feature_summary(np.zeros((0, BASE_FEATURES)))
+    expected = ((a / INPUT_SCALE[:BASE_FEATURES]).mean(0) + (b / INPUT_SCALE[:BASE_FEATURES]).mean(0)) / 2
     mean = mean_from_sum(total)
     assert mean is not None
     np.testing.assert_allclose(mean, expected)
@@ -92,7 +94,7 @@ def test_the_protected_summaries_sum_to_the_exact_count_and_the_mean(noise: floa
     agg = CohortAggregator(params, 0, 200_000, 0, b"\x07" * 32, N)
     summaries = []
     for i in range(25):
-        s = feature_summary(rng.uniform(0, 60, (rng.integers(1, 90), N_FEATURES)))
+        s = feature_summary(rng.uniform(0, 60, (rng.integers(1, 90), BASE_FEATURES)))
         summaries.append(s)
         blob = protect_update(s, params, kh.public(), 0, 200_000, 0, b"\x07" * 32, rng)
         assert len(blob) == 356
@@ -149,11 +151,11 @@ def test_every_training_message_carries_the_measured_offset(nodes: str) -> None:
     cfg = RunConfig(devices=40, per_round=12, centre_features=True)
     roster = [(d + 1, d) for d in range(40)] if nodes == "phones" else simulation_roster([1, 2, 3, 4], 40)
     strategy = make_strategy(cfg, roster)
-    strategy.offset = np.linspace(-1.0, 1.0, N_FEATURES)
+    strategy.offset = np.linspace(-1.0, 1.0, BASE_FEATURES)
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
     msgs = list(strategy.configure_train(1, start, ConfigRecord(), None))  # type: ignore[arg-type]
-    assert sum(len(RoundTask.from_message(m, init_params(0).size, N_FEATURES).devices) for m in msgs) == 12
+    assert sum(len(RoundTask.from_message(m, init_params(0).size, BASE_FEATURES).devices) for m in msgs) == 12
     for msg in msgs:
-        got = RoundTask.from_message(msg, init_params(0).size, N_FEATURES).input_offset
+        got = RoundTask.from_message(msg, init_params(0).size, BASE_FEATURES).input_offset
         assert got is not None
         np.testing.assert_allclose(got, strategy.offset)

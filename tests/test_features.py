@@ -11,7 +11,7 @@ from fedchurn.client.features import extract_features
 from fedchurn.client.pipeline import device_features
 from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.shared.events import EVENT_DTYPE, Event, to_array
-from fedchurn.shared.feature_spec import CHANNEL_INDEX, FEATURE_INDEX, N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES, CHANNEL_INDEX, FEATURE_INDEX, N_FEATURES
 
 T0 = 1_767_225_600  # 2026-01-01 (a Thursday), day 20454
 D0 = T0 // 86_400
@@ -26,9 +26,42 @@ def feats(events: list[Event], today: int | None = None) -> np.ndarray:
     return device_features(to_array(events), today=None if today is None else D0 + today).features
 
 
-def test_about_127_features_one_vector_per_day() -> None:
-    f = feats([at(0, 9, "sessions", "session", 60), at(9, 9, "sessions", "session", 60)])
-    assert f.shape == (10, N_FEATURES) and N_FEATURES == 127 and f.dtype == np.float32
+def test_127_base_features_then_the_extended_block_one_vector_per_day() -> None:
+    ev = to_array([at(0, 9, "sessions", "session", 60), at(9, 9, "sessions", "session", 60)])
+    res = device_features(ev)
+    assert res.features.shape == (10, N_FEATURES) and BASE_FEATURES == 127 and N_FEATURES > 127
+    assert res.features.dtype == np.float32
+    base = extract_features(res.daily, res.days, res.first_day, BASE_FEATURES)
+    np.testing.assert_array_equal(base, res.features[:, :BASE_FEATURES])  # the base model reads a prefix
+
+
+def test_history_rhythm_and_money_by_hand() -> None:
+    """Purchases on days 0, 10, 30 (amounts 5, 20, 40), a refund of 7 on day 31; today = day 50."""
+    ev = [
+        at(0, 12, "purchases", "purchase", 5),
+        at(10, 12, "purchases", "purchase", 20),
+        at(30, 12, "purchases", "purchase", 40),
+        at(31, 12, "purchases", "refund", 7),
+    ]
+    f = feats(ev, today=50)[-1]
+    gaps = [10, 20, 1]  # active days 0, 10, 30, 31 (a refund is a behaviour event too)
+    mean = sum(gaps) / 3
+    std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / 3)
+    assert math.isclose(f[F["history.recency_days"]], math.log1p(19), rel_tol=1e-6)
+    assert math.isclose(f[F["history.active_days"]], math.log1p(4), rel_tol=1e-6)
+    assert math.isclose(f[F["history.gap_mean_days"]], math.log1p(mean), rel_tol=1e-6)
+    assert math.isclose(f[F["history.gap_std_days"]], math.log1p(std), rel_tol=1e-5)
+    assert math.isclose(f[F["history.gap_last_days"]], math.log1p(1), rel_tol=1e-6)
+    assert math.isclose(f[F["history.overdue"]], 19 / mean, rel_tol=1e-6)
+    assert math.isclose(f[F["rfm.monetary_total"]], math.log1p(65), rel_tol=1e-6)
+    assert math.isclose(f[F["rfm.monetary_90d"]], math.log1p(65), rel_tol=1e-6)
+    assert math.isclose(f[F["rfm.refunds_365d"]], math.log1p(7), rel_tol=1e-6)
+    assert math.isclose(f[F["purchases.count_90d"]], math.log1p(4), rel_tol=1e-6)
+    assert math.isclose(f[F["rfm.monetary_trend"]], math.log(66.0), rel_tol=1e-6)
+    # Before the second active day there is no gap: rhythm features are 0, recency is the age.
+    first = feats(ev, today=5)[-1]
+    assert first[F["history.gap_mean_days"]] == 0 and first[F["history.overdue"]] == 0
+    assert math.isclose(first[F["history.recency_days"]], math.log1p(5), rel_tol=1e-6)
 
 
 def test_windows_trend_recency_by_hand() -> None:

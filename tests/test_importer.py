@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedchurn.client.importer import ColumnMapping, ImportRowError, import_log, read_log, store_path
+from fedchurn.client.importer import ColumnMapping, ImportRowError, Source, import_log, read_log, store_path
 from fedchurn.client.store import EventStore
 
 HEADER = "user_id,timestamp,category,action,value\n"
@@ -89,7 +89,7 @@ def test_parquet_with_a_column_mapping_and_tz_column(tmp_path: Path) -> None:
 def test_missing_columns_and_bad_mappings_say_what_is_there(tmp_path: Path) -> None:
     path = _csv(tmp_path / "log.csv", GOOD)
     with pytest.raises(ValueError, match=r"missing columns: user .*'uid'.*the file has: user_id"):
-        read_log(path, ColumnMapping(user="uid"))
+        read_log(path, ColumnMapping(user=Source("uid")))
     with pytest.raises(ValueError, match="bad mapping"):
         ColumnMapping.parse("colour=red")
 

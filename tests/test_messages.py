@@ -26,7 +26,7 @@ from fedchurn.client.deploy_client import list_stores
 from fedchurn.server.deploy import population_stores
 from fedchurn.server.sampling import simulation_roster
 from fedchurn.server.strategy import ChurnFedAvg, make_strategy
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.messages import (
     K_COHORTS,
     K_DEVICES,
@@ -64,7 +64,7 @@ def round_tasks(draw: st.DrawFn) -> RoundTask:
     params = None
     if purpose != "stats":
         params = draw(arrays(np.float32, N_PARAMS, elements=st.floats(-4, 4, width=32)))
-    offset = draw(st.none() | arrays(np.float64, N_FEATURES, elements=st.floats(-3, 3)))
+    offset = draw(st.none() | arrays(np.float64, BASE_FEATURES, elements=st.floats(-3, 3)))
     return RoundTask(
         purpose=purpose,
         server_round=draw(st.integers(0, 2**32 - 1)),
@@ -86,7 +86,7 @@ def round_tasks(draw: st.DrawFn) -> RoundTask:
 def test_a_round_task_survives_flowers_wire(task: RoundTask, node: int) -> None:
     msg = task.to_message(node)
     assert msg.metadata.dst_node_id == node
-    got = RoundTask.from_message(_wire(msg), N_PARAMS, N_FEATURES)
+    got = RoundTask.from_message(_wire(msg), N_PARAMS, BASE_FEATURES)
     for name in ("purpose", "server_round", "round_id", "model_version", "noise_multiplier", "devices"):
         assert getattr(got, name) == getattr(task, name), name
     assert got.cohorts == task.cohorts and got.round_seeds == task.round_seeds
@@ -140,24 +140,24 @@ def _set(msg: Message, key: str, value: Any) -> Message:
 def test_a_malformed_task_is_refused_naming_the_key(key: str, value: Any, named: str) -> None:
     msg = _set(_train_task().to_message(3), key, value)
     with pytest.raises(MessageError, match=named):
-        RoundTask.from_message(msg, N_PARAMS, N_FEATURES)
+        RoundTask.from_message(msg, N_PARAMS, BASE_FEATURES)
 
 
 def test_a_task_without_usable_parameters_is_refused() -> None:
     msg = _train_task().to_message(3)
     del msg.content.config_records[TASK_RECORD][K_DEVICES]
     with pytest.raises(MessageError, match=f"lacks '{K_DEVICES}'"):
-        RoundTask.from_message(msg, N_PARAMS, N_FEATURES)
+        RoundTask.from_message(msg, N_PARAMS, BASE_FEATURES)
     msg = _train_task().to_message(3)
     bad = init_params(0)
     bad[5] = np.inf
     msg.content.array_records[PARAMS_RECORD] = ArrayRecord({PARAMS_KEY: Array(bad)})
     with pytest.raises(MessageError, match="finite"):
-        RoundTask.from_message(msg, N_PARAMS, N_FEATURES)
+        RoundTask.from_message(msg, N_PARAMS, BASE_FEATURES)
     msg = _train_task().to_message(3)
     del msg.content.array_records[PARAMS_RECORD]
     with pytest.raises(MessageError, match="global parameters"):
-        RoundTask.from_message(msg, N_PARAMS, N_FEATURES)
+        RoundTask.from_message(msg, N_PARAMS, BASE_FEATURES)
 
 
 def test_a_malformed_reply_is_refused_naming_the_key() -> None:
@@ -195,7 +195,7 @@ def _check_answers(msgs: list[Message], replies: list[Message], upload_bytes: in
     assert len(replies) == len(msgs)
     answered = 0
     for msg, reply in zip(msgs, replies, strict=True):
-        task = RoundTask.from_message(msg, N_PARAMS, N_FEATURES)
+        task = RoundTask.from_message(msg, N_PARAMS, BASE_FEATURES)
         got = NodeReply.from_message(reply)
         assert reply.metadata.src_node_id == msg.metadata.dst_node_id
         assert got.devices == task.devices
@@ -220,7 +220,7 @@ def test_a_seeded_round_does_not_depend_on_node_ids_or_reply_order() -> None:
         replies = grid.send_and_receive(msgs)
         arrays, _ = strategy.aggregate_train(1, replies[::-1] if reverse else replies)
         assert arrays is not None and strategy.stats.trained == 90
-        tasks = [RoundTask.from_message(m, N_PARAMS, N_FEATURES) for m in msgs]
+        tasks = [RoundTask.from_message(m, N_PARAMS, BASE_FEATURES) for m in msgs]
         cohorts = {d: c for t in tasks for d, c in zip(t.devices, t.cohorts, strict=True)}
         outcomes.append((cohorts, arrays[PARAMS_KEY].numpy()))
     assert outcomes[0][0] == outcomes[1][0]
@@ -245,7 +245,7 @@ def test_a_phone_is_a_list_of_one(tmp_path: Path) -> None:
     strategy, grid = _store_strategy(tmp_path, per_node=1, n_nodes=5)
     msgs, replies = _one_round(strategy, grid)
     assert _check_answers(msgs, replies, strategy.secure.train_params.upload_bytes(N_PARAMS)) == 5
-    assert all(len(RoundTask.from_message(m, N_PARAMS, N_FEATURES).devices) == 1 for m in msgs)
+    assert all(len(RoundTask.from_message(m, N_PARAMS, BASE_FEATURES).devices) == 1 for m in msgs)
 
 
 def test_a_store_node_answers_for_its_stores(tmp_path: Path) -> None:

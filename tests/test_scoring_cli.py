@@ -9,6 +9,7 @@ from conftest import RunCli
 from fedchurn.client.importer import read_log
 from fedchurn.client.pipeline import device_features
 from fedchurn.server.run_output import RunOutput
+from fedchurn.shared.events import local_day
 from fedchurn.shared.model_format import churn_probability, init_params
 
 LOG = (
@@ -30,13 +31,17 @@ def test_score_prints_each_device_risk(tmp_path: Path, run_cli: RunCli) -> None:
     assert doc["model_version"] == 7
     by_user = {d["user"]: d for d in doc["devices"]}
     assert set(by_user) == {"alice", "bob"}
-    for user, events in read_log(log).items():
-        want = float(churn_probability(params, device_features(events).features[-1])[()])
+    per_user = read_log(log)
+    log_today = max(int(local_day(ev["ts"], ev["tz_min"]).max()) for ev in per_user.values())
+    for user, events in per_user.items():
+        # every user is scored as of the log's last day (bob, silent since Jan 2, on his silence)
+        feats = device_features(events, today=log_today).features[-1]
+        want = float(churn_probability(params, feats)[()])
         got = by_user[user]
         assert abs(got["probability"] - want) < 1e-9
         assert got["score"] == round(100 * want) and got["tier"] in {"low", "medium", "high"}
         assert len(got["survival"]) == 14 and got["survival"] == sorted(got["survival"], reverse=True)
-    assert by_user["alice"]["date"] == "2026-01-09"
+    assert by_user["alice"]["date"] == by_user["bob"]["date"] == "2026-01-09"
 
 
 def test_score_refuses_a_folder_without_a_model(tmp_path: Path, run_cli: RunCli) -> None:

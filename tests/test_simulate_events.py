@@ -36,10 +36,10 @@ def _log(path: Path, devices: int) -> Path:
 def test_simulate_on_an_imported_log_with_its_own_activity_and_horizon(
     tmp_path: Path, run_cli: RunCli
 ) -> None:
-    log = _log(tmp_path / "log.parquet", 60)
+    log = _log(tmp_path / "log.parquet", 700)
     out = tmp_path / "run"
     common = "--activity sessions,purchases --horizon 28 --silence-days 28 --rounds 2 --per-round 20"
-    common += f" --eval-per-round 0 --eval-fraction 0.3 --no-baselines --out {out}"
+    common += f" --eval-per-round 0 --eval-fraction 0.5 --no-baselines --out {out}"
     res = run_cli("simulate", "--events", str(log), *common.split(), timeout=600)
     assert res.returncode == 2, "the log's column names differ from the defaults: the mapping is required"
     assert "missing columns" in res.stderr
@@ -47,7 +47,7 @@ def test_simulate_on_an_imported_log_with_its_own_activity_and_horizon(
     res = run_cli("simulate", "--events", str(log), "--map", mapping, *common.split(), timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     cfg = json.loads((out / "config.json").read_text())["run"]
-    assert cfg["devices"] == 60 and cfg["horizon"] == 28 and cfg["activity"] == "sessions,purchases"
+    assert cfg["devices"] == 700 and cfg["horizon"] == 28 and cfg["activity"] == "sessions,purchases"
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 2 and all(r["trained"] > 0 for r in rounds)
     assert (out / "model" / "params.npy").exists()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fedchurn.client.device_data import prepare_device
 from fedchurn.client.training import BatchResult, DeviceRows, TrainConfig, local_train, train_devices
-from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.model import ChurnNet, survival_nll
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.simulations.population import generate_device
@@ -47,7 +47,7 @@ def synthetic(n: int, seed: int) -> DeviceRows:
     """Random rows; about one in five is all zeros (with zero first-layer biases, a hidden unit
     sits exactly at the ReLU's kink, where its gradient is 0)."""
     rng = np.random.default_rng(seed)
-    x = np.abs(rng.normal(0, 3, (n, N_FEATURES))).astype(np.float32)
+    x = np.abs(rng.normal(0, 3, (n, BASE_FEATURES))).astype(np.float32)
     x[rng.random(n) < 0.2] = 0.0
     return DeviceRows(x=x, time=rng.integers(1, 15, n), event=rng.random(n) < 0.3)
 

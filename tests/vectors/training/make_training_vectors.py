@@ -29,7 +29,7 @@ ROWS = 7
 def case() -> dict[str, Any]:
     gen = np.random.default_rng(7)
     x = (gen.random((ROWS, N_FEATURES)) * np.asarray(INPUT_SCALE) * 1.5).astype(np.float32)
-    time = gen.integers(1, DEFAULT_SPEC.horizon + 1, ROWS).astype(np.int64)
+    time = gen.integers(1, DEFAULT_SPEC.outputs + 1, ROWS).astype(np.int64)
     event = gen.random(ROWS) < 0.5
     start = init_params(0).astype(np.float32)
     res = local_train(start, x, time, event, CONFIG, SEED)

@@ -1,0 +1,252 @@
+"""Real purchase logs under the standard churn protocol (issue 22), through the real commands.
+
+A small synthetic purchase log stands in for CDNOW (the bench fetches the real one): gzipped CSV,
+purchases only, naive timestamps, no category column (a constant in `--map`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import RunCli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
+
+from fedchurn.client.device_data import prepare_device
+from fedchurn.client.importer import ColumnMapping, ImportRowError, read_log
+from fedchurn.client.labels import recently_active, window_labels
+from fedchurn.server.run_output import RunOutput
+from fedchurn.shared.evaluation import device_histogram, histogram_length, metrics_from_histogram
+from fedchurn.shared.events import EVENT_DTYPE, local_day
+from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.model_format import ModelSpec, init_params
+from fedchurn.shared.protocol import Protocol, ProtocolError, day_number
+
+START = datetime(1997, 1, 1)
+MAP = "user=customer,timestamp=date,category=purchases,action=purchase,value=dollars"
+
+
+def purchase_log(path: Path, users: int = 600, seed: int = 0) -> Path:
+    """Users buy at their own rate from a start day until a quit day (some never quit): naive
+    local times, 1997-01-01 .. 1998-06-30, gzipped."""
+    rng = np.random.default_rng(seed)
+    lines = ["customer,date,cds,dollars"]
+    for u in range(users):
+        start = int(rng.integers(0, 90))
+        quit_day = int(rng.integers(start + 30, 700))
+        gap = float(rng.lognormal(3.2, 0.6))
+        day = float(start)
+        while day < min(quit_day, 545):
+            t = START + timedelta(days=int(day), hours=int(rng.integers(8, 22)))
+            lines.append(f"c{u:04d},{t:%Y-%m-%d %H:%M:%S},{int(rng.integers(1, 4))},{rng.uniform(5, 80):.2f}")
+            day += rng.exponential(gap) + 1
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_gzipped_purchase_log_runs_the_standard_protocol_with_a_90_day_model(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    log = purchase_log(tmp_path / "buys.csv.gz")
+    out = tmp_path / "run"
+    args = [
+        "simulate", "--events", str(log), "--map", MAP, "--tz", "60", "--cutoff", "1997-12-31",
+        "--horizon", "90", "--population", "active:90", "--activity", "purchases",
+        "--eval-fraction", "0.4", "--rounds", "3", "--per-round", "60", "--no-baselines", "--out", str(out),
+    ]  # fmt: skip
+    res = run_cli(*args, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "cutoff 1997-12-31: churn = no activity in the 90 days after" in " ".join(res.stdout.split())
+    meta = json.loads((out / "model" / "model.json").read_text())
+    spec = ModelSpec.from_dict(meta["spec"])
+    assert spec.horizon_days == 90 and spec.outputs == 1 and spec.n_features == N_FEATURES  # extended
+    fed = json.loads((out / "metrics.json").read_text())["federated"]["final_evaluation"]
+    assert fed["devices"] >= 40 and 20 <= fed["positives"] <= fed["devices"] - 20
+    scored = run_cli(
+        "score", "--model", str(out), "--events", str(log), "--map", MAP, "--tz", "60", check=True
+    )
+    assert "within 90 days" in scored.stdout
+
+
+def test_a_degenerate_setup_is_refused_before_anything_runs(tmp_path: Path, run_cli: RunCli) -> None:
+    log = purchase_log(tmp_path / "buys.csv.gz", users=150)
+    base = ["simulate", "--events", str(log), "--map", MAP, "--tz", "0", "--rounds", "2", "--no-baselines"]
+    cases = {
+        "late_cutoff": (["--cutoff", "1998-06-01", "--horizon", "90", "--activity", "purchases"], "--cutoff"),
+        "long_silence": (
+            ["--horizon", "14", "--silence-days", "30", "--activity", "purchases"],
+            "--silence-days",
+        ),
+        "no_activity": (
+            ["--cutoff", "1997-12-31", "--horizon", "90", "--activity", "sessions"],
+            "--activity",
+        ),
+        "few_of_a_class": (
+            [
+                "--cutoff",
+                "1997-12-31",
+                "--horizon",
+                "90",
+                "--activity",
+                "purchases",
+                "--eval-fraction",
+                "0.1",
+            ],
+            "at least 20 of each",
+        ),
+        "bad_population": (["--cutoff", "1997-12-31", "--population", "busy"], "--population"),
+    }
+    for name, (extra, says) in cases.items():
+        out = tmp_path / name
+        res = run_cli(*base, *extra, "--out", str(out), timeout=120)
+        assert res.returncode == 2 and says in res.stderr, (name, res.stderr)
+        # refused before Flower or any training started: no round, no model, no Flower folder
+        assert not (out / "rounds.jsonl").exists() and not (out / "flower").exists(), name
+
+
+def test_as_of_scoring_sees_a_30_day_silence(tmp_path: Path, run_cli: RunCli) -> None:
+    rows = ["customer,date,cds,dollars"]
+    for day in range(120):
+        rows.append(f"busy,{START + timedelta(days=day, hours=12):%Y-%m-%d %H:%M:%S},1,10")
+        if day < 90:  # same history, then silent for the last 30 days
+            rows.append(f"quiet,{START + timedelta(days=day, hours=12):%Y-%m-%d %H:%M:%S},1,10")
+    rows.append(f"late,{START + timedelta(days=119, hours=12):%Y-%m-%d %H:%M:%S},1,10")
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    spec = ModelSpec(n_features=N_FEATURES, horizon_days=90, bin_days=90)
+    params = init_params(3, spec) + np.random.default_rng(1).normal(0, 0.3, spec.n_params).astype(np.float32)
+    RunOutput(tmp_path / "run").write_model(params, version=1, spec=spec)
+
+    def scores(*extra: str) -> dict[str, dict[str, object]]:
+        res = run_cli("score", "--model", str(tmp_path / "run"), "--events", str(log), "--map", MAP,
+                      "--tz", "0", "--json", *extra, check=True)  # fmt: skip
+        doc = json.loads(res.stdout)
+        assert doc["horizon_days"] == 90
+        return {d["user"]: d for d in doc["devices"]}
+
+    today = scores()  # default: the log's last day, for every user
+    assert today["busy"]["date"] == today["quiet"]["date"] == "1997-04-30"
+    assert today["busy"]["probability"] != today["quiet"]["probability"]
+    # As of the day the quiet user stopped, both have the same history: the same score.
+    then = scores("--as-of", "1997-03-31")
+    assert then["busy"]["probability"] == then["quiet"]["probability"]
+    assert "late" not in then  # not a user yet on that day
+    bad = run_cli("score", "--model", str(tmp_path / "run"), "--events", str(log), "--map", MAP,
+                  "--as-of", "31/03/1997")  # fmt: skip
+    assert bad.returncode == 2 and "--as-of" in bad.stderr
+
+
+def test_the_binned_auc_matches_the_exact_auc_on_skewed_scores() -> None:
+    rng = np.random.default_rng(0)
+    for centre in (4.6, -6.2, 0.0):  # scores crowding at 0.99, at 0.002, and around 0.5
+        y = rng.random(3000) < 0.5
+        z = np.where(y, rng.normal(centre + 0.4, 0.8, 3000), rng.normal(centre - 0.4, 0.8, 3000))
+        p = 1.0 / (1.0 + np.exp(-z))
+        hist = np.zeros(histogram_length(1))
+        for pi, yi in zip(p, y, strict=True):
+            hist += device_histogram(float(pi), 1 if yi else 0, bool(yi), 1)
+        binned = metrics_from_histogram(hist, 1)["roc_auc"]
+        assert abs(binned - roc_auc_score(y, p)) < 0.005, centre
+
+
+def test_window_labels_are_the_standard_churn_label() -> None:
+    active = np.zeros(40, dtype=bool)
+    active[[0, 5, 30]] = True
+    lab = window_labels(active, horizon=10)
+    # day 0: next activity on day 5 (within 10): stayed; day 5: next on 30 (25 days later): churned
+    assert not lab.event[0] and lab.event[5] and lab.usable[5]
+    # day 25: activity on day 30 is within the window: stayed; day 31: no activity, window ends day 41 > 39
+    assert not lab.event[25] and lab.usable[25] and not lab.usable[31]
+    # a user who bought 60 days before and buys again 40 days after a cutoff is not a churner
+    act = np.zeros(200, dtype=bool)
+    act[[40, 140]] = True
+    assert not window_labels(act, horizon=90).event[100]
+    assert recently_active(act, 90)[100] and not recently_active(act, 30)[100]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=60), st.integers(1, 20), st.integers(1, 20))
+def test_window_labels_and_populations_by_definition(flags: list[bool], horizon: int, look: int) -> None:
+    act = np.array(flags)
+    lab = window_labels(act, horizon)
+    rec = recently_active(act, look)
+    D = len(act)
+    for t in range(D):
+        ahead = act[t + 1 : t + horizon + 1]
+        assert bool(lab.usable[t]) == (bool(ahead.any()) or t + horizon <= D - 1)
+        if lab.usable[t]:
+            assert bool(lab.event[t]) == (not ahead.any())
+        assert bool(rec[t]) == bool(act[max(0, t - look + 1) : t + 1].any())
+
+
+def test_cutoff_rows_end_before_the_cutoff_and_the_evaluation_row_is_the_cutoff() -> None:
+    ev = np.zeros(3, dtype=EVENT_DTYPE)
+    cutoff = day_number("1997-12-31")
+    for i, d in enumerate((cutoff - 200, cutoff - 20, cutoff + 50)):
+        ev[i] = (d * 86_400 + 43_200, 0, 12, 0, 10.0)
+    proto = Protocol(horizon=90, activity=("purchases",), cutoff_day=cutoff, n_features=N_FEATURES)
+    first = int(local_day(ev["ts"], ev["tz_min"]).min())
+    data = prepare_device(ev, first, cutoff + 120, proto)
+    assert data.eval_x is not None and data.eval_event is False  # bought again 50 days later
+    assert data.x.shape[1] == N_FEATURES and len(data.time) > 0 and np.all(data.time == 1)
+    # the last training row is 90 days before the cutoff, the others every 7 days before it
+    assert data.x.shape[0] == (cutoff - 90 - first) // 7 + 1
+
+
+def test_protocol_settings_are_checked_and_name_their_option() -> None:
+    for kwargs, option in (
+        ({"horizon": 0}, "--horizon"),
+        ({"horizon": 400}, "--horizon"),
+        ({"silence_days": 30, "horizon": 14}, "--silence-days"),
+        ({"activity": ("nosuch",)}, "--activity"),
+        ({"activity": ()}, "--activity"),
+        ({"n_features": 50}, "--features"),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            Protocol(**kwargs)
+        assert info.value.option == option
+    with pytest.raises(ProtocolError, match="--cutoff"):
+        day_number("1969-12-31")
+    assert Protocol(horizon=90).outputs == math.ceil(90 / 7)  # weekly bins beyond 14 days
+    assert Protocol(horizon=14).outputs == 14 and Protocol(horizon=90, cutoff_day=10_000).outputs == 1
+
+
+def test_import_reads_compressed_logs_constants_value_maps_and_offsets(tmp_path: Path) -> None:
+    text = (
+        "who,when,kind,amount,zone\n"
+        "a,1997-03-01 10:00:00,buy,12.5,+02:00\n"
+        "a,1997-03-02 10:00:00,return,12.5,+02:00\n"
+        "b,1985-07-04 23:30:00,buy,3,-0530\n"
+    )
+    path = tmp_path / "log.csv.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    m = ColumnMapping.parse(
+        "user=who,timestamp=when,category=purchases,action=kind:{buy:purchase,return:refund},"
+        "value=amount,tz=zone"
+    )
+    got = read_log(path, m)
+    a, b = got["a"], got["b"]
+    assert list(a["action"]) == [0, 1] and list(a["tz_min"]) == [120, 120] and set(a["cat"]) == {12}
+    assert (
+        int(b["tz_min"][0]) == -330
+        and int(b["ts"][0])
+        == int((datetime(1985, 7, 4, 23, 30) - datetime(1970, 1, 1)).total_seconds()) + 330 * 60
+    )
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(text.replace("return", "swap").encode()))
+    with pytest.raises(ImportRowError, match=r"row 2.*'kind'.*'swap' is not in the mapping"):
+        read_log(bad, m)
+    with pytest.raises(ValueError, match="unsupported format"):
+        read_log(tmp_path / "log.csv.7z", m)
+    with pytest.raises(ValueError, match="bad mapping"):
+        ColumnMapping.parse("colour=red")
+    with pytest.raises(ValueError, match="missing columns: user"):
+        read_log(path, ColumnMapping.parse("user=nobody,timestamp=when,category=purchases,action=purchase"))
