@@ -36,12 +36,14 @@ test: lint chromium
 test-all: lint chromium
 	$(BIN)/pytest -m ""
 
-# tests/test_reviewer_page.py renders the reviewer page in headless Chromium (it fails, not skips, without it).
+# tests/test_reviewer_page.py renders the reviewer page in headless Chromium, the Chinese page with
+# a CJK font (it fails, not skips, without them).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium for tests/test_reviewer_page.py"; \
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; } || { \
+	  echo "installing chromium and fonts-noto-cjk for tests/test_reviewer_page.py"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk; }
 
 bench-api: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || echo "wrk not installed (apt-get install -y wrk): falling back to httpx"

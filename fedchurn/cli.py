@@ -68,6 +68,7 @@ def categories(
     lang: Annotated[str, typer.Option(help="Table language: en or zh.")] = "en",
 ) -> None:
     """List the 17 categories of behaviour data a device records, and why."""
+    from fedchurn.server.catalogue_zh import catalogue_text
     from fedchurn.server.i18n import LANGS, t
     from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
 
@@ -89,7 +90,7 @@ def categories(
         table.add_row(
             str(c.number),
             c.name_zh if lg == "zh" else c.name_en,
-            c.description,
+            catalogue_text(lg, c.description),
             t(lg, "cat.day" if c.retention_days == 1 else "cat.days", n=c.retention_days),
             str(len(as_dict(c)["features_fed"])),
         )
@@ -98,8 +99,6 @@ def categories(
     console.print(
         t(lg, "cli.categories.purposes", purposes=", ".join(t(lg, f"purpose_short.{p}") for p in purposes))
     )
-    if lg != "en":
-        console.print(t(lg, "cat.source_language_note"))
     console.print(t(lg, "cli.categories.footer"))
 
 
@@ -278,6 +277,13 @@ def simulate(
     population: Annotated[
         str, typer.Option(help="Rows scored: all, or active:N (activity in the N days up to the day).")
     ] = _RC.population,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Model inputs: base (the 127), extended (all: long windows, history rhythm, money), "
+            "or auto (extended under --cutoff, else base)."
+        ),
+    ] = _RC.features,
     activity: Annotated[
         str, typer.Option(help="Categories that count as activity (comma-separated).")
     ] = "sessions",
@@ -357,6 +363,7 @@ def simulate(
         events_tz="" if tz is None else str(tz),
         cutoff=cutoff,
         population=population,
+        features=features,
         activity=activity,
         horizon=horizon,
         silence_days=silence_days,

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from fedchurn import __version__
+from fedchurn.client.policy import PolicyConfig
 from fedchurn.client.signals import SignalThresholds
 from fedchurn.server import i18n
 from fedchurn.server.api_models import (
@@ -72,6 +73,7 @@ from fedchurn.server.audit import (
     RunRecord,
     UnknownRunError,
 )
+from fedchurn.server.catalogue_zh import catalogue_text
 from fedchurn.server.http_gate import RequestGate
 from fedchurn.shared import feature_spec as fs
 from fedchurn.shared.catalogue import (
@@ -97,12 +99,7 @@ DATABASE_UNAVAILABLE = "the audit database is unavailable; the operator's log ha
 
 log = logging.getLogger(__name__)
 
-# Recall rules of the retention policy. They live here until the retention-policy engine (a later
-# issue) owns them: then import these three names from it and change RECALL_RULES_SOURCE.
-RECALL_MAX_PER_MONTH = 3
-RECALL_EPISODE_DAYS = (1, 7, 14)
-RECALL_MAX_CONSECUTIVE_REJECTIONS = 3
-RECALL_RULES_SOURCE = "fedchurn.server.api (until the retention-policy engine owns the recall rules)"
+RECALL_RULES_SOURCE = "fedchurn.client.policy.PolicyConfig"  # the on-device engine owns the recall rules
 SIGNALS_SOURCE = "fedchurn.client.signals.SignalThresholds"
 TIERS_SOURCE = "fedchurn.shared.model_format"
 
@@ -336,6 +333,7 @@ def build_features() -> FeatureSpec:
 def build_retention_policy(lang: i18n.Lang = "en", th: SignalThresholds | None = None) -> RetentionPolicy:
     """The policy rules, each read from the module that owns its values (see the `source` field)."""
     th = th or SignalThresholds()
+    policy = PolicyConfig()
     signals_src = f"{SIGNALS_SOURCE} + fedchurn.shared.feature_spec"
     rules: list[tuple[str, dict[str, float | int], str]] = [
         (
@@ -350,16 +348,16 @@ def build_retention_policy(lang: i18n.Lang = "en", th: SignalThresholds | None =
         (
             "recall_frequency",
             {
-                "max_per_month": RECALL_MAX_PER_MONTH,
-                "day_a": RECALL_EPISODE_DAYS[0],
-                "day_b": RECALL_EPISODE_DAYS[1],
-                "day_c": RECALL_EPISODE_DAYS[2],
+                "max_per_month": policy.max_recalls_per_month,
+                "day_a": policy.episode_send_days[0],
+                "day_b": policy.episode_send_days[1],
+                "day_c": policy.episode_send_days[2],
             },
             RECALL_RULES_SOURCE,
         ),
         (
             "marketing_opt_out",
-            {"consecutive_rejections": RECALL_MAX_CONSECUTIVE_REJECTIONS},
+            {"consecutive_rejections": policy.rejections_to_opt_out},
             RECALL_RULES_SOURCE,
         ),
         ("high_risk_tier", {"threshold": HIGH_RISK, "horizon_days": HORIZON_DAYS}, TIERS_SOURCE),
@@ -472,7 +470,7 @@ def build_upload_spec(store: AuditStore, run_id: str | None = None, lang: i18n.L
     if run is None:
         return UploadSpec(
             available=False,
-            note=i18n.t(lang, "upload.none", what=LEAVES_NOTHING_RAW),
+            note=i18n.t(lang, "upload.none", what=catalogue_text(lang, LEAVES_NOTHING_RAW)),
             run_id=None,
             protection_mode=None,
             upload_bytes=None,
@@ -1048,6 +1046,7 @@ def create_app(
 
         chosen = i18n.negotiate(lang, request.headers.get("accept-language"))
         latest = audit.latest_run()
+        runs = audit.list_runs(0, 20)
         data = ReviewerData(
             categories=build_categories(),
             features=build_features(),
@@ -1059,6 +1058,8 @@ def create_app(
             if latest
             else [],
             rounds_total=latest.rounds_recorded if latest else 0,
+            runs=[to_run_summary(r) for r in runs.items],
+            runs_total=runs.total,
             api_prefix=PREFIX,
         )
         body = render(data, chosen).encode()

@@ -62,7 +62,6 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "purpose_short.federated_model_training": "Model training",
         "purpose_short.retention_policy": "Retention policy",
         "purpose_short.user_transparency": "Transparency",
-        "cat.source_language_note": "Descriptions are quoted from the catalogue (English).",
         # purposes, keyed by catalogue purpose id
         "purpose.churn_risk_scoring": "Score the risk that this user stops using the app, on the device.",
         "purpose.federated_model_training": (
@@ -82,6 +81,11 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "upload.mode": "Protection mode",
         "upload.bytes": "Bytes uploaded per device per round (declared)",
         "upload.observed": "Bytes per device per round (measured from the audit log)",
+        "upload.observed_why": (
+            "Measured = the protobuf body of each reply (the uploads plus the record's names, the device "
+            "indices and list framing) divided by the devices it answers for: a few bytes above the "
+            "declared size, most for a node that answers for one device (e.g. 809 B against 780 B)."
+        ),
         "upload.params": "Cryptographic parameters",
         "upload.raw": "Raw events leave the device",
         "upload.no": "no",
@@ -155,6 +159,15 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "audit.col.epsilon": "ε spent (outsiders)",
         "audit.col.epsilon_aggregator": "ε spent (aggregator)",
         "audit.skipped": "skipped: {reason}",
+        "runs.heading": "Every recorded run",
+        "runs.lead": "{n} runs recorded; the {shown} most recent are listed, newest first.",
+        "runs.col.run": "Run",
+        "runs.col.started": "Started (UTC)",
+        "runs.col.status": "Status",
+        "runs.col.mode": "Protection",
+        "runs.col.rounds": "Rounds",
+        "runs.col.epsilon": "ε (outsiders)",
+        "runs.col.epsilon_aggregator": "ε (aggregator)",
         # model card
         "model.heading": "Model card",
         "model.none": "No run has completed yet, so there is no trained model to describe.",
@@ -271,7 +284,6 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "purpose_short.federated_model_training": "模型训练",
         "purpose_short.retention_policy": "挽留策略",
         "purpose_short.user_transparency": "透明度",
-        "cat.source_language_note": "说明文字引自数据目录（英文原文）。",
         "purpose.churn_risk_scoring": "在设备上评估该用户停止使用应用的风险。",
         "purpose.federated_model_training": "帮助训练共享的流失模型；只有加密、聚合后的更新离开设备。",
         "purpose.retention_policy": "在设备上决定是否以及何时发送召回消息。",
@@ -282,6 +294,11 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "upload.mode": "保护模式",
         "upload.bytes": "每台设备每轮上传字节数（声明值）",
         "upload.observed": "每台设备每轮字节数（根据审计日志测得）",
+        "upload.observed_why": (
+            "实测值 = 每条回复的 protobuf 正文（上传内容加上记录名称、设备编号和列表封装）"
+            "除以其所代表的设备数：比声明大小多出几个字节，"
+            "只代表一台设备的节点多得最多（例如 809 字节对 780 字节）。"
+        ),
         "upload.params": "密码学参数",
         "upload.raw": "原始事件是否离开设备",
         "upload.no": "否",
@@ -343,6 +360,15 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "audit.col.epsilon": "已消耗 ε（外部方）",
         "audit.col.epsilon_aggregator": "已消耗 ε（聚合服务器）",
         "audit.skipped": "已跳过：{reason}",
+        "runs.heading": "所有已记录的运行",
+        "runs.lead": "共记录 {n} 次运行；按时间倒序列出最近的 {shown} 次。",
+        "runs.col.run": "运行",
+        "runs.col.started": "开始时间（UTC）",
+        "runs.col.status": "状态",
+        "runs.col.mode": "保护模式",
+        "runs.col.rounds": "轮数",
+        "runs.col.epsilon": "ε（外部方）",
+        "runs.col.epsilon_aggregator": "ε（聚合服务器）",
         "model.heading": "模型卡",
         "model.none": "尚无已完成的运行，因此没有可描述的已训练模型。",
         "model.from_run": "来自运行 {run}，完成于 {finished}。",

@@ -6,9 +6,8 @@ API), with `string.Template` and `html.escape`: no template engine to install or
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from html import escape
 from pathlib import Path
 from string import Template
@@ -25,6 +24,7 @@ from fedchurn.server.api_models import (
     RunSummary,
     UploadSpec,
 )
+from fedchurn.server.catalogue_zh import catalogue_text
 from fedchurn.server.i18n import Lang, t
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -42,6 +42,8 @@ class ReviewerData:
     latest_run: RunSummary | None
     rounds: list[AuditRound]
     rounds_total: int
+    runs: list[RunSummary] = field(default_factory=list)  # newest first
+    runs_total: int = 0
     api_prefix: str = "/v1"
 
 
@@ -91,6 +93,7 @@ def _categories(d: ReviewerData, lang: Lang) -> str:
     # Values every category shares are shown once above the table, so each row shows what differs.
     leaves_common = len({c.leaves_device for c in cats}) == 1
     fields_common = len({tuple(c.recorded_fields) for c in cats}) == 1
+    sep = "、" if lang == "zh" else ", "
     rows = []
     for c in cats:
         name, other = (c.name_zh, c.name_en) if lang == "zh" else (c.name_en, c.name_zh)
@@ -98,7 +101,8 @@ def _categories(d: ReviewerData, lang: Lang) -> str:
             f"<abbr title='{_e(t(lang, 'purpose.' + p.id))}'>{_e(t(lang, 'purpose_short.' + p.id))}</abbr>"
             for p in c.purposes
         )
-        actions = ", ".join(f"<code>{_e(a.name)}</code> ({_e(a.value)})" for a in c.actions)
+        tr = partial(catalogue_text, lang)  # the catalogue's English, in the page's language
+        actions = ", ".join(f"<code>{_e(a.name)}</code> ({_e(tr(a.value))})" for a in c.actions)
         labels = (
             f"{_e(c.apple_privacy_label)}<br>{_e(c.google_data_safety)}<br>"
             f"<a href='{_e(c.dpv_category)}'>{_e(c.dpv_category.rsplit('#', 1)[-1])}</a>"
@@ -112,15 +116,19 @@ def _categories(d: ReviewerData, lang: Lang) -> str:
             str(c.number),
             f"<strong class='cat-name'>{_e(name)}</strong><br><span class='small'>{_e(other)} · "
             f"<code>{_e(c.id)}</code></span>",
-            f"{_e(c.description)}<br><span class='small'>{actions}</span>"
-            + ("" if fields_common else f"<br><span class='small'>{_e(', '.join(c.recorded_fields))}</span>"),
-            _e(", ".join(c.never_recorded)),
+            f"{_e(tr(c.description))}<br><span class='small'>{actions}</span>"
+            + (
+                ""
+                if fields_common
+                else f"<br><span class='small'>{_e(sep.join(map(tr, c.recorded_fields)))}</span>"
+            ),
+            _e(sep.join(map(tr, c.never_recorded))),
             purposes,
-            f"<span class='small'>{_e(c.legal_basis)}</span>",
+            f"<span class='small'>{_e(tr(c.legal_basis))}</span>",
             escape(t(lang, "cat.days", n=c.retention_days)),
         ]
         if not leaves_common:
-            row.append(f"<span class='small'>{_e(c.leaves_device)}</span>")
+            row.append(f"<span class='small'>{_e(tr(c.leaves_device))}</span>")
         rows.append([*row, labels, feats])
     keys = ["number", "name", "description", "never", "purposes", "legal", "retention"]
     keys += [] if leaves_common else ["leaves"]
@@ -128,9 +136,11 @@ def _categories(d: ReviewerData, lang: Lang) -> str:
     classes = ["num"] + [""] * (len(keys) - 1)
     common = ""
     if leaves_common:
-        common += f"<dt>{_e(t(lang, 'cat.col.leaves'))}</dt><dd>{_e(cats[0].leaves_device)}</dd>"
+        leaves = catalogue_text(lang, cats[0].leaves_device)
+        common += f"<dt>{_e(t(lang, 'cat.col.leaves'))}</dt><dd>{_e(leaves)}</dd>"
     if fields_common:
-        common += f"<dt>{_e(t(lang, 'cat.fields'))}</dt><dd>{_e(', '.join(cats[0].recorded_fields))}</dd>"
+        fields = sep.join(catalogue_text(lang, f) for f in cats[0].recorded_fields)
+        common += f"<dt>{_e(t(lang, 'cat.fields'))}</dt><dd>{_e(fields)}</dd>"
     used = dict.fromkeys(p.id for c in cats for p in c.purposes)
     legend = "".join(
         f"<dt>{_e(t(lang, 'purpose_short.' + pid))}</dt><dd>{_e(t(lang, 'purpose.' + pid))}</dd>"
@@ -141,7 +151,6 @@ def _categories(d: ReviewerData, lang: Lang) -> str:
         f"<p>{_e(t(lang, 'cat.lead', version=d.categories.catalogue_version))} "
         f"{_link(d.api_prefix + '/categories')}</p>"
         f"<dl class='note'>{common}{legend}</dl>"
-        + (f"<p class='small'>{_e(t(lang, 'cat.source_language_note'))}</p>" if lang != "en" else "")
         + _table([t(lang, f"cat.col.{k}") for k in keys], rows, classes)
     )
 
@@ -153,16 +162,35 @@ def _upload(d: ReviewerData, lang: Lang) -> str:
         out = f"<p class='warning'>{_e(t(lang, 'upload.plaintext_warning'))}</p>" + out
     out += "<dl>"
     out += f"<dt>{_e(t(lang, 'upload.raw'))}</dt>"
-    out += f"<dd>{_e(t(lang, 'upload.no'))} — {_e(u.what_leaves_device)}</dd>"
+    out += f"<dd>{_e(t(lang, 'upload.no'))} — {_e(catalogue_text(lang, u.what_leaves_device))}</dd>"
     if u.available:
         out += f"<dt>{_e(t(lang, 'upload.mode'))}</dt><dd><code>{_e(u.protection_mode)}</code></dd>"
         out += f"<dt>{_e(t(lang, 'upload.bytes'))}</dt><dd>{_num(u.upload_bytes)}</dd>"
         observed = _num(u.observed_bytes_per_device, "{:,.0f}")
         out += f"<dt>{_e(t(lang, 'upload.observed'))}</dt><dd>{observed}</dd>"
-        params = json.dumps({**u.params, **u.extra}, ensure_ascii=False, indent=2, sort_keys=True)
-        out += f"<dt>{_e(t(lang, 'upload.params'))}</dt><dd><pre>{escape(params)}</pre></dd>"
+        out += f"<dd class='small'>{_e(t(lang, 'upload.observed_why'))}</dd>"
+        table = _params_table(u.protection_mode or "", u.params, u.extra)
+        out += f"<dt>{_e(t(lang, 'upload.params'))}</dt><dd>{table}</dd>"
     out += "</dl>"
     return out + f"<p>{_link(d.api_prefix + '/upload-spec')}</p>"
+
+
+# The parameters that mean something in each mode; the others are shown in the API, not here.
+MODE_PARAMS: dict[str, tuple[str, ...]] = {
+    "secagg": ("coords_per_round", "quant_bits", "ring_bits", "clip_norm", "coord_clip_factor",
+               "noise_multiplier", "max_cohort", "k_min", "max_upload_bytes"),
+    "ckks": ("ckks_poly_modulus", "ckks_coeff_mod_bits", "ckks_scale_bits", "clip_norm",
+             "noise_multiplier", "max_cohort", "k_min", "max_upload_bytes"),
+    "plaintext": ("clip_norm",),
+}  # fmt: skip
+
+
+def _params_table(mode: str, params: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The cryptographic parameters of the mode in use, one row each, then what the run adds."""
+    shown = {k: params[k] for k in MODE_PARAMS.get(mode, tuple(params)) if k in params}
+    shown.update(extra)
+    rows = [[f"<code>{_e(k)}</code>", _e(v)] for k, v in shown.items()]
+    return _table(["", ""], rows, ["", "num"])
 
 
 def _server(d: ReviewerData, lang: Lang) -> str:
@@ -210,6 +238,7 @@ def _audit(d: ReviewerData, lang: Lang) -> str:
         return (
             f"<p class='note'>{_e(t(lang, 'audit.none'))}</p><p>{_link(d.api_prefix + '/audit/rounds')}</p>"
         )
+    runs = _runs(d, lang)
     api = f"{d.api_prefix}/audit/rounds?run_id={run.run_id}"
     lead = t(
         lang,
@@ -244,7 +273,30 @@ def _audit(d: ReviewerData, lang: Lang) -> str:
     keys = ("round", "time", "cohort", "received", "refused", "bytes", "mode", "noise", "epsilon")
     headers = [t(lang, f"audit.col.{k}") for k in (*keys, "epsilon_aggregator")]
     classes = ["num", "", "num", "num", "", "num", "", "num", "num", "num"]
-    return f"<p>{_e(lead)}{_link(api)}</p>" + _table(headers, rows, classes)
+    return runs + f"<p>{_e(lead)}{_link(api)}</p>" + _table(headers, rows, classes)
+
+
+def _runs(d: ReviewerData, lang: Lang) -> str:
+    """Every recorded run, newest first: a reviewer sees that the latest run is not the only one."""
+    rows = [
+        [
+            f"<code>{_e(r.run_id)}</code>",
+            _e(r.started_at.strftime("%Y-%m-%d %H:%M")),
+            _e(r.status),
+            f"<code>{_e(r.protection_mode)}</code>",
+            _num(r.rounds_recorded),
+            _num(r.epsilon_spent),
+            _num(r.epsilon_aggregator_spent),
+        ]
+        for r in d.runs
+    ]
+    keys = ("run", "started", "status", "mode", "rounds", "epsilon", "epsilon_aggregator")
+    headers = [t(lang, f"runs.col.{k}") for k in keys]
+    lead = t(lang, "runs.lead", n=d.runs_total, shown=len(d.runs))
+    return (
+        f"<h3>{_e(t(lang, 'runs.heading'))}</h3><p>{_e(lead)} {_link(d.api_prefix + '/runs')}</p>"
+        + _table(headers, rows, ["", "", "", "", "num", "num", "num"])
+    )
 
 
 def _model(d: ReviewerData, lang: Lang) -> str:

@@ -56,9 +56,9 @@ class Sizes:
 
 
 FULL = Sizes(
-    "full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 300, 1000, 100_000, RealLogSizes(5, 300, 300)
+    "full", 100_000, 100_000, 1024, 10, 100_000, 10_000, 20, 300, 1000, 100_000, RealLogSizes(5, 200, 1000)
 )
-QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0, RealLogSizes(1, 60, 300))
+QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0, RealLogSizes(1, 60, 1000))
 # For the test suite only: every section runs for real, at sizes too small to be benchmarks. The
 # CDNOW section needs the package index; the suite runs the same path on a small gzipped log
 # (tests/test_real_logs.py).

@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedchurn.client.device_data import DeviceData, prepare_device, prepare_devices
+from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.protocol import Protocol
 from fedchurn.simulations.population import generate_device, generate_devices
 from fedchurn.simulations.scenario import load_scenario
 
@@ -51,3 +53,32 @@ def test_a_batch_of_devices_is_each_device_alone(
     # 20 days cannot label a single day (horizon + silence = 28): every device has no example.
     if days == 20:
         assert all(len(b.x) == 0 and b.eval_x is None for b in batch)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.lists(st.integers(0, 5_000), min_size=1, max_size=8, unique=True),
+    st.sampled_from([1, 3, 250]),
+    st.sampled_from([None, 30]),
+    st.integers(40, 100),
+)
+def test_the_cutoff_protocol_batch_is_each_device_alone(
+    seed: int, devices: list[int], chunk: int, population: int | None, cutoff_at: int
+) -> None:
+    """Under the cutoff protocol with the extended features, a chunk of devices with different
+    first days is each device prepared alone (its own first day and the shared today)."""
+    events, rows, starts, todays = generate_devices(seed, np.asarray(devices), SCENARIO, 150)
+    start = int(np.min(starts))
+    proto = Protocol(
+        horizon=28,
+        activity=("sessions",),
+        cutoff_day=start + cutoff_at,
+        population_days=population,
+        n_features=N_FEATURES,
+    )
+    batch = prepare_devices(events, rows, starts, todays, proto, chunk=chunk)
+    for j in range(len(devices)):
+        alone = prepare_device(events[rows == j], int(starts[j]), int(todays[j]), proto)
+        _same(batch[j], alone)
+        assert batch[j].x.shape[1] == N_FEATURES and set(np.unique(batch[j].time)) <= {1}

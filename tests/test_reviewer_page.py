@@ -7,6 +7,7 @@ test fails (rather than skips) where it cannot run.
 from __future__ import annotations
 
 import html
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from fedchurn.server import i18n
 from fedchurn.server.api_bench import live_server
 from fedchurn.server.audit import AuditStore
+from fedchurn.server.catalogue_zh import catalogue_text, missing
 from fedchurn.shared.catalogue import CATEGORIES
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -112,3 +114,55 @@ def test_page_language_caching_and_escaping(base: str) -> None:
     assert again.status_code == 304
     assert httpx.get(f"{base}/", follow_redirects=False).headers["location"] == "/v1/reviewer"
     assert httpx.get(f"{base}/v1/reviewer", params={"lang": "fr"}).status_code == 422
+
+
+MEASURE = """<script>
+const han = /\\p{Script=Han}/u;
+function width(text, like) {
+  const s = document.createElement("span");
+  s.style.whiteSpace = "nowrap";
+  s.textContent = text;
+  like.appendChild(s);
+  const w = s.getBoundingClientRect().width;
+  s.remove();
+  return w;
+}
+const heading = document.querySelector("h2");
+const chinese = [...heading.textContent].filter((c) => han.test(c)).join("");
+const result = {
+  text: chinese,
+  em: parseFloat(getComputedStyle(heading).fontSize),
+  chinese: width(chinese, heading),
+  tofu: width("\\u{10FFFD}".repeat([...chinese].length), heading),
+};
+document.body.setAttribute("data-cjk", JSON.stringify(result));
+</script>"""
+
+
+def test_chinese_glyphs_render_and_every_category_reads_in_chinese(base: str, tmp_path: Path) -> None:
+    """The zh page in headless Chromium: its first heading's Chinese characters are drawn with a
+    CJK font (1 em each), not as the boxes a missing font draws (the width of unassigned code
+    points); and every category's description, purposes and legal basis are in Chinese."""
+    page = httpx.get(f"{base}/v1/reviewer", params={"lang": "zh"}).text
+    local = tmp_path / "zh.html"
+    local.write_text(page.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    dom = _dump_dom(local.as_uri(), tmp_path / "profile")
+    raw = dom.split('data-cjk="', 1)[1].split('"', 1)[0]
+    m = json.loads(html.unescape(raw))
+    n = len(m["text"])
+    assert n >= 2, m
+    assert abs(m["chinese"] / n - m["em"]) < 0.05 * m["em"], f"CJK glyphs are not 1 em wide: {m}"
+    assert abs(m["chinese"] - m["tofu"]) > 0.1 * m["em"] * n, f"Chinese renders like missing glyphs: {m}"
+    text = html.unescape(dom)
+    for c in CATEGORIES:
+        assert catalogue_text("zh", c.description) in text, c.id
+        assert catalogue_text("zh", c.legal_basis) in text, c.id
+        for p in c.purposes:
+            assert i18n.t("zh", f"purpose_short.{p}") in text and i18n.t("zh", f"purpose.{p}") in text
+    assert "Descriptions are quoted" not in text and "英文原文" not in text
+    # every run is listed; the crypto table holds the run's mode only; no developer note is shown
+    assert i18n.t("zh", "runs.heading") in text and "<code>plaintext</code>" in text
+    assert "ckks_poly_modulus" not in text and "ring_bits" not in text
+    assert i18n.t("zh", "upload.observed_why") in text  # why measured bytes exceed the declared size
+    assert "until the" not in text and "fedchurn.client.policy.PolicyConfig" in text
+    assert missing() == []  # every catalogue sentence has its Chinese
