@@ -8,8 +8,11 @@ command line. See docs/deploy.md.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -230,6 +233,10 @@ def local(
     devices_per_node: Annotated[int, typer.Option(help="Device stores per SuperNode.")] = 4,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 2,
     k_min: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
+    keep_api: Annotated[
+        bool,
+        typer.Option("--keep-api", help="Keep the federation and its API up after the run, until Ctrl-C."),
+    ] = False,
 ) -> None:
     """A whole deployment on loopback (TLS, node auth, key holder, API) with synthetic device stores."""
     from fedchurn.server.deploy import local_federation, population_stores
@@ -255,3 +262,29 @@ def local(
         console.print(
             f"flwr run exited {code}; results in {fed.run_dir(name)}, logs in {out / 'fed' / 'logs'}"
         )
+        console.print(run_status_line(fed.run_dir(name)))
+        if keep_api:
+            console.print(
+                f"the API stays up at {fed.api_url} (reviewer page: {fed.api_url}/v1/reviewer); Ctrl-C stops"
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
+    console.print(
+        "the federation is stopped (SuperLink, SuperNodes, key holder, API); read its audit log again with "
+        f"[bold]fedchurn serve --database-url {audit}[/]"
+    )
+
+
+def run_status_line(run_dir: Path) -> str:
+    """How the run ended, from the ServerApp's own record (federated.json)."""
+    path = run_dir / "federated.json"
+    if not path.exists():
+        return f"[red]the run wrote no result[/] ({path} is missing): see the logs"
+    doc = json.loads(path.read_text())
+    final = doc.get("final_evaluation") or {}
+    auc = (
+        f", ROC-AUC {final['roc_auc']:.3f} on {int(final.get('devices', 0))} held-out devices"
+        if "roc_auc" in final
+        else ""
+    )
+    return f"run status: [bold]{doc.get('status', 'unknown')}[/], {len(doc.get('rounds', []))} rounds{auc}"
