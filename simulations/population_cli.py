@@ -89,13 +89,13 @@ def report_cmd(
 
 
 def _print_report(pop_dir: Path, out: Path | None) -> None:
-    from fedchurn.simulations.population_report import write_report
+    from fedchurn.simulations.population_report import FAIL_MEANS, write_report
 
     with console.status("computing calibration report"):
         rep = write_report(pop_dir, out)
     table = Table(title="calibration against the brief")
     for col in ("check", "target", "measured", ""):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a check's name is read whole, even at 80 columns
     for c in rep["checks"]:
         m = c["measured"]
         table.add_row(
@@ -105,6 +105,11 @@ def _print_report(pop_dir: Path, out: Path | None) -> None:
             "[green]pass[/green]" if c["pass"] else "[red]FAIL[/red]",
         )
     console.print(table)
+    failed = [c for c in rep["checks"] if not c["pass"]]
+    for c in failed:
+        console.print(f"[red]FAIL[/red] {c['name']}: the check asks that {c['meaning']}.")
+    if failed:
+        console.print(FAIL_MEANS)
     out_dir = Path(rep["out_dir"])
     console.print(
         f"report written to {out_dir / 'calibration.json'} and {len(rep['plots'])} plots in {out_dir}"

@@ -388,6 +388,7 @@ def compute_calibration(pop_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             s: float(in_hist[d.seg == i].mean()) if (d.seg == i).any() else None for s, i in seg_id.items()
         },
         "by_cause": {c: int((in_hist & (d.cause == i)).sum()) for i, c in enumerate(d.cause_names)},
+        "churners": int(in_hist.sum()),
         "no_warning_share_of_churners": float(d.no_warning[in_hist].mean()) if in_hist.any() else None,
         "new_users": int(d.new_user.sum()),
         "new_user_churn_rate": float(in_hist[d.new_user].mean()) if d.new_user.any() else None,
@@ -415,7 +416,9 @@ def compute_calibration(pop_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     checks = []
 
     def check(name: str, measured: float | None, ok: bool, target: str) -> None:
-        checks.append({"name": name, "target": target, "measured": measured, "pass": bool(ok)})
+        checks.append(
+            {"name": name, "target": target, "measured": measured, "pass": bool(ok), "meaning": MEANING[name]}
+        )
 
     for ch in ("private_messages", "profile_updates"):
         m = drops[ch]["all_churners"]["drop"]
@@ -498,6 +501,38 @@ def compute_calibration(pop_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return report, arrays
 
 
+PLACEBO = "non-churners show no such drop on a random day (else it tells nobody apart)"
+# What each check asks of the population, in words (printed beside a FAIL, stored in the report).
+MEANING: dict[str, str] = {
+    "private_messages_drop_7d_before_churn": (
+        "churners send ~62% fewer private messages in their last 7 days than in their own earlier weeks"
+    ),
+    "private_messages_drop_placebo": PLACEBO,
+    "profile_updates_drop_7d_before_churn": (
+        "churners edit their profile ~81% less in their last 7 days than in their own earlier weeks"
+    ),
+    "profile_updates_drop_placebo": PLACEBO,
+    "content_below_40pct_streak_share": (
+        "most content-dependent churners stay below 40% of their own content time for days before leaving"
+    ),
+    "cart_abandon_streak_share": (
+        "price-sensitive churners abandon carts several times in a row before leaving, far more than others"
+    ),
+    "repeat_views_ratio": "price-sensitive churners keep re-viewing the same product in their last week",
+    "churn_rate": "the share of devices that churn within the history is inside the accepted band",
+    "segment_mix": "the generated share of each user segment matches the scenario's",
+    "silences_with_return": "short silences exist and most end with a return: not every gap is churn",
+    "truth_matches_churn_definition": (
+        "the generator's churn day agrees with the label (14 days without a session), and nobody returns"
+    ),
+}
+FAIL_MEANS = (
+    "A FAIL means this population does not reproduce that figure of the brief: what depends on the "
+    "signal (its on-device trigger, the model's use of it) is less representative here. The knobs are "
+    "in the scenario file (simulations/scenarios/<name>.toml); docs/population.md explains each."
+)
+
+
 def _hist(ax: Any, values: Array, bins: Array, alpha: float, label: str) -> None:
     """Share-of-users histogram; an empty group is labelled rather than drawn."""
     if len(values) == 0:
@@ -515,7 +550,14 @@ def _plots(report: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> lis
 
     written: list[str] = []
 
+    pop, vol = report["population"], report["volume"]
+    sample = (
+        f"population: {vol['devices']:,} devices × {vol['days']} days, {report['churn']['churners']:,} "
+        f"churners (seed {pop['seed']})"
+    )
+
     def save(fig: Any, name: str) -> None:
+        fig.suptitle(sample, fontsize=8, color="dimgray")  # n on every figure
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=100, metadata={"Software": None})
         plt.close(fig)
@@ -567,6 +609,7 @@ def _plots(report: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> lis
     _hist(axes[0], np.minimum(arrays["cart_p"], 14), bins, 0.5, "placebo")
     axes[0].axvline(cm["target_streak"] - 0.5, color="C2", label=f"target: {cm['target_streak']} in a row")
     axes[0].set_xlabel("abandoned carts since last checkout")
+    axes[0].set_ylabel("share of users")
     axes[0].set_title("price-sensitive: abandoned-cart streak")
     axes[0].legend(fontsize=8)
     vals = [cm["repeat_views_ratio_churners"] or 0.0, cm["repeat_views_ratio_placebo"] or 0.0]
@@ -576,6 +619,7 @@ def _plots(report: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> lis
     )
     axes[1].set_xticks([0, 1], ["churners", "placebo"])
     axes[1].set_ylabel("repeat product views, last week / earlier weekly mean")
+    axes[1].set_title("price-sensitive: repeated product views")
     axes[1].legend(fontsize=8)
     save(fig, "commerce_signals.png")
 
@@ -591,6 +635,7 @@ def _plots(report: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> lis
     axes[0].axhspan(100 * lo, 100 * hi, color="C2", alpha=0.15, label="accepted band (all devices)")
     axes[0].set_xticks(range(len(segs) + 1), ["all", *segs], rotation=20, fontsize=8)
     axes[0].set_ylabel("churned within the history (%)")
+    axes[0].set_title("churn rate, all devices and by segment")
     axes[0].legend(fontsize=8)
     causes = {k: v for k, v in ch_["by_cause"].items() if k != "none"}
     axes[1].bar(range(len(causes)), list(causes.values()), color="C1")
@@ -608,6 +653,7 @@ def _plots(report: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> lis
     ax.bar(x + 0.2, [100 * sm["measured"].get(s, 0) for s in names], 0.4, label="generated")
     ax.set_xticks(x, names, rotation=15, fontsize=8)
     ax.set_ylabel("share of devices (%)")
+    ax.set_title("user segments: the scenario's mix and the generated one")
     ax.legend(fontsize=8)
     save(fig, "segment_mix.png")
 
@@ -622,11 +668,13 @@ def _plots(report: dict[str, Any], arrays: dict[str, Any], out_dir: Path) -> lis
     axes[0].set_xticks(range(3), ["all silences", "after a discount", "over a holiday"], fontsize=8)
     axes[0].set_ylabel("silences >= 3 days that end with a return (%)")
     axes[0].set_ylim(0, 110)
+    axes[0].set_title("silences that end with a return")
     length = arrays["silences"][2]
     axes[1].hist(np.minimum(length, 20), bins=np.arange(3, 22) - 0.5, color="C1")
     axes[1].axvline(13.5, color="C3", label="14 days = churn")
     axes[1].set_xlabel("silence length (days, capped at 20)")
     axes[1].set_ylabel("silences")
+    axes[1].set_title("how long silences last")
     axes[1].legend(fontsize=8)
     save(fig, "silence_return.png")
 

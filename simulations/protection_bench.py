@@ -256,16 +256,23 @@ def bench_shipped_scale(n_small: int = 1000, n_params: int = 2286) -> dict[str, 
 # --- Flower baselines ---
 
 
-def _bench_flower_fedavg(n_updates: int, n_params: int) -> dict[str, Any]:
+def flower_fedavg_reply(n_params: int) -> tuple[int, int]:
+    """(body bytes, objects) of Flower's plaintext FedAvg reply for a model of `n_params` float32
+    parameters: an ArrayRecord of the model's tensors and a MetricRecord, as the quickstart sends."""
     from flwr.common import ArrayRecord, MetricRecord, RecordDict
-    from flwr.server.strategy.aggregate import aggregate
 
     from fedchurn.shared.model_format import DEFAULT_SPEC, unflatten
 
     vec = _updates(1, n_params)[0].astype(np.float32)
     arrays = unflatten(vec) if n_params == DEFAULT_SPEC.n_params else [vec]
     content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 100})})
-    bodies, objects = flower_reply_bytes(content)
+    return flower_reply_bytes(content)
+
+
+def _bench_flower_fedavg(n_updates: int, n_params: int) -> dict[str, Any]:
+    from flwr.server.strategy.aggregate import aggregate
+
+    bodies, objects = flower_fedavg_reply(n_params)
     ups = _updates(n_updates, n_params).astype(np.float32)
     results = [([u], 100) for u in ups]
     t0 = time.perf_counter()
