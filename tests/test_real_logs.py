@@ -250,3 +250,19 @@ def test_import_reads_compressed_logs_constants_value_maps_and_offsets(tmp_path:
         ColumnMapping.parse("colour=red")
     with pytest.raises(ValueError, match="missing columns: user"):
         read_log(path, ColumnMapping.parse("user=nobody,timestamp=when,category=purchases,action=purchase"))
+
+
+def test_zstd_and_bzip2_logs_read_like_plain_ones(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    text = b"who,when,amount\na,1997-03-01 10:00:00,12.5\nb,1997-03-02 10:00:00,3\n"
+    m = ColumnMapping.parse("user=who,timestamp=when,category=purchases,action=purchase,value=amount", 0)
+    plain = tmp_path / "log.csv"
+    plain.write_bytes(text)
+    want = read_log(plain, m)
+    for ext, codec in (("zst", "zstd"), ("bz2", "bz2")):
+        path = tmp_path / f"log.csv.{ext}"
+        with pa.CompressedOutputStream(str(path), codec) as f:
+            f.write(text)
+        got = read_log(path, m)
+        assert got.keys() == want.keys() and all(np.array_equal(got[u], want[u]) for u in want)
