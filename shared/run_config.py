@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -81,6 +82,26 @@ class RunConfig:
 
     def to_flower(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def check(self) -> None:
+        """Refuse any value no run can use, naming the command-line option and what it accepts
+        (before anything starts: a bad value used to surface 20-49 s later, in a log)."""
+        for name, ok, accepts in _RULES:
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"{option_name(name)}: {value!r} is not allowed; expected {accepts}")
+        if self.k_min > self.max_cohort:
+            raise ValueError(f"--k-min {self.k_min} is above --max-cohort {self.max_cohort}")
+        self.protocol()  # horizon, silence, cutoff, population, features, activity
+
+    def check_pool(self, n_devices: int) -> None:
+        """`per_round` against the devices that train (those not held out)."""
+        pool = sum(1 for d in range(n_devices) if not is_eval_device(self.seed, d, self.eval_fraction))
+        if self.per_round > pool:
+            raise ValueError(
+                f"--per-round {self.per_round} is above the {pool:,} training devices ({n_devices:,} "
+                f"devices, {self.eval_fraction:g} held out): lower --per-round or add devices"
+            )
 
     @property
     def dp(self) -> bool:
@@ -239,6 +260,53 @@ class RunConfig:
     def outputs(self) -> int:
         """Hazard bins of the run's model (the evaluation histogram has one more outcome)."""
         return self.model_spec().outputs
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a run-config field."""
+    special = {
+        "num_server_rounds": "--rounds",
+        "events_file": "--events",
+        "events_map": "--map",
+        "events_tz": "--tz",
+    }
+    return special.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _positive(v: float) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v) and v > 0
+
+
+# field, test, what it accepts (declared once; `RunConfig.check` applies them)
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("num_server_rounds", lambda v: v >= 1, "a whole number of rounds >= 1"),
+    ("devices", lambda v: v >= 1, "a whole number of devices >= 1"),
+    ("per_round", lambda v: v >= 1, "a whole number of devices >= 1"),
+    ("eval_per_round", lambda v: v >= 0, "a whole number >= 0"),
+    ("eval_fraction", lambda v: 0 < v < 1, "a share strictly between 0 and 1"),
+    ("days", lambda v: v >= 1, "a whole number of days >= 1"),
+    ("local_epochs", lambda v: v >= 1, "a whole number of epochs >= 1"),
+    ("batch_size", lambda v: v >= 1, "a whole number >= 1"),
+    ("lr", _positive, "a positive number"),
+    ("strategy", lambda v: v in ("fedavg", "fedadam"), "fedavg or fedadam"),
+    ("server_lr", _positive, "a positive number"),
+    ("server_beta2", lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
+    ("server_tau", _positive, "a positive number"),
+    ("server_lr_schedule", lambda v: v in ("constant", "cosine"), "constant or cosine"),
+    ("protection", lambda v: v in ("secagg", "ckks", "plaintext"), "secagg, ckks or plaintext"),
+    ("clip_norm", _positive, "a positive number"),
+    ("coord_clip_factor", _positive, "a positive number"),
+    ("coords_per_round", lambda v: v >= 1, "a whole number >= 1"),
+    ("quant_bits", lambda v: 2 <= v <= 16, "2..16 bits"),
+    ("ring_bits", lambda v: 8 <= v <= 32, "8..32 bits"),
+    ("cohort_size", lambda v: v >= 1, "a whole number >= 1"),
+    ("max_cohort", lambda v: v >= 2, "a whole number >= 2"),
+    ("k_min", lambda v: v >= 2, "a whole number >= 2 (a cohort of one would be unmasked alone)"),
+    ("target_epsilon", lambda v: v >= 0 and math.isfinite(v), "a positive number, or 0 for no DP"),
+    ("delta", lambda v: 0 < v < 1, "a probability strictly between 0 and 1"),
+    ("sampling_source", lambda v: v in ("secret", "seeded"), "secret or seeded"),
+    ("round_timeout", _positive, "a positive number of seconds"),
+)
 
 
 def _sized(params: ProtectionParams, n_params: int) -> ProtectionParams:

@@ -27,7 +27,7 @@ from fedchurn.simulations.population import generate_population
 from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
 from fedchurn.simulations.report import write_report
-from fedchurn.simulations.scenario import load_scenario
+from fedchurn.simulations.scenario import ScenarioError, load_scenario
 
 
 def population_dataset(cfg: RunConfig) -> Dataset:
@@ -114,10 +114,17 @@ def simulate(
 ) -> dict[str, Any]:
     """One federated run on Flower's simulation engine: `nodes` simulation nodes, each a shard of
     the population (device d on node d mod nodes), then the central baselines and the report."""
-    spec = cfg.model_spec()  # a bad horizon, cutoff or population names its option
+    cfg.check()  # every value, with its option named, before anything starts
+    spec = cfg.model_spec()
     cfg.train_protection()  # refuse settings no upload could meet before anything is written
+    if not cfg.events_file:
+        try:
+            load_scenario(cfg.scenario)
+        except ScenarioError as e:
+            raise ValueError(f"--scenario: {e}") from None
     # A bad log, or a protocol it cannot answer, is named before anything is written.
     n_devices = len(_read_log(cfg)) if cfg.events_file else cfg.devices
+    cfg.check_pool(n_devices)
     data: Dataset | None = None
     if cfg.events_file:
         data = log_dataset(replace(cfg, devices=n_devices))
