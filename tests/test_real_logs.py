@@ -78,7 +78,8 @@ def test_a_gzipped_purchase_log_runs_the_standard_protocol_with_a_90_day_model(
 
 def test_a_degenerate_setup_is_refused_before_anything_runs(tmp_path: Path, run_cli: RunCli) -> None:
     log = purchase_log(tmp_path / "buys.csv.gz", users=150)
-    base = ["simulate", "--events", str(log), "--map", MAP, "--tz", "0", "--rounds", "2", "--no-baselines"]
+    base = ["simulate", "--events", str(log), "--map", MAP, "--tz", "0", "--rounds", "2", "--per-round", "20"]
+    base += ["--no-baselines"]
     cases = {
         "late_cutoff": (["--cutoff", "1998-06-01", "--horizon", "90", "--activity", "purchases"], "--cutoff"),
         "long_silence": (
