@@ -23,7 +23,11 @@ from fedchurn.simulations.scenario import load_scenario
 
 P0 = init_params(0)
 SMALL = TrainConfig(epochs=3, batch_size=5, lr=0.05, max_examples=40)
-ATOL = 1e-5
+ATOL = 1e-5  # the trainer against itself (batched vs alone): the same float32 arithmetic
+# The trainer against torch autograd + SGD: different float32 orderings over up to ~200 steps, and a
+# hidden unit near the ReLU kink can amplify one rounding difference (measured: 2.6e-5 on one of
+# 2,286 coordinates in one generated case); a wrong gradient is off by orders of magnitude more.
+REF_ATOL = 1e-4
 
 
 def real_devices(count: int, days: int = 200, seed: int = 0) -> list[DeviceRows]:
@@ -157,7 +161,7 @@ def test_one_device_trains_as_the_docstring_says(
     dev = synthetic(n, seed)
     want, want_loss = reference(params, dev, cfg, seed)
     got = train_devices(params, [dev], cfg, [seed])
-    np.testing.assert_allclose(got.params[0], want, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(got.params[0], want, rtol=0, atol=REF_ATOL)
     np.testing.assert_allclose(got.loss[0], want_loss, rtol=1e-5)
     assert got.n_examples[0] == min(n, max_examples)
 
@@ -169,7 +173,7 @@ def test_real_devices_train_as_the_docstring_says(real: list[DeviceRows]) -> Non
     batch = train_devices(P0, devices, cfg, seeds)
     for i, (dev, seed) in enumerate(zip(devices, seeds, strict=True)):
         want, want_loss = reference(P0, dev, cfg, seed)
-        np.testing.assert_allclose(batch.params[i], want, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(batch.params[i], want, rtol=0, atol=REF_ATOL)
         np.testing.assert_allclose(batch.loss[i], want_loss, rtol=1e-5)
 
 
