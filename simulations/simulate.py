@@ -127,7 +127,7 @@ def simulate(
     cfg.check_pool(n_devices)
     data: Dataset | None = None
     if cfg.events_file:
-        data = log_dataset(replace(cfg, devices=n_devices))
+        data = log_dataset(cfg)  # the log fixes its own device count
         check_log_setup(cfg, data)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
