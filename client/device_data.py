@@ -101,7 +101,10 @@ def _device(f: np.ndarray, active: np.ndarray, first_day: int, protocol: Protoco
         lab = window_labels(active, protocol.horizon)
         ev = protocol.cutoff_day - first_day
         top = ev - protocol.horizon
-        candidates = np.arange(top % ROW_STRIDE, top + 1, ROW_STRIDE) if top >= 0 else np.arange(0)
+        # A device whose log ends before the cutoff (its today < T) has fewer days than T's
+        # index: its rows stop at its own last day.
+        last_row = min(top, D - 1)
+        candidates = np.arange(top % ROW_STRIDE, last_row + 1, ROW_STRIDE) if top >= 0 else np.arange(0)
     usable = lab.usable
     if protocol.population_days is not None:
         usable = usable & recently_active(active, protocol.population_days)

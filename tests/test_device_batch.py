@@ -82,3 +82,20 @@ def test_the_cutoff_protocol_batch_is_each_device_alone(
         alone = prepare_device(events[rows == j], int(starts[j]), int(todays[j]), proto)
         _same(batch[j], alone)
         assert batch[j].x.shape[1] == N_FEATURES and set(np.unique(batch[j].time)) <= {1}
+
+
+def test_a_device_whose_log_ends_long_before_the_cutoff_keeps_its_own_rows() -> None:
+    """A device whose last day is more than a horizon before the cutoff (it left the log) is
+    prepared from its own days: training rows up to its last labelled day, no evaluation row.
+    Found by CI: such a device indexed past its own days (IndexError)."""
+    events, _, starts, todays = generate_devices(7, np.asarray([11]), SCENARIO, 150)
+    first, today = int(starts[0]), int(todays[0])
+    cutoff = today + 40
+    proto = Protocol(horizon=28, activity=("sessions",), cutoff_day=cutoff, n_features=N_FEATURES)
+    data = prepare_device(events, first, today, proto)
+    assert data.eval_x is None
+    # Rows sit on the cutoff's 7-day grid within the device's own days; every grid day whose
+    # 28-day outcome lies inside the log is one (a later one counts if activity settles it).
+    grid = [d for d in range(cutoff - 28, first - 1, -7) if d <= today]
+    settled = [d for d in grid if d <= today - 28]
+    assert 0 < len(settled) <= len(data.x) <= len(grid)
