@@ -16,14 +16,17 @@ N_CHANNELS = len(CHANNELS)
 _DEVICE_CONTEXT = BY_ID["device_context"].number - 1
 
 
-def _selects(events: np.ndarray, cat: str, actions: tuple[str, ...]) -> np.ndarray:
+def _selects(cat_col: np.ndarray, action_col: np.ndarray, cat: str, actions: tuple[str, ...]) -> np.ndarray:
     if cat == BEHAVIOUR:
-        return np.asarray(events["cat"] != _DEVICE_CONTEXT)
+        return np.asarray(cat_col != _DEVICE_CONTEXT)
     c = BY_ID[cat]
-    mask = events["cat"] == c.number - 1
+    mask = cat_col == c.number - 1
     if actions:
-        codes = [c.action_names().index(a) for a in actions]
-        mask &= np.isin(events["action"], codes)
+        names = c.action_names()
+        hit = np.zeros(len(action_col), dtype=bool)
+        for a in actions:  # a handful of codes: equality beats np.isin's set machinery
+            hit |= action_col == names.index(a)
+        mask &= hit
     return np.asarray(mask)
 
 
@@ -48,8 +51,10 @@ def daily_aggregates_batch(
     counts = np.bincount(cell * n_cat + ev["cat"], minlength=size * n_cat).reshape(size, n_cat)
     out[:, :n_cat] = counts
     night = None
+    # Contiguous columns once: every channel below compares them again.
+    cat_col, action_col = np.ascontiguousarray(ev["cat"]), np.ascontiguousarray(ev["action"])
     for j, ch in enumerate(CHANNELS[n_cat:], start=n_cat):
-        sel = _selects(ev, ch.category, ch.actions)
+        sel = _selects(cat_col, action_col, ch.category, ch.actions)
         if ch.night_only:
             if night is None:
                 hour = local_hour(ev["ts"], ev["tz_min"])

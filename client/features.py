@@ -247,6 +247,8 @@ def extract_features(
     f["env.same_category_apps"] = np.log1p(_ffill_last(ch[C["same_category_apps"]]))
     f["env.notifications_enabled"] = _ffill_last(ch[C["notifications_enabled"]])
 
-    shape = daily.shape[:-1]
     names = fs.FEATURE_NAMES[:n_features]
-    return np.stack([np.broadcast_to(f[name], shape) for name in names], axis=-1).astype(np.float32)
+    out = np.empty((*daily.shape[:-1], len(names)), dtype=np.float32)
+    for k, name in enumerate(names):  # one float32 array, no float64 stack in between
+        out[..., k] = f[name]
+    return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +27,7 @@ from fedchurn.client.pipeline import device_features
 from fedchurn.client.signals import SIGNAL_NAMES, SignalThresholds, signals
 from fedchurn.shared.catalogue import BY_ID
 from fedchurn.shared.events import local_day
-from fedchurn.shared.feature_spec import FEATURE_INDEX, N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX, N_FEATURES
 from fedchurn.shared.model_format import HIGH_RISK, MEDIUM_RISK, churn_probability
 
 SEGMENTS: tuple[str, ...] = ("price_sensitive", "content_dependent", "social", "utility")
@@ -82,6 +82,10 @@ def _default_segment_triggers() -> dict[str, tuple[str, ...]]:
     }
 
 
+# What a recall can carry; the default gives each segment the kind that speaks to it.
+CONTENT_KINDS: tuple[str, ...] = ("offers", "content", "friend_activity", "new_features")
+
+
 def _default_recall_content() -> dict[str, str]:
     return {
         "price_sensitive": "offers",
@@ -133,6 +137,19 @@ class PolicyConfig:
         for seg in SEGMENTS:
             if seg not in self.segment_triggers or seg not in self.recall_content:
                 raise ValueError(f"segment {seg!r} needs triggers and a recall content kind")
+        for seg, kind in self.recall_content.items():
+            if kind not in CONTENT_KINDS:
+                raise ValueError(
+                    f"recall_content.{seg}: unknown content {kind!r}; known: {', '.join(CONTENT_KINDS)}"
+                )
+        for name in (
+            "high_risk",
+            "high_risk_during_promotion",
+            "signal_min_probability",
+            "follow_up_min_probability",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability: between 0 and 1, got {getattr(self, name)}")
         for names in (self.universal_triggers, *self.segment_triggers.values()):
             unknown = set(names) - set(SIGNAL_NAMES)
             if unknown:
@@ -142,6 +159,36 @@ class PolicyConfig:
     def episode_days(self) -> int:
         return self.episode_send_days[-1]
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "policy") -> PolicyConfig:
+        """The inverse of `as_dict`, for a config a person wrote (a what-if policy file): unset
+        knobs keep their defaults; an unknown knob or a value of the wrong kind is refused with
+        `where` and the knob's name, before anything runs."""
+        nested: dict[str, type] = {"signals": SignalThresholds, "segment_rule": SegmentRule}
+        kwargs: dict[str, Any] = {}
+        known = {f.name: f for f in fields(cls)}
+        for key, value in d.items():
+            if key not in known:
+                raise ValueError(f"{where}: unknown policy knob {key!r}; known: {', '.join(sorted(known))}")
+            if key in nested:
+                kwargs[key] = _knobs(nested[key], value, f"{where}.{key}")
+            elif key in ("segment_triggers", "recall_content"):
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"{where}.{key}: expected a table keyed by segment")
+                unknown = sorted(set(value) - set(SEGMENTS))
+                if unknown:
+                    raise ValueError(
+                        f"{where}.{key}: unknown segment(s) {unknown}; known: {', '.join(SEGMENTS)}"
+                    )
+                given = {str(k): tuple(v) if key == "segment_triggers" else str(v) for k, v in value.items()}
+                kwargs[key] = {**getattr(cls(), key), **given}  # a partial table overrides some segments
+            else:
+                kwargs[key] = _knob_value(getattr(cls(), key), value, f"{where}.{key}")
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["segment_triggers"] = {k: list(v) for k, v in self.segment_triggers.items()}
@@ -149,6 +196,32 @@ class PolicyConfig:
         d["episode_send_days"] = list(self.episode_send_days)
         d["universal_triggers"] = list(self.universal_triggers)
         return d
+
+
+def _knob_value(default: Any, value: Any, where: str) -> Any:
+    """`value` as the kind of `default` (int, float, tuple of ints or names), or a ValueError."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if isinstance(default, int) and isinstance(value, int):
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        kind = type(default[0]) if default else str
+        if all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+    raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}")
+
+
+def _knobs(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{where}: expected a table")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown knob(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**{k: _knob_value(getattr(defaults, k), v, f"{where}.{k}") for k, v in table.items()})
 
 
 @dataclass(frozen=True)
@@ -467,11 +540,12 @@ def _rate(features: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
 
 
 def infer_segments(features: np.ndarray, rule: SegmentRule | None = None) -> np.ndarray:
-    """Segment index (into SEGMENTS) for every row of a (..., N_FEATURES) array."""
+    """Segment index (into SEGMENTS) for every row of a (..., n) feature array, n >= the brief's
+    127 (the rule reads base features only, so a lab may skip the extended block)."""
     rule = rule or SegmentRule()
     f = np.asarray(features)
-    if f.shape[-1] != N_FEATURES:
-        raise ValueError(f"expected {N_FEATURES} features, got {f.shape[-1]}")
+    if not BASE_FEATURES <= f.shape[-1] <= N_FEATURES:
+        raise ValueError(f"expected {BASE_FEATURES}..{N_FEATURES} features, got {f.shape[-1]}")
     dep = f[..., FEATURE_INDEX["promo.discount_dependence"]].astype(np.float64)
     price = (dep >= rule.discount_dependence) | (
         _rate(f, ("commerce_browsing", "purchases")) >= rule.commerce_per_active_day

@@ -636,9 +636,11 @@ def spec_doc(
 def _mount_optional() -> None:
     try:
         from fedchurn.simulations.population_cli import app as population_app
+        from fedchurn.simulations.whatif_cli import whatif
     except ImportError:  # pragma: no cover - the population generator is optional in a client-only install
         return
     app.add_typer(population_app, name="population")
+    app.command("whatif")(whatif)
 
 
 _mount_optional()

@@ -546,6 +546,30 @@ def _real_log(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, 
     return run_cdnow(sizes.real_log, console, work, work / "cache")
 
 
+def _whatif(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The what-if lab as `fedchurn whatif --policy default --policy random --policy none` runs it."""
+    from fedchurn.simulations.whatif import load_arm, run_whatif
+
+    devices = sizes.population_devices
+    arms = [load_arm(a) for a in ("default", "random", "none")]
+    with console.status(f"what-if lab: {devices:,} devices × 120 days, 3 policies…"):
+        t = time.perf_counter()
+        r = run_whatif(arms, devices, 120, seed=0, workers=2)
+        seconds = time.perf_counter() - t
+    policy_rates = [a["device_days_per_s"] for a in r["arms"].values() if a["device_days_per_s"]]
+    up = r["arms"]["default"]["uplift_vs_random"]["90"]
+    out: dict[str, Any] = {
+        "devices": devices,
+        "seconds": seconds,
+        "policy_device_days_per_s_slowest_arm": min(policy_rates),
+        "model_vs_random_success": r["model_vs_random_success"],
+        "uplift_vs_random_90d": up["value"],
+        "uplift_vs_random_90d_ci95_low": up["ci95_low"],
+        "uplift_vs_random_90d_ci95_high": up["ci95_high"],
+    }
+    return {**out, **_per_100k("devices_100k_days_120_s", seconds, devices)}
+
+
 SECTIONS: dict[str, Section] = {
     "features": _features,
     "population": _population,
@@ -557,6 +581,7 @@ SECTIONS: dict[str, Section] = {
     "memory": _memory,
     "quality": _quality,
     "real_log": _real_log,
+    "whatif": _whatif,
 }
 
 

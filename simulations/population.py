@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from fedchurn.shared.catalogue import BY_ID, CATEGORIES, CATEGORY_IDS
 from fedchurn.shared.events import EVENT_DTYPE, SECONDS_PER_DAY
+from fedchurn.simulations.blocks import map_blocks
 from fedchurn.simulations.scenario import SEGMENTS, Scenario
 
 Array = np.ndarray
@@ -103,6 +105,16 @@ def _dev_uniforms(key: Array, stream: int, n: int) -> Array:
 def _day_hash(key: Array, stream: int, n_days: int) -> Array:
     """(devices, days) hashes for per-day draws."""
     return _hash(key, (stream << 24) + 1 + np.arange(n_days, dtype=np.int64))
+
+
+_LAB_STREAM = 1 << 61  # the what-if lab's draws, apart from every stream of the event generator
+
+
+def lab_uniforms(keys: Array, day: int, stream: int) -> Array:
+    """One uniform in [0, 1) per device key for (local day, stream) of the what-if lab: the same
+    draw for the same device, day and stream whatever else happens (common random numbers)."""
+    counter = ((_LAB_STREAM + (stream << 32) + (day & 0xFFFFFFFF)) * int(_GOLDEN)) & _MASK64
+    return _unit53(_mix(keys.astype(np.uint64) + np.uint64(counter)))
 
 
 def _pick(u: Array, weights: tuple[float, ...] | list[float]) -> Array:
@@ -800,21 +812,32 @@ def generate_devices(
     """Histories of any set of devices with the population's batch path (what a simulation shard
     generates on first use): (events EVENT_DTYPE sorted by device then ts, each event's row in
     `devices`, start days, todays). Each device's history is `generate_device`'s."""
+    events, rows, truth = generate_devices_with_truth(seed, devices, scenario, days, chunk)
+    return events, rows, truth["start_day"], truth["today"]
+
+
+def generate_devices_with_truth(
+    seed: int, devices: Array, scenario: Scenario, days: int | None = None, chunk: int = 512
+) -> tuple[Array, Array, dict[str, Array]]:
+    """`generate_devices` with the truth columns (`TRUTH_COLUMNS`) kept: what a lab that needs
+    each device's latent outcome (the what-if lab) generates."""
     sc = scenario.with_days(days)
     devs = np.asarray(devices, dtype=np.int64)
     _check_ids(seed, devs)
-    parts, rows, starts, todays = [], [], [], []
+    parts, rows, truths = [], [], []
     for a in range(0, len(devs), chunk):
         block = devs[a : a + chunk]
         ev, truth, per_dev = _simulate(seed, block, sc)
         parts.append(to_event_array(ev))
         rows.append(np.repeat(np.arange(a, a + len(block), dtype=np.int64), per_dev))
-        starts.append(np.asarray(truth["start_day"], dtype=np.int64))
-        todays.append(np.asarray(truth["today"], dtype=np.int64))
+        truths.append(truth)
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
-        return np.empty(0, dtype=EVENT_DTYPE), empty, empty, empty
-    return np.concatenate(parts), np.concatenate(rows), np.concatenate(starts), np.concatenate(todays)
+        return np.empty(0, dtype=EVENT_DTYPE), empty, _empty_truth(sc)
+    truth_cols = {k: np.concatenate([t[k] for t in truths]) for k in truths[0]}
+    truth_cols["start_day"] = truth_cols["start_day"].astype(np.int64)
+    truth_cols["today"] = truth_cols["today"].astype(np.int64)
+    return np.concatenate(parts), np.concatenate(rows), truth_cols
 
 
 def to_event_array(columns: dict[str, Array], rows: slice = slice(None)) -> Array:
@@ -872,23 +895,7 @@ def generate_population(
     n_workers = default_workers(n_devices) if workers is None else max(1, workers)
     task = chunk * 8 if n_workers > 1 else chunk
     ranges = [(lo, min(n_devices, lo + task)) for lo in range(0, n_devices, task)]
-    results: list[tuple[dict, dict, Array]] = []
-    if n_workers > 1 and len(ranges) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context(method)) as pool:
-            futures = [pool.submit(_simulate_range, seed, lo, hi, sc, chunk) for lo, hi in ranges]
-            for fut, (_, hi) in zip(futures, ranges, strict=True):
-                results.append(fut.result())
-                if progress is not None:
-                    progress(hi, n_devices)
-    else:
-        for lo, hi in ranges:
-            results.append(_simulate_range(seed, lo, hi, sc, chunk))
-            if progress is not None:
-                progress(hi, n_devices)
+    results = map_blocks(partial(_simulate_range, seed, sc=sc, chunk=chunk), ranges, n_workers, progress)
     events: dict[str, Array] = {}
     for k_, dtype in _EVENT_COLUMN_DTYPES.items():
         parts = [r[0].pop(k_) for r in results]

@@ -310,20 +310,28 @@ def scenario_from_dict(data: dict[str, Any], where: str = "scenario") -> Scenari
         raise ScenarioError(f"{where}: {err}") from None
 
 
-def load_scenario(name_or_path: str | Path = "default") -> Scenario:
-    """Load a shipped scenario by name, or any scenario TOML file by path."""
+def read_named_toml(name_or_path: str | Path, folder: Path, kind: str) -> tuple[Path, dict[str, Any]]:
+    """A shipped TOML file by name (`folder/<name>.toml`) or any TOML file by path, parsed; a
+    ValueError names the file (or the unknown name and the shipped ones) for anything else."""
+    shipped = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = SCENARIO_DIR / f"{name_or_path}.toml"
+        path = folder / f"{name_or_path}.toml"
         if not path.is_file():
-            raise ScenarioError(
-                f"unknown scenario {str(name_or_path)!r}; known: {', '.join(known_scenarios())}"
-            )
+            raise ValueError(f"unknown {kind} {str(name_or_path)!r}; known: {shipped}")
     elif not path.is_file():
-        raise ScenarioError(f"scenario file {str(path)!r} not found; shipped: {', '.join(known_scenarios())}")
+        raise ValueError(f"{kind} file {str(path)!r} not found; shipped: {shipped}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return path, tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{path}: invalid TOML: {err}") from None
+        raise ValueError(f"{path}: invalid TOML: {err}") from None
+
+
+def load_scenario(name_or_path: str | Path = "default") -> Scenario:
+    """Load a shipped scenario by name, or any scenario TOML file by path."""
+    try:
+        path, data = read_named_toml(name_or_path, SCENARIO_DIR, "scenario")
+    except ValueError as err:
+        raise ScenarioError(str(err)) from None
     data.setdefault("name", path.stem)
     return scenario_from_dict(data, where=str(path))

@@ -34,6 +34,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     ),
     "quality": ("federated_default", "federated_plain", "central_net", "xgboost", "logreg", "epsilon"),
     "scoring": ("devices_per_s",),
+    "whatif": (
+        "seconds",
+        "policy_device_days_per_s_slowest_arm",
+        "model_vs_random_success",
+        "uplift_vs_random_90d",
+    ),
 }
 
 

@@ -1,0 +1,701 @@
+"""The retention what-if lab: policies compared on one simulated population that answers recalls.
+
+`fedchurn whatif` runs the device's own policy (`client.policy_batch.step_batch`, `step` with a
+batch axis) and the real scoring model over a simulated population, once per arm (a policy file:
+`simulations/policies/*.toml` or any TOML path), with the same users and the same answers to the
+same recall on the same day in every arm (`simulations.response`). Per arm it reports users retained
+30/60/90 days after the lab starts, uplift against the no-recall control and against random
+targeting (paired 95% intervals: the arms share their users), recalls sent, recalls per extra
+retained user, opt-outs and complaints, per segment and per score decile; JSON and PNG plots.
+
+The lab starts on day `WARMUP_DAYS` of the population's calendar (the features' 28-day windows are
+full by then) and runs to the last day; a device that starts later (a new user) joins on its first
+day. Devices are handled in blocks of `BLOCK` (generate, extract features, score, then every arm),
+spread over worker processes; the result depends on the seed alone, not on the number of workers.
+
+What the lab does not model: a returning user's later events (after an accepted recall the device's
+inputs are those of a user at no risk, so the policy leaves them alone), and a recall's effect on the
+model's features. docs/population.md ("Answers to a recall") has the calibration and its sources.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fedchurn.client.aggregates import daily_aggregates_batch
+from fedchurn.client.features import extract_features
+from fedchurn.client.policy import (
+    SEGMENTS,
+    PolicyConfig,
+    day_signals,
+    infer_segments,
+    month_index,
+)
+from fedchurn.client.policy_batch import NONE, BatchInput, BatchState, month_indices, step_batch
+from fedchurn.client.signals import SIGNAL_NAMES
+from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX
+from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, churn_probability
+from fedchurn.simulations.blocks import map_blocks
+from fedchurn.simulations.population import device_keys, generate_devices_with_truth, lab_uniforms
+from fedchurn.simulations.response import NO_CHURN, PREFERRED_CONTENT, Draw, ResponseModel
+from fedchurn.simulations.scenario import load_scenario, read_named_toml
+
+__all__ = [
+    "BLOCK",
+    "HORIZONS",
+    "POLICY_DIR",
+    "WARMUP_DAYS",
+    "Arm",
+    "WhatIfError",
+    "known_policies",
+    "load_arm",
+    "run_whatif",
+    "write_plots",
+]
+
+POLICY_DIR = Path(__file__).resolve().parent / "policies"
+WARMUP_DAYS = 28  # the lab starts when every feature window of an old user is full
+HORIZONS = (30, 60, 90)  # retention is measured this many days after the lab starts
+BLOCK = 1024  # devices per block (random targeting matches the model's recalls block by block)
+RECENT = 8  # recalls remembered per device for the 30-day fatigue count
+Targeting = Literal["model", "random", "none"]
+ProgressFn = Callable[[int, int], None]
+
+
+class WhatIfError(ValueError):
+    """A what-if input that cannot run (a policy file, a size); the message names it."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One policy under test: its name, its config (None for the control) and how it targets."""
+
+    name: str
+    targeting: Targeting
+    config: PolicyConfig | None = None
+    source: str = ""
+
+
+def known_policies() -> list[str]:
+    return sorted(p.stem for p in POLICY_DIR.glob("*.toml"))
+
+
+def load_arm(spec: str) -> Arm:
+    """A shipped policy by name (`default`, `random`, `none`, ...) or a policy TOML file by path."""
+    try:
+        path, data = read_named_toml(spec, POLICY_DIR, "policy")
+    except ValueError as e:
+        raise WhatIfError(f"--policy: {e}") from None
+    unknown = sorted(set(data) - {"name", "targeting", "policy"})
+    if unknown:
+        raise WhatIfError(f"{path}: unknown key(s) {', '.join(unknown)}; known: name, targeting, policy")
+    targeting = data.get("targeting", "model")
+    if targeting not in ("model", "random", "none"):
+        raise WhatIfError(f"{path}: targeting must be model, random or none, got {targeting!r}")
+    name = str(data.get("name", path.stem))
+    if targeting == "none":
+        if data.get("policy"):
+            raise WhatIfError(f"{path}: a control (targeting = none) sends nothing; remove [policy]")
+        return Arm(name, "none", None, str(path))
+    try:
+        cfg = PolicyConfig.from_dict(data.get("policy", {}), where=f"{path} [policy]")
+    except ValueError as e:
+        raise WhatIfError(str(e)) from None
+    return Arm(name, targeting, cfg, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# A block of devices: what every arm reads
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Block:
+    days: np.ndarray  # (D,) local day numbers of the population's calendar
+    start: np.ndarray  # (n,) first day
+    keys: np.ndarray  # (n,) device keys for the lab's draws
+    churn: np.ndarray  # (n,) the no-recall churn day (NO_CHURN when the user stays)
+    segment: np.ndarray  # (n,) true segment
+    prob: np.ndarray  # (n, D) float32 churn probability
+    promo: np.ndarray  # (n, D) bool
+    # Per distinct (signal thresholds, segment rule) among the arms: (n, D) arrays of the signals
+    # firing (bits), the signals a promotion holds back (bits), and the segment the device infers.
+    fired: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
+    quieted: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
+    inferred: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict)
+
+
+def _thresholds_key(cfg: PolicyConfig) -> tuple[Any, ...]:
+    return tuple(sorted(cfg.signals.as_dict().items())) + tuple(sorted(vars(cfg.segment_rule).items()))
+
+
+def _bits(d: dict[str, np.ndarray]) -> np.ndarray:
+    out = np.zeros(d[SIGNAL_NAMES[0]].shape, dtype=np.int64)
+    for j, name in enumerate(SIGNAL_NAMES):
+        out |= d[name].astype(np.int64) << j
+    return out
+
+
+def _block(
+    seed: int, lo: int, hi: int, days: int, params: np.ndarray, spec: ModelSpec, configs: list[PolicyConfig]
+) -> _Block:
+    """Generate devices lo..hi-1, extract their features for every day and score them."""
+    sc = load_scenario("default").with_days(days)
+    ids = np.arange(lo, hi, dtype=np.int64)
+    events, rows, truth = generate_devices_with_truth(seed, ids, sc, days)
+    n = hi - lo
+    first = int(sc.start_day)
+    all_days = np.arange(first, first + sc.days, dtype=np.int64)
+    daily = daily_aggregates_batch(events, rows, n, first, sc.days)
+    feats = extract_features(daily, all_days, truth["start_day"], max(spec.n_features, BASE_FEATURES))
+    churn = np.where(truth["churn_day"] >= 0, truth["churn_day"], NO_CHURN).astype(np.int64)
+    t0 = WARMUP_DAYS  # nothing before the lab starts is read: score and judge from day t0 only
+
+    def lab_days(x: np.ndarray) -> np.ndarray:
+        full = np.zeros((n, sc.days), dtype=x.dtype)
+        full[:, t0:] = x
+        return full
+
+    lab = feats[:, t0:]
+    blk = _Block(
+        days=all_days,
+        start=truth["start_day"],
+        keys=device_keys(seed, ids, sc),
+        churn=churn,
+        segment=truth["segment"].astype(np.int64),
+        prob=lab_days(churn_probability(params, lab, spec).astype(np.float32)),
+        promo=lab_days(lab[..., FEATURE_INDEX["promo.discount_active"]] > 0),
+    )
+    for cfg in configs:
+        k = _thresholds_key(cfg)
+        if k not in blk.fired:
+            fired, quieted = day_signals(lab, cfg.signals)
+            blk.fired[k], blk.quieted[k] = lab_days(_bits(fired)), lab_days(_bits(quieted))
+            blk.inferred[k] = lab_days(infer_segments(lab, cfg.segment_rule).astype(np.int8))
+    return blk
+
+
+# ---------------------------------------------------------------------------------------------
+# One arm over one block
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _ArmBlock:
+    churn: np.ndarray  # (n,) churn day after the lab (NO_CHURN: stays)
+    recalls: np.ndarray  # (n,) recalls each device received
+    sent: np.ndarray  # (D,) recalls sent on each day
+    away: np.ndarray  # (n, 2) [first silent day, day back) of a user won back after their churn began
+    counts: dict[str, int]  # totals over the block
+    calib: dict[str, np.ndarray]  # calibration tallies (small arrays)
+    seconds: float = 0.0  # the arm's own time over the block (policy, answers; not the inputs)
+
+
+def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | None = None) -> _ArmBlock:
+    """Run one arm over a block, day by day: inputs -> `step_batch` -> answers -> outcomes.
+
+    A model-targeted arm feeds each device its own score and signals. A random-targeting arm feeds
+    no score: a device keeps being at risk through its episode, and each day, at random among the
+    devices the policy may start an episode for, as many are marked at risk as it takes for the
+    day's recalls to reach `quota` (the model-targeted arm's recalls that day in the same block;
+    when more follow-ups are due than that, a random subset of them stays at risk and the others'
+    episodes end); the policy's rules (send days, caps, opt-outs) apply as in any arm.
+    """
+    n, D = blk.prob.shape
+    sent = np.zeros(D, dtype=np.int64)
+    away = np.full((n, 2), NO_CHURN, dtype=np.int64)
+    churn = blk.churn.copy()
+    recalls = np.zeros(n, dtype=np.int64)
+    zero4 = np.zeros(len(SEGMENTS), dtype=np.int64)
+    calib = {
+        "first_offers": zero4.copy(),
+        "first_accepted": zero4.copy(),
+        "churners_reached": zero4.copy(),
+        "churners_back_30d": zero4.copy(),
+        "self_return_candidates": np.zeros(1, np.int64),
+        "self_returned_30d": np.zeros(1, np.int64),
+    }
+    counts = dict.fromkeys(
+        (
+            "recalls",
+            "accepted",
+            "saves",
+            "complaints",
+            "opt_outs_after_rejections",
+            "opt_outs_by_user",
+            "backlash_churns",
+            "self_returns",
+            "device_days",
+            "max_recalls_in_a_calendar_month",
+            "recalls_breaking_monthly_cap",
+            "recalls_breaking_opt_out",
+        ),
+        0,
+    )
+    t0 = WARMUP_DAYS
+    counts["device_days"] = int(np.clip(D - np.maximum(blk.start - blk.days[0], t0), 0, None).sum())
+    if arm.config is None:
+        return _ArmBlock(churn, recalls, sent, away, counts, calib)
+    cfg = arm.config
+    key = _thresholds_key(cfg)
+    fired_all, quieted_all, inferred = blk.fired[key], blk.quieted[key], blk.inferred[key]
+    random = arm.targeting == "random"
+    if random and quota is None:
+        raise WhatIfError(f"policy {arm.name!r}: random targeting needs a model-targeted policy to match")
+
+    state = BatchState.fresh(n)
+    saved = np.zeros(n, dtype=bool)
+    response = np.zeros((n, 1), dtype=np.int64)
+    consent = np.zeros(n, dtype=np.int64)
+    recent = np.full((n, RECENT), NONE, dtype=np.int64)
+    self_return = np.full(n, NO_CHURN, dtype=np.int64)
+    first_reach = np.full(n, NONE, dtype=np.int64)  # first recall that could avert or win back the churn
+    original = blk.churn
+    # The brief's promises, audited apart from the policy's own state: recalls per calendar month,
+    # and no recall after `rejections_to_opt_out` rejections in a row or the user's own opt-out
+    # (nobody opts back in during the lab).
+    month_of, month_sent = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    rejected_run, left_list = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    for t in range(t0, D):
+        day = int(blk.days[t])
+        here = blk.start <= day
+        back = self_return == day
+        if back.any():
+            _come_back(np.flatnonzero(back), day, churn, away)
+            saved[back] = True
+            counts["self_returns"] += int(back.sum())
+        if random:
+            assert quota is not None
+            signals = quieted = np.zeros(n, dtype=np.int64)
+            prob = np.where(saved | (state.episode_start == NONE), 0.0, 1.0)
+            # The follow-ups due today (a dry run of the pure step), then new episodes up to quota.
+            dry = BatchInput(
+                np.full(n, day, np.int64),
+                prob,
+                inferred[:, t].astype(np.int64),
+                blk.promo[:, t],
+                signals,
+                quieted,
+                response,
+                consent,
+            )
+            due = np.flatnonzero(here & (step_batch(state, dry, cfg)[1].action == 1))
+            room = int(quota[t]) - len(due)
+            if room < 0:  # more follow-ups due than the model sent today: a random subset goes
+                order = np.argsort(lab_uniforms(blk.keys[due], day, Draw.RANDOM_TARGET), kind="stable")
+                prob[due[order[int(quota[t]) :]]] = 0.0
+            prob[_random_pick(blk, state, saved, here, day, room, cfg)] = 1.0
+        else:
+            prob = np.where(saved, 0.0, blk.prob[:, t].astype(np.float64))
+            signals = np.where(saved, 0, fired_all[:, t])
+            quieted = np.where(saved, 0, quieted_all[:, t])
+        inp = BatchInput(
+            day=np.full(n, day, dtype=np.int64),
+            probability=np.where(saved, 0.0, prob),
+            segment=inferred[:, t].astype(np.int64),
+            promotion=blk.promo[:, t],
+            signals=signals,
+            quieted=quieted,
+            responses=response,
+            consent=consent,
+        )
+        was_out = state.opted_out
+        new, out = step_batch(state, inp, cfg)
+        state = new.where(here, state)
+        # Opt-outs after rejections today (a user's own opt-out arrives as consent).
+        rej_out = here & state.opted_out & ~was_out & (consent != 2)
+        counts["opt_outs_after_rejections"] += int(rej_out.sum())
+        counts["opt_outs_by_user"] += int((here & (consent == 2) & ~was_out).sum())
+        gone = rej_out & (churn <= day)
+        if gone.any():
+            calib["self_return_candidates"][0] += int(gone.sum())
+            u = lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN)
+            later = np.floor(lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN_DAY) * 30).astype(np.int64)
+            comes = u < resp.self_return_30d
+            idx = np.flatnonzero(gone)[comes]
+            self_return[idx] = day + 1 + later[comes]
+            calib["self_returned_30d"][0] += int(comes.sum())
+        response[:] = 0
+        consent[:] = 0
+
+        rec = np.flatnonzero(here & (out.action == 1))
+        sent[t] = len(rec)
+        if len(rec) == 0:
+            continue
+        recalls[rec] += 1
+        counts["recalls"] += len(rec)
+        m = month_index(day)
+        month_sent[rec] = np.where(month_of[rec] == m, month_sent[rec] + 1, 1)
+        month_of[rec] = m
+        counts["max_recalls_in_a_calendar_month"] = max(
+            counts["max_recalls_in_a_calendar_month"], int(month_sent[rec].max())
+        )
+        counts["recalls_breaking_monthly_cap"] += int((month_sent[rec] > cfg.max_recalls_per_month).sum())
+        counts["recalls_breaking_opt_out"] += int(
+            ((rejected_run[rec] >= cfg.rejections_to_opt_out) | left_list[rec]).sum()
+        )
+        seg = blk.segment[rec]
+        content = out.content[rec]
+        silent = np.where(churn[rec] <= day, day - churn[rec], 0)
+        n30 = (recent[rec] >= day - 29).sum(axis=1)
+        p = resp.acceptance(seg, content, silent, n30)
+        keys = blk.keys[rec]
+        accepted = lab_uniforms(keys, day, Draw.ACCEPT) < p
+        response[rec, 0] = np.where(accepted, 1, 2)
+        rejected_run[rec] = np.where(accepted, 0, rejected_run[rec] + 1)
+        counts["accepted"] += int(accepted.sum())
+        # Calibration: first recall of an episode to a user not yet silent and not recently contacted.
+        first = (out.episode_day[rec] == 1) & (silent == 0) & (n30 == 0) & (content == PREFERRED_CONTENT[seg])
+        np.add.at(calib["first_offers"], seg[first], 1)
+        np.add.at(calib["first_accepted"], seg[first & accepted], 1)
+        reach = (
+            (original[rec] != NO_CHURN)
+            & (day >= original[rec] - resp.reach_days)
+            & (first_reach[rec] == NONE)
+        )
+        first_reach[rec[reach]] = day
+        averts = accepted & (churn[rec] <= day + resp.reach_days) & (churn[rec] != NO_CHURN)
+        _come_back(rec[averts], day + 1, churn, away)
+        saved[rec[averts]] = True
+        counts["saves"] += int(averts.sum())
+        back30 = averts & (first_reach[rec] != NONE) & (day - first_reach[rec] < 30)
+        np.add.at(calib["churners_back_30d"], seg[back30], 1)
+        # Over-contact.
+        over = n30 + 1 > resp.tolerance
+        if over.any():
+            complaint = over & (lab_uniforms(keys, day, Draw.COMPLAINT) < resp.complaint)
+            counts["complaints"] += int(complaint.sum())
+            opt = over & (lab_uniforms(keys, day, Draw.OPT_OUT) < resp.opt_out)
+            consent[rec[opt]] = 2
+            left_list[rec[opt]] = True
+            staying = churn[rec] > day + 1
+            backlash = (
+                over & staying & ~accepted & (lab_uniforms(keys, day, Draw.BACKLASH) < resp.backlash_churn)
+            )
+            churn[rec[backlash]] = day + 1
+            counts["backlash_churns"] += int(backlash.sum())
+        recent[rec, recalls[rec] % RECENT] = day
+    reached = first_reach != NONE
+    np.add.at(calib["churners_reached"], blk.segment[reached], 1)
+    return _ArmBlock(churn, recalls, sent, away, counts, calib)
+
+
+def _come_back(idx: np.ndarray, day: int, churn: np.ndarray, away: np.ndarray) -> None:
+    """Users idx stay from `day` on; one whose churn had begun was away until then."""
+    began = churn[idx] < day
+    away[idx[began], 0] = churn[idx[began]]
+    away[idx[began], 1] = day
+    churn[idx] = NO_CHURN
+
+
+def _random_pick(
+    blk: _Block, state: BatchState, saved: np.ndarray, here: np.ndarray, day: int, k: int, cfg: PolicyConfig
+) -> np.ndarray:
+    """Up to k devices, at random (the lab's own draw per device and day), among those the policy
+    could start an episode for today: present, not saved, no episode, on the list, out of cooldown,
+    under the monthly cap."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    month = month_indices(np.array([day]))[0]
+    recalls_now = np.where(state.month == month, state.month_recalls, 0)
+    free = (
+        here
+        & ~saved
+        & (state.episode_start == NONE)
+        & ~state.opted_out
+        & ((state.cooldown_until == NONE) | (day > state.cooldown_until))
+        & (recalls_now < cfg.max_recalls_per_month)
+    )
+    idx = np.flatnonzero(free)
+    order = np.argsort(lab_uniforms(blk.keys[idx], day, Draw.RANDOM_TARGET), kind="stable")
+    return idx[order[:k]]
+
+
+def _block_task(
+    seed: int,
+    lo: int,
+    hi: int,
+    days: int,
+    params: np.ndarray,
+    spec: ModelSpec,
+    arms: Sequence[Arm],
+    resp: ResponseModel,
+) -> dict[str, Any]:
+    """Everything a worker does for one block; returns only per-device outcomes and tallies."""
+    configs = [a.config for a in arms if a.config is not None]
+    blk = _block(seed, lo, hi, days, params, spec, configs)
+    out: dict[str, Any] = {
+        "score": blk.prob[np.arange(hi - lo), np.clip(blk.start - blk.days[0], WARMUP_DAYS, None)],
+        "segment": blk.segment,
+        "arms": [],
+    }
+    done: dict[str, _ArmBlock] = {}
+    model = next((a.name for a in arms if a.targeting == "model"), None)
+    for arm in sorted(arms, key=lambda a: a.targeting == "random"):  # the model's quota first
+        t = time.perf_counter()
+        done[arm.name] = _run_arm(arm, blk, resp, done[model].sent if model in done else None)
+        done[arm.name].seconds = time.perf_counter() - t
+    out["arms"] = [done[a.name] for a in arms]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole lab
+# ---------------------------------------------------------------------------------------------
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean of a - b over the same users, with a 95% normal interval on the paired differences."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    n = len(d)
+    if n == 0:
+        return {"value": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "n": 0}
+    m = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {
+        "value": round(m, 5),
+        "ci95_low": round(m - 1.96 * se, 5),
+        "ci95_high": round(m + 1.96 * se, 5),
+        "n": n,
+    }
+
+
+def run_whatif(
+    arms: Sequence[Arm],
+    devices: int,
+    days: int,
+    seed: int = 0,
+    params: np.ndarray | None = None,
+    spec: ModelSpec = DEFAULT_SPEC,
+    model_source: str = "",
+    response: ResponseModel | None = None,
+    workers: int = 1,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run every arm over the same population; the report as a JSON-able dict (plus curves)."""
+    if not arms:
+        raise WhatIfError("--policy: give at least one policy")
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise WhatIfError(f"--policy: two policies share a name: {names}")
+    if any(a.targeting == "random" for a in arms) and not any(a.targeting == "model" for a in arms):
+        raise WhatIfError("--policy: random targeting matches a model-targeted policy's recalls; add one")
+    if devices < 1:
+        raise WhatIfError(f"--devices must be >= 1, got {devices}")
+    if days < WARMUP_DAYS + HORIZONS[0] + 1:
+        raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
+    if params is None:
+        from fedchurn.policy_bench import reference_params
+
+        params, model_source = reference_params()
+    resp = response or ResponseModel()
+    ranges = [(lo, min(devices, lo + BLOCK)) for lo in range(0, devices, BLOCK)]
+    task = partial(_block_task, seed, days=days, params=params, spec=spec, arms=arms, resp=resp)
+    results = map_blocks(task, ranges, workers, progress)
+    return _report(arms, results, devices, days, seed, model_source, resp)
+
+
+def _report(
+    arms: Sequence[Arm],
+    results: list[dict[str, Any]],
+    devices: int,
+    days: int,
+    seed: int,
+    model_source: str,
+    resp: ResponseModel,
+) -> dict[str, Any]:
+    sc = load_scenario("default").with_days(days)
+    day0 = int(sc.start_day) + WARMUP_DAYS
+    last = int(sc.start_day) + days - 1
+    horizons = [h for h in HORIZONS if day0 + h <= last]
+    score = np.concatenate([r["score"] for r in results])
+    segment = np.concatenate([r["segment"] for r in results])
+    churn = {a.name: np.concatenate([r["arms"][k].churn for r in results]) for k, a in enumerate(arms)}
+    away = {a.name: np.concatenate([r["arms"][k].away for r in results]) for k, a in enumerate(arms)}
+    recalls = {a.name: np.concatenate([r["arms"][k].recalls for r in results]) for k, a in enumerate(arms)}
+    deciles = np.minimum((np.argsort(np.argsort(score, kind="stable"), kind="stable") * 10) // len(score), 9)
+    control = next((a.name for a in arms if a.targeting == "none"), None)
+    rand = next((a.name for a in arms if a.targeting == "random"), None)
+    H = horizons[-1]
+
+    def retained(name: str, h: int) -> np.ndarray:
+        """Active on day h of the lab: not churned by then, and not away (churned, won back later)."""
+        t = day0 + h
+        gone = (away[name][:, 0] <= t) & (t < away[name][:, 1])
+        return (churn[name] > t) & ~gone
+
+    report_arms: dict[str, Any] = {}
+    for k, arm in enumerate(arms):
+        counts: dict[str, int] = {}
+        calib: dict[str, np.ndarray] = {}
+        seconds = 0.0
+        for r in results:
+            ab = r["arms"][k]
+            seconds += ab.seconds
+            for c, v in ab.counts.items():
+                counts[c] = max(counts.get(c, 0), v) if c.startswith("max_") else counts.get(c, 0) + v
+            for c, v in ab.calib.items():
+                calib[c] = calib.get(c, 0) + v
+        entry: dict[str, Any] = {
+            "targeting": arm.targeting,
+            "policy_file": arm.source,
+            "retained": {str(h): round(float(retained(arm.name, h).mean()), 5) for h in horizons},
+            **counts,
+            "devices_recalled": int((recalls[arm.name] > 0).sum()),
+            "recalls_per_device_month": round(counts["recalls"] / max(counts["device_days"], 1) * 30.4375, 4),
+            "saves_per_recall": round(counts["saves"] / counts["recalls"], 5) if counts["recalls"] else None,
+            "seconds": round(seconds, 2),
+            "device_days_per_s": (
+                round(counts["device_days"] / seconds) if seconds > 0 and arm.config is not None else None
+            ),
+        }
+        if arm.config is not None:
+            entry["policy"] = arm.config.as_dict()
+        for other, label in ((control, "vs_control"), (rand, "vs_random")):
+            if other is None or other == arm.name:
+                continue
+            entry[f"uplift_{label}"] = {
+                str(h): _paired(retained(arm.name, h), retained(other, h)) for h in horizons
+            }
+            entry[f"uplift_{label}_by_segment"] = {
+                s: _paired(retained(arm.name, H)[segment == j], retained(other, H)[segment == j])
+                for j, s in enumerate(SEGMENTS)
+            }
+            entry[f"uplift_{label}_by_score_decile"] = [
+                _paired(retained(arm.name, H)[deciles == q], retained(other, H)[deciles == q])
+                for q in range(10)
+            ]
+        if control is not None and arm.name != control:
+            extra = int(retained(arm.name, H).sum()) - int(retained(control, H).sum())
+            entry["recalls_per_extra_retained_user"] = (
+                round(counts["recalls"] / extra, 2) if extra > 0 else None
+            )
+        by_seg = {}
+        for j, s in enumerate(SEGMENTS):
+            by_seg[s] = {
+                "devices": int((segment == j).sum()),
+                "retained": {
+                    str(h): round(float(retained(arm.name, h)[segment == j].mean()), 5) for h in horizons
+                },
+                "recalls": int(recalls[arm.name][segment == j].sum()),
+            }
+        entry["by_segment"] = by_seg
+        if arm.config is not None:
+            entry["calibration"] = _calibration(calib)
+        report_arms[arm.name] = entry
+    curve_days = list(range(0, last - day0 + 1))
+    curves = {a.name: [round(float(retained(a.name, d).mean()), 5) for d in curve_days] for a in arms}
+    out: dict[str, Any] = {
+        "devices": devices,
+        "days": days,
+        "seed": seed,
+        "model": model_source,
+        "lab_start_day": day0,
+        "horizons_days": horizons,
+        "control": control,
+        "random": rand,
+        "response_model": asdict(resp),
+        "arms": report_arms,
+        "curves": {"days_after_start": curve_days, "retained": curves},
+        "score_deciles": [round(float(score[deciles == q].mean()), 4) for q in range(10)],
+    }
+    model_arm = next((a.name for a in arms if a.targeting == "model"), None)
+    if model_arm and rand:
+        m, r_ = report_arms[model_arm]["saves_per_recall"], report_arms[rand]["saves_per_recall"]
+        out["model_vs_random_success"] = round(m / r_, 3) if m and r_ else None
+    return out
+
+
+def _calibration(c: dict[str, np.ndarray]) -> dict[str, Any]:
+    def share(a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
+        return {s: (round(float(a[j] / b[j]), 4) if b[j] else None) for j, s in enumerate(SEGMENTS)}
+
+    cand = int(c["self_return_candidates"][0])
+    return {
+        "first_recall_acceptance": share(c["first_accepted"], c["first_offers"]),
+        "first_recall_offers": {s: int(c["first_offers"][j]) for j, s in enumerate(SEGMENTS)},
+        "churners_back_within_30d": share(c["churners_back_30d"], c["churners_reached"]),
+        "churners_reached": {s: int(c["churners_reached"][j]) for j, s in enumerate(SEGMENTS)},
+        "opted_out_gone_back_within_30d": round(int(c["self_returned_30d"][0]) / cand, 4) if cand else None,
+        "opted_out_gone": cand,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Retention curves by arm, uplift by segment and by score decile (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = report["devices"]
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    days = report["curves"]["days_after_start"]
+    for name, ys in report["curves"]["retained"].items():
+        ax.plot(days, [100 * y for y in ys], label=name)
+    ax.set_xlabel("days after the lab starts")
+    ax.set_ylabel("users retained (%)")
+    ax.set_title(f"Users retained by policy (n = {n:,} devices, seed {report['seed']})")
+    ax.legend(title="policy")
+    ax.grid(alpha=0.3)
+    p = out_dir / "retention_by_policy.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    H = report["horizons_days"][-1]
+    for key, fname, xlabels, title in (
+        ("by_segment", "uplift_by_segment.png", list(SEGMENTS), "segment (simulated)"),
+        (
+            "by_score_decile",
+            "uplift_by_score_decile.png",
+            [str(q + 1) for q in range(10)],
+            "score decile at the start (1 = lowest)",
+        ),
+    ):
+        rows = [
+            (name, a[f"uplift_vs_control_{key}"])
+            for name, a in report["arms"].items()
+            if f"uplift_vs_control_{key}" in a
+        ]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        width = 0.8 / len(rows)
+        for k, (name, ups) in enumerate(rows):
+            vals = list(ups.values()) if isinstance(ups, dict) else ups
+            x = np.arange(len(vals)) + k * width
+            y = [100 * v["value"] for v in vals]
+            err = [
+                [100 * (v["value"] - v["ci95_low"]) for v in vals],
+                [100 * (v["ci95_high"] - v["value"]) for v in vals],
+            ]
+            ax.bar(x, y, width, yerr=err, capsize=2, label=name)
+        ax.set_xticks(np.arange(len(xlabels)) + width * (len(rows) - 1) / 2, xlabels)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel(title)
+        ax.set_ylabel(f"retained at {H} days vs no recall (percentage points)")
+        ax.set_title(f"Uplift over the no-recall control, 95% intervals (n = {n:,} devices)")
+        ax.legend(title="policy")
+        p = out_dir / fname
+        fig.tight_layout()
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p = out_dir / "whatif.json"
+    p.write_text(json.dumps(report, indent=2) + "\n")
+    return p
