@@ -13,12 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig
+from fedchurn.shared.run_config import SIMULATE_DEFAULTS, SIMULATION_NODES, RunConfig
 
 if TYPE_CHECKING:
     from fedchurn.server.i18n import Lang
 
 _RC = RunConfig()  # the run configuration's defaults are the CLI's defaults
+_SIM = SIMULATE_DEFAULTS  # ... and `simulate`'s, a study-sized run
 
 app = typer.Typer(
     help="fedchurn: privacy-preserving, federated, on-device churn scoring.",
@@ -245,15 +246,15 @@ def demo(out: Annotated[Path, typer.Option(help="Results folder.")] = Path("resu
 
 @app.command()
 def simulate(
-    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 1000,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 200,
-    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed of everything fedchurn draws.")] = 0,
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = _SIM.devices,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _SIM.num_server_rounds,
+    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = _SIM.per_round,
+    seed: Annotated[int, typer.Option(help="Seed of everything fedchurn draws.")] = _SIM.seed,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/simulate"),
     scenario: Annotated[
         str, typer.Option(help="Population scenario (simulations/scenarios/*.toml).")
-    ] = "default",
-    days: Annotated[int, typer.Option(help="Days of history per device.")] = _RC.days,
+    ] = _SIM.scenario,
+    days: Annotated[int, typer.Option(help="Days of history per device.")] = _SIM.days,
     events: Annotated[
         Path | None,
         typer.Option(
@@ -262,7 +263,7 @@ def simulate(
     ] = None,
     mapping: Annotated[
         str, typer.Option("--map", help="With --events: column mapping, e.g. user=uid,timestamp=t.")
-    ] = "",
+    ] = _SIM.events_map,
     tz: Annotated[
         int | None, typer.Option(help="With --events: UTC offset (minutes) for times without one.")
     ] = None,
@@ -273,47 +274,47 @@ def simulate(
             "from events up to it, churn = no activity in the horizon after it; training rows "
             "are earlier days whose outcome ends by it. Default: rolling labels (docs/client-spec.md §7)."
         ),
-    ] = _RC.cutoff,
+    ] = _SIM.cutoff,
     population: Annotated[
         str, typer.Option(help="Rows scored: all, or active:N (activity in the N days up to the day).")
-    ] = _RC.population,
+    ] = _SIM.population,
     features: Annotated[
         str,
         typer.Option(
             help="Model inputs: base (the 127), extended (all: long windows, history rhythm, money), "
             "or auto (extended under --cutoff, else base)."
         ),
-    ] = _RC.features,
+    ] = _SIM.features,
     activity: Annotated[
         str, typer.Option(help="Categories that count as activity (comma-separated).")
-    ] = "sessions",
+    ] = _SIM.activity,
     horizon: Annotated[
         int, typer.Option(help="Prediction horizon in days (1-365); the model's outputs follow it.")
-    ] = _RC.horizon,
+    ] = _SIM.horizon,
     silence_days: Annotated[
         int, typer.Option(help="Days without activity that make a churn.")
-    ] = _RC.silence_days,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = _RC.strategy,
-    server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = _RC.server_lr,
-    server_beta2: Annotated[float, typer.Option(help="FedAdam second-moment decay.")] = _RC.server_beta2,
-    server_tau: Annotated[float, typer.Option(help="FedAdam adaptivity floor τ.")] = _RC.server_tau,
+    ] = _SIM.silence_days,
+    strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = _SIM.strategy,
+    server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = _SIM.server_lr,
+    server_beta2: Annotated[float, typer.Option(help="FedAdam second-moment decay.")] = _SIM.server_beta2,
+    server_tau: Annotated[float, typer.Option(help="FedAdam adaptivity floor τ.")] = _SIM.server_tau,
     server_lr_schedule: Annotated[
         str, typer.Option(help="constant, or cosine (FedAdam's step decays to 5 % by the last round).")
-    ] = _RC.server_lr_schedule,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _RC.local_epochs,
+    ] = _SIM.server_lr_schedule,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _SIM.local_epochs,
     batch_size: Annotated[
         int, typer.Option(help="Local batch size (≥ 120: one full-batch step per epoch).")
-    ] = _RC.batch_size,
-    lr: Annotated[float, typer.Option(help="Local learning rate.")] = _RC.lr,
+    ] = _SIM.batch_size,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = _SIM.lr,
     eval_per_round: Annotated[
         int, typer.Option(help="Held-out devices evaluated after each round (0: all at the end).")
-    ] = 0,
+    ] = _SIM.eval_per_round,
     eval_fraction: Annotated[
         float, typer.Option(help="Share of devices held out for evaluation.")
-    ] = _RC.eval_fraction,
+    ] = _SIM.eval_fraction,
     protection: Annotated[
         str, typer.Option(help="secagg (default), ckks, or plaintext (baseline).")
-    ] = _RC.protection,
+    ] = _SIM.protection,
     target_epsilon: Annotated[
         str,
         typer.Option(
@@ -321,23 +322,23 @@ def simulate(
             "(also 0). Under DP each round is a Poisson sample and the key holder adds noise once.",
         ),
     ] = "none",
-    delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _RC.delta,
-    clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _RC.clip_norm,
+    delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _SIM.delta,
+    clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _SIM.clip_norm,
     coord_clip_factor: Annotated[
         float, typer.Option(help="secagg: each coordinate clipped to factor × clip-norm / √coords.")
-    ] = _RC.coord_clip_factor,
+    ] = _SIM.coord_clip_factor,
     coords_per_round: Annotated[
         int, typer.Option(help="secagg: coordinates per upload (at most what fits in 1,024 B).")
-    ] = _RC.coords_per_round,
+    ] = _SIM.coords_per_round,
     quant_bits: Annotated[
         int, typer.Option(help="secagg: bits per quantised coordinate (levels ±(2^(b-1)-1)).")
-    ] = _RC.quant_bits,
+    ] = _SIM.quant_bits,
     ring_bits: Annotated[
         int, typer.Option(help="secagg: ring width; must hold a cohort's sum (and DP noise).")
-    ] = _RC.ring_bits,
+    ] = _SIM.ring_bits,
     centre_features: Annotated[
         bool, typer.Option(help="Measure the feature mean through the secure sum first; train centred.")
-    ] = _RC.centre_features,
+    ] = _SIM.centre_features,
     audit_db: Annotated[str, typer.Option("--audit-db", help="SQLAlchemy URL of the audit database.")] = "",
     baselines: Annotated[bool, typer.Option(help="Train the centralised baselines too.")] = True,
     nodes: Annotated[
@@ -345,8 +346,6 @@ def simulate(
     ] = SIMULATION_NODES,
 ) -> None:
     """Train the churn model with Flower's simulation engine and report it beside baselines."""
-    from fedchurn.simulations.simulate import simulate as run
-
     if events is None and (cutoff or tz is not None):
         _fail("--cutoff and --tz apply to a real log: give --events too")
     cfg = RunConfig(
@@ -384,8 +383,16 @@ def simulate(
         quant_bits=quant_bits,
         ring_bits=ring_bits,
         centre_features=centre_features,
-        sampling_source="seeded",  # reproducible from --seed; a deployment draws with `secrets`
+        sampling_source=_SIM.sampling_source,  # reproducible from --seed; a deployment uses `secrets`
     )
+    from fedchurn.simulations.preflight import preflight
+
+    try:  # refuse a bad value before torch, scikit-learn and Flower load (seconds of imports)
+        preflight(cfg)
+    except ValueError as e:
+        _fail(str(e))
+    from fedchurn.simulations.simulate import simulate as run
+
     try:
         summary = run(cfg, console, out, audit_db=audit_db, baselines=baselines, nodes=nodes)
     except (ValueError, RuntimeError, FileNotFoundError) as e:

@@ -358,3 +358,9 @@ def is_final_eval_device(seed: int, device: int, fraction: float, per_round_eval
         return True
     h = hashlib.blake2b(f"fedchurn-final-eval|{seed}|{device}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64 < 0.5
+
+
+# `fedchurn simulate`'s starting point: a study-sized run drawn from its seed. The fields' own
+# defaults above are the deployment app's (`flwr run`, pyproject's `[tool.flwr.app.config]`). The
+# command's option defaults are read from here, and a test compares them.
+SIMULATE_DEFAULTS = RunConfig(num_server_rounds=200, devices=1000, per_round=300, sampling_source="seeded")

@@ -24,10 +24,11 @@ from fedchurn.simulations.baselines import evaluate_scores, run_baselines
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
 from fedchurn.simulations.population import generate_population
+from fedchurn.simulations.preflight import preflight
 from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
 from fedchurn.simulations.report import write_report
-from fedchurn.simulations.scenario import ScenarioError, load_scenario
+from fedchurn.simulations.scenario import load_scenario
 
 
 def population_dataset(cfg: RunConfig) -> Dataset:
@@ -114,14 +115,8 @@ def simulate(
 ) -> dict[str, Any]:
     """One federated run on Flower's simulation engine: `nodes` simulation nodes, each a shard of
     the population (device d on node d mod nodes), then the central baselines and the report."""
-    cfg.check()  # every value, with its option named, before anything starts
+    preflight(cfg)  # every value, with its option named, before anything starts
     spec = cfg.model_spec()
-    cfg.train_protection()  # refuse settings no upload could meet before anything is written
-    if not cfg.events_file:
-        try:
-            load_scenario(cfg.scenario)
-        except ScenarioError as e:
-            raise ValueError(f"--scenario: {e}") from None
     # A bad log, or a protocol it cannot answer, is named before anything is written.
     n_devices = len(_read_log(cfg)) if cfg.events_file else cfg.devices
     cfg.check_pool(n_devices)

@@ -185,6 +185,22 @@ def _block(
 # ---------------------------------------------------------------------------------------------
 # One arm over one block
 # ---------------------------------------------------------------------------------------------
+_COUNTS = (
+    "recalls",
+    "accepted",
+    "saves",
+    "complaints",
+    "opt_outs_after_rejections",
+    "opt_outs_by_user",
+    "backlash_churns",
+    "self_returns",
+    "device_days",
+    "max_recalls_in_a_calendar_month",
+    "recalls_breaking_monthly_cap",
+    "recalls_breaking_opt_out",
+)
+
+
 @dataclass
 class _ArmBlock:
     churn: np.ndarray  # (n,) churn day after the lab (NO_CHURN: stays)
@@ -196,201 +212,214 @@ class _ArmBlock:
     seconds: float = 0.0  # the arm's own time over the block (policy, answers; not the inputs)
 
 
+class _Users:
+    """What the lab knows of one block's users in one arm, besides the policy's own state: their
+    outcome so far, their recent recalls, the answers and opt-outs the devices log tomorrow, and an
+    audit of the brief's contact rules kept apart from the policy (nobody opts back in in the lab)."""
+
+    def __init__(self, blk: _Block) -> None:
+        n = len(blk.start)
+        self.churn = blk.churn.copy()  # changes when a recall averts a churn or causes one
+        self.away = np.full((n, 2), NO_CHURN, dtype=np.int64)
+        self.saved = np.zeros(n, dtype=bool)  # came back: scored at no risk from then on
+        self.recalls = np.zeros(n, dtype=np.int64)
+        self.recent = np.full((n, RECENT), NONE, dtype=np.int64)  # days of the last recalls
+        self.response = np.zeros((n, 1), dtype=np.int64)  # answers the device logs tomorrow
+        self.consent = np.zeros(n, dtype=np.int64)  # the user's own opt-out, logged tomorrow
+        self.self_return = np.full(n, NO_CHURN, dtype=np.int64)  # day a gone user comes back
+        self.first_reach = np.full(n, NONE, dtype=np.int64)  # first recall that could win them back
+        self.month_of = np.full(n, -1, dtype=np.int64)
+        self.month_sent = np.zeros(n, dtype=np.int64)
+        self.rejected_run = np.zeros(n, dtype=np.int64)
+        self.left_list = np.zeros(n, dtype=bool)
+
+    def come_back(self, idx: np.ndarray, day: int) -> None:
+        """Users idx stay from `day` on; one whose churn had begun was away until then."""
+        began = self.churn[idx] < day
+        self.away[idx[began], 0] = self.churn[idx[began]]
+        self.away[idx[began], 1] = day
+        self.churn[idx] = NO_CHURN
+        self.saved[idx] = True
+
+
 def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | None = None) -> _ArmBlock:
-    """Run one arm over a block, day by day: inputs -> `step_batch` -> answers -> outcomes.
-
-    A model-targeted arm feeds each device its own score and signals. A random-targeting arm feeds
-    no score: a device keeps being at risk through its episode, and each day, at random among the
-    devices the policy may start an episode for, as many are marked at risk as it takes for the
-    day's recalls to reach `quota` (the model-targeted arm's recalls that day in the same block;
-    when more follow-ups are due than that, a random subset of them stays at risk and the others'
-    episodes end); the policy's rules (send days, caps, opt-outs) apply as in any arm.
-    """
+    """Run one arm over a block, day by day: the devices' inputs -> `step_batch` -> the users'
+    answers -> their outcomes. See `_model_inputs` and `_random_inputs` for how an arm targets."""
     n, D = blk.prob.shape
+    users = _Users(blk)
     sent = np.zeros(D, dtype=np.int64)
-    away = np.full((n, 2), NO_CHURN, dtype=np.int64)
-    churn = blk.churn.copy()
-    recalls = np.zeros(n, dtype=np.int64)
-    zero4 = np.zeros(len(SEGMENTS), dtype=np.int64)
-    calib = {
-        "first_offers": zero4.copy(),
-        "first_accepted": zero4.copy(),
-        "churners_reached": zero4.copy(),
-        "churners_back_30d": zero4.copy(),
-        "self_return_candidates": np.zeros(1, np.int64),
-        "self_returned_30d": np.zeros(1, np.int64),
-    }
-    counts = dict.fromkeys(
-        (
-            "recalls",
-            "accepted",
-            "saves",
-            "complaints",
-            "opt_outs_after_rejections",
-            "opt_outs_by_user",
-            "backlash_churns",
-            "self_returns",
-            "device_days",
-            "max_recalls_in_a_calendar_month",
-            "recalls_breaking_monthly_cap",
-            "recalls_breaking_opt_out",
-        ),
-        0,
-    )
-    t0 = WARMUP_DAYS
-    counts["device_days"] = int(np.clip(D - np.maximum(blk.start - blk.days[0], t0), 0, None).sum())
+    counts = dict.fromkeys(_COUNTS, 0)
+    counts["device_days"] = int(np.clip(D - np.maximum(blk.start - blk.days[0], WARMUP_DAYS), 0, None).sum())
+    calib = {k: np.zeros(len(SEGMENTS), dtype=np.int64) for k in _CALIB_PER_SEGMENT}
+    calib |= {k: np.zeros(1, dtype=np.int64) for k in ("self_return_candidates", "self_returned_30d")}
     if arm.config is None:
-        return _ArmBlock(churn, recalls, sent, away, counts, calib)
+        return _ArmBlock(users.churn, users.recalls, sent, users.away, counts, calib)
     cfg = arm.config
-    key = _thresholds_key(cfg)
-    fired_all, quieted_all, inferred = blk.fired[key], blk.quieted[key], blk.inferred[key]
-    random = arm.targeting == "random"
-    if random and quota is None:
+    if arm.targeting == "random" and quota is None:
         raise WhatIfError(f"policy {arm.name!r}: random targeting needs a model-targeted policy to match")
-
     state = BatchState.fresh(n)
-    saved = np.zeros(n, dtype=bool)
-    response = np.zeros((n, 1), dtype=np.int64)
-    consent = np.zeros(n, dtype=np.int64)
-    recent = np.full((n, RECENT), NONE, dtype=np.int64)
-    self_return = np.full(n, NO_CHURN, dtype=np.int64)
-    first_reach = np.full(n, NONE, dtype=np.int64)  # first recall that could avert or win back the churn
-    original = blk.churn
-    # The brief's promises, audited apart from the policy's own state: recalls per calendar month,
-    # and no recall after `rejections_to_opt_out` rejections in a row or the user's own opt-out
-    # (nobody opts back in during the lab).
-    month_of, month_sent = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    rejected_run, left_list = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-    for t in range(t0, D):
+    for t in range(WARMUP_DAYS, D):
         day = int(blk.days[t])
         here = blk.start <= day
-        back = self_return == day
-        if back.any():
-            _come_back(np.flatnonzero(back), day, churn, away)
-            saved[back] = True
-            counts["self_returns"] += int(back.sum())
-        if random:
-            assert quota is not None
-            signals = quieted = np.zeros(n, dtype=np.int64)
-            prob = np.where(saved | (state.episode_start == NONE), 0.0, 1.0)
-            # The follow-ups due today (a dry run of the pure step), then new episodes up to quota.
-            dry = BatchInput(
-                np.full(n, day, np.int64),
-                prob,
-                inferred[:, t].astype(np.int64),
-                blk.promo[:, t],
-                signals,
-                quieted,
-                response,
-                consent,
-            )
-            due = np.flatnonzero(here & (step_batch(state, dry, cfg)[1].action == 1))
-            room = int(quota[t]) - len(due)
-            if room < 0:  # more follow-ups due than the model sent today: a random subset goes
-                order = np.argsort(lab_uniforms(blk.keys[due], day, Draw.RANDOM_TARGET), kind="stable")
-                prob[due[order[int(quota[t]) :]]] = 0.0
-            prob[_random_pick(blk, state, saved, here, day, room, cfg)] = 1.0
+        back = np.flatnonzero(users.self_return == day)
+        users.come_back(back, day)
+        counts["self_returns"] += len(back)
+        if quota is not None and arm.targeting == "random":
+            inp = _random_inputs(blk, users, state, cfg, t, here, int(quota[t]))
         else:
-            prob = np.where(saved, 0.0, blk.prob[:, t].astype(np.float64))
-            signals = np.where(saved, 0, fired_all[:, t])
-            quieted = np.where(saved, 0, quieted_all[:, t])
-        inp = BatchInput(
-            day=np.full(n, day, dtype=np.int64),
-            probability=np.where(saved, 0.0, prob),
-            segment=inferred[:, t].astype(np.int64),
-            promotion=blk.promo[:, t],
-            signals=signals,
-            quieted=quieted,
-            responses=response,
-            consent=consent,
-        )
+            inp = _model_inputs(blk, users, cfg, t)
         was_out = state.opted_out
         new, out = step_batch(state, inp, cfg)
         state = new.where(here, state)
-        # Opt-outs after rejections today (a user's own opt-out arrives as consent).
-        rej_out = here & state.opted_out & ~was_out & (consent != 2)
-        counts["opt_outs_after_rejections"] += int(rej_out.sum())
-        counts["opt_outs_by_user"] += int((here & (consent == 2) & ~was_out).sum())
-        gone = rej_out & (churn <= day)
-        if gone.any():
-            calib["self_return_candidates"][0] += int(gone.sum())
-            u = lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN)
-            later = np.floor(lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN_DAY) * 30).astype(np.int64)
-            comes = u < resp.self_return_30d
-            idx = np.flatnonzero(gone)[comes]
-            self_return[idx] = day + 1 + later[comes]
-            calib["self_returned_30d"][0] += int(comes.sum())
-        response[:] = 0
-        consent[:] = 0
-
+        _opt_outs(blk, users, here & state.opted_out & ~was_out, day, resp, counts, calib)
+        users.response[:] = 0
+        users.consent[:] = 0
         rec = np.flatnonzero(here & (out.action == 1))
         sent[t] = len(rec)
-        if len(rec) == 0:
-            continue
-        recalls[rec] += 1
-        counts["recalls"] += len(rec)
-        m = month_index(day)
-        month_sent[rec] = np.where(month_of[rec] == m, month_sent[rec] + 1, 1)
-        month_of[rec] = m
-        counts["max_recalls_in_a_calendar_month"] = max(
-            counts["max_recalls_in_a_calendar_month"], int(month_sent[rec].max())
-        )
-        counts["recalls_breaking_monthly_cap"] += int((month_sent[rec] > cfg.max_recalls_per_month).sum())
-        counts["recalls_breaking_opt_out"] += int(
-            ((rejected_run[rec] >= cfg.rejections_to_opt_out) | left_list[rec]).sum()
-        )
-        seg = blk.segment[rec]
-        content = out.content[rec]
-        silent = np.where(churn[rec] <= day, day - churn[rec], 0)
-        n30 = (recent[rec] >= day - 29).sum(axis=1)
-        p = resp.acceptance(seg, content, silent, n30)
-        keys = blk.keys[rec]
-        accepted = lab_uniforms(keys, day, Draw.ACCEPT) < p
-        response[rec, 0] = np.where(accepted, 1, 2)
-        rejected_run[rec] = np.where(accepted, 0, rejected_run[rec] + 1)
-        counts["accepted"] += int(accepted.sum())
-        # Calibration: first recall of an episode to a user not yet silent and not recently contacted.
-        first = (out.episode_day[rec] == 1) & (silent == 0) & (n30 == 0) & (content == PREFERRED_CONTENT[seg])
-        np.add.at(calib["first_offers"], seg[first], 1)
-        np.add.at(calib["first_accepted"], seg[first & accepted], 1)
-        reach = (
-            (original[rec] != NO_CHURN)
-            & (day >= original[rec] - resp.reach_days)
-            & (first_reach[rec] == NONE)
-        )
-        first_reach[rec[reach]] = day
-        averts = accepted & (churn[rec] <= day + resp.reach_days) & (churn[rec] != NO_CHURN)
-        _come_back(rec[averts], day + 1, churn, away)
-        saved[rec[averts]] = True
-        counts["saves"] += int(averts.sum())
-        back30 = averts & (first_reach[rec] != NONE) & (day - first_reach[rec] < 30)
-        np.add.at(calib["churners_back_30d"], seg[back30], 1)
-        # Over-contact.
-        over = n30 + 1 > resp.tolerance
-        if over.any():
-            complaint = over & (lab_uniforms(keys, day, Draw.COMPLAINT) < resp.complaint)
-            counts["complaints"] += int(complaint.sum())
-            opt = over & (lab_uniforms(keys, day, Draw.OPT_OUT) < resp.opt_out)
-            consent[rec[opt]] = 2
-            left_list[rec[opt]] = True
-            staying = churn[rec] > day + 1
-            backlash = (
-                over & staying & ~accepted & (lab_uniforms(keys, day, Draw.BACKLASH) < resp.backlash_churn)
-            )
-            churn[rec[backlash]] = day + 1
-            counts["backlash_churns"] += int(backlash.sum())
-        recent[rec, recalls[rec] % RECENT] = day
-    reached = first_reach != NONE
-    np.add.at(calib["churners_reached"], blk.segment[reached], 1)
-    return _ArmBlock(churn, recalls, sent, away, counts, calib)
+        if len(rec):
+            _audit(users, rec, day, cfg, counts)
+            _answer(blk, users, rec, out.content[rec], out.episode_day[rec], day, resp, counts, calib)
+    np.add.at(calib["churners_reached"], blk.segment[users.first_reach != NONE], 1)
+    return _ArmBlock(users.churn, users.recalls, sent, users.away, counts, calib)
 
 
-def _come_back(idx: np.ndarray, day: int, churn: np.ndarray, away: np.ndarray) -> None:
-    """Users idx stay from `day` on; one whose churn had begun was away until then."""
-    began = churn[idx] < day
-    away[idx[began], 0] = churn[idx[began]]
-    away[idx[began], 1] = day
-    churn[idx] = NO_CHURN
+_CALIB_PER_SEGMENT = ("first_offers", "first_accepted", "churners_reached", "churners_back_30d")
+
+
+def _model_inputs(blk: _Block, users: _Users, cfg: PolicyConfig, t: int) -> BatchInput:
+    """A model-targeted arm: each device its own score, signals and segment (a user who came back
+    is at no risk)."""
+    key = _thresholds_key(cfg)
+    n = len(blk.start)
+    return BatchInput(
+        day=np.full(n, int(blk.days[t]), dtype=np.int64),
+        probability=np.where(users.saved, 0.0, blk.prob[:, t].astype(np.float64)),
+        segment=blk.inferred[key][:, t].astype(np.int64),
+        promotion=blk.promo[:, t],
+        signals=np.where(users.saved, 0, blk.fired[key][:, t]),
+        quieted=np.where(users.saved, 0, blk.quieted[key][:, t]),
+        responses=users.response,
+        consent=users.consent,
+    )
+
+
+def _random_inputs(
+    blk: _Block, users: _Users, state: BatchState, cfg: PolicyConfig, t: int, here: np.ndarray, quota: int
+) -> BatchInput:
+    """A random-targeting arm: no score. A device stays at risk through its episode; each day, at
+    random among the devices the policy may start an episode for, as many are marked at risk as it
+    takes for the day's recalls to reach `quota` (the model-targeted arm's recalls that day in the
+    same block; when more follow-ups are due than that, a random subset stays at risk and the
+    others' episodes end). The policy's rules (send days, caps, opt-outs) apply as in any arm."""
+    key = _thresholds_key(cfg)
+    n, day = len(blk.start), int(blk.days[t])
+    prob = np.where(users.saved | (state.episode_start == NONE), 0.0, 1.0)
+    none = np.zeros(n, dtype=np.int64)
+    segment = blk.inferred[key][:, t].astype(np.int64)
+
+    def inputs() -> BatchInput:
+        day_ = np.full(n, day, dtype=np.int64)
+        return BatchInput(day_, prob, segment, blk.promo[:, t], none, none, users.response, users.consent)
+
+    # The follow-ups due today (a dry run of the pure step), then new episodes up to the quota.
+    due = np.flatnonzero(here & (step_batch(state, inputs(), cfg)[1].action == 1))
+    if len(due) > quota:
+        order = np.argsort(lab_uniforms(blk.keys[due], day, Draw.RANDOM_TARGET), kind="stable")
+        prob[due[order[quota:]]] = 0.0
+    prob[_random_pick(blk, state, users.saved, here, day, quota - len(due), cfg)] = 1.0
+    return inputs()
+
+
+def _opt_outs(
+    blk: _Block,
+    users: _Users,
+    left: np.ndarray,
+    day: int,
+    resp: ResponseModel,
+    counts: dict[str, int],
+    calib: dict[str, np.ndarray],
+) -> None:
+    """Count today's opt-outs (after rejections, or the user's own from yesterday's over-contact);
+    a churned user taken off the list after rejections may come back by themselves within 30 days."""
+    by_user = left & (users.consent == 2)
+    after_rejections = left & ~by_user
+    counts["opt_outs_by_user"] += int(by_user.sum())
+    counts["opt_outs_after_rejections"] += int(after_rejections.sum())
+    gone = np.flatnonzero(after_rejections & (users.churn <= day))
+    if len(gone) == 0:
+        return
+    calib["self_return_candidates"][0] += len(gone)
+    comes = lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN) < resp.self_return_30d
+    later = np.floor(lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN_DAY) * 30).astype(np.int64)
+    users.self_return[gone[comes]] = day + 1 + later[comes]
+    calib["self_returned_30d"][0] += int(comes.sum())
+
+
+def _audit(users: _Users, rec: np.ndarray, day: int, cfg: PolicyConfig, counts: dict[str, int]) -> None:
+    """The brief's promises checked on every recall, apart from the policy's state: at most
+    `max_recalls_per_month` per calendar month; none after `rejections_to_opt_out` rejections in a
+    row or the user's own opt-out."""
+    m = month_index(day)
+    users.month_sent[rec] = np.where(users.month_of[rec] == m, users.month_sent[rec] + 1, 1)
+    users.month_of[rec] = m
+    most = int(users.month_sent[rec].max())
+    counts["max_recalls_in_a_calendar_month"] = max(counts["max_recalls_in_a_calendar_month"], most)
+    counts["recalls_breaking_monthly_cap"] += int((users.month_sent[rec] > cfg.max_recalls_per_month).sum())
+    off_list = (users.rejected_run[rec] >= cfg.rejections_to_opt_out) | users.left_list[rec]
+    counts["recalls_breaking_opt_out"] += int(off_list.sum())
+
+
+def _answer(
+    blk: _Block,
+    users: _Users,
+    rec: np.ndarray,
+    content: np.ndarray,
+    episode_day: np.ndarray,
+    day: int,
+    resp: ResponseModel,
+    counts: dict[str, int],
+    calib: dict[str, np.ndarray],
+) -> None:
+    """The users' answers to today's recalls (`simulations.response`) and what follows from them."""
+    users.recalls[rec] += 1
+    counts["recalls"] += len(rec)
+    seg, keys, churn = blk.segment[rec], blk.keys[rec], users.churn[rec]
+    silent = np.where(churn <= day, day - churn, 0)
+    n30 = (users.recent[rec] >= day - 29).sum(axis=1)
+    accepted = lab_uniforms(keys, day, Draw.ACCEPT) < resp.acceptance(seg, content, silent, n30)
+    users.response[rec, 0] = np.where(accepted, 1, 2)
+    users.rejected_run[rec] = np.where(accepted, 0, users.rejected_run[rec] + 1)
+    counts["accepted"] += int(accepted.sum())
+
+    # Calibration tallies: first recalls of an episode to users not silent, not recently contacted;
+    # the first recall that could reach a churner (their churn within reach, or already begun).
+    first = (episode_day == 1) & (silent == 0) & (n30 == 0) & (content == PREFERRED_CONTENT[seg])
+    np.add.at(calib["first_offers"], seg[first], 1)
+    np.add.at(calib["first_accepted"], seg[first & accepted], 1)
+    original = blk.churn[rec]
+    reach = (original != NO_CHURN) & (day >= original - resp.reach_days) & (users.first_reach[rec] == NONE)
+    users.first_reach[rec[reach]] = day
+
+    # An accepted recall averts a churn within reach (or ends one that has begun).
+    averts = accepted & (churn <= day + resp.reach_days) & (churn != NO_CHURN)
+    users.come_back(rec[averts], day + 1)
+    counts["saves"] += int(averts.sum())
+    back30 = averts & (users.first_reach[rec] != NONE) & (day - users.first_reach[rec] < 30)
+    np.add.at(calib["churners_back_30d"], seg[back30], 1)
+
+    # Over-contact: beyond `tolerance` recalls in 30 days, complaints, opt-outs and backlash churn.
+    over = n30 + 1 > resp.tolerance
+    if over.any():
+        counts["complaints"] += int((over & (lab_uniforms(keys, day, Draw.COMPLAINT) < resp.complaint)).sum())
+        opt = rec[over & (lab_uniforms(keys, day, Draw.OPT_OUT) < resp.opt_out)]
+        users.consent[opt] = 2
+        users.left_list[opt] = True
+        staying = users.churn[rec] > day + 1
+        draw = lab_uniforms(keys, day, Draw.BACKLASH) < resp.backlash_churn
+        backlash = over & staying & ~accepted & draw
+        users.churn[rec[backlash]] = day + 1
+        counts["backlash_churns"] += int(backlash.sum())
+    users.recent[rec, users.recalls[rec] % RECENT] = day
 
 
 def _random_pick(

@@ -53,3 +53,74 @@ def test_the_cli_names_the_option(tmp_path: Path, run_cli: RunCli) -> None:
     res = run_cli("simulate", "--devices", "100", "--rounds", "0", "--out", str(tmp_path / "run"))
     assert res.returncode == 2 and "--rounds: 0 is not allowed" in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rounds", "0"],
+        ["--scenario", "nosuch"],
+        ["--strategy", "fedprox"],
+        ["--protection", "foo"],
+        ["--devices", "100", "--per-round", "5000"],
+    ],
+)
+def test_the_cli_refuses_before_loading_torch_sklearn_or_flower(argv: list[str], tmp_path: Path) -> None:
+    """A refusal costs the command's start-up only: none of the heavy libraries was imported."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from fedchurn.cli import app\n"
+        "try:\n"
+        f"    app(['simulate', *{argv!r}, '--out', {str(tmp_path / 'run')!r}])\n"
+        "except SystemExit as e:\n"
+        "    heavy = sorted(m for m in ('torch', 'sklearn', 'flwr', 'xgboost') if m in sys.modules)\n"
+        "    print('EXIT', e.code, 'HEAVY', heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "EXIT 2 HEAVY []" in res.stdout, res.stdout + res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_simulate_default_is_the_run_configurations() -> None:
+    """`simulate`'s option defaults are read from `SIMULATE_DEFAULTS`, never written twice: every
+    option that sets a run setting has exactly that setting's default (issue 24, item 1)."""
+    from dataclasses import fields
+
+    import typer
+
+    from fedchurn.cli import app
+    from fedchurn.shared.run_config import SIMULATE_DEFAULTS
+
+    renamed = {
+        "rounds": "num_server_rounds",
+        "mapping": "events_map",
+        "events": "events_file",
+        "tz": "events_tz",
+    }
+
+    def as_run_value(option: str | None, v: Any) -> Any:
+        """The option's default as the run setting it sets (a path or a number given as text)."""
+        if option == "events":
+            return v or ""
+        if option == "tz":
+            return "" if v is None else str(v)
+        if option == "target_epsilon":
+            return 0.0 if v == "none" else float(v)
+        return v
+
+    not_settings = {"out", "audit_db", "baselines", "nodes"}
+    command = typer.main.get_command(app).commands["simulate"]  # type: ignore[attr-defined]
+    settings = {f.name for f in fields(RunConfig)}
+    checked = set()
+    for p in command.params:
+        if p.name in not_settings:
+            continue
+        name = renamed.get(str(p.name), str(p.name))
+        assert name in settings, f"--{p.name} sets no run setting"
+        value = as_run_value(p.name, p.default)
+        assert value == getattr(SIMULATE_DEFAULTS, name), p.name
+        checked.add(name)
+    assert len(checked) >= 30

@@ -1,0 +1,27 @@
+"""The checks a simulation makes before anything starts, without the heavy imports.
+
+`fedchurn simulate` runs them before torch, scikit-learn and Flower load (seconds), so a bad value
+is refused at once, naming its option; `simulations.simulate.simulate` runs them too, for callers
+of the library.
+"""
+
+from __future__ import annotations
+
+from fedchurn.shared.run_config import RunConfig
+from fedchurn.simulations.scenario import ScenarioError, load_scenario
+
+__all__ = ["preflight"]
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Every value (option named), the protection plan, the scenario, and for a simulated population
+    `--per-round` against its training devices (a log's pool is known only once it is read)."""
+    cfg.check()
+    cfg.train_protection()  # settings no upload could meet
+    if cfg.events_file:
+        return
+    try:
+        load_scenario(cfg.scenario)
+    except ScenarioError as e:
+        raise ValueError(f"--scenario: {e}") from None
+    cfg.check_pool(cfg.devices)
