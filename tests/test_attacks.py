@@ -84,7 +84,15 @@ def test_attack_aggregator_substitutes_its_own_sealing_key() -> None:
     """The aggregator puts its own X25519 key in the training task. The device must refuse before
     training; on 806c25c it sealed its mask seed to that key, and the aggregator read every
     coordinate of the quantised update."""
-    cfg = RunConfig(devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60)
+    cfg = RunConfig(
+        devices=40,
+        per_round=12,
+        cohort_size=12,
+        k_min=5,
+        strategy="fedavg",
+        days=60,
+        sampling_source="seeded",
+    )
     strategy = _strategy(cfg)
     grid = _grid(strategy, run_id=11)
     evil = X25519PrivateKey.generate()
@@ -442,7 +450,15 @@ def test_simulated_devices_get_their_pin_from_provisioning_not_the_message(
     simulated device reads its pin from the provisioning file, and still refuses another key."""
     from fedchurn.client.device_config import PROVISIONING_ENV
 
-    cfg = RunConfig(devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60)
+    cfg = RunConfig(
+        devices=40,
+        per_round=12,
+        cohort_size=12,
+        k_min=5,
+        strategy="fedavg",
+        days=60,
+        sampling_source="seeded",
+    )
     strategy = _strategy(cfg)
     provisioning = tmp_path / "device.toml"
     provisioning.write_text("".join(f'{k} = "{v}"\n' for k, v in device_pins(strategy).items()))
