@@ -9,8 +9,6 @@ device in its audit log. The answering routes need the bearer token the aggregat
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 from typing import Any
 
 import httpx
@@ -22,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fedchurn.server.bearer import presented_matches, token_digest
 from fedchurn.server.keyholder import (
     CkksSumRequest,
     CkksSumResponse,
@@ -36,7 +35,7 @@ from fedchurn.shared import wire
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.wire import Reason
 
-PROBLEM_JSON = "application/problem+json"
+PROBLEM_JSON = "application/problem+json"  # the key holder imports nothing of the transparency API
 API_PREFIX = "/v1"
 PROBLEM_TYPE = "https://fedchurn.invalid/problems/"
 STATUS_BY_REASON: dict[Reason, int] = {
@@ -195,12 +194,11 @@ def create_app(
         raise ValueError("token_sha256 must be a SHA-256 digest (32 bytes)")
     app = FastAPI(title="fedchurn key holder", version=str(wire.WIRE_VERSION))
     bearer = HTTPBearer(auto_error=False)
-    expected = hashlib.sha256(token.encode()).digest() if token is not None else token_sha256
+    expected = token_digest(token) if token is not None else token_sha256
     assert expected is not None
 
     def authorised(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        presented = hashlib.sha256(creds.credentials.encode()).digest() if creds is not None else b""
-        if creds is None or not hmac.compare_digest(presented, expected):
+        if not presented_matches(creds, expected):
             raise _UnauthorizedError
 
     @app.exception_handler(_UnauthorizedError)
