@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -102,11 +102,21 @@ _AUDIT_ERRORS: dict[type[AuditError], tuple[int, str, str]] = {
 }
 
 
+def _routes(routes: Iterable[Any]) -> Iterator[Route]:
+    """Every route, with those of included routers (FastAPI keeps an included router whole, as its
+    `original_router`; the routers here carry their full paths)."""
+    for route in routes:
+        if isinstance(route, Route):
+            yield route
+        elif hasattr(route, "original_router"):
+            yield from _routes(route.original_router.routes)
+
+
 def _allowed(request: Request) -> str:
     """Every method of every route on this path (Starlette's 405 names only the first route's)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
+    for route in _routes(request.app.router.routes):
+        if route.methods:
             match, _ = route.matches(request.scope)
             if match != Match.NONE:
                 methods |= route.methods
