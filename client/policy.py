@@ -7,18 +7,15 @@ arbitrary histories. The defaults are the brief's figures (recall episode sendin
 list until they opt back in; high risk at 0.78; quieter thresholds while a discount runs). Basic
 service never depends on a decision: every decision says `basic_service=True`.
 
-Numpy alone (plus the standard library's sqlite3 for the on-device decision log).
+Numpy alone. The decisions are kept by `client.decision_log`; `client.policy_batch` runs this
+state machine over many devices at once.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, timedelta
-from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -630,85 +627,3 @@ def inputs_from_events(
     """The device's whole path: events -> features -> score and signals -> one input per day."""
     res = device_features(events, first_day, today)
     return inputs_from_features(params, res.features, res.days, responses_by_day(events), consent, config)
-
-
-# ---------------------------------------------------------------------------------------------
-# The on-device decision log
-# ---------------------------------------------------------------------------------------------
-_LOG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS policy_decisions (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    day         INTEGER NOT NULL,
-    action      TEXT    NOT NULL,
-    reason_code TEXT    NOT NULL,
-    decision    TEXT    NOT NULL,
-    state       TEXT    NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS policy_decisions_append_only BEFORE UPDATE ON policy_decisions
-BEGIN SELECT RAISE(ABORT, 'policy decisions are append-only'); END;
-"""
-
-
-class DecisionLog:
-    """Append-only log of policy decisions, a table in the device's store file.
-
-    Each row keeps the decision (with its reason) and the policy state after it, so the device
-    resumes the policy from its last row. Rows leave only through the user's erase.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_LOG_SCHEMA)
-
-    def __enter__(self) -> DecisionLog:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._db.close()
-
-    def append(self, decision: Decision, state: PolicyState) -> None:
-        self._db.execute(
-            "INSERT INTO policy_decisions (day, action, reason_code, decision, state) VALUES (?, ?, ?, ?, ?)",
-            (
-                decision.day,
-                decision.action,
-                decision.reason_code,
-                json.dumps(decision.to_dict(), sort_keys=True),
-                json.dumps(state.to_dict(), sort_keys=True),
-            ),
-        )
-
-    def decisions(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT decision FROM policy_decisions ORDER BY seq").fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM policy_decisions").fetchone()[0])
-
-    def last_state(self) -> PolicyState:
-        row = self._db.execute("SELECT state FROM policy_decisions ORDER BY seq DESC LIMIT 1").fetchone()
-        return PolicyState() if row is None else PolicyState.from_dict(json.loads(row[0]))
-
-    def erase(self) -> int:
-        """The user's erase: every decision (and so the remembered policy state) goes."""
-        return int(self._db.execute("DELETE FROM policy_decisions").rowcount)
-
-
-class PolicyEngine:
-    """The policy as a device runs it: resume from the log, decide, log the decision with its reason."""
-
-    def __init__(self, log: DecisionLog, config: PolicyConfig | None = None) -> None:
-        self.log = log
-        self.config = config or PolicyConfig()
-
-    def decide(self, inp: PolicyInput) -> Decision:
-        state, decision = step(self.log.last_state(), inp, self.config)
-        self.log.append(decision, state)
-        return decision

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedchurn.client.policy import DecisionLog
+from fedchurn.client.decision_log import DecisionLog
 from fedchurn.client.store import EventStore
 from fedchurn.shared.catalogue import (
     CATALOGUE_VERSION,

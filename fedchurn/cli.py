@@ -598,7 +598,7 @@ def export_onnx_cmd(
     out: Annotated[Path, typer.Option("--out", help="Where to write the .onnx file.")] = Path("model.onnx"),
 ) -> None:
     """Write the model as ONNX: input `features` [batch, 127]; hazards, survival, churn probability out."""
-    from fedchurn.onnx_export import export_run_model
+    from fedchurn.server.onnx_export import export_run_model
 
     try:
         path = export_run_model(model, out)
@@ -615,7 +615,7 @@ def bench_policy(
     out: Annotated[Path | None, typer.Option(help="Write the JSON here too.")] = None,
 ) -> None:
     """Scoring speed and what the retention policy does over a whole simulated population."""
-    from fedchurn.policy_bench import bench_scoring_policy
+    from fedchurn.simulations.policy_bench import bench_scoring_policy
 
     res = bench_scoring_policy(devices, days, seed)
     text = json.dumps(res, indent=2)

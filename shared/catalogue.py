@@ -10,6 +10,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+__all__ = [
+    "BY_ID",
+    "CATALOGUE_VERSION",
+    "CATEGORIES",
+    "CATEGORY_IDS",
+    "CONSENT_MARKETING",
+    "LEAVES_NOTHING_RAW",
+    "LI_SERVICE",
+    "N_CATEGORIES",
+    "PURPOSES",
+    "P_RETENTION",
+    "P_SCORING",
+    "P_TRAINING",
+    "P_TRANSPARENCY",
+    "Action",
+    "CatalogueError",
+    "Category",
+    "as_dict",
+    "category_index",
+    "validate",
+]
+
 CATALOGUE_VERSION = "1.0.0"
 N_CATEGORIES = 17
 

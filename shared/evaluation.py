@@ -13,6 +13,17 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "N_BINS",
+    "average_precision",
+    "device_histogram",
+    "histogram_length",
+    "metrics_from_histogram",
+    "pr_auc_interval",
+    "roc_auc_interval",
+    "score_bin",
+]
+
 N_BINS = 80
 # Bins are equal steps (0.225) of the score's logit between these bounds: scores crowd near 0 for
 # daily churn and near 1 for a 90-day purchase horizon, and equal-width bins would tie most devices

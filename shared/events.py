@@ -14,6 +14,26 @@ import numpy as np
 
 from fedchurn.shared.catalogue import BY_ID, CATEGORIES, CATEGORY_IDS
 
+__all__ = [
+    "EVENT_DTYPE",
+    "MAX_TIMESTAMP",
+    "MAX_TZ_OFFSET_MIN",
+    "MAX_VALUE",
+    "MIN_TIMESTAMP",
+    "SECONDS_PER_DAY",
+    "Event",
+    "EventError",
+    "action_code",
+    "check_timestamp",
+    "check_tz_offset",
+    "check_value",
+    "from_array",
+    "local_day",
+    "local_hour",
+    "to_array",
+    "weekday",
+]
+
 SECONDS_PER_DAY = 86_400
 MIN_TIMESTAMP = 0  # 1970-01-01T00:00:00Z: public logs such as CDNOW (1997) are older than 2000
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01T00:00:00Z

@@ -13,6 +13,34 @@ from typing import Literal
 
 from fedchurn.shared.catalogue import BY_ID, CATEGORY_IDS
 
+__all__ = [
+    "ACTIVITY_K",
+    "ACTIVITY_WEIGHTS",
+    "BASELINE_DAYS",
+    "BASE_FEATURES",
+    "BEHAVIOUR",
+    "CHANNELS",
+    "CHANNEL_INDEX",
+    "CONTENT_RATIO",
+    "CONTENT_RATIO_CAP",
+    "FEATURES",
+    "FEATURE_INDEX",
+    "FEATURE_NAMES",
+    "LONG_WINDOWS",
+    "MONETARY_PRIOR",
+    "NIGHT_HOURS",
+    "N_FEATURES",
+    "OVERDUE_CAP",
+    "RECENCY_CAP",
+    "SILENCE_RATIO",
+    "WINDOWS",
+    "Channel",
+    "FeatureSpec",
+    "Group",
+    "Stat",
+    "features_fed_by",
+]
+
 Stat = Literal["count", "sum", "last"]
 Group = Literal["dynamic", "static", "environment"]
 

@@ -8,6 +8,12 @@ from torch import nn
 
 from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, flatten, unflatten
 
+__all__ = [
+    "ChurnNet",
+    "survival_nll",
+    "survival_nll_rows",
+]
+
 
 class ChurnNet(nn.Module):
     """features -> hazard logits for days 1..H (a discrete-time survival model)."""

@@ -15,6 +15,23 @@ import numpy as np
 
 from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX, N_FEATURES, RECENCY_CAP
 
+__all__ = [
+    "DEFAULT_SPEC",
+    "HIGH_RISK",
+    "HORIZON_DAYS",
+    "INPUT_SCALE",
+    "MEDIUM_RISK",
+    "ModelSpec",
+    "churn_probability",
+    "flatten",
+    "fold_input_offset",
+    "hazards",
+    "init_params",
+    "survival",
+    "tier",
+    "unflatten",
+]
+
 HORIZON_DAYS = 14
 HIGH_RISK = 0.78
 MEDIUM_RISK = 0.40

@@ -20,6 +20,23 @@ import numpy as np
 
 from fedchurn.shared import wire
 
+__all__ = [
+    "CKKS_DEFAULT",
+    "COLLUSION",
+    "DEFAULT",
+    "MODE_LABELS",
+    "NOISE_TAIL_SIGMAS",
+    "PARTY_VIEWS",
+    "PLAINTEXT_DEFAULT",
+    "ROUNDING_BETA",
+    "ModeName",
+    "PartyView",
+    "ProtectionParams",
+    "max_secagg_coords",
+    "round_seed_bytes",
+    "select_coordinates",
+]
+
 ModeName = Literal["secagg", "ckks", "plaintext"]
 
 # A discrete Gaussian exceeds 8 standard deviations with probability < 1e-15 per coordinate.

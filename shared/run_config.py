@@ -22,6 +22,19 @@ from fedchurn.shared.model_format import ModelSpec
 from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams, max_secagg_coords
 from fedchurn.shared.protocol import Protocol, ProtocolError, day_number, parse_population
 
+__all__ = [
+    "SIMULATE_DEFAULTS",
+    "SIMULATION_NODES",
+    "STATS_BOUND",
+    "UPLOAD_BUDGET",
+    "RunConfig",
+    "cohort_count",
+    "is_eval_device",
+    "is_final_eval_device",
+    "option_name",
+    "round_seed",
+]
+
 
 @dataclass(frozen=True)
 class RunConfig:

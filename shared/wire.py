@@ -21,6 +21,52 @@ import numpy as np
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+__all__ = [
+    "AEAD_TAG_LEN",
+    "CHACHA20_NONCE",
+    "CKKS_CHUNK_COUNT_LEN",
+    "CKKS_CHUNK_LEN_LEN",
+    "CKKS_MASK_SUM_BOUND",
+    "CONFIG_LABEL",
+    "CONFIG_TAG_LEN",
+    "DIGEST_LEN",
+    "HEADER_FORMAT",
+    "HEADER_LEN",
+    "MAGIC",
+    "MAX_RING_BITS",
+    "MAX_U32",
+    "MODE_BY_NAME",
+    "ROUND_SEED_LEN",
+    "SEAL_INFO_LABEL",
+    "SEAL_LEN",
+    "SEAL_SUITE",
+    "SEED_LEN",
+    "SELECT_LABEL",
+    "WIRE_VERSION",
+    "X25519_KEY_LEN",
+    "Header",
+    "Mode",
+    "Reason",
+    "WireError",
+    "as_rows",
+    "chacha20_keystream",
+    "ckks_mask",
+    "fields_rows",
+    "keystream_rows",
+    "mask_stream",
+    "mask_streams",
+    "pack_bits",
+    "pack_bits_rows",
+    "pack_ckks_body",
+    "packed_len",
+    "padding_ok_rows",
+    "parse_ckks_body",
+    "seal_info",
+    "sha256",
+    "unpack_bits",
+    "unpack_bits_rows",
+]
+
 WIRE_VERSION = 2  # v2: the seal no longer binds a payload digest; CKKS uploads carry a seal too
 MAGIC = b"FC"
 HEADER_FORMAT = "<2sBBIII4s"  # magic, version, mode, round id, cohort id, model version, config tag

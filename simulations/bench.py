@@ -138,8 +138,8 @@ def _scoring(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str, A
     from fedchurn.client.aggregates import daily_aggregates_batch
     from fedchurn.client.features import extract_features
     from fedchurn.client.scoring import score_device
-    from fedchurn.policy_bench import reference_params
     from fedchurn.shared.model_format import churn_probability
+    from fedchurn.simulations.policy_bench import reference_params
     from fedchurn.simulations.population import generate_population
     from fedchurn.simulations.scenario import load_scenario
 

@@ -517,7 +517,7 @@ def run_whatif(
     if days < WARMUP_DAYS + HORIZONS[0] + 1:
         raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
     if params is None:
-        from fedchurn.policy_bench import reference_params
+        from fedchurn.simulations.policy_bench import reference_params
 
         params, model_source = reference_params()
     resp = response or ResponseModel()

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fedchurn.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAMES, export_onnx, export_run_model
+from fedchurn.server.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAMES, export_onnx, export_run_model
 from fedchurn.server.run_output import RunOutput
 from fedchurn.shared.feature_spec import FEATURE_NAMES
 from fedchurn.shared.model import ChurnNet

@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedchurn.client.decision_log import DecisionLog, PolicyEngine
 from fedchurn.client.pipeline import device_features
 from fedchurn.client.policy import (
     REASON_CODES,
     SEGMENTS,
-    DecisionLog,
     PolicyConfig,
-    PolicyEngine,
     PolicyInput,
     PolicyState,
     infer_segment,

@@ -105,8 +105,8 @@ def test_a_simulated_populations_device_days_decide_as_alone() -> None:
     segments, promotions, signals), a random sample of devices decides day by day in the batch as
     each does alone with `step`."""
     from fedchurn.client.signals import SIGNAL_NAMES
-    from fedchurn.policy_bench import reference_params
     from fedchurn.shared.model_format import DEFAULT_SPEC
+    from fedchurn.simulations.policy_bench import reference_params
     from fedchurn.simulations.whatif import WARMUP_DAYS, _block, _thresholds_key
 
     cfg = PolicyConfig()

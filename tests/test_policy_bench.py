@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from fedchurn.policy_bench import DEMO_MODEL, VECTOR_MODEL, bench_scoring_policy, reference_params
+from fedchurn.simulations.policy_bench import DEMO_MODEL, VECTOR_MODEL, bench_scoring_policy, reference_params
 
 
 def test_bench_counts_are_consistent() -> None:

@@ -6,7 +6,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedchurn.client.policy import DecisionLog, PolicyEngine, PolicyInput
+from fedchurn.client.decision_log import DecisionLog, PolicyEngine
+from fedchurn.client.policy import PolicyInput
 from fedchurn.client.store import EventStore
 from fedchurn.client.user_view import PendingUpdates, erase, export_json, list_by_category
 from fedchurn.shared.catalogue import CATEGORY_IDS

@@ -249,7 +249,7 @@ def bench_scoring_policy(
 
 
 def main() -> None:
-    """`python -m fedchurn.policy_bench`: a manual entry point until the CLI grows a command."""
+    """`python -m fedchurn.simulations.policy_bench`: a manual entry point until the CLI grows a command."""
     import argparse
     import json
 
