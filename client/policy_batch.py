@@ -45,6 +45,7 @@ from fedchurn.client.signals import SIGNAL_NAMES
 __all__ = [
     "ACTIONS",
     "CONSENTS",
+    "MAX_SEND_DAYS",
     "NONE",
     "RESPONSES",
     "BatchInput",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 NONE = -(1 << 62)
+MAX_SEND_DAYS = 62  # an episode's handled send days are bits of an int64
 ACTIONS: tuple[str, ...] = ("none", "recall", "alert_only")
 RESPONSES: tuple[str | None, ...] = (None, "accepted", "rejected")
 CONSENTS: tuple[str | None, ...] = (None, "opt_in", "opt_out")
@@ -71,8 +73,8 @@ def month_indices(days: _Int) -> _Int:
 
 
 def signal_bits(names: frozenset[str] | set[str] | tuple[str, ...]) -> int:
-    """The bitmask of a set of signal names."""
-    return sum(1 << SIGNAL_NAMES.index(n) for n in names)
+    """The bitmask of a set of signal names (a name given twice is one bit, as `step` counts it)."""
+    return sum(1 << SIGNAL_NAMES.index(n) for n in set(names))
 
 
 @dataclass
@@ -216,10 +218,16 @@ def step_batch(
     """Decide one day for every device: `step` applied to each (state_i, input_i)."""
     cfg = cfg or PolicyConfig()
     day = inp.day
+    if len(cfg.episode_send_days) > MAX_SEND_DAYS:
+        raise ValueError(f"step_batch keeps an episode's send days in a bitmask: at most {MAX_SEND_DAYS}")
     if np.any((state.last_day != NONE) & (day <= state.last_day)):
         raise ValueError("a device's day is not after its last decided day")
     if np.any((inp.segment < 0) | (inp.segment >= len(SEGMENTS))):
         raise ValueError("unknown segment index")
+    if np.any((inp.responses < 0) | (inp.responses >= len(RESPONSES))):
+        raise ValueError("unknown response code (0 none, 1 accepted, 2 rejected)")
+    if np.any((inp.consent < 0) | (inp.consent >= len(CONSENTS))):
+        raise ValueError("unknown consent code (0 none, 1 opt_in, 2 opt_out)")
     E = cfg.episode_days
     sends = np.array(cfg.episode_send_days, dtype=np.int64)
     month = month_indices(day)

@@ -40,7 +40,14 @@ from fedchurn.client.policy import (
     infer_segments,
     month_index,
 )
-from fedchurn.client.policy_batch import NONE, BatchInput, BatchState, month_indices, step_batch
+from fedchurn.client.policy_batch import (
+    MAX_SEND_DAYS,
+    NONE,
+    BatchInput,
+    BatchState,
+    month_indices,
+    step_batch,
+)
 from fedchurn.client.signals import SIGNAL_NAMES
 from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX
 from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, churn_probability
@@ -66,7 +73,7 @@ POLICY_DIR = Path(__file__).resolve().parent / "policies"
 WARMUP_DAYS = 28  # the lab starts when every feature window of an old user is full
 HORIZONS = (30, 60, 90)  # retention is measured this many days after the lab starts
 BLOCK = 1024  # devices per block (random targeting matches the model's recalls block by block)
-RECENT = 8  # recalls remembered per device for the 30-day fatigue count
+RECENT = 31  # recall days remembered per device: every recall of any 30 days (one a day at most)
 Targeting = Literal["model", "random", "none"]
 ProgressFn = Callable[[int, int], None]
 
@@ -110,6 +117,8 @@ def load_arm(spec: str) -> Arm:
         cfg = PolicyConfig.from_dict(data.get("policy", {}), where=f"{path} [policy]")
     except ValueError as e:
         raise WhatIfError(str(e)) from None
+    if len(cfg.episode_send_days) > MAX_SEND_DAYS:
+        raise WhatIfError(f"{path} [policy].episode_send_days: at most {MAX_SEND_DAYS} send days")
     return Arm(name, targeting, cfg, str(path))
 
 
@@ -196,6 +205,7 @@ _COUNTS = (
     "self_returns",
     "device_days",
     "max_recalls_in_a_calendar_month",
+    "recalls_by_last_horizon",
     "recalls_breaking_monthly_cap",
     "recalls_breaking_opt_out",
 )
@@ -227,6 +237,7 @@ class _Users:
         self.response = np.zeros((n, 1), dtype=np.int64)  # answers the device logs tomorrow
         self.consent = np.zeros(n, dtype=np.int64)  # the user's own opt-out, logged tomorrow
         self.self_return = np.full(n, NO_CHURN, dtype=np.int64)  # day a gone user comes back
+        self.watched = np.zeros(n, dtype=bool)  # opted out and gone with 30 lab days ahead (calibration)
         self.first_reach = np.full(n, NONE, dtype=np.int64)  # first recall that could win them back
         self.month_of = np.full(n, -1, dtype=np.int64)
         self.month_sent = np.zeros(n, dtype=np.int64)
@@ -258,12 +269,14 @@ def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | Non
     if arm.targeting == "random" and quota is None:
         raise WhatIfError(f"policy {arm.name!r}: random targeting needs a model-targeted policy to match")
     state = BatchState.fresh(n)
+    last_horizon = WARMUP_DAYS + max(h for h in HORIZONS if WARMUP_DAYS + h <= D - 1)
     for t in range(WARMUP_DAYS, D):
         day = int(blk.days[t])
         here = blk.start <= day
         back = np.flatnonzero(users.self_return == day)
         users.come_back(back, day)
         counts["self_returns"] += len(back)
+        calib["self_returned_30d"][0] += int(users.watched[back].sum())
         if quota is not None and arm.targeting == "random":
             inp = _random_inputs(blk, users, state, cfg, t, here, int(quota[t]))
         else:
@@ -271,11 +284,12 @@ def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | Non
         was_out = state.opted_out
         new, out = step_batch(state, inp, cfg)
         state = new.where(here, state)
-        _opt_outs(blk, users, here & state.opted_out & ~was_out, day, resp, counts, calib)
+        _opt_outs(blk, users, here & state.opted_out & ~was_out, day, cfg, resp, counts, calib)
         users.response[:] = 0
         users.consent[:] = 0
         rec = np.flatnonzero(here & (out.action == 1))
         sent[t] = len(rec)
+        counts["recalls_by_last_horizon"] += len(rec) if t <= last_horizon else 0
         if len(rec):
             _audit(users, rec, day, cfg, counts)
             _answer(blk, users, rec, out.content[rec], out.episode_day[rec], day, resp, counts, calib)
@@ -313,7 +327,8 @@ def _random_inputs(
     others' episodes end). The policy's rules (send days, caps, opt-outs) apply as in any arm."""
     key = _thresholds_key(cfg)
     n, day = len(blk.start), int(blk.days[t])
-    prob = np.where(users.saved | (state.episode_start == NONE), 0.0, 1.0)
+    running = (state.episode_start != NONE) & (day - state.episode_start + 1 <= cfg.episode_days)
+    prob = np.where(users.saved | ~running, 0.0, 1.0)  # an episode past its last day ends, not restarts
     none = np.zeros(n, dtype=np.int64)
     segment = blk.inferred[key][:, t].astype(np.int64)
 
@@ -335,24 +350,27 @@ def _opt_outs(
     users: _Users,
     left: np.ndarray,
     day: int,
+    cfg: PolicyConfig,
     resp: ResponseModel,
     counts: dict[str, int],
     calib: dict[str, np.ndarray],
 ) -> None:
     """Count today's opt-outs (after rejections, or the user's own from yesterday's over-contact);
     a churned user taken off the list after rejections may come back by themselves within 30 days."""
-    by_user = left & (users.consent == 2)
-    after_rejections = left & ~by_user
+    after_rejections = left & (users.rejected_run >= cfg.rejections_to_opt_out)  # `step` reads answers first
+    by_user = left & ~after_rejections
     counts["opt_outs_by_user"] += int(by_user.sum())
     counts["opt_outs_after_rejections"] += int(after_rejections.sum())
     gone = np.flatnonzero(after_rejections & (users.churn <= day))
     if len(gone) == 0:
         return
-    calib["self_return_candidates"][0] += len(gone)
     comes = lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN) < resp.self_return_30d
     later = np.floor(lab_uniforms(blk.keys[gone], day, Draw.SELF_RETURN_DAY) * 30).astype(np.int64)
     users.self_return[gone[comes]] = day + 1 + later[comes]
-    calib["self_returned_30d"][0] += int(comes.sum())
+    # Calibration counts users whose whole 30 days lie in the lab, and their returns as they happen.
+    watched = gone if day + 30 <= int(blk.days[-1]) else gone[:0]
+    users.watched[watched] = True
+    calib["self_return_candidates"][0] += len(watched)
 
 
 def _audit(users: _Users, rec: np.ndarray, day: int, cfg: PolicyConfig, counts: dict[str, int]) -> None:
@@ -385,7 +403,7 @@ def _answer(
     counts["recalls"] += len(rec)
     seg, keys, churn = blk.segment[rec], blk.keys[rec], users.churn[rec]
     silent = np.where(churn <= day, day - churn, 0)
-    n30 = (users.recent[rec] >= day - 29).sum(axis=1)
+    n30 = (users.recent[rec] >= day - 30).sum(axis=1)  # recalls in the previous 30 days
     accepted = lab_uniforms(keys, day, Draw.ACCEPT) < resp.acceptance(seg, content, silent, n30)
     users.response[rec, 0] = np.where(accepted, 1, 2)
     users.rejected_run[rec] = np.where(accepted, 0, users.rejected_run[rec] + 1)
@@ -461,6 +479,7 @@ def _block_task(
     out: dict[str, Any] = {
         "score": blk.prob[np.arange(hi - lo), np.clip(blk.start - blk.days[0], WARMUP_DAYS, None)],
         "segment": blk.segment,
+        "start": blk.start,
         "arms": [],
     }
     done: dict[str, _ArmBlock] = {}
@@ -540,11 +559,19 @@ def _report(
     day0 = int(sc.start_day) + WARMUP_DAYS
     last = int(sc.start_day) + days - 1
     horizons = [h for h in HORIZONS if day0 + h <= last]
-    score = np.concatenate([r["score"] for r in results])
-    segment = np.concatenate([r["segment"] for r in results])
-    churn = {a.name: np.concatenate([r["arms"][k].churn for r in results]) for k, a in enumerate(arms)}
-    away = {a.name: np.concatenate([r["arms"][k].away for r in results]) for k, a in enumerate(arms)}
-    recalls = {a.name: np.concatenate([r["arms"][k].recalls for r in results]) for k, a in enumerate(arms)}
+    # Retention is measured on the users present when the lab starts (a device that starts later
+    # has no history to be retained from); recalls, opt-outs and complaints count every device.
+    cohort = np.concatenate([r["start"] for r in results]) <= day0
+
+    def per_device(key: str, arm: int | None = None) -> np.ndarray:
+        """One per-device array over every block (of arm `arm`), for the cohort."""
+        parts = [r[key] if arm is None else getattr(r["arms"][arm], key) for r in results]
+        return np.concatenate(parts)[cohort]
+
+    score, segment = per_device("score"), per_device("segment")
+    churn = {a.name: per_device("churn", k) for k, a in enumerate(arms)}
+    away = {a.name: per_device("away", k) for k, a in enumerate(arms)}
+    recalls = {a.name: per_device("recalls", k) for k, a in enumerate(arms)}
     deciles = np.minimum((np.argsort(np.argsort(score, kind="stable"), kind="stable") * 10) // len(score), 9)
     control = next((a.name for a in arms if a.targeting == "none"), None)
     rand = next((a.name for a in arms if a.targeting == "random"), None)
@@ -599,8 +626,9 @@ def _report(
             ]
         if control is not None and arm.name != control:
             extra = int(retained(arm.name, H).sum()) - int(retained(control, H).sum())
-            entry["recalls_per_extra_retained_user"] = (
-                round(counts["recalls"] / extra, 2) if extra > 0 else None
+            entry["extra_retained_users"] = extra
+            entry["recalls_per_extra_retained_user"] = (  # recalls up to the last horizon
+                round(counts["recalls_by_last_horizon"] / extra, 2) if extra > 0 else None
             )
         by_seg = {}
         for j, s in enumerate(SEGMENTS):
@@ -619,6 +647,7 @@ def _report(
     curves = {a.name: [round(float(retained(a.name, d).mean()), 5) for d in curve_days] for a in arms}
     out: dict[str, Any] = {
         "devices": devices,
+        "retention_cohort": int(cohort.sum()),
         "days": days,
         "seed": seed,
         "model": model_source,

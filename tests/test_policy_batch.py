@@ -6,12 +6,15 @@ configurations (gaps in days, month boundaries, several answers a day, consent c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_policy_properties import configs, histories
+from test_policy_properties import histories
 
 from fedchurn.client.policy import (
     CONTENT_KINDS,
@@ -31,6 +34,7 @@ from fedchurn.client.policy_batch import (
     month_indices,
     step_batch,
 )
+from fedchurn.client.signals import SIGNAL_NAMES
 
 VEC = Path(__file__).parent / "vectors" / "policy"
 
@@ -63,12 +67,63 @@ def test_a_batch_of_devices_decides_as_each_device_alone(devices: list[list[Poli
     _run_side_by_side(devices, PolicyConfig())
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(histories(), min_size=1, max_size=4), configs())
+THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.78, 0.85, 0.9, 1.0)
+
+
+@st.composite
+def any_configs(draw: Any) -> PolicyConfig:
+    """Every knob `step` reads, triggers overlapping between universal and segment lists."""
+    signal_sets = st.lists(st.sampled_from(SIGNAL_NAMES), max_size=3)
+    return PolicyConfig(
+        episode_send_days=tuple(sorted({1, *draw(st.sets(st.integers(2, 20), max_size=3))})),
+        max_recalls_per_month=draw(st.integers(0, 5)),
+        rejections_to_opt_out=draw(st.integers(1, 4)),
+        cooldown_days=draw(st.integers(0, 10)),
+        high_risk=draw(st.sampled_from(THRESHOLDS)),
+        high_risk_during_promotion=draw(st.sampled_from(THRESHOLDS)),
+        signal_min_probability=draw(st.sampled_from(THRESHOLDS)),
+        follow_up_min_probability=draw(st.sampled_from(THRESHOLDS)),
+        universal_triggers=tuple(draw(signal_sets)),
+        segment_triggers={s: tuple(draw(signal_sets)) for s in SEGMENTS},
+        recall_content={s: draw(st.sampled_from(CONTENT_KINDS)) for s in SEGMENTS},
+    )
+
+
+@st.composite
+def tied_histories(draw: Any) -> list[PolicyInput]:
+    """Histories whose probabilities often sit exactly on a threshold."""
+    out = []
+    for inp in draw(histories()):
+        if draw(st.booleans()):
+            inp = replace(inp, probability=draw(st.sampled_from(THRESHOLDS)))
+        out.append(inp)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(tied_histories(), min_size=1, max_size=4), any_configs())
 def test_any_configuration_batched_decides_as_alone(
     devices: list[list[PolicyInput]], cfg: PolicyConfig
 ) -> None:
     _run_side_by_side(devices, cfg)
+
+
+def test_a_signal_listed_twice_counts_once() -> None:
+    """A segment trigger that is also universal (found by review: the batch mask added the bit
+    twice and fired on another signal)."""
+    cfg = PolicyConfig.from_dict({"segment_triggers": {"utility": ["silence_alert"]}})
+    alone = [PolicyInput(20_000, 0.5, "utility", signals=frozenset({s})) for s in SIGNAL_NAMES]
+    for inp in alone:
+        _run_side_by_side([[inp]], cfg)
+
+
+def test_codes_outside_the_encoding_and_too_many_send_days_are_refused() -> None:
+    one = BatchInput.of([PolicyInput(100, 0.1)])
+    for bad in (replace(one, responses=np.array([[3]])), replace(one, consent=np.array([7]))):
+        with pytest.raises(ValueError, match="unknown"):
+            step_batch(BatchState.fresh(1), bad)
+    with pytest.raises(ValueError, match="at most"):
+        step_batch(BatchState.fresh(1), one, PolicyConfig(episode_send_days=tuple(range(1, 70))))
 
 
 def test_the_policy_golden_vectors_batched() -> None:

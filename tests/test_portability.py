@@ -33,7 +33,8 @@ SCRIPT = textwrap.dedent(
         assert importlib.util.find_spec(heavy) is None, heavy + " is installed in the clean venv"
     import fedchurn.client.scoring, fedchurn.client.signals, fedchurn.client.features
     from fedchurn.client.store import EventStore
-    from fedchurn.client.policy import inputs_from_events, run_policy, DecisionLog, PolicyEngine
+    from fedchurn.client.policy import inputs_from_events, run_policy
+    from fedchurn.client.decision_log import DecisionLog, PolicyEngine
     from fedchurn.client.explain import explain_history
     from fedchurn.client.pipeline import device_features
     from fedchurn.client.user_view import export_json, erase, list_by_category

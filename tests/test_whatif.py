@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from fedchurn.cli import app
 from fedchurn.client.policy import PolicyConfig
+from fedchurn.shared.model_format import DEFAULT_SPEC
 from fedchurn.simulations.population import generate_devices, generate_devices_with_truth
 from fedchurn.simulations.response import ResponseModel
 from fedchurn.simulations.scenario import load_scenario
@@ -51,18 +52,20 @@ def test_model_targeted_recalls_succeed_about_four_times_as_often_as_random_cont
     assert arms["random"]["recalls"] == arms["default"]["recalls"]  # the same number of recalls
     assert abs(lab["model_vs_random_success"] - 4.2) <= 1.0
     up = arms["default"]["uplift_vs_random"]["90"]
-    assert up["ci95_low"] > 0 and up["n"] == 6144
+    assert up["ci95_low"] > 0 and up["n"] == lab["retention_cohort"]
 
 
 def test_a_sixth_of_users_gone_after_three_rejections_come_back_within_30_days(lab: dict[str, Any]) -> None:
     cal = lab["arms"]["default"]["calibration"]
-    assert cal["opted_out_gone"] >= 300
+    assert cal["opted_out_gone"] >= 300  # gone with 30 days of the lab ahead of them
     assert abs(cal["opted_out_gone_back_within_30d"] - 0.15) <= 0.04
 
 
 def test_first_recalls_are_accepted_at_the_model_rate_and_mismatched_content_does_worse(
     lab: dict[str, Any],
 ) -> None:
+    """A wiring check (the selected recalls are the ones `accept` describes), then the model's
+    shape: mismatched content, silence and fatigue each lower the answer."""
     rm = ResponseModel()
     cal = lab["arms"]["default"]["calibration"]
     for j, (seg, share) in enumerate(cal["first_recall_acceptance"].items()):
@@ -86,9 +89,12 @@ def test_no_recall_histories_are_byte_identical_to_the_generator_before_the_lab(
 
 
 def test_the_control_arm_is_the_generators_outcome(lab: dict[str, Any]) -> None:
+    """Retention is over the users present when the lab starts; the control's is the truth's."""
     _, _, truth = generate_devices_with_truth(3, np.arange(6144), SC, 120)
     day0 = int(SC.start_day) + WARMUP_DAYS
-    churn = truth["churn_day"]
+    present = truth["start_day"] <= day0
+    churn = truth["churn_day"][present]
+    assert lab["retention_cohort"] == int(present.sum()) < 6144  # new users who start later are out
     for h, share in lab["arms"]["none"]["retained"].items():
         expected = float(((churn < 0) | (churn > day0 + int(h))).mean())
         assert share == round(expected, 5)
@@ -133,6 +139,8 @@ def test_the_monthly_cap_and_the_opt_out_rule_hold_in_every_arm(
         assert a["recalls_breaking_opt_out"] == 0, name
         assert a["max_recalls_in_a_calendar_month"] <= cap
     assert report["arms"]["model"]["recalls"] > 0
+    # Random contact never sends more than the model's recalls (its daily quota).
+    assert report["arms"]["random"]["recalls"] <= report["arms"]["model"]["recalls"]
 
 
 # ---- inputs are refused before any work, naming what is wrong ----------------------------------
@@ -194,3 +202,28 @@ def test_the_command_refuses_bad_input_before_running_and_writes_json_and_plots(
 def test_a_policy_config_written_out_reads_back_the_same(cfg: PolicyConfig) -> None:
     """What a policy file holds is `PolicyConfig.as_dict()`; reading it back gives the config."""
     assert PolicyConfig.from_dict(cfg.as_dict()) == cfg
+
+
+def test_fatigue_counts_every_recall_of_the_previous_30_days() -> None:
+    """A policy that recalls daily: the 30-day count keeps growing past a handful of recalls (found
+    by review: a ring of 8 stopped counting at 8); a recall 30 days ago counts, 31 days ago not."""
+    from fedchurn.simulations.policy_bench import reference_params
+    from fedchurn.simulations.whatif import _answer, _block, _Users
+
+    cfg = PolicyConfig(episode_send_days=tuple(range(1, 21)), max_recalls_per_month=31)
+    params, _ = reference_params()
+    blk = _block(2, 0, 8, 75, params, DEFAULT_SPEC, [cfg])
+    users, resp = _Users(blk), ResponseModel()
+    counts: dict[str, int] = {"recalls": 0, "accepted": 0, "saves": 0, "complaints": 0, "backlash_churns": 0}
+    calib = {k: np.zeros(4, dtype=np.int64) for k in ("first_offers", "first_accepted", "churners_back_30d")}
+    day0 = int(blk.days[0]) + 30
+    one = np.array([0])
+    for k in range(14):
+        _answer(blk, users, one, np.array([1]), np.array([k + 1]), day0 + k, resp, counts, calib)
+
+    def previous_30_days(day: int) -> int:  # the lab's count on `day`
+        return int((users.recent[0] >= day - 30).sum())
+
+    assert previous_30_days(day0 + 14) == 14
+    last = day0 + 13
+    assert previous_30_days(last + 30) == 1 and previous_30_days(last + 31) == 0
