@@ -693,7 +693,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = report["devices"]
+    n = f"{report['retention_cohort']:,} users present at the start, of {report['devices']:,} devices"
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.2))
     days = report["curves"]["days_after_start"]
@@ -701,7 +701,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.plot(days, [100 * y for y in ys], label=name)
     ax.set_xlabel("days after the lab starts")
     ax.set_ylabel("users retained (%)")
-    ax.set_title(f"Users retained by policy (n = {n:,} devices, seed {report['seed']})")
+    ax.set_title(f"Users retained by policy (seed {report['seed']})\n{n}", fontsize=11)
     ax.legend(title="policy")
     ax.grid(alpha=0.3)
     p = out_dir / "retention_by_policy.png"
@@ -742,7 +742,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel(title)
         ax.set_ylabel(f"retained at {H} days vs no recall (percentage points)")
-        ax.set_title(f"Uplift over the no-recall control, 95% intervals (n = {n:,} devices)")
+        ax.set_title(f"Uplift over the no-recall control, 95% intervals\n{n}", fontsize=11)
         ax.legend(title="policy")
         p = out_dir / fname
         fig.tight_layout()

@@ -110,7 +110,10 @@ def _print(report: dict[str, Any]) -> None:
     """Two tables that fit 80 columns: retention with uplift, then what it cost in contact."""
     H = report["horizons_days"]
     last = str(H[-1])
-    keep = Table(title=f"Users kept ({report['devices']:,} devices; uplift in points, 95% interval)")
+    keep = Table(
+        title=f"Users kept: {report['retention_cohort']:,} present at the start of {report['devices']:,}"
+        " (uplift in points, 95% interval)"
+    )
     keep.add_column("policy")
     for h in H:
         keep.add_column(f"{h} d", justify="right")
