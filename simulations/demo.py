@@ -70,5 +70,6 @@ def run_demo(out: Path, console: Console) -> None:
     console.print(
         "next: the plots above; `fedchurn serve --database-url …` for the reviewer page of a run with "
         "--audit-db; docs/benchmarks.md for every measured figure; `fedchurn simulate --events LOG "
-        "--cutoff DATE` for your own log"
+        "--cutoff DATE` for your own log; `fedchurn whatif --devices 20000 --policy default --policy "
+        "random --policy none` to compare retention policies on users who answer recalls"
     )
