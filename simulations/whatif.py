@@ -664,7 +664,73 @@ def _report(
     if model_arm and rand:
         m, r_ = report_arms[model_arm]["saves_per_recall"], report_arms[rand]["saves_per_recall"]
         out["model_vs_random_success"] = round(m / r_, 3) if m and r_ else None
+    if model_arm:
+        out["calibration_checks"] = calibration_checks(report_arms[model_arm]["calibration"], out)
     return out
+
+
+# The figures the response model is held to (issue 23, from the source material), with the
+# tolerance a 100,000-device lab meets; tests/test_whatif.py checks them on 6,144 devices.
+CALIBRATION_TARGETS: tuple[tuple[str, str, float, float, float], ...] = (
+    # (name, what it asks, target, lowest passing, highest passing)
+    (
+        "content_users_back_30d",
+        "churned content users back within 30 days of a recall (personalised)",
+        0.32,
+        0.27,
+        0.37,
+    ),
+    (
+        "every_segment_back_30d",
+        "churned users back within 30 days, every segment (well-matched: 27-41%)",
+        0.34,
+        0.27,
+        0.41,
+    ),
+    (
+        "model_vs_random_success",
+        "saves per recall, model-targeted / random contact (same recalls)",
+        4.2,
+        3.2,
+        5.2,
+    ),
+    (
+        "opted_out_back_30d",
+        "churned users opted out after rejections, back by themselves in 30 days",
+        0.15,
+        0.11,
+        0.19,
+    ),
+)
+
+
+def calibration_checks(cal: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each calibration figure with its target, its passing range, the measured value and whether it
+    passes (None when this lab cannot measure it: no random arm, too few users)."""
+    back = [v for v in cal["churners_back_within_30d"].values() if v is not None]
+    measured = {
+        "content_users_back_30d": cal["churners_back_within_30d"]["content_dependent"],
+        "every_segment_back_30d": (min(back), max(back)) if back else None,
+        "model_vs_random_success": report.get("model_vs_random_success"),
+        "opted_out_back_30d": cal["opted_out_gone_back_within_30d"],
+    }
+    checks = []
+    for name, what, target, low, high in CALIBRATION_TARGETS:
+        value = measured[name]
+        lo, hi = value if isinstance(value, tuple) else (value, value)
+        ok = None if value is None else bool(low <= lo and hi <= high)
+        checks.append(
+            {
+                "check": name,
+                "what": what,
+                "target": target,
+                "low": low,
+                "high": high,
+                "measured": list(value) if isinstance(value, tuple) else value,
+                "pass": ok,
+            }
+        )
+    return checks
 
 
 def _calibration(c: dict[str, np.ndarray]) -> dict[str, Any]:

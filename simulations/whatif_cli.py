@@ -29,6 +29,11 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _num(v: float) -> str:
+    """A share as a percentage, a ratio as N.N×."""
+    return f"{100 * v:.1f}%" if v <= 1 else f"{v:.1f}×"
+
+
 def _pp(u: dict[str, Any] | None) -> str:
     """An uplift as percentage points with its 95% interval."""
     if u is None:
@@ -139,6 +144,22 @@ def _print(report: dict[str, Any]) -> None:
         )
     console.print(keep)
     console.print(cost)
+    checks = report.get("calibration_checks", [])
+    if checks:
+        cal = Table(title="Response model against the figures it is held to")
+        for col in ("figure", "target", "measured", ""):
+            cal.add_column(col, justify="left" if col == "figure" else "right")
+        for c in checks:
+            m = c["measured"]
+            shown = "-" if m is None else "–".join(_num(v) for v in m) if isinstance(m, list) else _num(m)
+            verdict = {True: "pass", False: "[red]FAIL[/]", None: "n/a"}[c["pass"]]
+            cal.add_row(c["what"], f"{_num(c['low'])}–{_num(c['high'])}", shown, verdict)
+        console.print(cal)
+        if any(c["pass"] is False for c in checks):
+            console.print(
+                "FAIL: this lab does not reproduce that figure; below ~20,000 devices sampling alone "
+                "can do that, so read its uplift as less representative."
+            )
     ratio = report.get("model_vs_random_success")
     if ratio is not None:
         console.print(

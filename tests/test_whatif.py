@@ -227,3 +227,28 @@ def test_fatigue_counts_every_recall_of_the_previous_30_days() -> None:
     assert previous_30_days(day0 + 14) == 14
     last = day0 + 13
     assert previous_30_days(last + 30) == 1 and previous_30_days(last + 31) == 0
+
+
+def test_every_calibration_check_passes_and_a_miss_is_a_fail(lab: dict[str, Any]) -> None:
+    """The report carries each figure with its range (as the population report does); a response
+    model far from the figures fails the checks it misses."""
+    from fedchurn.simulations.whatif import calibration_checks
+
+    checks = lab["calibration_checks"]
+    assert [c["check"] for c in checks] == [
+        "content_users_back_30d",
+        "every_segment_back_30d",
+        "model_vs_random_success",
+        "opted_out_back_30d",
+    ]
+    assert all(c["pass"] is True for c in checks), checks
+    cal = json.loads(json.dumps(lab["arms"]["default"]["calibration"]))
+    cal["churners_back_within_30d"]["content_dependent"] = 0.61
+    cal["opted_out_gone_back_within_30d"] = None
+    verdicts = {c["check"]: c["pass"] for c in calibration_checks(cal, {"model_vs_random_success": 1.1})}
+    assert verdicts == {
+        "content_users_back_30d": False,
+        "every_segment_back_30d": False,
+        "model_vs_random_success": False,
+        "opted_out_back_30d": None,
+    }
