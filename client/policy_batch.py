@@ -18,6 +18,7 @@ Encodings (what a port would keep as plain integers):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,7 @@ __all__ = [
     "BatchOutput",
     "BatchState",
     "month_indices",
+    "signal_bit_arrays",
     "signal_bits",
     "step_batch",
 ]
@@ -75,6 +77,14 @@ def month_indices(days: _Int) -> _Int:
 def signal_bits(names: frozenset[str] | set[str] | tuple[str, ...]) -> int:
     """The bitmask of a set of signal names (a name given twice is one bit, as `step` counts it)."""
     return sum(1 << SIGNAL_NAMES.index(n) for n in set(names))
+
+
+def signal_bit_arrays(firing: Mapping[str, np.ndarray]) -> np.ndarray:
+    """`signals()`'s output (one boolean array per signal name) as one array of bitmasks."""
+    out = np.zeros(np.shape(firing[SIGNAL_NAMES[0]]), dtype=np.int64)
+    for j, name in enumerate(SIGNAL_NAMES):
+        out |= np.asarray(firing[name]).astype(np.int64) << j
+    return out
 
 
 @dataclass

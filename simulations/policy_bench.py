@@ -8,8 +8,8 @@ device-month, the most any device got in one calendar month, opt-outs and decisi
 Users' answers to recalls are simulated with a stated, deliberately pessimistic rule: a recall
 sent on day d is "accepted" when the device has a session on days d+1..d+3 and "rejected"
 otherwise (silence counted as rejection, so opt-outs are an upper bound), logged on day d+3. No
-simulated user opts back in. The policy runs through the same `step` function the device runs;
-days on which `step` could only log "no risk" (`is_quiet_day`) are counted without calling it.
+simulated user opts back in. The policy runs through `step_batch`, the device's `step` with a batch
+axis (tests/test_policy_batch.py), one chunk of devices and one day at a time.
 """
 
 from __future__ import annotations
@@ -25,20 +25,16 @@ import numpy as np
 from fedchurn.client.aggregates import daily_aggregates_batch
 from fedchurn.client.features import extract_features
 from fedchurn.client.policy import (
-    R_NO_RISK,
+    CONTENT_KINDS,
+    REASON_CODES,
     SEGMENTS,
     PolicyConfig,
-    PolicyInput,
-    PolicyState,
-    Response,
     day_signals,
     infer_segments,
-    is_quiet_day,
     month_index,
-    step,
 )
+from fedchurn.client.policy_batch import ACTIONS, BatchInput, BatchState, signal_bit_arrays, step_batch
 from fedchurn.client.scoring import score_device
-from fedchurn.client.signals import SIGNAL_NAMES
 from fedchurn.shared.feature_spec import CHANNEL_INDEX, FEATURE_INDEX
 from fedchurn.shared.model_format import churn_probability
 
@@ -62,8 +58,9 @@ def reference_params(demo_model: Path = DEMO_MODEL) -> tuple[np.ndarray, str]:
     raise FileNotFoundError(f"no trained model: neither {demo_model} nor {VECTOR_MODEL} exists")
 
 
-def _device_policy(
+def _chunk_policy(
     days: np.ndarray,
+    present: np.ndarray,
     prob: np.ndarray,
     seg: np.ndarray,
     promo: np.ndarray,
@@ -71,47 +68,57 @@ def _device_policy(
     quieted: np.ndarray,
     sessions: np.ndarray,
     cfg: PolicyConfig,
-    reasons: Counter[str],
-    actions: Counter[str],
-    contents: Counter[str],
-) -> tuple[int, int, bool]:
-    """Run the policy over one device's days; returns (recalls, most in one month, opted out at the end)."""
-    candidate = (prob >= min(cfg.high_risk, cfg.high_risk_during_promotion)) | fired.any(0) | quieted.any(0)
-    state = PolicyState()
-    pending: dict[int, list[Response]] = {}
-    per_month: Counter[int] = Counter()
-    recalls = 0
-    quiet_days = 0
-    for k in range(len(days)):
-        if state.episode_start is None and k not in pending and not candidate[k]:
-            quiet_days += 1
-            continue
-        inp = PolicyInput(
-            day=int(days[k]),
-            probability=float(prob[k]),
-            segment=SEGMENTS[int(seg[k])],
-            promotion=bool(promo[k]),
-            signals=frozenset(SIGNAL_NAMES[j] for j in np.flatnonzero(fired[:, k])),
-            quieted=frozenset(SIGNAL_NAMES[j] for j in np.flatnonzero(quieted[:, k])),
-            responses=tuple(pending.pop(k, ())),
+) -> dict[str, np.ndarray]:
+    """Run the policy over a chunk of devices, day by day, with `step_batch` (the device's `step`
+    with a batch axis). `present` (n, D) says which days each device runs; fired / quieted are
+    signal bitmasks. Answers follow the module docstring's rule, logged RESPONSE_DAYS later."""
+    n, D = prob.shape
+    state = BatchState.fresh(n)
+    pending = np.zeros((n, RESPONSE_DAYS + 1), dtype=np.int64)  # answers due, by day mod (R + 1)
+    recalls = np.zeros(n, dtype=np.int64)
+    month_of, month_sent, most = np.full(n, -1, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    reasons = np.zeros(len(REASON_CODES), dtype=np.int64)
+    actions = np.zeros(len(ACTIONS), dtype=np.int64)
+    contents = np.zeros(len(CONTENT_KINDS), dtype=np.int64)
+    no_consent = np.zeros(n, dtype=np.int64)
+    for t in range(D):
+        here = present[:, t]
+        slot = t % (RESPONSE_DAYS + 1)
+        inp = BatchInput(
+            np.full(n, days[t], dtype=np.int64),
+            prob[:, t].astype(np.float64),
+            seg[:, t].astype(np.int64),
+            promo[:, t],
+            fired[:, t],
+            quieted[:, t],
+            pending[:, slot : slot + 1].copy(),
+            no_consent,
         )
-        if is_quiet_day(state, inp, cfg):
-            quiet_days += 1
+        pending[:, slot] = 0
+        new, out = step_batch(state, inp, cfg)
+        state = new.where(here, state)
+        reasons += np.bincount(out.reason[here], minlength=len(REASON_CODES))
+        actions += np.bincount(out.action[here], minlength=len(ACTIONS))
+        rec = np.flatnonzero(here & (out.action == 1))
+        if len(rec) == 0:
             continue
-        state, d = step(state, inp, cfg)
-        reasons[d.reason_code] += 1
-        actions[d.action] += 1
-        if d.action == "recall":
-            recalls += 1
-            per_month[month_index(d.day)] += 1
-            contents[str(d.content)] += 1
-            r = k + RESPONSE_DAYS
-            if r < len(days):
-                back = bool(sessions[k + 1 : r + 1].sum() > 0)
-                pending.setdefault(r, []).append("accepted" if back else "rejected")
-    reasons[R_NO_RISK] += quiet_days
-    actions["none"] += quiet_days
-    return recalls, max(per_month.values(), default=0), state.opted_out
+        contents += np.bincount(out.content[rec], minlength=len(CONTENT_KINDS))
+        recalls[rec] += 1
+        m = month_index(int(days[t]))
+        month_sent[rec] = np.where(month_of[rec] == m, month_sent[rec] + 1, 1)
+        month_of[rec] = m
+        most[rec] = np.maximum(most[rec], month_sent[rec])
+        if t + RESPONSE_DAYS < D:  # the answer: a session within RESPONSE_DAYS days, else a rejection
+            back = sessions[rec, t + 1 : t + RESPONSE_DAYS + 1].sum(axis=1) > 0
+            pending[rec, (t + RESPONSE_DAYS) % (RESPONSE_DAYS + 1)] = np.where(back, 1, 2)
+    return {
+        "recalls": recalls,
+        "most_in_a_month": most,
+        "opted_out": state.opted_out,
+        "reasons": reasons,
+        "actions": actions,
+        "contents": contents,
+    }
 
 
 def bench_scoring_policy(
@@ -172,34 +179,43 @@ def bench_scoring_policy(
         prob = churn_probability(params, feats)
         seg = infer_segments(feats, cfg.segment_rule)
         fired_d, quiet_d = day_signals(feats, cfg.signals)
-        fired = np.stack([fired_d[n] for n in SIGNAL_NAMES], axis=1)  # (n, S, D)
-        quieted = np.stack([quiet_d[n] for n in SIGNAL_NAMES], axis=1)
         promo = feats[..., promo_i] > 0
         sessions = daily[..., sess_ch]
-        for j in range(c1 - c0):
-            i = c0 + j
-            a, b = int(start_all[i]) - first, int(today_all[i]) - first + 1
-            n_rec, most, out = _device_policy(
-                all_days[a:b],
-                prob[j, a:b],
-                seg[j, a:b],
-                promo[j, a:b],
-                fired[j, :, a:b],
-                quieted[j, :, a:b],
-                sessions[j, a:b],
-                cfg,
-                reasons,
-                actions,
-                contents,
+        rel = np.arange(D)[None, :]
+        present = (rel >= (start_all[c0:c1] - first)[:, None]) & (rel <= (today_all[c0:c1] - first)[:, None])
+        res = _chunk_policy(
+            all_days,
+            present,
+            prob,
+            seg,
+            promo,
+            signal_bit_arrays(fired_d),
+            signal_bit_arrays(quiet_d),
+            sessions,
+            cfg,
+        )
+        for k, name in enumerate(REASON_CODES):
+            reasons[name] += int(res["reasons"][k])
+        for k, name in enumerate(ACTIONS):
+            actions[name] += int(res["actions"][k])
+        for k, name in enumerate(CONTENT_KINDS):
+            if res["contents"][k]:
+                contents[name] += int(res["contents"][k])
+        recalls += int(res["recalls"].sum())
+        max_month = max(max_month, int(res["most_in_a_month"].max(initial=0)))
+        opted_out += int(res["opted_out"].sum())
+        device_days += int(present.sum())
+        got = res["recalls"] > 0
+        recalled_devices += int(got.sum())
+        recalled_churners += int((got & (pop.truth["churn_day"][c0:c1] >= 0)).sum())
+        last_rel = today_all[c0:c1] - first
+        seg_last = seg[np.arange(c1 - c0), last_rel]
+        seg_hits += int(
+            sum(
+                SEGMENTS[int(a)] == TRUE_SEGMENTS[int(b)]
+                for a, b in zip(seg_last, pop.truth["segment"][c0:c1], strict=True)
             )
-            recalls += n_rec
-            max_month = max(max_month, most)
-            opted_out += int(out)
-            device_days += b - a
-            if n_rec:
-                recalled_devices += 1
-                recalled_churners += int(pop.truth["churn_day"][i] >= 0)
-            seg_hits += int(SEGMENTS[int(seg[j, b - 1])] == TRUE_SEGMENTS[int(pop.truth["segment"][i])])
+        )
         policy_s += time.perf_counter() - t
         if progress is not None:
             progress(c1, devices)

@@ -46,9 +46,9 @@ from fedchurn.client.policy_batch import (
     BatchInput,
     BatchState,
     month_indices,
+    signal_bit_arrays,
     step_batch,
 )
-from fedchurn.client.signals import SIGNAL_NAMES
 from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX
 from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, churn_probability
 from fedchurn.simulations.blocks import map_blocks
@@ -145,13 +145,6 @@ def _thresholds_key(cfg: PolicyConfig) -> tuple[Any, ...]:
     return tuple(sorted(cfg.signals.as_dict().items())) + tuple(sorted(vars(cfg.segment_rule).items()))
 
 
-def _bits(d: dict[str, np.ndarray]) -> np.ndarray:
-    out = np.zeros(d[SIGNAL_NAMES[0]].shape, dtype=np.int64)
-    for j, name in enumerate(SIGNAL_NAMES):
-        out |= d[name].astype(np.int64) << j
-    return out
-
-
 def _block(
     seed: int, lo: int, hi: int, days: int, params: np.ndarray, spec: ModelSpec, configs: list[PolicyConfig]
 ) -> _Block:
@@ -186,7 +179,10 @@ def _block(
         k = _thresholds_key(cfg)
         if k not in blk.fired:
             fired, quieted = day_signals(lab, cfg.signals)
-            blk.fired[k], blk.quieted[k] = lab_days(_bits(fired)), lab_days(_bits(quieted))
+            blk.fired[k], blk.quieted[k] = (
+                lab_days(signal_bit_arrays(fired)),
+                lab_days(signal_bit_arrays(quieted)),
+            )
             blk.inferred[k] = lab_days(infer_segments(lab, cfg.segment_rule).astype(np.int8))
     return blk
 
