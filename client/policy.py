@@ -163,6 +163,7 @@ class PolicyConfig:
         `where` and the knob's name, before anything runs."""
         nested: dict[str, type] = {"signals": SignalThresholds, "segment_rule": SegmentRule}
         kwargs: dict[str, Any] = {}
+        defaults = cls()
         known = {f.name: f for f in fields(cls)}
         for key, value in d.items():
             if key not in known:
@@ -178,9 +179,9 @@ class PolicyConfig:
                         f"{where}.{key}: unknown segment(s) {unknown}; known: {', '.join(SEGMENTS)}"
                     )
                 given = {str(k): tuple(v) if key == "segment_triggers" else str(v) for k, v in value.items()}
-                kwargs[key] = {**getattr(cls(), key), **given}  # a partial table overrides some segments
+                kwargs[key] = {**getattr(defaults, key), **given}  # a partial table overrides some segments
             else:
-                kwargs[key] = _knob_value(getattr(cls(), key), value, f"{where}.{key}")
+                kwargs[key] = _knob_value(getattr(defaults, key), value, f"{where}.{key}")
         try:
             return cls(**kwargs)
         except ValueError as e:

@@ -116,23 +116,6 @@ class BatchState:
             np.zeros(n, bool),
         )
 
-    @classmethod
-    def of(cls, states: list[PolicyState], cfg: PolicyConfig) -> BatchState:
-        def opt(v: int | None) -> int:
-            return NONE if v is None else int(v)
-
-        sends = cfg.episode_send_days
-        return cls(
-            np.array([opt(s.last_day) for s in states], dtype=np.int64),
-            np.array([s.month for s in states], dtype=np.int64),
-            np.array([s.month_recalls for s in states], dtype=np.int64),
-            np.array([opt(s.episode_start) for s in states], dtype=np.int64),
-            np.array([sum(1 << sends.index(d) for d in s.episode_handled) for s in states], dtype=np.int64),
-            np.array([opt(s.cooldown_until) for s in states], dtype=np.int64),
-            np.array([s.consecutive_rejections for s in states], dtype=np.int64),
-            np.array([s.opted_out for s in states], dtype=bool),
-        )
-
     def state(self, i: int, cfg: PolicyConfig) -> PolicyState:
         """Device i's state as `step` keeps it."""
 

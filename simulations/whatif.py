@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +54,7 @@ from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, churn_probabil
 from fedchurn.simulations.blocks import map_blocks
 from fedchurn.simulations.population import device_keys, generate_devices_with_truth, lab_uniforms
 from fedchurn.simulations.response import NO_CHURN, PREFERRED_CONTENT, Draw, ResponseModel
-from fedchurn.simulations.scenario import load_scenario, read_named_toml
+from fedchurn.simulations.scenario import Scenario, load_scenario, read_named_toml
 
 __all__ = [
     "BLOCK",
@@ -145,11 +145,17 @@ def _thresholds_key(cfg: PolicyConfig) -> tuple[Any, ...]:
     return tuple(sorted(cfg.signals.as_dict().items())) + tuple(sorted(vars(cfg.segment_rule).items()))
 
 
+@lru_cache(maxsize=4)
+def _lab_scenario(days: int) -> Scenario:
+    """The lab's population: the default scenario over `days` (read once per process)."""
+    return load_scenario("default").with_days(days)
+
+
 def _block(
     seed: int, lo: int, hi: int, days: int, params: np.ndarray, spec: ModelSpec, configs: list[PolicyConfig]
 ) -> _Block:
     """Generate devices lo..hi-1, extract their features for every day and score them."""
-    sc = load_scenario("default").with_days(days)
+    sc = _lab_scenario(days)
     ids = np.arange(lo, hi, dtype=np.int64)
     events, rows, truth = generate_devices_with_truth(seed, ids, sc, days)
     n = hi - lo
@@ -264,6 +270,7 @@ def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | Non
     cfg = arm.config
     if arm.targeting == "random" and quota is None:
         raise WhatIfError(f"policy {arm.name!r}: random targeting needs a model-targeted policy to match")
+    key = _thresholds_key(cfg)  # which of the block's signal and segment arrays this policy reads
     state = BatchState.fresh(n)
     last_horizon = WARMUP_DAYS + max(h for h in HORIZONS if WARMUP_DAYS + h <= D - 1)
     for t in range(WARMUP_DAYS, D):
@@ -274,9 +281,9 @@ def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | Non
         counts["self_returns"] += len(back)
         calib["self_returned_30d"][0] += int(users.watched[back].sum())
         if quota is not None and arm.targeting == "random":
-            inp = _random_inputs(blk, users, state, cfg, t, here, int(quota[t]))
+            inp = _random_inputs(blk, users, state, cfg, key, t, here, int(quota[t]))
         else:
-            inp = _model_inputs(blk, users, cfg, t)
+            inp = _model_inputs(blk, users, key, t)
         was_out = state.opted_out
         new, out = step_batch(state, inp, cfg)
         state = new.where(here, state)
@@ -296,10 +303,9 @@ def _run_arm(arm: Arm, blk: _Block, resp: ResponseModel, quota: np.ndarray | Non
 _CALIB_PER_SEGMENT = ("first_offers", "first_accepted", "churners_reached", "churners_back_30d")
 
 
-def _model_inputs(blk: _Block, users: _Users, cfg: PolicyConfig, t: int) -> BatchInput:
+def _model_inputs(blk: _Block, users: _Users, key: tuple[Any, ...], t: int) -> BatchInput:
     """A model-targeted arm: each device its own score, signals and segment (a user who came back
     is at no risk)."""
-    key = _thresholds_key(cfg)
     n = len(blk.start)
     return BatchInput(
         day=np.full(n, int(blk.days[t]), dtype=np.int64),
@@ -314,14 +320,20 @@ def _model_inputs(blk: _Block, users: _Users, cfg: PolicyConfig, t: int) -> Batc
 
 
 def _random_inputs(
-    blk: _Block, users: _Users, state: BatchState, cfg: PolicyConfig, t: int, here: np.ndarray, quota: int
+    blk: _Block,
+    users: _Users,
+    state: BatchState,
+    cfg: PolicyConfig,
+    key: tuple[Any, ...],
+    t: int,
+    here: np.ndarray,
+    quota: int,
 ) -> BatchInput:
     """A random-targeting arm: no score. A device stays at risk through its episode; each day, at
     random among the devices the policy may start an episode for, as many are marked at risk as it
     takes for the day's recalls to reach `quota` (the model-targeted arm's recalls that day in the
     same block; when more follow-ups are due than that, a random subset stays at risk and the
     others' episodes end). The policy's rules (send days, caps, opt-outs) apply as in any arm."""
-    key = _thresholds_key(cfg)
     n, day = len(blk.start), int(blk.days[t])
     running = (state.episode_start != NONE) & (day - state.episode_start + 1 <= cfg.episode_days)
     prob = np.where(users.saved | ~running, 0.0, 1.0)  # an episode past its last day ends, not restarts
@@ -551,7 +563,7 @@ def _report(
     model_source: str,
     resp: ResponseModel,
 ) -> dict[str, Any]:
-    sc = load_scenario("default").with_days(days)
+    sc = _lab_scenario(days)
     day0 = int(sc.start_day) + WARMUP_DAYS
     last = int(sc.start_day) + days - 1
     horizons = [h for h in HORIZONS if day0 + h <= last]

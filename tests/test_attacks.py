@@ -46,6 +46,10 @@ pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 NODES = list(range(101, 104))  # 3 simulation nodes, each a shard of the population
 N_PARAMS = DEFAULT_SPEC.n_params
+# One cohort of 12 from 40 devices, sampled from the seed (so every node gets a device).
+ONE_COHORT = RunConfig(
+    devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60, sampling_source="seeded"
+)
 
 
 def _raw(key: Any) -> bytes:
@@ -84,15 +88,7 @@ def test_attack_aggregator_substitutes_its_own_sealing_key() -> None:
     """The aggregator puts its own X25519 key in the training task. The device must refuse before
     training; on 806c25c it sealed its mask seed to that key, and the aggregator read every
     coordinate of the quantised update."""
-    cfg = RunConfig(
-        devices=40,
-        per_round=12,
-        cohort_size=12,
-        k_min=5,
-        strategy="fedavg",
-        days=60,
-        sampling_source="seeded",
-    )
+    cfg = ONE_COHORT
     strategy = _strategy(cfg)
     grid = _grid(strategy, run_id=11)
     evil = X25519PrivateKey.generate()
@@ -450,15 +446,7 @@ def test_simulated_devices_get_their_pin_from_provisioning_not_the_message(
     simulated device reads its pin from the provisioning file, and still refuses another key."""
     from fedchurn.client.device_config import PROVISIONING_ENV
 
-    cfg = RunConfig(
-        devices=40,
-        per_round=12,
-        cohort_size=12,
-        k_min=5,
-        strategy="fedavg",
-        days=60,
-        sampling_source="seeded",
-    )
+    cfg = ONE_COHORT
     strategy = _strategy(cfg)
     provisioning = tmp_path / "device.toml"
     provisioning.write_text("".join(f'{k} = "{v}"\n' for k, v in device_pins(strategy).items()))

@@ -20,6 +20,7 @@ from fedchurn.server.api.problems import (
 from fedchurn.server.api.routers import audit, catalogue, meta, reviewer, writes
 from fedchurn.server.api.views import static_bodies
 from fedchurn.server.audit import AuditStore
+from fedchurn.server.bearer import token_digest
 from fedchurn.server.http_gate import RequestGate
 
 DESCRIPTION = """
@@ -75,6 +76,7 @@ def create_app(
     )
     app.state.store = audit_store
     app.state.write_token = token
+    app.state.write_token_digest = token_digest(token) if token is not None else None
     app.state.writable = token is not None
     install_problem_handlers(app)
     static_bodies()  # serialise the static bodies now, not on the first request

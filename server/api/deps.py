@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fedchurn.server.api.problems import CHALLENGE, READ_ONLY, UNAUTHORIZED, ProblemError
 from fedchurn.server.audit import AuditStore
-from fedchurn.server.bearer import presented_matches, token_digest
+from fedchurn.server.bearer import presented_matches
 
 bearer = HTTPBearer(auto_error=False, description="The write token given to `fedchurn serve --writable`.")
 IfNoneMatch = Annotated[
@@ -45,7 +45,7 @@ def require_writer(
         raise ProblemError(
             401, *UNAUTHORIZED, "a bearer token is required", headers={"WWW-Authenticate": CHALLENGE}
         )
-    if not presented_matches(creds, token_digest(token)):
+    if not presented_matches(creds, request.app.state.write_token_digest):
         raise ProblemError(
             401,
             *UNAUTHORIZED,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from fedchurn.server.api.constants import DYNAMIC_CACHE, PREFIX
 from fedchurn.server.api.deps import Limit, Offset, RunIdPath, RunIdQuery, Store
@@ -32,7 +32,19 @@ from fedchurn.server.api_models import (
 )
 from fedchurn.server.audit import RoundFilters, UnknownRunError
 
-router = APIRouter(prefix=PREFIX)
+
+def no_cache(response: Response) -> None:
+    """Every answer here is revalidated: the audit log grows during a run."""
+    response.headers["Cache-Control"] = DYNAMIC_CACHE
+
+
+def next_offset(offset: int, shown: int, total: int) -> int | None:
+    """Where the next page starts, or None on the last one."""
+    nxt = offset + shown
+    return nxt if shown and nxt < total else None
+
+
+router = APIRouter(prefix=PREFIX, dependencies=[Depends(no_cache)])
 
 
 @router.get(
@@ -42,10 +54,9 @@ router = APIRouter(prefix=PREFIX)
     summary="What a device uploads per round",
     responses=problem_responses(404, 422, 503),
 )
-def upload_spec(response: Response, store: Store, run_id: RunIdQuery = None) -> UploadSpec:
+def upload_spec(store: Store, run_id: RunIdQuery = None) -> UploadSpec:
     """Size, protection mode, cryptographic parameters, and what the aggregator and the key
     holder can learn, as recorded by the run (default: the latest)."""
-    response.headers["Cache-Control"] = DYNAMIC_CACHE
     return build_upload_spec(store, run_id)
 
 
@@ -56,14 +67,13 @@ def upload_spec(response: Response, store: Store, run_id: RunIdQuery = None) -> 
     summary="Differential-privacy budget",
     responses=problem_responses(404, 422, 503),
 )
-def privacy_budget(response: Response, store: Store, run_id: RunIdQuery = None) -> PrivacyBudget:
+def privacy_budget(store: Store, run_id: RunIdQuery = None) -> PrivacyBudget:
     """ε spent so far, target ε, δ and the accountant of a run (default: the latest).
 
     ε is given twice: `epsilon_spent` against anyone outside the aggregator, assuming the
     sampling of devices is secret from them (amplification by sampling), and
     `epsilon_aggregator_spent` against the aggregator, which knows who took part (no
     amplification, every round counted)."""
-    response.headers["Cache-Control"] = DYNAMIC_CACHE
     return build_privacy_budget(store, run_id)
 
 
@@ -74,10 +84,9 @@ def privacy_budget(response: Response, store: Store, run_id: RunIdQuery = None) 
     summary="Model card",
     responses=problem_responses(503),
 )
-def model_card(response: Response, store: Store) -> ModelCard:
+def model_card(store: Store) -> ModelCard:
     """Version, rounds, federated evaluation, baselines, the logic in plain words (GDPR Art.
     13(2)(f)), the categories that drive the score and the retention-policy rules."""
-    response.headers["Cache-Control"] = DYNAMIC_CACHE
     return build_model_card(store)
 
 
@@ -88,15 +97,13 @@ def model_card(response: Response, store: Store) -> ModelCard:
     summary="Training runs, newest first",
     responses=problem_responses(422, 503),
 )
-def runs(response: Response, store: Store, offset: Offset = 0, limit: Limit = 50) -> RunPage:
-    response.headers["Cache-Control"] = DYNAMIC_CACHE
+def runs(store: Store, offset: Offset = 0, limit: Limit = 50) -> RunPage:
     page = store.list_runs(offset, limit)
-    nxt = offset + len(page.items)
     return RunPage(
         total=page.total,
         offset=offset,
         limit=page.limit,
-        next_offset=nxt if nxt < page.total and page.items else None,
+        next_offset=next_offset(offset, len(page.items), page.total),
         items=[to_run_summary(r) for r in page.items],
     )
 
@@ -108,8 +115,7 @@ def runs(response: Response, store: Store, offset: Offset = 0, limit: Limit = 50
     summary="One training run",
     responses=problem_responses(404, 422, 503),
 )
-def run(run_id: RunIdPath, response: Response, store: Store) -> RunDetail:
-    response.headers["Cache-Control"] = DYNAMIC_CACHE
+def run(run_id: RunIdPath, store: Store) -> RunDetail:
     found = store.get_run(run_id)
     if found is None:
         raise UnknownRunError(f"no run {run_id!r}")
@@ -124,7 +130,6 @@ def run(run_id: RunIdPath, response: Response, store: Store) -> RunDetail:
     responses=problem_responses(422, 503),
 )
 def audit_rounds(
-    response: Response,
     store: Store,
     run_id: Annotated[str | None, Query(max_length=64, description="Only this run.")] = None,
     protection_mode: Annotated[ProtectionMode | None, Query(description="Only this mode.")] = None,
@@ -140,7 +145,6 @@ def audit_rounds(
     """Time, cohort size, devices refused counted by reason (never named), bytes received,
     protection mode, DP noise and ε spent so far (against outsiders and against the
     aggregator), per round; in run order then round order."""
-    response.headers["Cache-Control"] = DYNAMIC_CACHE
     filters = RoundFilters(
         run_id=run_id,
         protection_mode=protection_mode,
@@ -152,11 +156,10 @@ def audit_rounds(
         until=until,
     )
     page = store.list_rounds(filters=filters, offset=offset, limit=limit)
-    nxt = offset + len(page.items)
     return AuditRoundPage(
         total=page.total,
         offset=offset,
         limit=page.limit,
-        next_offset=nxt if nxt < page.total and page.items else None,
+        next_offset=next_offset(offset, len(page.items), page.total),
         items=[to_audit_round(r) for r in page.items],
     )

@@ -17,6 +17,12 @@ from fedchurn.shared.catalogue import CATEGORIES, CATEGORY_IDS
 router = APIRouter(prefix=PREFIX)
 
 
+def _static(key: str, if_none_match: str | None) -> Response:
+    """A body serialised once per process, with its ETag (304 when If-None-Match matches)."""
+    s = static_bodies()[key]
+    return cached(s.body, if_none_match, etag=s.etag)
+
+
 @router.get(
     "/categories",
     response_model=CategoryList,
@@ -27,8 +33,7 @@ router = APIRouter(prefix=PREFIX)
 async def categories(if_none_match: IfNoneMatch = None) -> Response:
     """Every catalogue entry: purposes, legal basis, retention, what leaves the device, features
     fed, and the Apple / Google Play / DPV mapping."""
-    s = static_bodies()["categories"]
-    return cached(s.body, if_none_match, etag=s.etag)
+    return _static("categories", if_none_match)
 
 
 @router.get(
@@ -49,15 +54,14 @@ async def category(
     ],
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    s = static_bodies().get(f"category:{category_id}")
-    if s is None:
+    if f"category:{category_id}" not in static_bodies():
         raise ProblemError(
             404,
             "urn:fedchurn:problem:unknown-category",
             "Unknown data category",
             f"no category {category_id!r}; known: {', '.join(CATEGORY_IDS)}",
         )
-    return cached(s.body, if_none_match, etag=s.etag)
+    return _static(f"category:{category_id}", if_none_match)
 
 
 @router.get(
@@ -69,8 +73,7 @@ async def category(
 )
 async def features(if_none_match: IfNoneMatch = None) -> Response:
     """The 127 features in vector order, with the data categories each is computed from."""
-    s = static_bodies()["features"]
-    return cached(s.body, if_none_match, etag=s.etag)
+    return _static("features", if_none_match)
 
 
 @router.get(
@@ -82,5 +85,4 @@ async def features(if_none_match: IfNoneMatch = None) -> Response:
 )
 async def retention_policy(if_none_match: IfNoneMatch = None) -> Response:
     """The rules the device applies, each with the module its values come from."""
-    s = static_bodies()["retention_policy"]
-    return cached(s.body, if_none_match, etag=s.etag)
+    return _static("retention_policy", if_none_match)
