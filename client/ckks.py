@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from fedchurn.client.protect import check_update, seal_seed, selected_clipped
+from fedchurn.client.protect import Batch, seal_seed
 from fedchurn.shared import wire
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import ProtectionParams
@@ -48,29 +49,16 @@ def encrypt_chunks(values: np.ndarray, ctx: Any, slots: int) -> list[bytes]:
     ]
 
 
-def encrypt_update(
-    update: np.ndarray,
-    params: ProtectionParams,
-    keyholder: KeyHolderPublic,
-    round_id: int,
-    cohort_id: int,
-    model_version: int,
-    round_seed: bytes | int,
-    seed: bytes,
-) -> bytes:
-    """header || seal(seed) || CKKS body (the round's clipped coordinates plus the seed's mask,
-    encrypted, in ceil(m / slots) chunks)."""
-    if params.mode != "ckks":
-        raise ValueError("encrypt_update needs mode='ckks'")
-    if keyholder.ckks_context is None:
-        raise ValueError("CKKS mode needs the key holder's (checked) public context")
-    x = check_update(update)
+def encrypt_rows(batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic) -> list[bytes]:
+    """Upload i: header || seal(seed i) || CKKS body (device i's clipped coordinates plus its seed's
+    mask, encrypted, in ceil(m / slots) chunks). `protect_batch_with` checked the key holder."""
+    assert keyholder.ckks_context is not None
     ctx = load_public_context(keyholder.ckks_context)
-    sub = selected_clipped(x, params, round_seed)
-    masked = sub + wire.ckks_mask(seed, sub.size, params.ckks_mask_bound)
-    header = wire.Header(
-        wire.Mode.CKKS, round_id, cohort_id, model_version, params.config_tag(round_seed, x.size)
-    )
-    head = header.pack()
-    sealed = seal_seed(seed, keyholder.x25519, wire.seal_info(head, params.config_digest(round_seed, x.size)))
-    return head + sealed + wire.pack_ckks_body(encrypt_chunks(masked, ctx, params.ckks_poly_modulus // 2))
+    pk = X25519PublicKey.from_public_bytes(keyholder.x25519)
+    slots = params.ckks_poly_modulus // 2
+    out = []
+    for sub, head, digest, seed in zip(batch.sub, batch.heads, batch.digests, batch.seeds, strict=True):
+        masked = sub + wire.ckks_mask(seed, sub.size, params.ckks_mask_bound)
+        sealed = seal_seed(seed, pk, wire.seal_info(head, digest))
+        out.append(head + sealed + wire.pack_ckks_body(encrypt_chunks(masked, ctx, slots)))
+    return out

@@ -76,9 +76,9 @@ def keyholder_for(
 ) -> KeyHolderPublic | None:
     """The pinned key holder this node protects with, checked against the aggregator's task before
     any work (None in the plaintext baseline, which protects nothing)."""
-    if cfg.protection == "plaintext":
+    if not cfg.scheme.private:
         return None
-    ckks = cfg.protection == "ckks"
+    ckks = cfg.scheme.homomorphic
     return trusted_keyholder(node_config, task.keyholder_key, ckks, task.ckks_context if ckks else None)
 
 

@@ -19,13 +19,22 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from fedchurn.shared import wire
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
-from fedchurn.shared.protection import ProtectionParams, round_seed_bytes, select_coordinates
+from fedchurn.shared.protection import (
+    CKKS,
+    PLAINTEXT,
+    SECAGG,
+    ProtectionParams,
+    round_seed_bytes,
+    select_coordinates,
+)
 
 MAX_ROUNDING_TRIES = 32  # each try meets the norm bound with probability >= 0.39; then round toward 0
 
@@ -130,26 +139,12 @@ def protect_with(
     seed: bytes,
     rng: np.random.Generator,
 ) -> bytes:
-    """The upload for a given mask seed and rounding generator (the deterministic core)."""
-    if keyholder is None and params.mode != "plaintext":
-        raise ValueError(f"{params.mode} protection needs the pinned key holder")
-    if params.mode == "ckks":
-        assert keyholder is not None
-        from fedchurn.client.ckks import encrypt_update
-
-        return encrypt_update(update, params, keyholder, round_id, cohort_id, model_version, round_seed, seed)
+    """The upload for a given mask seed and rounding generator (the deterministic core): the
+    batch path with a batch of one, so a phone runs exactly a simulation node's code."""
     x = check_update(update)
-    n = x.size
-    header = wire.Header(
-        params.wire_mode, round_id, cohort_id, model_version, params.config_tag(round_seed, n)
-    )
-    sub = selected_clipped(x, params, round_seed)
-    if params.mode == "plaintext":
-        return header.pack() + sub.astype("<f4").tobytes()
-    assert keyholder is not None
-    ring = to_ring(quantise(sub, params, n, rng), params.ring_bits)
-    digest = params.config_digest(round_seed, n)
-    return secagg_upload(ring, seed, params, keyholder.x25519, header, digest)
+    return protect_batch_with(
+        x[None, :], params, keyholder, round_id, [cohort_id], model_version, [round_seed], [seed], [rng]
+    )[0]
 
 
 def protect_update(
@@ -258,6 +253,80 @@ def quantise_rows(
     return np.clip(q, -params.level, params.level).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What the scheme-independent steps produce for D devices: the round's clipped coordinates
+    (D, m), each device's packed header and config digest (bound into its seal), mask seeds and
+    rounding generators."""
+
+    sub: np.ndarray
+    n_params: int
+    heads: list[bytes]
+    digests: list[bytes]
+    seeds: Sequence[bytes]
+    rngs: Sequence[np.random.Generator]
+
+
+class Encoder(Protocol):
+    """A protection scheme's last step on the device: a batch's clipped coordinates to uploads."""
+
+    def encode(
+        self, batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic | None
+    ) -> list[bytes]:
+        """Upload i for device i of `batch` (header first)."""
+        ...
+
+
+class PlaintextEncoder:
+    """The labelled baseline: the clipped coordinates as little-endian float32, in the clear."""
+
+    def encode(
+        self, batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic | None
+    ) -> list[bytes]:
+        rows = batch.sub.astype("<f4")
+        return [head + rows[i].tobytes() for i, head in enumerate(batch.heads)]
+
+
+class SecAggEncoder:
+    """Quantise, lift into the ring, mask with each device's seed stream, pack; seal each seed."""
+
+    def encode(
+        self, batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic | None
+    ) -> list[bytes]:
+        assert keyholder is not None  # protect_batch_with checked
+        bits = params.ring_bits
+        ring = to_ring(quantise_rows(batch.sub, params, batch.n_params, batch.rngs), bits)
+        masked = (ring + wire.mask_streams(batch.seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
+        payloads = wire.pack_bits_rows(masked, bits)
+        pk = X25519PublicKey.from_public_bytes(keyholder.x25519)  # parsed once for every seal
+        return [
+            head + seal_seed(seed, pk, wire.seal_info(head, digest)) + payload
+            for head, digest, seed, payload in zip(
+                batch.heads, batch.digests, batch.seeds, payloads, strict=True
+            )
+        ]
+
+
+class CkksEncoder:
+    """Mask with each device's real-valued seed stream, encrypt to the pinned public context
+    (`client/ckks.py`; TenSEAL encrypts one vector at a time), seal each seed."""
+
+    def encode(
+        self, batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic | None
+    ) -> list[bytes]:
+        from fedchurn.client.ckks import encrypt_rows
+
+        assert keyholder is not None  # protect_batch_with checked
+        return encrypt_rows(batch, params, keyholder)
+
+
+ENCODERS: dict[str, Encoder] = {
+    SECAGG.name: SecAggEncoder(),
+    CKKS.name: CkksEncoder(),
+    PLAINTEXT.name: PlaintextEncoder(),
+}
+
+
 def protect_batch_with(
     updates: np.ndarray,
     params: ProtectionParams,
@@ -269,40 +338,27 @@ def protect_batch_with(
     seeds: Sequence[bytes],
     rngs: Sequence[np.random.Generator],
 ) -> list[bytes]:
-    """The uploads of D devices: element i is `protect_with(updates[i], params, keyholder, round_id,
-    cohort_ids[i], model_version, round_seeds[i], seeds[i], rngs[i])`, byte for byte.
+    """The uploads of D devices, with the given mask seeds and rounding generators.
 
-    Devices are grouped by round seed, which selects the coordinates and enters the config
-    digest; selection and clipping run per group, then rounding, the ring lift, the masks (one
-    keystream per device) and the packing for all devices at once; each device's seed is sealed on
-    its own (one HPKE seal each). CKKS uploads are made one by one with `protect_with`.
+    Upload i depends on row i alone (tested: a batch equals its rows one by one). Devices are
+    grouped by round seed, which selects the coordinates and enters the config digest; selection
+    and clipping run per group, then the scheme's encoder (`ENCODERS`) does the rest for all
+    devices at once (secagg: rounding, ring lift, masks with one keystream per device, packing;
+    one HPKE seal each).
     """
     n = len(updates)
     if not len(cohort_ids) == len(round_seeds) == len(seeds) == len(rngs) == n:
         raise ValueError("updates, cohort_ids, round_seeds, seeds and rngs must have one entry per device")
-    if keyholder is None and params.mode != "plaintext":
-        raise ValueError(f"{params.mode} protection needs the pinned key holder")
+    scheme = params.scheme
+    if keyholder is None and scheme.private:
+        raise ValueError(f"{scheme.name} protection needs the pinned key holder")
+    if scheme.homomorphic and keyholder is not None and keyholder.ckks_context is None:
+        raise ValueError("CKKS mode needs the key holder's (checked) public context")
     if n == 0:
         return []
-    if params.mode == "ckks":  # TenSEAL encrypts one vector at a time anyway
-        return [
-            protect_with(
-                u,
-                params,
-                keyholder,
-                round_id,
-                cohort_ids[i],
-                model_version,
-                round_seeds[i],
-                seeds[i],
-                rngs[i],
-            )
-            for i, u in enumerate(updates)
-        ]
     x = check_updates(updates)
     n_params = x.shape[1]
-    if params.mode == "secagg":
-        assert keyholder is not None
+    if scheme.private:
         for s in seeds:
             if len(s) != wire.SEED_LEN:
                 raise ValueError("mask seed must be 32 bytes")
@@ -316,21 +372,12 @@ def protect_batch_with(
         digest = params.config_digest(round_seed, n_params)
         tag = digest[: wire.CONFIG_TAG_LEN]
         for i in members:
-            heads[i] = wire.Header(params.wire_mode, round_id, cohort_ids[i], model_version, tag).pack()
+            heads[i] = wire.Header(scheme.wire_mode, round_id, cohort_ids[i], model_version, tag).pack()
             digests[i] = digest
         idx = np.asarray(members, dtype=np.int64)
         sub[idx] = _selected_clipped_rows(x[idx], params, round_seed)
-    if params.mode == "plaintext":
-        rows = sub.astype("<f4")
-        return [heads[i] + rows[i].tobytes() for i in range(n)]
-    assert keyholder is not None
-    bits = params.ring_bits
-    ring = to_ring(quantise_rows(sub, params, n_params, rngs), bits)
-    masked = (ring + wire.mask_streams(seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
-    payloads = wire.pack_bits_rows(masked, bits)
-    pk = X25519PublicKey.from_public_bytes(keyholder.x25519)  # parsed once for every seal
-    infos = [wire.seal_info(heads[i], digests[i]) for i in range(n)]
-    return [heads[i] + seal_seed(seeds[i], pk, infos[i]) + payloads[i] for i in range(n)]
+    batch = Batch(sub, n_params, heads, digests, seeds, rngs)
+    return ENCODERS[scheme.name].encode(batch, params, keyholder)
 
 
 def protect_batch(

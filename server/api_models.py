@@ -15,9 +15,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
 from fedchurn.shared.feature_spec import FEATURES, N_FEATURES
+from fedchurn.shared.protection import SCHEMES, ModeName
 
-ProtectionMode = Literal["secagg", "ckks", "plaintext"]
-PROTECTION_MODES: tuple[str, ...] = ("secagg", "ckks", "plaintext")
+ProtectionMode = ModeName
+PROTECTION_MODES: tuple[str, ...] = tuple(SCHEMES)
 RunEndState = Literal["completed", "failed", "aborted"]
 RUN_END_STATES: tuple[str, ...] = ("completed", "failed", "aborted")
 RunStatus = Literal["running", "completed", "failed", "aborted"]

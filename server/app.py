@@ -219,7 +219,7 @@ def main(grid: Grid, context: Context) -> None:
     keyholder: KeyHolderClient | None = None
     if settings.keyholder_url:
         keyholder = connect_keyholder(settings, timeout)
-    elif cfg.protection != "plaintext" and not settings.keyholder_key_file:
+    elif cfg.scheme.private and not settings.keyholder_key_file:
         raise RuntimeError(
             "no key holder: set keyholder_url (a key holder service) or keyholder_key_file (an in-process "
             "key holder provisioned with KeyHolder.provision) in the aggregator settings; devices trust "

@@ -44,34 +44,55 @@ MECHANISM = (
 SIGMA2_DENOMINATOR = 2**16  # sigma^2 is rounded UP to this grid so the sampler's fractions stay small
 
 
+@dataclass(frozen=True)
+class _SamplingModel:
+    """How one way of sampling a round is accounted: its neighbouring relation, the RDP orders it
+    is evaluated at, and how far one device moves a round's sum (in clip norms)."""
+
+    relation: dp_accounting.NeighboringRelation
+    orders: tuple[float, ...]
+    sensitivity: float  # add/remove one device: 1; replace one: 2 (the noise is 1/2 as large relative)
+    fixed_size: bool  # exactly q*N devices without replacement (needs the population)
+
+    def round_event(
+        self, noise_multiplier: float, sample_rate: float, population: int | None
+    ) -> dp_accounting.DpEvent:
+        if not 0 < sample_rate <= 1:
+            raise ValueError("sample_rate must be in (0, 1]")
+        gauss = dp_accounting.GaussianDpEvent(noise_multiplier / self.sensitivity)
+        if not self.fixed_size:
+            return dp_accounting.PoissonSampledDpEvent(sample_rate, gauss)
+        if population is None or population < 1:
+            raise ValueError("fixed-size sampling needs the population size")
+        size = max(1, round(sample_rate * population))
+        return dp_accounting.SampledWithoutReplacementDpEvent(population, size, gauss)
+
+
+_SAMPLING: dict[str, _SamplingModel] = {
+    "poisson": _SamplingModel(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, RDP_ORDERS, 1.0, False),
+    "fixed": _SamplingModel(dp_accounting.NeighboringRelation.REPLACE_ONE, RDP_ORDERS_FIXED, 2.0, True),
+}
+
+
+def _model(sampling: Sampling) -> _SamplingModel:
+    if sampling not in _SAMPLING:
+        raise ValueError(f"sampling must be 'poisson' or 'fixed', got {sampling!r}")
+    return _SAMPLING[sampling]
+
+
 def _relation(sampling: Sampling) -> dp_accounting.NeighboringRelation:
-    if sampling == "poisson":
-        return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    if sampling == "fixed":
-        return dp_accounting.NeighboringRelation.REPLACE_ONE
-    raise ValueError(f"sampling must be 'poisson' or 'fixed', got {sampling!r}")
+    return _model(sampling).relation
 
 
 def _round_event(
     noise_multiplier: float, sample_rate: float, sampling: Sampling, population: int | None
 ) -> dp_accounting.DpEvent:
-    if not 0 < sample_rate <= 1:
-        raise ValueError("sample_rate must be in (0, 1]")
-    if sampling == "poisson":
-        return dp_accounting.PoissonSampledDpEvent(
-            sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
-        )
-    if population is None or population < 1:
-        raise ValueError("fixed-size sampling needs the population size")
-    size = max(1, round(sample_rate * population))
-    # Replace-one: the sum moves by up to 2 x clip norm, so the noise is half as large relative to it.
-    gauss = dp_accounting.GaussianDpEvent(noise_multiplier / 2)
-    return dp_accounting.SampledWithoutReplacementDpEvent(population, size, gauss)
+    return _model(sampling).round_event(noise_multiplier, sample_rate, population)
 
 
 def _accountant(sampling: Sampling) -> rdp.RdpAccountant:
-    orders = RDP_ORDERS_FIXED if sampling == "fixed" else RDP_ORDERS
-    return rdp.RdpAccountant(list(orders), _relation(sampling))
+    m = _model(sampling)
+    return rdp.RdpAccountant(list(m.orders), m.relation)
 
 
 def epsilon_for(
@@ -101,7 +122,7 @@ def _aggregator_event(noise_multiplier: float, sampling: Sampling, rounds: int) 
     """What the aggregator, which knows who took part, sees: the Gaussian of every round, no
     sampling. Add-or-remove (poisson): multiplier z; replace-one (fixed): the sum moves by up to
     2 x clip norm, so z / 2."""
-    z = noise_multiplier if sampling == "poisson" else noise_multiplier / 2
+    z = noise_multiplier / _model(sampling).sensitivity
     return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds)
 
 

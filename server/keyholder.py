@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from fedchurn.server.dp import discrete_gaussian
 from fedchurn.shared import wire
 from fedchurn.shared.keyholder_pin import KeyHolderPin, KeyHolderPublic
-from fedchurn.shared.protection import CKKS_DEFAULT, ProtectionParams, round_seed_bytes
+from fedchurn.shared.protection import CKKS, CKKS_DEFAULT, SECAGG, ProtectionParams, Scheme, round_seed_bytes
 from fedchurn.shared.wire import Reason
 
 CKKS_GRID_BITS = 20  # decrypted CKKS sums are rounded to clip_norm / 2^20 before release (see privacy.md)
@@ -357,10 +357,10 @@ class KeyHolder:
 
     # --- policy and seals (both modes) ---
 
-    def _check_policy(self, params: ProtectionParams, mode: str, n_params: int) -> int:
-        if params.mode != mode:
+    def _check_policy(self, params: ProtectionParams, scheme: Scheme, n_params: int) -> int:
+        if params.scheme is not scheme:
             raise KeyHolderRefusedError(
-                Reason.WRONG_MODE, f"request is for mode {params.mode!r}, route is {mode!r}"
+                Reason.WRONG_MODE, f"request is for mode {params.mode!r}, route is {scheme.name!r}"
             )
         exempt = (params, n_params) in self.noise_exempt
         if params.noise_multiplier < self.min_noise_multiplier and not exempt:
@@ -370,13 +370,13 @@ class KeyHolder:
                 f"{self.min_noise_multiplier}",
             )
         try:
-            if mode == "secagg":
+            if scheme.ring:
                 params.check_ring(n_params)
         except ValueError as e:
             raise KeyHolderRefusedError(Reason.BAD_REQUEST, str(e)) from None
         return max(self.k_min, params.k_min)
 
-    def _open_seals(self, mode: wire.Mode, r: MaskSumRequest | CkksSumRequest, k: int) -> _Opened:
+    def _open_seals(self, scheme: Scheme, r: MaskSumRequest | CkksSumRequest, k: int) -> _Opened:
         """Open every seal under this cohort's context (caller holds the lock); refuses answered
         cohorts, oversized ones and cohorts with fewer than k seals that open."""
         params, entries = r.params, r.entries
@@ -386,7 +386,7 @@ class KeyHolder:
             raise KeyHolderRefusedError(Reason.COHORT_TOO_LARGE, f"{len(entries)} > {params.max_cohort}")
         seed = round_seed_bytes(r.round_seed)
         tag = params.config_tag(seed, r.n_params)
-        header = wire.Header(mode, r.round_id, r.cohort_id, r.model_version, tag)
+        header = wire.Header(scheme.wire_mode, r.round_id, r.cohort_id, r.model_version, tag)
         info = wire.seal_info(header.pack(), params.config_digest(seed, r.n_params))
         used = self._state.used([e.sealed_seed[: wire.X25519_KEY_LEN] for e in entries])
         seeds: list[bytes] = []
@@ -437,8 +437,8 @@ class KeyHolder:
             return None
         return seed if len(seed) == wire.SEED_LEN else None
 
-    def _commit(self, r: MaskSumRequest | CkksSumRequest, mode: str, opened: _Opened) -> None:
-        if not self._state.commit(r.round_id, r.cohort_id, mode, len(opened.seeds), opened.seal_ids):
+    def _commit(self, r: MaskSumRequest | CkksSumRequest, scheme: Scheme, opened: _Opened) -> None:
+        if not self._state.commit(r.round_id, r.cohort_id, scheme.name, len(opened.seeds), opened.seal_ids):
             raise KeyHolderRefusedError(Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}")
 
     # --- secagg ---
@@ -446,9 +446,9 @@ class KeyHolder:
     def mask_sum(self, request: MaskSumRequest) -> MaskSumResponse:
         """Validate every seal, then answer for the valid ones (>= k) or refuse; once per cohort."""
         p, r = request.params, request
-        k = self._check_policy(p, "secagg", r.n_params)
+        k = self._check_policy(p, SECAGG, r.n_params)
         with self._lock:
-            opened = self._open_seals(wire.Mode.SECAGG, r, k)
+            opened = self._open_seals(SECAGG, r, k)
             m, bits = p.n_coords(r.n_params), p.ring_bits
             ring_mask = np.uint64((1 << bits) - 1)
             # All masks at once (one keystream per seed), summed in one reduction: uint64 addition
@@ -457,7 +457,7 @@ class KeyHolder:
             sigma = p.noise_std_int(r.n_params)
             noise = discrete_gaussian(sigma, m)
             answer = (total - (noise % (1 << bits)).astype(np.uint64)) & ring_mask
-            self._commit(r, "secagg", opened)
+            self._commit(r, SECAGG, opened)
         return MaskSumResponse(r.round_id, r.cohort_id, answer, opened.included, opened.dropped, sigma)
 
     # --- CKKS ---
@@ -484,7 +484,7 @@ class KeyHolder:
         import tenseal as ts
 
         p, r = request.params, request
-        k = self._check_policy(p, "ckks", r.n_params)
+        k = self._check_policy(p, CKKS, r.n_params)
         mine = self._ckks_params
         if (p.ckks_poly_modulus, p.ckks_coeff_mod_bits, p.ckks_scale_bits) != (
             mine.ckks_poly_modulus,
@@ -497,7 +497,7 @@ class KeyHolder:
         m = p.n_coords(r.n_params)
         with self._lock:
             ctx = self._ckks()
-            opened = self._open_seals(wire.Mode.CKKS, r, k)
+            opened = self._open_seals(CKKS, r, k)
             if opened.dropped:
                 # Their ciphertexts are in the sum but their masks could not be removed: nothing is
                 # decrypted or spent; the aggregator takes them out of its sum and asks again.
@@ -517,7 +517,7 @@ class KeyHolder:
                 ) from None
             # From here on something was decrypted: the cohort and its seals are spent whatever
             # the outcome, so a refused answer cannot be retried to probe the sum.
-            self._commit(r, "ckks", opened)
+            self._commit(r, CKKS, opened)
             if values.shape != (m,) or not np.all(np.isfinite(values)):
                 raise KeyHolderRefusedError(Reason.WRONG_LENGTH, f"decrypted {values.shape}, expected ({m},)")
             for s in opened.seeds:

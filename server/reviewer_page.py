@@ -26,6 +26,7 @@ from fedchurn.server.api_models import (
 )
 from fedchurn.server.catalogue_zh import catalogue_text
 from fedchurn.server.i18n import Lang, t
+from fedchurn.shared.protection import PLAINTEXT, SCHEMES
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SECTIONS = ("categories", "upload", "server", "budget", "audit", "model", "policy", "features")
@@ -158,7 +159,7 @@ def _categories(d: ReviewerData, lang: Lang) -> str:
 def _upload(d: ReviewerData, lang: Lang) -> str:
     u = d.upload
     out = f"<p class='note'>{_e(u.note)}</p>"
-    if u.protection_mode == "plaintext":
+    if u.protection_mode is not None and not SCHEMES.get(u.protection_mode, PLAINTEXT).private:
         out = f"<p class='warning'>{_e(t(lang, 'upload.plaintext_warning'))}</p>" + out
     out += "<dl>"
     out += f"<dt>{_e(t(lang, 'upload.raw'))}</dt>"

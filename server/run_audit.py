@@ -62,7 +62,7 @@ def protection_record(cfg: RunConfig, params: ProtectionParams | None) -> dict[s
             "aggregator_learns": "every device's new model parameters, in the clear (baseline mode)",
             "keyholder_learns": "nothing (no key holder in plaintext mode)",
         }
-    upload = params.upload_bytes(cfg.model_spec().n_params) if params.mode == "secagg" else 0
+    upload = params.upload_bytes(cfg.model_spec().n_params) if params.scheme.ring else 0
     return {
         "mode": params.mode,
         "params": params.to_dict(),

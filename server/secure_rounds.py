@@ -121,7 +121,7 @@ class SecureRounds:
             "noise_exempt": [(self.eval_params, histogram_length(cfg.outputs))],
         }
         self.keyholder: KeyHolderClient | None = None  # the plaintext baseline has none
-        if cfg.protection == "plaintext":
+        if not cfg.scheme.private:
             if cfg.target_epsilon > 0:
                 raise ValueError("plaintext mode adds no noise: differential privacy needs secagg or ckks")
         elif keyholder is not None:
@@ -129,12 +129,12 @@ class SecureRounds:
         elif keyholder_key is not None:
             self.keyholder = KeyHolder.open(keyholder_key, keyholder_state, **policy)
         else:
-            self.keyholder = KeyHolder.generate(keyholder_state, with_ckks=cfg.protection == "ckks", **policy)
+            self.keyholder = KeyHolder.generate(keyholder_state, with_ckks=cfg.scheme.homomorphic, **policy)
         # What the aggregator tells devices; each device checks it against its own pin.
         self.key = self.keyholder.public_key() if self.keyholder is not None else None
         self.ckks_context = (
             self.keyholder.ckks_public_context()
-            if self.keyholder is not None and cfg.protection == "ckks"
+            if self.keyholder is not None and cfg.scheme.homomorphic
             else None
         )
 
@@ -170,7 +170,7 @@ class SecureRounds:
             "cohorts_per_round": self.cohorts(cfg.per_round, p),
             "noise_added": "once per round" if cfg.dp else "none",
         }
-        if p.mode == "secagg":
+        if p.scheme.ring:
             release |= {
                 "ring_bits": p.ring_bits,
                 "coords_per_upload": p.n_coords(cfg.model_spec().n_params),
@@ -223,7 +223,7 @@ class RoundSum:
 
     def _cohort(self, cohort: int) -> CohortAggregator:
         if cohort not in self._open:
-            ckks = self.rounds.ckks_context if self.params.mode == "ckks" else None
+            ckks = self.rounds.ckks_context if self.params.scheme.homomorphic else None
             self._open[cohort] = CohortAggregator(
                 self.params,
                 self.round_id,

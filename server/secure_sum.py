@@ -19,7 +19,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,7 +36,10 @@ from fedchurn.server.keyholder import (
 )
 from fedchurn.shared import wire
 from fedchurn.shared.protection import (
+    CKKS,
     NOISE_TAIL_SIGMAS,
+    PLAINTEXT,
+    SECAGG,
     ProtectionParams,
     round_seed_bytes,
     select_coordinates,
@@ -193,6 +196,40 @@ def bound_sum(
     return bounded, out, False
 
 
+# What opening a cohort sum gives: (values of the selected coordinates, devices included, devices
+# dropped by the key holder, std of the DP noise in the values).
+Opened = tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]
+
+
+class CohortSum(Protocol):
+    """A protection scheme's half of a cohort: its running sum, how its bodies parse, and how the
+    sum is opened. `CohortAggregator` does everything the schemes share (headers, duplicates,
+    seals used once, the cohort cap, bounding the opened sum) and asks this object for the rest."""
+
+    total: Any  # the running sum: a ring vector, a float vector or CKKS ciphertexts
+
+    def screen(self, body: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(valid, values) for a (n, size) grid of bodies of the expected size, all at once; None
+        when bodies can only be parsed one by one (CKKS)."""
+        ...
+
+    def parse(self, blob: bytes) -> _Upload:
+        """One upload's body, or `wire.WireError` naming what is wrong."""
+        ...
+
+    def add(self, values: Any, sign: int = 1) -> None:
+        """Add (sign -1: take out) one accepted upload's values."""
+        ...
+
+    def add_rows(self, values: np.ndarray) -> None:
+        """Add the rows of `values` (screened uploads, in order) exactly as `add` row by row would."""
+        ...
+
+    def open(self, keyholder: KeyHolderClient | None) -> Opened:
+        """(values, included, dropped, noise std) of the cohort sum, opened by the key holder."""
+        ...
+
+
 @dataclass
 class CohortAggregator:
     """One cohort of one round. `add` each upload, then `finalize` once with a key holder client."""
@@ -217,33 +254,14 @@ class CohortAggregator:
         self._seals: set[bytes] = set()
         self._refused: list[Dropped] = []
         self._closed = False
-        self._ring_mask = np.uint64((1 << p.ring_bits) - 1)
-        self._sum: Any = np.zeros(self._m, dtype=np.uint64 if p.mode == "secagg" else np.float64)
-        self._ctx: Any = None
-        if p.mode == "secagg":
-            p.check_ring(self.n_params)
-            self._expected = p.upload_bytes(self.n_params)
-            if self._expected > p.max_upload_bytes:
-                raise ValueError(
-                    f"uploads of {self._expected} B exceed max_upload_bytes={p.max_upload_bytes}"
-                )
-        elif p.mode == "plaintext":
-            self._expected = p.upload_bytes(self.n_params)
-            self._warn()
-        else:
-            if self.ckks_public_context is None:
-                raise ValueError("CKKS mode needs the key holder's public context")
-            from fedchurn.client.ckks import load_public_context
+        self._sum: CohortSum = COHORT_SUMS[p.mode](self)
 
-            self._ctx = load_public_context(self.ckks_public_context)
-            self._sum = None
-
-    def _warn(self) -> None:
+    def warn_plaintext(self) -> None:
         msg = (
             f"PLAINTEXT MODE (round {self.round_id}, cohort {self.cohort_id}): updates arrive in the clear; "
             "baseline only, NOT PRIVATE"
         )
-        warnings.warn(msg, PlaintextModeWarning, stacklevel=3)
+        warnings.warn(msg, PlaintextModeWarning, stacklevel=4)
         log.warning(msg)
 
     @property
@@ -253,6 +271,11 @@ class CohortAggregator:
     @property
     def selected(self) -> np.ndarray:
         return self._selected
+
+    @property
+    def expected_size(self) -> int | None:
+        """Bytes of every valid upload when the scheme fixes them (None: CKKS, TenSEAL's sizes)."""
+        return None if self.params.scheme.homomorphic else self.params.upload_bytes(self.n_params)
 
     def _refuse(self, device_id: str, reason: Reason, detail: str) -> Verdict:
         self._refused.append(Dropped(device_id, reason))
@@ -281,7 +304,7 @@ class CohortAggregator:
         n = len(blobs)
         header_ok: list[bool] = screen.header_ok.tolist() if screen is not None else [False] * n
         row_of: list[int] = screen.row.tolist() if screen is not None else [-1] * n
-        seal_end = wire.HEADER_LEN + wire.SEAL_LEN if p.mode == "secagg" else wire.HEADER_LEN
+        seal_end = wire.HEADER_LEN + p.scheme.seal_len
         uploads, seals = self._uploads, self._seals
         verdicts: list[Verdict] = []
         rows: list[int] = []  # rows of screen.values accepted, in order
@@ -305,7 +328,7 @@ class CohortAggregator:
                 upload = _Upload(screen.values[row], blob[wire.HEADER_LEN : seal_end])
             else:
                 try:
-                    upload = self._parse_body(blob)
+                    upload = self._sum.parse(blob)
                 except wire.WireError as e:
                     verdicts.append(self._refuse(device_id, e.reason, e.detail))
                     continue
@@ -319,21 +342,16 @@ class CohortAggregator:
                     )
                     continue
                 seals.add(sid)
-            if p.mode == "plaintext" and row >= 0:
-                # The baseline sees values: clip each one as an honest device would have.
-                upload.values, _, _ = bound_sum(upload.values, p, self.n_params, 1, 0.0)
             uploads[device_id] = upload
             accepted.append(upload)
             if row >= 0:
                 rows.append(row)
             verdicts.append(Verdict(device_id, True))
-        if screen is not None and p.mode == "secagg" and len(rows) == len(accepted):
-            # The ring sum in one reduction: uint64 wraps modulo 2^64, a multiple of 2^b.
-            total = screen.values[rows].sum(axis=0, dtype=np.uint64)
-            self._sum = (self._sum + total) & self._ring_mask
+        if screen is not None and len(rows) == len(accepted):
+            self._sum.add_rows(screen.values[rows])
         else:
-            for upload in accepted:  # floating-point sums keep `add`'s order, bit for bit
-                self._accumulate(upload.values, +1)
+            for upload in accepted:
+                self._sum.add(upload.values)
         return verdicts
 
     def _header_problem(self, blob: bytes) -> tuple[Reason, str] | None:
@@ -346,7 +364,7 @@ class CohortAggregator:
         except wire.WireError as e:
             return e.reason, e.detail
         checks = (
-            (h.mode == p.wire_mode, Reason.WRONG_MODE, f"mode {h.mode.name}"),
+            (h.mode is p.scheme.wire_mode, Reason.WRONG_MODE, f"mode {h.mode.name}"),
             (h.round_id == self.round_id, Reason.WRONG_ROUND, f"round {h.round_id} != {self.round_id}"),
             (h.cohort_id == self.cohort_id, Reason.WRONG_COHORT, f"cohort {h.cohort_id}"),
             (h.model_version == self.model_version, Reason.WRONG_MODEL_VERSION, f"model {h.model_version}"),
@@ -359,15 +377,14 @@ class CohortAggregator:
 
     def _screen(self, blobs: Sequence[bytes]) -> _Screen | None:
         """Check the headers of every blob of the expected length and unpack their payloads at
-        once (None in CKKS mode, whose ciphertexts are parsed one by one). Only passes are
-        recorded; any blob not passed here gets the one-blob checks."""
-        p = self.params
-        if p.mode == "ckks":
+        once (None when the scheme parses bodies one by one). Only passes are recorded; any blob
+        not passed here gets the one-blob checks."""
+        p, size = self.params, self.expected_size
+        if size is None:
             return None
         n = len(blobs)
         header_ok = np.zeros(n, dtype=bool)
         row_of = np.full(n, -1, dtype=np.int64)
-        size = self._expected
         full = [i for i, b in enumerate(blobs) if len(b) == size] if size <= p.max_upload_bytes else []
         grid = np.frombuffer(b"".join([blobs[i] for i in full]), dtype=np.uint8).reshape(len(full), size)
         head = np.ascontiguousarray(grid[:, : wire.HEADER_LEN]).view(_HEADER_DTYPE).ravel()
@@ -382,63 +399,11 @@ class CohortAggregator:
         )
         passed = np.asarray(full, dtype=np.int64)[ok]
         header_ok[passed] = True
-        body = grid[ok, wire.HEADER_LEN :]
-        if p.mode == "secagg":
-            payload = body[:, wire.SEAL_LEN :]
-            good = wire.padding_ok_rows(payload, p.ring_bits, self._m)
-            values = wire.fields_rows(payload[good], p.ring_bits, self._m)
-        else:
-            floats = np.ascontiguousarray(body).view("<f4").astype(np.float64)
-            good = np.asarray(np.isfinite(floats).all(axis=1))
-            values = floats[good]
+        screened = self._sum.screen(grid[ok, wire.HEADER_LEN :])
+        assert screened is not None  # a scheme with a fixed size screens its bodies
+        good, values = screened
         row_of[passed[good]] = np.arange(values.shape[0])
         return _Screen(header_ok, row_of, values)
-
-    def _parse_body(self, blob: bytes) -> _Upload:
-        p, body = self.params, blob[wire.HEADER_LEN :]
-        if p.mode == "secagg":
-            if len(blob) != self._expected:
-                raise wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {self._expected} B")
-            sealed, payload = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
-            values = wire.unpack_bits(payload, p.ring_bits, self._m)
-            return _Upload(values, sealed)
-        if p.mode == "plaintext":
-            if len(blob) != self._expected:
-                raise wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {self._expected} B")
-            values = np.frombuffer(body, dtype="<f4").astype(np.float64)
-            if not np.all(np.isfinite(values)):
-                raise wire.WireError(Reason.NON_FINITE, "NaN or infinity in a plaintext update")
-            # The baseline sees values: clip each one as an honest device would have.
-            values, _, _ = bound_sum(values, p, self.n_params, 1, 0.0)
-            return _Upload(values, b"")
-        import tenseal as ts
-
-        if len(body) <= wire.SEAL_LEN:
-            raise wire.WireError(Reason.WRONG_LENGTH, "a CKKS upload is header, seal and ciphertext")
-        sealed, body = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
-        try:
-            vecs = [ts.ckks_vector_from(self._ctx, c) for c in wire.parse_ckks_body(body)]
-        except wire.WireError:
-            raise
-        except Exception as e:  # TenSEAL raises plain exceptions on malformed input
-            raise wire.WireError(Reason.MALFORMED_PAYLOAD, f"not a CKKS vector: {e}") from None
-        slots = p.ckks_poly_modulus // 2
-        sizes = [v.size() for v in vecs]
-        want = [min(slots, self._m - i) for i in range(0, self._m, slots)]
-        if sizes != want:
-            raise wire.WireError(Reason.WRONG_LENGTH, f"CKKS chunk sizes {sizes}, expected {want}")
-        return _Upload(vecs, sealed)
-
-    def _accumulate(self, values: Any, sign: int) -> None:
-        if self.params.mode == "secagg":
-            v = values if sign > 0 else (np.uint64(0) - values)
-            self._sum = (self._sum + v) & self._ring_mask
-        elif self.params.mode == "plaintext":
-            self._sum = self._sum + sign * values
-        elif self._sum is None:
-            self._sum = [v.copy() for v in values]
-        else:
-            self._sum = [a + b for a, b in zip(self._sum, values, strict=True)]
 
     def finalize(self, keyholder: KeyHolderClient | None) -> AggregateResult:
         """Unmask (secagg) or decrypt (ckks) the cohort sum through the key holder; dequantise.
@@ -452,18 +417,10 @@ class CohortAggregator:
             raise CohortRefusedError(
                 Reason.COHORT_TOO_SMALL, f"{self.count} accepted uploads < k={k}", self._refused
             )
+        if p.scheme.private and keyholder is None:
+            raise CohortRefusedError(Reason.BAD_REQUEST, f"{p.mode} needs the key holder")
         try:
-            if p.mode != "plaintext" and keyholder is None:
-                raise CohortRefusedError(Reason.BAD_REQUEST, f"{p.mode} needs the key holder")
-            if p.mode == "secagg":
-                assert keyholder is not None
-                values, included, dropped, noise = self._finalize_secagg(keyholder)
-            elif p.mode == "ckks":
-                assert keyholder is not None
-                values, included, dropped, noise = self._finalize_ckks(keyholder)
-            else:
-                self._warn()
-                values, included, dropped, noise = self._sum, tuple(self._uploads), (), 0.0
+            values, included, dropped, noise = self._sum.open(keyholder)
         except KeyHolderRefusedError as e:
             raise CohortRefusedError(
                 e.reason, f"key holder: {e.detail}", [*self._refused, *e.dropped]
@@ -500,75 +457,211 @@ class CohortAggregator:
             norm_clipped=norm_clipped,
         )
 
-    def _finalize_secagg(
-        self, keyholder: KeyHolderClient
-    ) -> tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]:
-        p = self.params
-        entries = tuple(SealedEntry(d, u.sealed_seed) for d, u in self._uploads.items())
-        req = MaskSumRequest(
-            self.round_id, self.cohort_id, self.model_version, self._seed, self.n_params, p, entries
-        )
+    def _wrong_length(self, blob: bytes) -> wire.WireError | None:
+        size = self.expected_size
+        if size is not None and len(blob) != size:
+            return wire.WireError(Reason.WRONG_LENGTH, f"{len(blob)} B, expected {size} B")
+        return None
+
+
+class SecAggSum:
+    """Masked ring vectors: summed modulo 2^b; the key holder returns the included devices' mask
+    sum minus its noise, which leaves the noisy cohort sum; dequantised here."""
+
+    def __init__(self, cohort: CohortAggregator) -> None:
+        p = cohort.params
+        p.check_ring(cohort.n_params)
+        size = p.upload_bytes(cohort.n_params)
+        if size > p.max_upload_bytes:
+            raise ValueError(f"uploads of {size} B exceed max_upload_bytes={p.max_upload_bytes}")
+        self.cohort = cohort
+        self.ring_mask = np.uint64((1 << p.ring_bits) - 1)
+        self.total = np.zeros(p.n_coords(cohort.n_params), dtype=np.uint64)
+
+    def screen(self, body: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, m = self.cohort.params, self.total.size
+        payload = body[:, wire.SEAL_LEN :]
+        good = wire.padding_ok_rows(payload, p.ring_bits, m)
+        return good, wire.fields_rows(payload[good], p.ring_bits, m)
+
+    def parse(self, blob: bytes) -> _Upload:
+        wrong = self.cohort._wrong_length(blob)
+        if wrong is not None:
+            raise wrong
+        body = blob[wire.HEADER_LEN :]
+        sealed, payload = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
+        return _Upload(wire.unpack_bits(payload, self.cohort.params.ring_bits, self.total.size), sealed)
+
+    def add(self, values: Any, sign: int = 1) -> None:
+        v = values if sign > 0 else (np.uint64(0) - values)
+        self.total = (self.total + v) & self.ring_mask
+
+    def add_rows(self, values: np.ndarray) -> None:
+        # The ring sum in one reduction: uint64 wraps modulo 2^64, a multiple of 2^b.
+        self.total = (self.total + values.sum(axis=0, dtype=np.uint64)) & self.ring_mask
+
+    def open(self, keyholder: KeyHolderClient | None) -> Opened:
+        assert keyholder is not None  # finalize checked
+        c = self.cohort
+        p = c.params
+        entries = tuple(SealedEntry(d, u.sealed_seed) for d, u in c._uploads.items())
+        req = MaskSumRequest(c.round_id, c.cohort_id, c.model_version, c._seed, c.n_params, p, entries)
         resp = keyholder.mask_sum(req)
         dropped_ids = {d.device_id for d in resp.dropped}
-        if set(resp.included) != set(self._uploads) - dropped_ids or len(resp.included) != len(
+        if set(resp.included) != set(c._uploads) - dropped_ids or len(resp.included) != len(
             set(resp.included)
         ):
             raise CohortRefusedError(
                 Reason.BAD_REQUEST, "key holder's included set does not match the cohort"
             )
-        if resp.mask_sum.shape != (self._m,):
+        if resp.mask_sum.shape != self.total.shape:
             raise CohortRefusedError(Reason.WRONG_LENGTH, "key holder's mask sum has the wrong length")
         for d in dropped_ids:  # their masked vectors leave the sum: no partial mask is ever applied
-            self._accumulate(self._uploads[d].values, -1)
-        total = (self._sum - (resp.mask_sum.astype(np.uint64) & self._ring_mask)) & self._ring_mask
+            self.add(c._uploads[d].values, -1)
+        total = (self.total - (resp.mask_sum.astype(np.uint64) & self.ring_mask)) & self.ring_mask
         half = 1 << (p.ring_bits - 1)
         signed = total.astype(np.int64) - np.where(total >= half, 1 << p.ring_bits, 0)
-        values = signed.astype(np.float64) / p.scale(self.n_params)
-        return values, resp.included, resp.dropped, resp.noise_std_int / p.scale(self.n_params)
+        values = signed.astype(np.float64) / p.scale(c.n_params)
+        return values, resp.included, resp.dropped, resp.noise_std_int / p.scale(c.n_params)
 
-    def _finalize_ckks(
-        self, keyholder: KeyHolderClient
-    ) -> tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]:
+
+class PlaintextSum:
+    """The labelled baseline: float vectors in the clear, each clipped as an honest device would
+    have been, summed in arrival order; warns on every cohort opened and every sum released."""
+
+    def __init__(self, cohort: CohortAggregator) -> None:
+        self.cohort = cohort
+        self.total = np.zeros(cohort.params.n_coords(cohort.n_params), dtype=np.float64)
+        cohort.warn_plaintext()
+
+    def _bounded(self, values: np.ndarray) -> np.ndarray:
+        # The baseline sees values: clip each one as an honest device would have.
+        bounded, _, _ = bound_sum(values, self.cohort.params, self.cohort.n_params, 1, 0.0)
+        return bounded
+
+    def screen(self, body: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        floats = np.ascontiguousarray(body).view("<f4").astype(np.float64)
+        good = np.asarray(np.isfinite(floats).all(axis=1))
+        return good, np.array([self._bounded(v) for v in floats[good]]).reshape(-1, self.total.size)
+
+    def parse(self, blob: bytes) -> _Upload:
+        wrong = self.cohort._wrong_length(blob)
+        if wrong is not None:
+            raise wrong
+        values = np.frombuffer(blob[wire.HEADER_LEN :], dtype="<f4").astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise wire.WireError(Reason.NON_FINITE, "NaN or infinity in a plaintext update")
+        return _Upload(self._bounded(values), b"")
+
+    def add(self, values: Any, sign: int = 1) -> None:
+        self.total = self.total + sign * values
+
+    def add_rows(self, values: np.ndarray) -> None:
+        for v in values:  # floating-point sums keep `add`'s order, bit for bit
+            self.add(v)
+
+    def open(self, keyholder: KeyHolderClient | None) -> Opened:
+        self.cohort.warn_plaintext()
+        return self.total, tuple(self.cohort._uploads), (), 0.0
+
+
+class CkksSum:
+    """CKKS ciphertexts (one per `slots` coordinates), added homomorphically; the key holder
+    decrypts the sum of the devices whose seals open, removes their masks, rounds and noises."""
+
+    def __init__(self, cohort: CohortAggregator) -> None:
+        if cohort.ckks_public_context is None:
+            raise ValueError("CKKS mode needs the key holder's public context")
+        from fedchurn.client.ckks import load_public_context
+
+        self.cohort = cohort
+        self.ctx = load_public_context(cohort.ckks_public_context)
+        self.total: list[Any] | None = None
+
+    def screen(self, body: np.ndarray) -> None:
+        return None
+
+    def parse(self, blob: bytes) -> _Upload:
+        import tenseal as ts
+
+        p, m = self.cohort.params, self.cohort._m
+        body = blob[wire.HEADER_LEN :]
+        if len(body) <= wire.SEAL_LEN:
+            raise wire.WireError(Reason.WRONG_LENGTH, "a CKKS upload is header, seal and ciphertext")
+        sealed, body = body[: wire.SEAL_LEN], body[wire.SEAL_LEN :]
+        try:
+            vecs = [ts.ckks_vector_from(self.ctx, c) for c in wire.parse_ckks_body(body)]
+        except wire.WireError:
+            raise
+        except Exception as e:  # TenSEAL raises plain exceptions on malformed input
+            raise wire.WireError(Reason.MALFORMED_PAYLOAD, f"not a CKKS vector: {e}") from None
+        slots = p.ckks_poly_modulus // 2
+        sizes = [v.size() for v in vecs]
+        want = [min(slots, m - i) for i in range(0, m, slots)]
+        if sizes != want:
+            raise wire.WireError(Reason.WRONG_LENGTH, f"CKKS chunk sizes {sizes}, expected {want}")
+        return _Upload(vecs, sealed)
+
+    def add(self, values: Any, sign: int = 1) -> None:
+        assert sign > 0  # a ciphertext is never taken out: the sum is rebuilt (`open`)
+        if self.total is None:
+            self.total = [v.copy() for v in values]
+        else:
+            self.total = [a + b for a, b in zip(self.total, values, strict=True)]
+
+    def add_rows(self, values: np.ndarray) -> None:
+        raise AssertionError("CKKS bodies are never screened in a batch")
+
+    def open(self, keyholder: KeyHolderClient | None) -> Opened:
         """Ask the key holder to decrypt the cohort sum; if it names seals that do not open (it
         decrypts nothing then), take those devices out of the sum and ask once more."""
+        assert keyholder is not None  # finalize checked
+        c = self.cohort
         dropped: tuple[Dropped, ...] = ()
         for _ in range(2):
             try:
-                resp = keyholder.ckks_decrypt_sum(self._ckks_request())
+                resp = keyholder.ckks_decrypt_sum(self._request())
                 break
             except KeyHolderRefusedError as e:
                 if e.reason != Reason.SEAL_INVALID or not e.dropped or dropped:
                     raise
                 dropped = e.dropped
                 for d in dropped:
-                    self._uploads.pop(d.device_id, None)
-                if self.count < self.params.k_min:
+                    c._uploads.pop(d.device_id, None)
+                if c.count < c.params.k_min:
                     raise
-                self._sum = None
-                for u in self._uploads.values():
-                    self._accumulate(u.values, +1)
-        if resp.values.shape != (self._m,) or not np.all(np.isfinite(resp.values)):
+                self.total = None
+                for u in c._uploads.values():
+                    self.add(u.values)
+        if resp.values.shape != (c._m,) or not np.all(np.isfinite(resp.values)):
             raise CohortRefusedError(Reason.WRONG_LENGTH, "key holder's CKKS sum has the wrong shape")
-        if set(resp.included) != set(self._uploads):
+        if set(resp.included) != set(c._uploads):
             raise CohortRefusedError(
                 Reason.BAD_REQUEST, "key holder's included set does not match the cohort"
             )
         values = np.asarray(resp.values, dtype=np.float64)
         return values, resp.included, (*dropped, *resp.dropped), resp.noise_std
 
-    def _ckks_request(self) -> CkksSumRequest:
-        from fedchurn.shared.wire import pack_ckks_body
-
+    def _request(self) -> CkksSumRequest:
+        c = self.cohort
+        assert self.total is not None  # k >= 1 uploads were added
         return CkksSumRequest(
-            self.round_id,
-            self.cohort_id,
-            self.model_version,
-            self._seed,
-            self.n_params,
-            self.params,
-            tuple(SealedEntry(d, u.sealed_seed) for d, u in self._uploads.items()),
-            pack_ckks_body([v.serialize() for v in self._sum]),
+            c.round_id,
+            c.cohort_id,
+            c.model_version,
+            c._seed,
+            c.n_params,
+            c.params,
+            tuple(SealedEntry(d, u.sealed_seed) for d, u in c._uploads.items()),
+            wire.pack_ckks_body([v.serialize() for v in self.total]),
         )
+
+
+COHORT_SUMS: dict[str, Callable[[CohortAggregator], CohortSum]] = {
+    SECAGG.name: SecAggSum,
+    CKKS.name: CkksSum,
+    PLAINTEXT.name: PlaintextSum,
+}
 
 
 def expected_quantisation_error(params: ProtectionParams, n_params: int, count: int) -> float:

@@ -21,17 +21,22 @@ import numpy as np
 from fedchurn.shared import wire
 
 __all__ = [
+    "CKKS",
     "CKKS_DEFAULT",
     "COLLUSION",
     "DEFAULT",
     "MODE_LABELS",
     "NOISE_TAIL_SIGMAS",
     "PARTY_VIEWS",
+    "PLAINTEXT",
     "PLAINTEXT_DEFAULT",
     "ROUNDING_BETA",
+    "SCHEMES",
+    "SECAGG",
     "ModeName",
     "PartyView",
     "ProtectionParams",
+    "Scheme",
     "max_secagg_coords",
     "round_seed_bytes",
     "select_coordinates",
@@ -45,11 +50,57 @@ NOISE_TAIL_SIGMAS = 8.0
 # Mechanism"): the norm bound holds for each draw with probability >= 1 - beta, beta = exp(-1/2).
 ROUNDING_BETA = math.exp(-0.5)
 
-MODE_LABELS: dict[str, str] = {
-    "secagg": "SECAGG (masked, key holder unmasks cohort sums only)",
-    "ckks": "CKKS (homomorphic encryption, key holder decrypts cohort sums only)",
-    "plaintext": "PLAINTEXT BASELINE - NOT PRIVATE - DO NOT DEPLOY",
-}
+
+@dataclass(frozen=True)
+class Scheme:
+    """One protection scheme, as the facts every party reads instead of comparing mode names.
+
+    Behaviour stays with the party that has it: the device's encoder (`client/protect.py`), the
+    aggregator's cohort sum (`server/secure_sum.py`), the key holder's answer (`server/keyholder.py`)
+    each look their scheme's implementation up by this object; what they all need to know about a
+    scheme (is there a key holder, is the upload a ring vector, is a TenSEAL context pinned) is here.
+    """
+
+    name: ModeName
+    wire_mode: wire.Mode
+    label: str
+    private: bool  # False only for the plaintext baseline: no key holder, values in the clear
+    ring: bool  # uploads are quantised and masked in Z_{2^b}: fixed size, noise in ring units
+    homomorphic: bool  # CKKS: the key holder's public TenSEAL context is part of the device's pin
+
+    @property
+    def seal_len(self) -> int:
+        """Bytes of the sealed mask seed after the header (every private scheme seals one)."""
+        return wire.SEAL_LEN if self.private else 0
+
+
+SECAGG = Scheme(
+    "secagg",
+    wire.Mode.SECAGG,
+    "SECAGG (masked, key holder unmasks cohort sums only)",
+    private=True,
+    ring=True,
+    homomorphic=False,
+)
+CKKS = Scheme(
+    "ckks",
+    wire.Mode.CKKS,
+    "CKKS (homomorphic encryption, key holder decrypts cohort sums only)",
+    private=True,
+    ring=False,
+    homomorphic=True,
+)
+PLAINTEXT = Scheme(
+    "plaintext",
+    wire.Mode.PLAINTEXT,
+    "PLAINTEXT BASELINE - NOT PRIVATE - DO NOT DEPLOY",
+    private=False,
+    ring=False,
+    homomorphic=False,
+)
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (SECAGG, CKKS, PLAINTEXT)}
+MODE_LABELS: dict[str, str] = {name: s.label for name, s in SCHEMES.items()}
+assert {name: s.wire_mode for name, s in SCHEMES.items()} == wire.MODE_BY_NAME
 
 
 def round_seed_bytes(round_seed: bytes | int) -> bytes:
@@ -88,13 +139,13 @@ class ProtectionParams:
     ckks_scale_bits: int = 40
 
     def __post_init__(self) -> None:
-        if self.mode not in wire.MODE_BY_NAME:
-            raise ValueError(f"mode must be one of {sorted(wire.MODE_BY_NAME)}, got {self.mode!r}")
+        if self.mode not in SCHEMES:
+            raise ValueError(f"mode must be one of {sorted(SCHEMES)}, got {self.mode!r}")
         if self.coords_per_round is not None and self.coords_per_round < 1:
             raise ValueError("coords_per_round must be positive (or None for all)")
         if not 2 <= self.quant_bits <= self.ring_bits <= wire.MAX_RING_BITS:
             raise ValueError("need 2 <= quant_bits <= ring_bits <= 32")
-        if not (self.clip_norm > 0 and (math.isfinite(self.clip_norm) or self.mode == "plaintext")):
+        if not (self.clip_norm > 0 and (math.isfinite(self.clip_norm) or not self.scheme.private)):
             raise ValueError("clip_norm must be positive and finite (inf only in plaintext mode)")
         if not (math.isfinite(self.coord_clip_factor) and self.coord_clip_factor > 0):
             raise ValueError("coord_clip_factor must be positive")
@@ -102,8 +153,12 @@ class ProtectionParams:
             raise ValueError("noise_multiplier must be >= 0")
         if not 1 <= self.k_min <= self.max_cohort <= wire.MAX_U32:
             raise ValueError("need 1 <= k_min <= max_cohort")
-        if self.mode == "secagg" and self.coords_per_round is not None:
+        if self.scheme.ring and self.coords_per_round is not None:
             self.check_ring(self.coords_per_round)
+
+    @property
+    def scheme(self) -> Scheme:
+        return SCHEMES[self.mode]
 
     # --- derived quantities (functions of n_params, because the model size is a parameter) ---
 
@@ -137,7 +192,7 @@ class ProtectionParams:
 
     def noise_std(self, n_params: int) -> float:
         """The same noise in units of the update (what the dequantised sum carries)."""
-        if self.mode == "secagg":
+        if self.scheme.ring:
             return self.noise_std_int(n_params) / self.scale(n_params)
         return self.noise_multiplier * self.clip_norm if math.isfinite(self.clip_norm) else 0.0
 
@@ -151,16 +206,15 @@ class ProtectionParams:
             )
 
     def payload_bytes(self, n_params: int) -> int:
-        if self.mode == "secagg":
+        if self.scheme.ring:
             return wire.packed_len(self.n_coords(n_params), self.ring_bits)
-        if self.mode == "plaintext":
+        if not self.scheme.private:
             return 4 * self.n_coords(n_params)
         raise ValueError("a CKKS payload's size is TenSEAL's; measure it")
 
     def upload_bytes(self, n_params: int) -> int:
         """Exact bytes of one upload (secagg: header + sealed seed + packed payload)."""
-        seal = wire.SEAL_LEN if self.mode == "secagg" else 0
-        return wire.HEADER_LEN + seal + self.payload_bytes(n_params)
+        return wire.HEADER_LEN + self.scheme.seal_len + self.payload_bytes(n_params)
 
     @property
     def ckks_mask_bound(self) -> float:
@@ -171,19 +225,19 @@ class ProtectionParams:
     def honest_sum_bounds(self, n_params: int, n_devices: int) -> tuple[float, float]:
         """(per-coordinate, L2) bounds of a sum of `n_devices` honest uploads, in update units,
         noise excluded: what n clipped devices can produce (secagg: after quantisation)."""
-        if self.mode == "secagg":
+        if self.scheme.ring:
             s = self.scale(n_params)
             return n_devices * self.level / s, n_devices * self.sensitivity_int(n_params) / s
         return n_devices * self.coord_clip(n_params), n_devices * self.clip_norm
 
     @property
     def wire_mode(self) -> wire.Mode:
-        return wire.MODE_BY_NAME[self.mode]
+        return self.scheme.wire_mode
 
     @property
     def label(self) -> str:
         """What every output carrying results under these parameters must say."""
-        return MODE_LABELS[self.mode]
+        return self.scheme.label
 
     # --- canonical encoding, bound into every seal ---
 

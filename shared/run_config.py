@@ -19,7 +19,14 @@ from fedchurn.shared import wire
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.feature_spec import BASE_FEATURES, N_FEATURES
 from fedchurn.shared.model_format import ModelSpec
-from fedchurn.shared.protection import CKKS_DEFAULT, DEFAULT, ProtectionParams, max_secagg_coords
+from fedchurn.shared.protection import (
+    CKKS_DEFAULT,
+    DEFAULT,
+    SCHEMES,
+    ProtectionParams,
+    Scheme,
+    max_secagg_coords,
+)
 from fedchurn.shared.protocol import Protocol, ProtocolError, day_number, parse_population
 
 __all__ = [
@@ -117,6 +124,11 @@ class RunConfig:
             )
 
     @property
+    def scheme(self) -> Scheme:
+        """The protection scheme this run's uploads use (`check` has refused an unknown name)."""
+        return SCHEMES[self.protection]
+
+    @property
     def dp(self) -> bool:
         """Differential privacy is on: Poisson sampling, one cohort per round, noise added once."""
         return self.target_epsilon > 0
@@ -141,13 +153,13 @@ class RunConfig:
 
         With DP noise the ring needs headroom: the ring grows until the cohort sum plus noise fits,
         and the coordinates per upload shrink so the upload stays within UPLOAD_BUDGET bytes."""
-        if self.protection == "ckks":
+        if self.scheme.homomorphic:
             return CKKS_DEFAULT.replace(
                 clip_norm=self.clip_norm, noise_multiplier=noise_multiplier, k_min=self.k_min
             )
         if not (math.isfinite(self.coord_clip_factor) and self.coord_clip_factor > 0):
             raise ValueError(f"coord-clip-factor must be a positive number, got {self.coord_clip_factor}")
-        if self.protection == "secagg":
+        if self.scheme.ring:
             fit = max_secagg_coords(DEFAULT.max_upload_bytes, self.ring_bits)
             if min(self.coords_per_round, self.model_spec().n_params) > fit:
                 raise ValueError(
@@ -183,7 +195,7 @@ class RunConfig:
         """Evaluation histograms: every coordinate, counts exact (7 ring units each), 12-bit ring."""
         n = histogram_length(self.outputs)
         clip = 1.5  # a device's histogram holds one count and one score in [0, 1]: norm <= sqrt(2)
-        if self.protection == "ckks":
+        if self.scheme.homomorphic:
             return CKKS_DEFAULT.replace(clip_norm=clip, k_min=self.k_min)
         return _sized(
             DEFAULT.replace(
@@ -207,7 +219,7 @@ class RunConfig:
         is charged as one more round); the ring widens from 16 bits until that noise fits."""
         n = self.model_spec().n_features + 1
         clip = STATS_BOUND * math.sqrt(n)
-        if self.protection == "ckks":
+        if self.scheme.homomorphic:
             return CKKS_DEFAULT.replace(clip_norm=clip, noise_multiplier=noise_multiplier, k_min=self.k_min)
         last: ValueError | None = None
         for ring in range(16, 33):
@@ -306,7 +318,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("server_beta2", lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
     ("server_tau", _positive, "a positive number"),
     ("server_lr_schedule", lambda v: v in ("constant", "cosine"), "constant or cosine"),
-    ("protection", lambda v: v in ("secagg", "ckks", "plaintext"), "secagg, ckks or plaintext"),
+    ("protection", lambda v: v in SCHEMES, "secagg, ckks or plaintext"),
     ("clip_norm", _positive, "a positive number"),
     ("coord_clip_factor", _positive, "a positive number"),
     ("coords_per_round", lambda v: v >= 1, "a whole number >= 1"),
@@ -324,7 +336,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 def _sized(params: ProtectionParams, n_params: int) -> ProtectionParams:
     """The plaintext baseline's uploads are float32: the aggregator accepts exactly their size."""
-    if params.mode != "plaintext":
+    if params.scheme.private:
         return params
     return params.replace(max_upload_bytes=params.upload_bytes(n_params))
 

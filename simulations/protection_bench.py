@@ -139,8 +139,8 @@ def _aggregate(
 
 
 def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, measured: int) -> dict[str, Any]:
-    kh = KeyHolder.generate(k_min=min(10, params.k_min), with_ckks=params.mode == "ckks")
-    pk = kh.public(ckks=params.mode == "ckks")
+    kh = KeyHolder.generate(k_min=min(10, params.k_min), with_ckks=params.scheme.homomorphic)
+    pk = kh.public(ckks=params.scheme.homomorphic)
     ups = _updates(measured, n_params)
     rng = np.random.default_rng(1)
     cohorts = _cohorts(measured, params.max_cohort)
@@ -172,7 +172,7 @@ def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, mea
     }
     if measured != n_updates:
         out["aggregate_note"] = f"measured on {measured} updates, scaled linearly to {n_updates}"
-    if params.mode == "secagg":
+    if params.scheme.ring:
         p = params
         out["upload_breakdown"] = {
             "header": wire.HEADER_LEN,
@@ -186,7 +186,7 @@ def _bench_fedchurn(params: ProtectionParams, n_updates: int, n_params: int, mea
             f"discrete-Gaussian noise (z={p.noise_multiplier}), dequantisation, averaging over "
             f"cohorts of up to {p.max_cohort}"
         )
-    if params.mode == "ckks":
+    if params.scheme.homomorphic:
         out["public_context_download_bytes"] = len(kh.ckks_public_context())
         out["ckks"] = {
             "poly_modulus": params.ckks_poly_modulus,

@@ -43,15 +43,15 @@ def provision_simulation(cfg: RunConfig, out: Path, audit_db: str = "") -> Provi
         STORE_KEY: str(out / "devices"),  # the simulated devices' own storage (shared, sparse)
     }
     (private / "evaluations.sqlite").unlink(missing_ok=True)
-    if cfg.protection != "plaintext":
-        device.update(KeyHolder.provision(key, with_ckks=cfg.protection == "ckks").to_node_config())
+    if cfg.scheme.private:
+        device.update(KeyHolder.provision(key, with_ckks=cfg.scheme.homomorphic).to_node_config())
     device_file = private / "device.toml"
     device_file.write_text("".join(f'{k} = "{v}"\n' for k, v in device.items()))
     env: dict[str, str] = {PROVISIONING_ENV: str(device_file)}
     settings = AggregatorSettings(
         out_dir=str(out),
         audit_db=audit_db,
-        keyholder_key_file=str(key) if cfg.protection != "plaintext" else "",
+        keyholder_key_file=str(key) if cfg.scheme.private else "",
         # The once-only state lives as long as the run's ServerApp (a simulation is never resumed);
         # a deployed key holder keeps it in SQLite with a full sync per answer.
         keyholder_state="",

@@ -132,7 +132,7 @@ def simulate(
     (out / "config.json").write_text(
         json.dumps({"run": asdict(cfg), "model": cfg.model_spec().to_dict()}, indent=2)
     )
-    if cfg.protection == "plaintext":
+    if not cfg.scheme.private:
         console.print(
             "[bold yellow]PLAINTEXT MODE[/]: updates travel unprotected; a baseline, not for devices."
         )

@@ -47,3 +47,33 @@ def test_feature_path_needs_numpy_alone() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _names_compared_with_strings(folder: str, names: set[str]) -> list[str]:
+    """`x.mode == "secagg"`-style compares (either side, ==, !=, in) of the given names in a folder."""
+
+    def named(node: ast.expr) -> str | None:
+        if isinstance(node, ast.Attribute):
+            return node.attr
+        return node.id if isinstance(node, ast.Name) else None
+
+    def literal(node: ast.expr) -> bool:
+        return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+    found = []
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            if any(named(s) in names for s in sides) and any(literal(s) for s in sides):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_protection_schemes_are_objects_not_string_compares() -> None:
+    """Which scheme a party runs is looked up (`Scheme`, `ENCODERS`, `COHORT_SUMS`), never decided by
+    comparing a mode name: a new scheme cannot be half-handled by a forgotten branch."""
+    names = {"mode", "protection", "protection_mode", "sampling"}
+    found = [f for d in ("client", "server", "shared") for f in _names_compared_with_strings(d, names)]
+    assert not found

@@ -200,3 +200,17 @@ def test_the_fast_selection_is_the_word_by_word_fisher_yates(seed: bytes, n: int
     fast = _selection.__wrapped__(m, n, seed)
     assert fast.tolist() == sorted(perm[:m])
     assert not fast.flags.writeable
+
+
+def test_every_scheme_has_its_device_encoder_and_its_aggregator_sum() -> None:
+    """A scheme is declared once (`SCHEMES`, the `ModeName` literal) and each party looks its part
+    up there: one missing would leave a mode half-handled."""
+    from typing import get_args
+
+    from fedchurn.client.protect import ENCODERS
+    from fedchurn.server.secure_sum import COHORT_SUMS
+    from fedchurn.shared.protection import SCHEMES, ModeName
+
+    assert set(ENCODERS) == set(COHORT_SUMS) == set(SCHEMES) == set(get_args(ModeName))
+    assert len({s.wire_mode for s in SCHEMES.values()}) == len(SCHEMES)
+    assert [s.name for s in SCHEMES.values() if not s.private] == ["plaintext"]

@@ -76,10 +76,10 @@ def test_dp_noise_is_in_the_sum_with_the_declared_std() -> None:
 
 
 def _refused(agg: CohortAggregator, blob: bytes, reason: Reason, device: str = "evil") -> None:
-    before = agg._sum.copy(), agg.count
+    before = agg._sum.total.copy(), agg.count
     v = agg.add(device, blob)
     assert not v.accepted and v.reason is reason, v
-    assert np.array_equal(agg._sum, before[0]) and agg.count == before[1]
+    assert np.array_equal(agg._sum.total, before[0]) and agg.count == before[1]
 
 
 def test_refusals_never_touch_the_sum_and_the_model() -> None:

@@ -410,7 +410,7 @@ def _mixed_uploads(mode: str) -> tuple[tuple[str, bytes], ...]:
 
 def _state(agg: CohortAggregator) -> tuple:
     uploads = [(d, np.asarray(u.values).tobytes(), u.sealed_seed) for d, u in agg._uploads.items()]
-    sums = np.asarray(agg._sum).tobytes()
+    sums = np.asarray(agg._sum.total).tobytes()
     return agg.bytes_received, sums, agg.count, uploads, sorted(agg._seals), list(agg._refused)
 
 
@@ -437,7 +437,7 @@ def _reference_add(agg: CohortAggregator, device_id: str, blob: bytes) -> Verdic
     try:
         h = wire.Header.parse(blob)
         checks = (
-            (h.mode == p.wire_mode, Reason.WRONG_MODE, f"mode {h.mode.name}"),
+            (h.mode is p.wire_mode, Reason.WRONG_MODE, f"mode {h.mode.name}"),
             (h.round_id == agg.round_id, Reason.WRONG_ROUND, f"round {h.round_id} != {agg.round_id}"),
             (h.cohort_id == agg.cohort_id, Reason.WRONG_COHORT, f"cohort {h.cohort_id}"),
             (h.model_version == agg.model_version, Reason.WRONG_MODEL_VERSION, f"model {h.model_version}"),
@@ -448,7 +448,7 @@ def _reference_add(agg: CohortAggregator, device_id: str, blob: bytes) -> Verdic
                 return agg._refuse(device_id, reason, detail)
         if agg.count >= p.max_cohort:
             return agg._refuse(device_id, Reason.COHORT_FULL, f"max_cohort={p.max_cohort}")
-        upload = agg._parse_body(blob)
+        upload = agg._sum.parse(blob)
     except wire.WireError as e:
         return agg._refuse(device_id, e.reason, e.detail)
     if upload.sealed_seed:
@@ -456,7 +456,7 @@ def _reference_add(agg: CohortAggregator, device_id: str, blob: bytes) -> Verdic
         if sid in agg._seals:
             return agg._refuse(device_id, Reason.DUPLICATE_SEAL, "this sealed seed was already submitted")
         agg._seals.add(sid)
-    agg._accumulate(upload.values, +1)
+    agg._sum.add(upload.values)
     agg._uploads[device_id] = upload
     return Verdict(device_id, True)
 

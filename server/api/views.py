@@ -47,6 +47,7 @@ from fedchurn.shared.catalogue import (
     as_dict,
 )
 from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, HORIZON_DAYS, MEDIUM_RISK
+from fedchurn.shared.protection import PLAINTEXT, SCHEMES
 
 RECALL_RULES_SOURCE = "fedchurn.client.policy.PolicyConfig"  # the on-device engine owns the recall rules
 SIGNALS_SOURCE = "fedchurn.client.signals.SignalThresholds"
@@ -236,7 +237,7 @@ def build_upload_spec(store: AuditStore, run_id: str | None = None, lang: i18n.L
     got = sum(r.bytes_received for r in rounds if not r.skipped)
     mode = p.pop("mode", "plaintext")
     note = i18n.t(lang, "upload.available", run=run.run_id)
-    if mode == "plaintext":
+    if not SCHEMES.get(mode, PLAINTEXT).private:  # an unknown mode is not presented as private
         note += " " + i18n.t(lang, "upload.plaintext_warning")
     n_params = run.model.get("n_params")
     return UploadSpec(
