@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedchurn.server.audit import RunFinishedError
 from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
 from fedchurn.server.grid_polling import PromptGrid
+from fedchurn.server.round_report import RoundReport
 from fedchurn.server.run_audit import RunAudit
 from fedchurn.server.run_output import RunOutput
 from fedchurn.server.secure_rounds import KeyHolderClient, connect_keyholder
@@ -149,52 +150,15 @@ class Recovery:
 
 
 def round_recorder(
-    cfg: RunConfig,
-    strategy: ChurnFedAvg,
-    out: RunOutput | None,
-    audit: RunAudit,
-    t0: float,
-    checkpoint: Callable[[int, np.ndarray, dict[str, Any]], None] | None = None,
+    cfg: RunConfig, strategy: ChurnFedAvg, on_round: Callable[[RoundReport, ArrayRecord], None], t0: float
 ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
-    """Flower calls this after every round: checkpoint, then write the round's record."""
+    """Flower calls this after every round: the strategy's tally becomes the round's one record,
+    and `on_round` hands it to the checkpoint, the outputs and the audit log."""
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round <= strategy.done_rounds:
             return None
-        s = strategy.stats
-        record = {
-            "round": server_round,
-            "sampled": s.sampled,
-            "received": s.received,
-            "trained": s.trained,
-            "refused": s.refused,
-            "bytes_received": s.bytes_received,
-            "bytes_per_device": s.bytes_received / max(s.received, 1),
-            "upload_bytes_per_device": s.upload_bytes / max(s.received, 1) if s.upload_bytes else None,
-            "dp_noise_std": s.noise_std,
-            "epsilon": s.epsilon,
-            "epsilon_aggregator": s.epsilon_aggregator,
-            "out_of_range": s.out_of_range,
-            "norm_clipped": s.norm_clipped,
-            "wait_seconds": s.wait_seconds,
-            "streamed_seconds": s.streamed_seconds,
-            "aggregate_seconds": s.aggregate_seconds,
-            "protection": cfg.protection,
-            "seconds": time.time() - s.started,
-            "elapsed": time.time() - t0,
-            "evaluation": s.evaluation,
-        }
-        params = strategy.exported(arrays)[PARAMS_KEY].numpy()  # as published: offset folded in
-        finished = time.time()
-        if checkpoint is not None:
-            checkpoint(
-                server_round,
-                arrays[PARAMS_KEY].numpy(),  # as the strategy keeps it (centred with centre-features)
-                {"record": record, "started": s.started, "finished": finished, "skip_reason": s.skip_reason},
-            )
-        if out is not None:
-            out.record_round(record, params)
-        audit.round(record, s.started, finished, s.skip_reason)
+        on_round(strategy.stats.report(server_round, cfg.protection, t0), arrays)
         return None
 
     return after_round
@@ -240,7 +204,7 @@ def main(grid: Grid, context: Context) -> None:
         secure.dp_record() if secure.keyholder is not None else {"accountant": "none", "delta": cfg.delta},
         run_id=last.audit_run_id if last else None,
     )
-    records: list[dict[str, Any]] = []
+    records: list[RoundReport] = []
     feature_mean: dict[str, Any] | None = None  # centre-features: what the first round measured
     if recovery is not None:
         recovery.attach(strategy)
@@ -253,11 +217,11 @@ def main(grid: Grid, context: Context) -> None:
             feature_mean = {"devices": None, "offset": last.input_offset}
         initial = ArrayRecord({PARAMS_KEY: Array(last.model.astype(np.float32))})
         before = last.initial_evaluation or {}
-        records = list(last.records)
-        for r in records:  # rounds checkpointed but maybe not yet in the audit log
-            audit.round(r["record"], r["started"], r["finished"], r.get("skip_reason"))
+        records = [RoundReport.from_json(r) for r in last.records]
+        for report in records:  # rounds checkpointed but maybe not yet in the audit log
+            audit.round(report)
         if out:
-            out.rounds = [r["record"] for r in records]
+            out.rounds = [r.to_json() for r in records]
     else:
         initial = ArrayRecord({PARAMS_KEY: Array(init_params(cfg.seed, cfg.model_spec()))})
         if recovery is not None:
@@ -266,7 +230,10 @@ def main(grid: Grid, context: Context) -> None:
             offset = strategy.measure_feature_mean(grid, timeout)
             if offset is None:
                 log(WARNING, "no cohort of the feature-mean round was unmasked; training uncentred")
-            audit.feature_mean(strategy.stats, offset is not None)
+                strategy.stats.skip_reason = (
+                    "feature mean not measured: no cohort was unmasked; training uncentred"
+                )
+            audit.round(strategy.stats.report(0, cfg.protection, t0, feature_mean=True))
             if recovery is not None:
                 recovery.store.mark(strategy.round_id, "finished")
             feature_mean = {
@@ -280,7 +247,7 @@ def main(grid: Grid, context: Context) -> None:
         running = {"status": "running", "initial_evaluation": before, "feature_mean": feature_mean}
         out.write_json("federated.json", running)
 
-    def snapshot(server_round: int, model: np.ndarray, recs: list[dict[str, Any]]) -> Checkpoint:
+    def snapshot(server_round: int, model: np.ndarray, recs: list[RoundReport]) -> Checkpoint:
         """The model as the strategy keeps it (centred with centre-features) and everything else."""
         assert recovery is not None
         rng, optimizer = strategy.state()
@@ -292,16 +259,22 @@ def main(grid: Grid, context: Context) -> None:
             audit.run_id,
             rng,
             optimizer,
-            recs,
+            [r.to_json() for r in recs],
             before,
             roster,
             input_offset=offset,
         )
 
-    def checkpoint(server_round: int, params: np.ndarray, entry: dict[str, Any]) -> None:
-        assert recovery is not None
-        records.append(entry)
-        recovery.save(snapshot(server_round, params, records), strategy.round_id)
+    def on_round(report: RoundReport, arrays: ArrayRecord) -> None:
+        """Every record of a finished round, from the one report: the checkpoint first (a crash
+        after it replays the rest on restart), then the outputs, then the audit log."""
+        records.append(report)
+        if recovery is not None:
+            # The model as the strategy keeps it (centred with centre-features).
+            recovery.save(snapshot(report.round, arrays[PARAMS_KEY].numpy(), records), strategy.round_id)
+        if out is not None:
+            out.record_round(report, strategy.exported(arrays)[PARAMS_KEY].numpy())  # as published
+        audit.round(report)
 
     if recovery is not None and last is None:
         recovery.save(snapshot(0, initial[PARAMS_KEY].numpy(), []), None)
@@ -312,7 +285,7 @@ def main(grid: Grid, context: Context) -> None:
         timeout=timeout,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
-        evaluate_fn=round_recorder(cfg, strategy, out, audit, t0, checkpoint if recovery else None),
+        evaluate_fn=round_recorder(cfg, strategy, on_round, t0),
     )
     # Every round skipped (no cohort reached k): Flower's result holds no arrays; the model is unchanged.
     final_arrays = result.arrays if result.arrays is not None and PARAMS_KEY in result.arrays else initial

@@ -8,8 +8,6 @@ evaluation and the model card.
 from __future__ import annotations
 
 import contextlib
-import re
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +19,7 @@ from fedchurn.shared.protection import MODE_LABELS, PARTY_VIEWS, ProtectionParam
 from fedchurn.shared.run_config import RunConfig
 
 if TYPE_CHECKING:
-    from fedchurn.server.strategy import RoundStats
+    from fedchurn.server.round_report import RoundReport
 
 LOGIC = (
     "On the device, 127 features summarise the last 1-28 days of each behaviour category (counts, "
@@ -38,19 +36,6 @@ def _views(party: str) -> str:
         if v.party == party:
             return "; ".join((*v.learns,))
     return ""
-
-
-_CLIENT_ERROR = re.compile(r"^client error: (?:<class '(?:[\w.]*\.)?(\w+)'>|(\w+)(?::|$))")
-
-
-def public_reason(reason: str) -> str:
-    """A refusal reason fit for the public audit log: a device's own error message may carry its
-    index or other details, so only the error's class name is kept ("client error: AlreadyEvaluatedError")."""
-    if not reason.startswith("client error"):
-        return reason
-    m = _CLIENT_ERROR.match(reason)
-    name = (m.group(1) or m.group(2)) if m else None
-    return f"client error: {name}" if name else "client error"
 
 
 def protection_record(cfg: RunConfig, params: ProtectionParams | None) -> dict[str, Any]:
@@ -102,7 +87,6 @@ class RunAudit:
         """`audit_db`: the audit database's URL ("" = no audit trail, e.g. a simulation without one);
         `run_id`: continue that audit run (an aggregator restarted after a crash)."""
         self.store = AuditStore(audit_db) if audit_db else None
-        self.protection = cfg.protection
         self.run_id = ""
         if self.store and run_id and self.store.get_run(run_id) is not None:
             self.run_id = run_id
@@ -119,57 +103,12 @@ class RunAudit:
                 },
             )
 
-    def round(
-        self, record: dict[str, Any], started: float, finished: float, skip_reason: str | None = None
-    ) -> None:
+    def round(self, report: RoundReport) -> None:
         """Record a round; a round already in the log (a restarted aggregator's backfill) is kept."""
         if not self.store:
             return
         with contextlib.suppress(RoundAlreadyRecordedError):
-            self._record(record, started, finished, skip_reason)
-
-    def feature_mean(self, stats: RoundStats, measured: bool) -> None:
-        """Record the feature-mean round (centre-features) as round 0: who was asked, what was
-        refused, the bytes and the epsilon it cost; never the mean itself."""
-        record = {
-            "round": 0,
-            "sampled": stats.sampled,
-            "received": stats.received,
-            "refused": stats.refused,
-            "bytes_received": stats.eval_bytes,
-            "protection": self.protection,
-            "dp_noise_std": stats.noise_std,
-            "epsilon": stats.epsilon,
-            "epsilon_aggregator": stats.epsilon_aggregator,
-            "evaluation": {"feature_mean_round": 1.0},
-        }
-        skip = None if measured else "feature mean not measured: no cohort was unmasked; training uncentred"
-        self.round(record, stats.started, time.time(), skip)
-
-    def _record(
-        self, record: dict[str, Any], started: float, finished: float, skip_reason: str | None
-    ) -> None:
-        from fedchurn.server.audit import refusal_counts
-
-        assert self.store is not None
-        self.store.record_round(
-            self.run_id,
-            record["round"],
-            started_at=started,
-            finished_at=finished,
-            sampled=record["sampled"],
-            received=record["received"],
-            # The aggregator names refused devices; only how many per reason leaves this process.
-            refused=refusal_counts([{"reason": public_reason(str(r["reason"]))} for r in record["refused"]]),
-            bytes_received=record["bytes_received"],
-            protection_mode=record["protection"],
-            dp_noise_std=record.get("dp_noise_std"),
-            epsilon_spent=record.get("epsilon"),
-            epsilon_aggregator=record.get("epsilon_aggregator"),
-            metrics={k: v for k, v in record.get("evaluation", {}).items() if not isinstance(v, list)},
-            skipped=skip_reason is not None,
-            skip_reason=skip_reason,
-        )
+            self.store.record_round(self.run_id, **report.audit_fields())
 
     def finish(
         self, cfg: RunConfig, final: dict[str, Any], params_vector: Any, status: str = "completed"

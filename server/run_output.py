@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fedchurn.server.round_report import RoundReport
 from fedchurn.shared.model_format import DEFAULT_SPEC, HIGH_RISK, MEDIUM_RISK, ModelSpec
 
 MODEL_FORMAT_VERSION = 1
@@ -41,8 +42,10 @@ class RunOutput:
         must act at a known point of a run without reading its databases)."""
         self.write_json("progress.json", {"round": server_round, "phase": phase, "at": time.time()})
 
-    def record_round(self, record: dict[str, Any], params: np.ndarray) -> None:
-        np.save(self.dir / "checkpoints" / f"round_{record['round']:03d}.npy", params.astype(np.float32))
+    def record_round(self, report: RoundReport, params: np.ndarray) -> None:
+        """The round's model (as published) and its record, in `rounds.jsonl` and `federated.json`."""
+        np.save(self.dir / "checkpoints" / f"round_{report.round:03d}.npy", params.astype(np.float32))
+        record = report.to_json()
         self.rounds.append(record)
         with (self.dir / "rounds.jsonl").open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")

@@ -18,6 +18,7 @@ import numpy as np
 from fedchurn.server import secure_sum
 from fedchurn.server.dp import MECHANISM, PrivacyAccountant, calibrate_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
+from fedchurn.server.round_report import Refusal
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.server.settings import AggregatorSettings
 from fedchurn.shared.evaluation import histogram_length
@@ -64,7 +65,7 @@ class CohortSum:
     coord_count: np.ndarray  # devices whose upload covered each coordinate
     count: int = 0
     received: int = 0  # uploads that arrived (accepted or not)
-    refused: list[dict[str, str]] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
     upload_bytes: int = 0
     noise_std: float = 0.0
     cohorts: int = 0
@@ -243,7 +244,7 @@ class RoundSum:
             if not verdict.accepted:
                 self._refused_here[cohort] += 1
                 reason = f"{verdict.reason.value}: {verdict.detail}" if verdict.reason else verdict.detail
-                out.refused.append({"device": verdict.device_id, "reason": reason})
+                out.refused.append(Refusal(verdict.device_id, reason))
 
     def close(self, cohort: int) -> None:
         """Ask the key holder for the cohort's sum; a refused cohort contributes nothing."""
@@ -256,10 +257,10 @@ class RoundSum:
         try:
             res = agg.finalize(self.rounds.keyholder)
         except CohortRefusedError as e:
-            out.refused.append({"device": f"cohort {cohort}", "reason": f"{e.reason.value}: {e.detail}"})
-            out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in e.dropped[before:]]
+            out.refused.append(Refusal(f"cohort {cohort}", f"{e.reason.value}: {e.detail}"))
+            out.refused += [Refusal(d.device_id, d.reason.value) for d in e.dropped[before:]]
             return
-        out.refused += [{"device": d.device_id, "reason": d.reason.value} for d in res.dropped[before:]]
+        out.refused += [Refusal(d.device_id, d.reason.value) for d in res.dropped[before:]]
         self._sums[cohort] = res.sum
         out.coord_count[res.selected] += res.count
         out.count += res.count

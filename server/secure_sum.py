@@ -201,7 +201,7 @@ def bound_sum(
 Opened = tuple[np.ndarray, tuple[str, ...], tuple[Dropped, ...], float]
 
 
-class CohortSum(Protocol):
+class SchemeSum(Protocol):
     """A protection scheme's half of a cohort: its running sum, how its bodies parse, and how the
     sum is opened. `CohortAggregator` does everything the schemes share (headers, duplicates,
     seals used once, the cohort cap, bounding the opened sum) and asks this object for the rest."""
@@ -254,7 +254,7 @@ class CohortAggregator:
         self._seals: set[bytes] = set()
         self._refused: list[Dropped] = []
         self._closed = False
-        self._sum: CohortSum = COHORT_SUMS[p.mode](self)
+        self._sum: SchemeSum = SCHEME_SUMS[p.mode](self)
 
     def warn_plaintext(self) -> None:
         msg = (
@@ -657,7 +657,7 @@ class CkksSum:
         )
 
 
-COHORT_SUMS: dict[str, Callable[[CohortAggregator], CohortSum]] = {
+SCHEME_SUMS: dict[str, Callable[[CohortAggregator], SchemeSum]] = {
     SECAGG.name: SecAggSum,
     CKKS.name: CkksSum,
     PLAINTEXT.name: PlaintextSum,

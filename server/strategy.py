@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedchurn.client.feature_mean import mean_from_sum
 from fedchurn.server.grid_polling import PromptGrid
+from fedchurn.server.round_report import Refusal, RoundStats
 from fedchurn.server.sampling import Pair, Sampler
 from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, RoundSum, SecureRounds
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
@@ -49,31 +50,6 @@ EVAL_COHORTS = 100_000  # evaluation cohort ids start here, apart from training 
 STATS_COHORTS = 200_000  # and feature-mean cohorts here
 REASON_CHARS = 500  # a node's error text kept in the aggregator's own records
 Uploads = dict[int, list[tuple[str, bytes]]]
-
-
-@dataclass
-class RoundStats:
-    """What the last round did, for the run's records (never per-device values)."""
-
-    sampled: int = 0
-    received: int = 0
-    trained: int = 0
-    refused: list[dict[str, str]] = field(default_factory=list)
-    bytes_received: int = 0
-    started: float = 0.0
-    evaluation: dict[str, Any] = field(default_factory=dict)
-    upload_bytes: int = 0  # protected uploads alone (the wire format's bytes)
-    eval_bytes: int = 0
-    noise_std: float | None = None
-    epsilon: float | None = None  # against outsiders (amplified by secret sampling)
-    epsilon_aggregator: float | None = None  # against the aggregator (no amplification)
-    out_of_range: int = 0  # coordinates of unmasked sums beyond what honest devices can produce
-    norm_clipped: int = 0  # cohorts whose unmasked sum's norm was cut to the honest bound
-    skip_reason: str | None = None  # set when the round left the model unchanged
-    sent: float = 0.0  # when the round's messages were handed to Flower
-    wait_seconds: float = 0.0  # from then until every reply was in (engine, devices, transfer)
-    aggregate_seconds: float = 0.0  # the aggregator and the key holder on the replies
-    streamed_seconds: float = 0.0  # of which done while other nodes were still working
 
 
 @dataclass
@@ -223,7 +199,7 @@ class ChurnFedAvg(FedAvg):
         by_cohort: dict[int, list[tuple[str, bytes]]] = {}
         if msg.has_error():
             reason = (msg.error.reason or "")[:REASON_CHARS]
-            s.refused.append({"device": f"node {node}", "reason": f"client error: {reason}"})
+            s.refused.append(Refusal(f"node {node}", f"client error: {reason}"))
         else:
             if step.train:
                 s.bytes_received += reply_bytes(msg)
@@ -232,13 +208,13 @@ class ChurnFedAvg(FedAvg):
             try:
                 reply = NodeReply.from_message(msg)
             except MessageError as e:
-                s.refused.append({"device": f"node {node}", "reason": f"malformed reply: {e}"})
+                s.refused.append(Refusal(f"node {node}", f"malformed reply: {e}"))
                 reply = NodeReply((), ())
             for device, blob in zip(reply.devices, reply.blobs, strict=True):
                 key = (node, device)
                 if key not in step.expected or key in step.arrived:
                     reason = "unexpected or repeated device in reply"
-                    s.refused.append({"device": f"{node}/{device}", "reason": reason})
+                    s.refused.append(Refusal(f"{node}/{device}", reason))
                     continue
                 step.arrived.add(key)
                 by_cohort.setdefault(step.expected[key], []).append((f"{node}/{device}", blob))
@@ -261,7 +237,7 @@ class ChurnFedAvg(FedAvg):
             return CohortSum(sum=np.zeros(0), coord_count=np.zeros(0))
         for node, device in sorted(set(step.expected) - step.arrived):
             reason = "no upload (failed, refused or timed out)"
-            self.stats.refused.append({"device": f"{node}/{device}", "reason": reason})
+            self.stats.refused.append(Refusal(f"{node}/{device}", reason))
         for cohort in step.acc.open_cohorts:
             step.acc.close(cohort)
         return step.acc.result()

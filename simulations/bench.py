@@ -207,7 +207,11 @@ def _fedchurn_run(cfg: RunConfig, out: Path, console: Console, nodes: int) -> di
     from fedchurn.simulations.simulate import simulate
 
     shutil.rmtree(out, ignore_errors=True)  # no stale federated.json can pass for this run
-    summary = simulate(cfg, console, out, baselines=False, nodes=nodes)
+    return run_figures(simulate(cfg, console, out, baselines=False, nodes=nodes))
+
+
+def run_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the bench reads from a `simulate` summary: wall time, memory, throughput, bytes."""
     rounds = summary["federated"]["rounds"]
     elapsed = [float(r["elapsed"]) for r in rounds]
     seconds = [float(rounds[0]["seconds"])] + [b - a for a, b in pairwise(elapsed)]
@@ -245,11 +249,18 @@ def _quickstart_run(cfg: RunConfig, out: Path, console: Console) -> dict[str, An
     doc = json.loads(status_path.read_text()) if status_path.exists() else {}
     if doc.get("status") != "finished":
         raise RuntimeError(f"the Flower quickstart run did not finish; see {out / 'flower' / 'flower.log'}")
+    return quickstart_figures(doc, wall, mem.peak_mb, np.load(out / fq.PARAMS_FILE))
+
+
+def quickstart_figures(
+    status: dict[str, Any], wall: float, peak_mb: float, params: np.ndarray
+) -> dict[str, Any]:
+    """What the bench reads from the quickstart's status file (replies and seconds per round)."""
     return {
         "wall_s": wall,
-        "peak_mem_mb": mem.peak_mb,
-        **_throughput(doc["replies"], doc["round_seconds"]),
-        "params": np.load(out / fq.PARAMS_FILE),
+        "peak_mem_mb": peak_mb,
+        **_throughput(status["replies"], status["round_seconds"]),
+        "params": params,
     }
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
@@ -14,6 +15,30 @@ VENV_BIN = Path(sys.executable).parent
 
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A small federated run through Flower's simulation engine, shared by every test that reads a
+    real run's outputs (the end-to-end tests, the bench's JSON check)."""
+    from rich.console import Console
+
+    from fedchurn.shared.run_config import RunConfig
+    from fedchurn.simulations.simulate import simulate
+
+    out = tmp_path_factory.mktemp("sim")
+    cfg = RunConfig(
+        num_server_rounds=3,
+        devices=160,
+        per_round=30,
+        eval_per_round=10,
+        eval_fraction=0.5,
+        seed=11,
+        sampling_source="seeded",
+        centre_features=False,  # the centred path (the default) is test_simulation_e2e's `centred_run`
+    )
+    summary = simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
+    return out, summary
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from test_api_store import DEVICE_REFUSALS, dump_tables
 from fedchurn.client.signals import SignalThresholds
 from fedchurn.server.api_bench import live_server
 from fedchurn.server.audit import AuditStore
+from fedchurn.server.round_report import RoundReport
 from fedchurn.server.run_audit import RunAudit
 from fedchurn.server.serve_cli import ServeError, resolve_write_token
 from fedchurn.shared.catalogue import CATEGORIES, as_dict
@@ -390,8 +391,12 @@ def test_no_device_id_reaches_the_database_or_the_api(tmp_path: Path) -> None:
         "epsilon": 0.8,
         "epsilon_aggregator": 3.2,
         "evaluation": {"train_loss": 0.3},
+        "trained": 7,
+        "started": T0.timestamp(),
+        "finished": T0.timestamp() + 4,
+        "elapsed": 4.0,
     }
-    audit.round(record, T0.timestamp(), T0.timestamp() + 4)
+    audit.round(RoundReport.from_json(record))
     assert audit.store is not None
     rid = audit.run_id
     auth = {"Authorization": f"Bearer {TOKEN}"}

@@ -266,7 +266,7 @@ def test_attack_evaluation_releases_are_differenced() -> None:
             f"{second['devices']:.0f} devices): its outcome is {'churn' if outcome > 0.5 else 'no churn'}"
         )
     assert not second
-    refused = [r for r in strategy.stats.refused if "no upload" in r["reason"]]
+    refused = [r for r in strategy.stats.refused if "no upload" in r.reason]
     assert len(refused) >= first["devices"] - 1  # every device refused a second evaluation
 
 

@@ -72,7 +72,7 @@ def _names_compared_with_strings(folder: str, names: set[str]) -> list[str]:
 
 
 def test_protection_schemes_are_objects_not_string_compares() -> None:
-    """Which scheme a party runs is looked up (`Scheme`, `ENCODERS`, `COHORT_SUMS`), never decided by
+    """Which scheme a party runs is looked up (`Scheme`, `ENCODERS`, `SCHEME_SUMS`), never decided by
     comparing a mode name: a new scheme cannot be half-handled by a forgotten branch."""
     names = {"mode", "protection", "protection_mode", "sampling"}
     found = [f for d in ("client", "server", "shared") for f in _names_compared_with_strings(d, names)]

@@ -208,9 +208,9 @@ def test_every_scheme_has_its_device_encoder_and_its_aggregator_sum() -> None:
     from typing import get_args
 
     from fedchurn.client.protect import ENCODERS
-    from fedchurn.server.secure_sum import COHORT_SUMS
+    from fedchurn.server.secure_sum import SCHEME_SUMS
     from fedchurn.shared.protection import SCHEMES, ModeName
 
-    assert set(ENCODERS) == set(COHORT_SUMS) == set(SCHEMES) == set(get_args(ModeName))
+    assert set(ENCODERS) == set(SCHEME_SUMS) == set(SCHEMES) == set(get_args(ModeName))
     assert len({s.wire_mode for s in SCHEMES.values()}) == len(SCHEMES)
     assert [s.name for s in SCHEMES.values() if not s.private] == ["plaintext"]

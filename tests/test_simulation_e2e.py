@@ -21,23 +21,6 @@ from fedchurn.simulations.simulate import simulate
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("sim")
-    cfg = RunConfig(
-        num_server_rounds=3,
-        devices=160,
-        per_round=30,
-        eval_per_round=10,
-        eval_fraction=0.5,
-        seed=11,
-        sampling_source="seeded",
-        centre_features=False,  # the centred path (the default) is `centred_run`
-    )
-    summary = simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
-    return out, summary
-
-
-@pytest.fixture(scope="module")
 def centred_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """centre-features: a feature-mean round through the secure sum, then one centred round."""
     out = tmp_path_factory.mktemp("centred")

@@ -74,7 +74,7 @@ def test_garbage_and_tampered_uploads_are_refused_named_and_leave_the_sum_to_hon
         replies.append(NodeReply(task.devices, (blob,)).to_message(msg))
 
     arrays, _ = strategy.aggregate_train(1, replies)
-    refused = {r["device"]: r["reason"] for r in strategy.stats.refused}
+    refused = {r.device: r.reason for r in strategy.stats.refused}
     assert set(refused) == {"101/1010", "102/1020", "103/1030"}, refused
     assert strategy.stats.trained == len(NODES) - 3
 
@@ -93,7 +93,7 @@ def test_garbage_and_tampered_uploads_are_refused_named_and_leave_the_sum_to_hon
     assert not np.any(np.delete(moved, selected))  # nothing else moved
 
     # The round recorder writes the refusals into the audit log, by reason, without device ids.
-    round_recorder(cfg, strategy, None, audit, time.time())(1, arrays)
+    round_recorder(cfg, strategy, lambda report, _: audit.round(report), time.time())(1, arrays)
     rounds = AuditStore(url).list_rounds(audit.run_id).items
     assert len(rounds) == 1
     assert sum(int(r["count"]) for r in rounds[0].refused) == 3

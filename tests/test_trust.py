@@ -176,6 +176,7 @@ def test_a_devices_error_message_never_reaches_the_public_audit_log(tmp_path: Pa
     """A device's exception text may name it ("device 4711 already uploaded…"): the public audit log
     keeps only the error's class, counted."""
     from fedchurn.server.audit import AuditStore
+    from fedchurn.server.round_report import RoundReport
     from fedchurn.server.run_audit import RunAudit
 
     url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
@@ -194,8 +195,12 @@ def test_a_devices_error_message_never_reaches_the_public_audit_log(tmp_path: Pa
         ],
         "bytes_received": 10,
         "protection": "secagg",
+        "trained": 1,
+        "started": 0.0,
+        "finished": 1.0,
+        "elapsed": 1.0,
     }
-    audit.round(record, 0.0, 1.0)
+    audit.round(RoundReport.from_json(record))
     (row,) = AuditStore(url).list_rounds(audit.run_id).items
     assert row.refused == [{"reason": "client error: AlreadyEvaluatedError", "count": 2}]
     assert "4711" not in str(row)
