@@ -124,3 +124,29 @@ def test_every_simulate_default_is_the_run_configurations() -> None:
         assert value == getattr(SIMULATE_DEFAULTS, name), p.name
         checked.add(name)
     assert len(checked) >= 30
+
+
+@pytest.mark.parametrize(
+    ("horizon", "silence", "cutoff"),
+    [(7, 7, ""), (14, 14, ""), (28, 14, ""), (90, 30, ""), (30, 14, "2025-02-03"), (90, 14, "2025-02-03")],
+)
+def test_a_runs_horizon_is_its_models_horizon(horizon: int, silence: int, cutoff: str) -> None:
+    """`--horizon 28` once trained 14 daily hazards on 28-day labels and scored 14-day probabilities
+    against 28-day outcomes. The model is now derived from the run's protocol: its horizon is the
+    run's, and every label a device makes for it lands in one of its outputs."""
+    import numpy as np
+
+    from fedchurn.client.device_data import prepare_devices
+    from fedchurn.simulations.population import generate_devices
+    from fedchurn.simulations.scenario import load_scenario
+
+    cfg = RunConfig(horizon=horizon, silence_days=silence, cutoff=cutoff)
+    spec = cfg.model_spec()
+    assert spec.horizon_days == cfg.horizon == horizon
+    assert spec.outputs == cfg.outputs == cfg.protocol().outputs
+    # 160 days from 2024-10-06: the cutoff (2025-02-03) is day 120 of them
+    events, rows, starts, todays = generate_devices(3, np.arange(40), load_scenario("default"), 160)
+    devices = prepare_devices(events, rows, starts, todays, cfg.protocol())
+    times = np.concatenate([d.time for d in devices])
+    assert times.size > 0 and times.min() >= 1 and times.max() <= spec.outputs
+    assert all(d.x.shape[1] == spec.n_features for d in devices if len(d.x))
