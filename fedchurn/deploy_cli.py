@@ -45,7 +45,7 @@ def certs(
 ) -> None:
     """Create a CA, one TLS certificate per service, SuperNode keys (EC P-384), the key holder's keys
     and the pin every SuperNode carries, and bearer tokens (private files 0600)."""
-    from fedchurn.server.deploy import make_secrets
+    from fedchurn.server.deploy_secrets import make_secrets
 
     hosts = tuple(host or ("127.0.0.1", "localhost"))
     sec = make_secrets(out, nodes, hosts, tuple(keyholder_host or hosts), tuple(api_host or hosts), ckks)
@@ -71,7 +71,7 @@ def keyholder(
     ] = RunConfig().horizon,
 ) -> None:
     """Run the key holder service over HTTPS (operated by the other, non-colluding party)."""
-    from fedchurn.server.deploy import serve_keyholder
+    from fedchurn.server.deploy_services import serve_keyholder
 
     state.parent.mkdir(parents=True, exist_ok=True)
     serve_keyholder(host, port, directory, state, k_min, min_noise_multiplier, horizon)
@@ -87,7 +87,7 @@ def api(
     port: Annotated[int, typer.Option()] = 8444,
 ) -> None:
     """Run the transparency API over HTTPS, read-only."""
-    from fedchurn.server.deploy import database_url_from, serve_api
+    from fedchurn.server.deploy_services import database_url_from, serve_api
 
     serve_api(host, port, database_url_from(database_url), directory / "tls.pem", directory / "tls.key")
 
@@ -104,7 +104,7 @@ def aggregator_settings(
     SuperLink with them (`deploy superlink`). Passwords: PGPASSWORD or ~/.pgpass, or edit the file."""
     from sqlalchemy.engine import make_url
 
-    from fedchurn.server.deploy import load_secrets
+    from fedchurn.server.deploy_secrets import load_secrets
     from fedchurn.server.settings import AggregatorSettings
 
     for name, url in (("--state-db", state_db), ("--audit-db", audit_db)):
@@ -134,7 +134,8 @@ def superlink(
 ) -> None:
     """Exec `flower-superlink` with TLS and SuperNode authentication; its ServerApps read the
     aggregator settings (`deploy aggregator-settings`) named in their environment."""
-    from fedchurn.server.deploy import load_secrets, superlink_cmd
+    from fedchurn.server.deploy import superlink_cmd
+    from fedchurn.server.deploy_secrets import load_secrets
     from fedchurn.server.settings import SETTINGS_ENV
 
     sec = load_secrets(certs)
@@ -160,7 +161,8 @@ def register(
     home: Annotated[Path, typer.Option(help="FLWR_HOME for the flwr CLI connection.")] = Path(".flwr"),
 ) -> None:
     """Write the `flwr` CLI connection (TLS with the CA) and register every SuperNode public key."""
-    from fedchurn.server.deploy import load_secrets, register_node, write_flwr_config
+    from fedchurn.server.deploy import register_node, write_flwr_config
+    from fedchurn.server.deploy_secrets import load_secrets
 
     sec = load_secrets(certs)
     write_flwr_config(home, superlink, sec.ca_cert)
@@ -180,7 +182,8 @@ def supernode(
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
     `<certs>/pins/keyholder.toml`."""
-    from fedchurn.server.deploy import load_secrets, supernode_cmd
+    from fedchurn.server.deploy import supernode_cmd
+    from fedchurn.server.deploy_secrets import load_secrets
 
     extra = f"today={today}" if today is not None else ""
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)

@@ -1,36 +1,24 @@
-"""Deployment on Flower's deployment engine: secrets, and the processes of one federation.
-
-`make_secrets` writes (with `cryptography` only), one folder per party: a CA, a TLS certificate of
-its own for each of the SuperLink, the key holder and the transparency API, one EC P-384 key pair
-per SuperNode (OpenSSH format, what `flower-supernode --auth-supernode-private-key` and
-`flwr supernode register` read), the key holder's X25519 key and CKKS contexts and the public pin
-every SuperNode is configured with, the aggregator's bearer token for the key holder (the key
-holder keeps only its hash) and the API's write token. Private files are created 0600 and never
-printed; no secret is ever put on a command line.
+"""Deployment on Flower's deployment engine: the processes of one federation.
 
 `Federation` starts and stops the processes of a deployment on one machine (the integration tests
 and `fedchurn deploy local` use it): a SuperLink with TLS and SuperNode authentication, SuperNodes
-that each serve a folder of device stores, the key holder service, the transparency API, and
-`flwr run` against that SuperLink. Every process runs in its own process group and is stopped on
+that each serve a folder of device stores, the key holder service and the transparency API
+(`deploy_services`), and `flwr run` against that SuperLink, all from the folders
+`deploy_secrets.make_secrets` wrote. Every process runs in its own process group and is stopped on
 exit, also on SIGTERM. On several machines, run the same commands (`fedchurn deploy ...`) by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import hashlib
-import ipaddress
 import json
 import os
-import secrets
 import signal
 import ssl
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,326 +26,16 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedchurn.server import app_package
 from fedchurn.server.app_package import flower_bin, free_port
-from fedchurn.server.keyholder import KeyHolder
+from fedchurn.server.deploy_secrets import Secrets, make_secrets
+from fedchurn.server.deploy_services import DATABASE_URL_ENV
 from fedchurn.server.settings import SETTINGS_ENV, AggregatorSettings
-from fedchurn.shared.keyholder_pin import KeyHolderPin
 from fedchurn.shared.run_config import RunConfig
 
-SECRET_MODE = 0o600
-KEYHOLDER_TOKEN_ENV = "FEDCHURN_KEYHOLDER_TOKEN"
 STARTUP_TIMEOUT_S = 90.0
-CERT_DAYS = 365
 DEPLOY_CLIENTAPP = "fedchurn.client.deploy_client:app"
-
-
-# --- secrets -------------------------------------------------------------------------------------
-
-
-def write_secret(path: Path, data: bytes) -> Path:
-    """Create a file readable by its owner only (0600 from the first byte, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
-
-
-def read_token(path: str | Path | None, env: str = KEYHOLDER_TOKEN_ENV) -> str:
-    """A bearer token from a file (preferred) or an environment variable; never from the run config."""
-    token = Path(path).read_text(encoding="utf-8").strip() if path else os.environ.get(env, "").strip()
-    if len(token) < 16:
-        raise ValueError(f"no bearer token of >= 16 characters in {path or '$' + env}")
-    return token
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedchurn"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common),
-        ]
-    )
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def make_ca(common: str = "fedchurn deployment CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed CA (P-384, ECDSA-SHA384) that signs the servers' certificates."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common))
-        .issuer_name(_name(common))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA384())
-    )
-    return key, cert
-
-
-def make_server_cert(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: Sequence[str]
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A TLS server certificate for `hosts` (DNS names or IP addresses, all in the SAN)."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    names: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            names.append(x509.DNSName(h))
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA384())
-    )
-    return key, cert
-
-
-def make_node_key(directory: Path, name: str) -> tuple[Path, Path]:
-    """A SuperNode's authentication key pair (EC P-384, OpenSSH); the public half gets registered."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = write_secret(
-        directory / name,
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        ),
-    )
-    public = directory / f"{name}.pub"
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        + f" {name}\n".encode()
-    )
-    return private, public
-
-
-@dataclass(frozen=True)
-class PartyTLS:
-    cert: Path
-    key: Path  # 0600
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """Paths of everything `make_secrets` wrote (files, never their contents), one folder per party.
-
-    - `ca/ca.pem`: the CA certificate (public; its private key is not kept).
-    - `superlink/`, `api/`: each service's own TLS key and certificate (the API's write token).
-    - `keyholder/`: the key holder's TLS key and certificate, its X25519 key and CKKS contexts
-      (`KeyHolder.provision`), and the SHA-256 of the token the aggregator presents (never the
-      token itself). Give this folder to the key holder's operator only.
-    - `aggregator/keyholder.token`: the bearer token the aggregator presents to the key holder.
-    - `nodes/node-i`, `.pub`: SuperNode authentication keys.
-    - `pins/keyholder.toml`: the key holder's public pin, which every SuperNode's node config
-      carries (public: give it to every device operator).
-    """
-
-    dir: Path
-    ca_cert: Path
-    superlink: PartyTLS
-    keyholder: PartyTLS
-    api: PartyTLS
-    node_keys: tuple[tuple[Path, Path], ...]
-    aggregator_token: Path  # what the aggregator presents
-    keyholder_token_sha256: Path  # what the key holder checks it against
-    api_token: Path
-    keyholder_key: Path  # X25519 (0600); CKKS contexts beside it
-    pin: Path
-
-    def private_files(self) -> list[Path]:
-        """Files whose bytes must never appear in a log or an output (the tests grep for them)."""
-        files = [
-            self.superlink.key,
-            self.keyholder.key,
-            self.api.key,
-            *(k for k, _ in self.node_keys),
-            self.aggregator_token,
-            self.api_token,
-            self.keyholder_key,
-        ]
-        ckks = self.keyholder_key.with_name(self.keyholder_key.name + ".ckks")
-        return [*files, ckks] if ckks.exists() else files
-
-    def keyholder_pin(self) -> KeyHolderPin:
-        with self.pin.open("rb") as f:
-            return KeyHolderPin.from_node_config(tomllib.load(f), str(self.pin))
-
-
-def _tls(
-    directory: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: Sequence[str]
-) -> PartyTLS:
-    key, cert = make_server_cert(ca_key, ca_cert, hosts)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return PartyTLS(directory / "tls.pem", write_secret(directory / "tls.key", _pem_key(key)))
-
-
-def make_secrets(
-    directory: Path,
-    n_nodes: int,
-    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
-    keyholder_hosts: Sequence[str] | None = None,
-    api_hosts: Sequence[str] | None = None,
-    with_ckks: bool = True,
-) -> Secrets:
-    """Write a deployment's CA, each service's own TLS certificate, SuperNode keys, the key holder's
-    keys and pin, and bearer tokens, one folder per party (see `Secrets`)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_cert = make_ca()
-    (directory / "ca").mkdir(exist_ok=True)
-    ca_path = directory / "ca" / "ca.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    # The CA's private key is not kept: nothing else gets signed (re-run to rotate everything).
-    _tls(directory / "superlink", ca_key, ca_cert, hosts)
-    _tls(directory / "keyholder", ca_key, ca_cert, keyholder_hosts or hosts)
-    _tls(directory / "api", ca_key, ca_cert, api_hosts or hosts)
-    for i in range(n_nodes):
-        make_node_key(directory / "nodes", f"node-{i}")
-    token = secrets.token_urlsafe(32)
-    write_secret(directory / "aggregator" / "keyholder.token", token.encode())
-    token_hash = directory / "keyholder" / "aggregator-token.sha256"
-    token_hash.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
-    write_secret(directory / "api" / "write.token", secrets.token_urlsafe(32).encode())
-    kh_key = directory / "keyholder" / "keyholder.key"
-    pin = KeyHolder.provision(kh_key, with_ckks=with_ckks)
-    (directory / "pins").mkdir(exist_ok=True)
-    pin_path = directory / "pins" / "keyholder.toml"
-    pin_path.write_text("".join(f'{k} = "{v}"\n' for k, v in pin.to_node_config().items()))
-    return load_secrets(directory)
-
-
-def load_secrets(directory: Path) -> Secrets:
-    """The `Secrets` of a folder `make_secrets` filled earlier."""
-    pubs = sorted((directory / "nodes").glob("node-*.pub"), key=lambda p: int(p.stem.split("-")[1]))
-
-    def tls(party: str) -> PartyTLS:
-        return PartyTLS(directory / party / "tls.pem", directory / party / "tls.key")
-
-    return Secrets(
-        directory,
-        directory / "ca" / "ca.pem",
-        tls("superlink"),
-        tls("keyholder"),
-        tls("api"),
-        tuple((p.with_suffix(""), p) for p in pubs),
-        directory / "aggregator" / "keyholder.token",
-        directory / "keyholder" / "aggregator-token.sha256",
-        directory / "api" / "write.token",
-        directory / "keyholder" / "keyholder.key",
-        directory / "pins" / "keyholder.toml",
-    )
-
-
-# --- the services fedchurn adds (key holder, transparency API) -------------------------------------
-
-
-def _serve_tls(app: Any, host: str, port: int, certfile: Path, keyfile: Path) -> None:
-    """uvicorn over TLS, quiet: no access log, so no request line (or token) reaches a log."""
-    import uvicorn
-
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=str(certfile),
-        ssl_keyfile=str(keyfile),
-        log_level="warning",
-        access_log=False,
-    )
-
-
-def serve_keyholder(
-    host: str,
-    port: int,
-    directory: Path,
-    state_path: Path,
-    k_min: int = 10,
-    min_noise_multiplier: float = 0.0,
-    horizon: int = 14,
-) -> None:
-    """Run the key holder service over HTTPS from its own folder (`Secrets.keyholder`'s: TLS key
-    and certificate, provisioned X25519 key and CKKS contexts, the SHA-256 of the aggregator's
-    token); its once-only state persists across restarts in `state_path`.
-
-    Evaluation histograms of runs with this `horizon` are answered below the noise floor (they are
-    not model updates; see docs/privacy.md)."""
-
-    from fedchurn.server.keyholder_service import create_app
-    from fedchurn.shared.evaluation import histogram_length
-
-    exempt = [
-        (RunConfig(horizon=horizon, k_min=k_min, protection=m).eval_protection(), histogram_length(horizon))
-        for m in ("secagg", "ckks")
-    ]
-    kh = KeyHolder.open(
-        directory / "keyholder.key",
-        state_path,
-        k_min=k_min,
-        min_noise_multiplier=min_noise_multiplier,
-        noise_exempt=exempt,
-    )
-    token_sha256 = bytes.fromhex((directory / "aggregator-token.sha256").read_text().strip())
-    app = create_app(kh, token_sha256=token_sha256)
-    _serve_tls(app, host, port, directory / "tls.pem", directory / "tls.key")
-
-
-def serve_api(
-    host: str, port: int, database_url: str, certfile: Path, keyfile: Path, token_file: Path | None = None
-) -> None:
-    """Run the transparency API over HTTPS (read-only unless a write-token file is given)."""
-
-    from fedchurn.server.api import create_app
-    from fedchurn.server.serve_cli import resolve_write_token
-
-    token = resolve_write_token(token_file is not None, token_file=token_file)
-    _serve_tls(create_app(database_url, token), host, port, certfile, keyfile)
-
-
-# --- processes -----------------------------------------------------------------------------------
 
 
 class DeployError(RuntimeError):
@@ -629,7 +307,7 @@ class Federation:
             [
                 sys.executable,
                 "-m",
-                "fedchurn.server.deploy",
+                "fedchurn.server.deploy_services",
                 "keyholder",
                 "--host",
                 self.host,
@@ -654,7 +332,7 @@ class Federation:
             [
                 sys.executable,
                 "-m",
-                "fedchurn.server.deploy",
+                "fedchurn.server.deploy_services",
                 "api",
                 "--host",
                 self.host,
@@ -744,69 +422,3 @@ def population_stores(
                 store.append(dev.events)
         dirs.append(d)
     return dirs, today
-
-
-# --- `python -m fedchurn.server.deploy keyholder|api` (what the Federation starts) -----------------
-
-
-DATABASE_URL_ENV = "FEDCHURN_DATABASE_URL"
-
-
-def database_url_from(argument: str | None, where: str = "--database-url") -> str:
-    """A database URL from the command line (no password allowed there: every local user can read
-    a command line) or else from $FEDCHURN_DATABASE_URL."""
-    if argument:
-        from sqlalchemy.engine import make_url
-
-        if make_url(argument).password:
-            raise SystemExit(
-                f"{where} holds a password, which any local user could read on the command line: "
-                f"pass the URL in ${DATABASE_URL_ENV} instead"
-            )
-        return argument
-    url = os.environ.get(DATABASE_URL_ENV, "")
-    if not url:
-        raise SystemExit(f"no database: give {where} or set ${DATABASE_URL_ENV}")
-    return url
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m fedchurn.server.deploy", description=__doc__)
-    sub = p.add_subparsers(dest="what", required=True)
-    k = sub.add_parser("keyholder", help="the key holder service (HTTPS)")
-    k.add_argument("--host", default="127.0.0.1")
-    k.add_argument("--port", type=int, default=8443)
-    k.add_argument(
-        "--dir", type=Path, required=True, help="the key holder's folder from `fedchurn deploy certs`"
-    )
-    k.add_argument("--state", type=Path, required=True, help="once-only state (SQLite)")
-    k.add_argument("--k-min", type=int, default=10)
-    k.add_argument("--min-noise-multiplier", type=float, default=0.0)
-    k.add_argument("--horizon", type=int, default=14, help="runs' horizon (evaluation histograms)")
-    a = sub.add_parser("api", help="the transparency API (HTTPS, read-only)")
-    a.add_argument("--host", default="127.0.0.1")
-    a.add_argument("--port", type=int, default=8444)
-    a.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
-    a.add_argument("--dir", type=Path, required=True, help="the API's folder from `fedchurn deploy certs`")
-    a.add_argument("--writable", action="store_true", help="accept the aggregator's writes (write.token)")
-    args = p.parse_args(argv)
-    if args.what == "keyholder":
-        serve_keyholder(
-            args.host, args.port, args.dir, args.state, args.k_min, args.min_noise_multiplier, args.horizon
-        )
-    else:
-        serve_api(
-            args.host,
-            args.port,
-            database_url_from(args.database_url),
-            args.dir / "tls.pem",
-            args.dir / "tls.key",
-            args.dir / "write.token" if args.writable else None,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -44,7 +44,7 @@ def connect_keyholder(settings: AggregatorSettings, timeout: float) -> KeyHolder
 
     import httpx
 
-    from fedchurn.server.deploy import read_token
+    from fedchurn.server.deploy_secrets import read_token
     from fedchurn.server.keyholder_service import KeyHolderHttpClient
 
     if not settings.keyholder_url.startswith("https://"):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
-from fedchurn.server.deploy import make_secrets
+from fedchurn.server.deploy_secrets import make_secrets
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_rounds import connect_keyholder
 from fedchurn.server.settings import AggregatorSettings
