@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -13,12 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedchurn.shared.run_config import SIMULATE_DEFAULTS, SIMULATION_NODES, RunConfig
+from fedchurn.shared.run_config import (
+    OPTION_HELP,
+    SIMULATE_DEFAULTS,
+    SIMULATION_NODES,
+    RunConfig,
+    option_name,
+)
 
 if TYPE_CHECKING:
     from fedchurn.server.i18n import Lang
 
-_RC = RunConfig()  # the run configuration's defaults are the CLI's defaults
 _SIM = SIMULATE_DEFAULTS  # ... and `simulate`'s, a study-sized run
 
 app = typer.Typer(
@@ -244,145 +250,91 @@ def demo(out: Annotated[Path, typer.Option(help="Results folder.")] = Path("resu
     run_demo(out, console)
 
 
-@app.command()
-def simulate(
-    devices: Annotated[int, typer.Option(help="Simulated devices.")] = _SIM.devices,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _SIM.num_server_rounds,
-    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = _SIM.per_round,
-    seed: Annotated[int, typer.Option(help="Seed of everything fedchurn draws.")] = _SIM.seed,
+# The run settings `simulate` takes as options. Each option is built from its RunConfig field: the
+# name (`option_name`), the default (`SIMULATE_DEFAULTS`) and the help (`OPTION_HELP`); nothing about
+# a setting is written here. The options that are not plain settings (a path that must exist, an
+# optional offset, ε as a word or a number, and the command's own) are declared below by hand.
+SIMULATE_SETTINGS = (
+    "devices",
+    "num_server_rounds",
+    "per_round",
+    "seed",
+    "scenario",
+    "days",
+    "events_map",
+    "cutoff",
+    "population",
+    "features",
+    "activity",
+    "horizon",
+    "silence_days",
+    "strategy",
+    "server_lr",
+    "server_beta2",
+    "server_tau",
+    "server_lr_schedule",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "eval_per_round",
+    "eval_fraction",
+    "protection",
+    "delta",
+    "clip_norm",
+    "coord_clip_factor",
+    "coords_per_round",
+    "quant_bits",
+    "ring_bits",
+    "centre_features",
+)
+
+
+def _setting_option(name: str) -> inspect.Parameter:
+    """The command-line option of one run setting, from its declaration in RunConfig."""
+    default = getattr(_SIM, name)
+    flag = option_name(name)
+    if isinstance(default, bool):
+        flag = f"{flag}/--no-{flag[2:]}"
+    option = typer.Option(flag, help=OPTION_HELP[name])
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[type(default), option]
+    )
+
+
+def _simulate_only(
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results/simulate"),
-    scenario: Annotated[
-        str, typer.Option(help="Population scenario (simulations/scenarios/*.toml).")
-    ] = _SIM.scenario,
-    days: Annotated[int, typer.Option(help="Days of history per device.")] = _SIM.days,
-    events: Annotated[
+    events_file: Annotated[
         Path | None,
         typer.Option(
-            "--events", exists=True, dir_okay=False, help="Train on a real log (one user = one device)."
+            option_name("events_file"), exists=True, dir_okay=False, help=OPTION_HELP["events_file"]
         ),
     ] = None,
-    mapping: Annotated[
-        str, typer.Option("--map", help="With --events: column mapping, e.g. user=uid,timestamp=t.")
-    ] = _SIM.events_map,
-    tz: Annotated[
-        int | None, typer.Option(help="With --events: UTC offset (minutes) for times without one.")
+    events_tz: Annotated[
+        int | None, typer.Option(option_name("events_tz"), help=OPTION_HELP["events_tz"])
     ] = None,
-    cutoff: Annotated[
-        str,
-        typer.Option(
-            help="With --events: the standard churn protocol at this date (YYYY-MM-DD): features "
-            "from events up to it, churn = no activity in the horizon after it; training rows "
-            "are earlier days whose outcome ends by it. Default: rolling labels (docs/client-spec.md §7)."
-        ),
-    ] = _SIM.cutoff,
-    population: Annotated[
-        str, typer.Option(help="Rows scored: all, or active:N (activity in the N days up to the day).")
-    ] = _SIM.population,
-    features: Annotated[
-        str,
-        typer.Option(
-            help="Model inputs: base (the 127), extended (all: long windows, history rhythm, money), "
-            "or auto (extended under --cutoff, else base)."
-        ),
-    ] = _SIM.features,
-    activity: Annotated[
-        str, typer.Option(help="Categories that count as activity (comma-separated).")
-    ] = _SIM.activity,
-    horizon: Annotated[
-        int, typer.Option(help="Prediction horizon in days (1-365); the model's outputs follow it.")
-    ] = _SIM.horizon,
-    silence_days: Annotated[
-        int, typer.Option(help="Days without activity that make a churn.")
-    ] = _SIM.silence_days,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedadam.")] = _SIM.strategy,
-    server_lr: Annotated[float, typer.Option(help="FedAdam server learning rate.")] = _SIM.server_lr,
-    server_beta2: Annotated[float, typer.Option(help="FedAdam second-moment decay.")] = _SIM.server_beta2,
-    server_tau: Annotated[float, typer.Option(help="FedAdam adaptivity floor τ.")] = _SIM.server_tau,
-    server_lr_schedule: Annotated[
-        str, typer.Option(help="constant, or cosine (FedAdam's step decays to 5 % by the last round).")
-    ] = _SIM.server_lr_schedule,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _SIM.local_epochs,
-    batch_size: Annotated[
-        int, typer.Option(help="Local batch size (≥ 120: one full-batch step per epoch).")
-    ] = _SIM.batch_size,
-    lr: Annotated[float, typer.Option(help="Local learning rate.")] = _SIM.lr,
-    eval_per_round: Annotated[
-        int, typer.Option(help="Held-out devices evaluated after each round (0: all at the end).")
-    ] = _SIM.eval_per_round,
-    eval_fraction: Annotated[
-        float, typer.Option(help="Share of devices held out for evaluation.")
-    ] = _SIM.eval_fraction,
-    protection: Annotated[
-        str, typer.Option(help="secagg (default), ckks, or plaintext (baseline).")
-    ] = _SIM.protection,
     target_epsilon: Annotated[
-        str,
-        typer.Option(
-            help="Differential privacy target ε against outsiders (a number > 0), or none "
-            "(also 0). Under DP each round is a Poisson sample and the key holder adds noise once.",
-        ),
+        str, typer.Option(option_name("target_epsilon"), help=OPTION_HELP["target_epsilon"])
     ] = "none",
-    delta: Annotated[float, typer.Option(help="Differential privacy δ.")] = _SIM.delta,
-    clip_norm: Annotated[float, typer.Option(help="L2 bound of each device's update.")] = _SIM.clip_norm,
-    coord_clip_factor: Annotated[
-        float, typer.Option(help="secagg: each coordinate clipped to factor × clip-norm / √coords.")
-    ] = _SIM.coord_clip_factor,
-    coords_per_round: Annotated[
-        int, typer.Option(help="secagg: coordinates per upload (at most what fits in 1,024 B).")
-    ] = _SIM.coords_per_round,
-    quant_bits: Annotated[
-        int, typer.Option(help="secagg: bits per quantised coordinate (levels ±(2^(b-1)-1)).")
-    ] = _SIM.quant_bits,
-    ring_bits: Annotated[
-        int, typer.Option(help="secagg: ring width; must hold a cohort's sum (and DP noise).")
-    ] = _SIM.ring_bits,
-    centre_features: Annotated[
-        bool, typer.Option(help="Measure the feature mean through the secure sum first; train centred.")
-    ] = _SIM.centre_features,
     audit_db: Annotated[str, typer.Option("--audit-db", help="SQLAlchemy URL of the audit database.")] = "",
     baselines: Annotated[bool, typer.Option(help="Train the centralised baselines too.")] = True,
     nodes: Annotated[
         int, typer.Option(min=1, help="Flower simulation nodes; each serves a shard of the devices.")
     ] = SIMULATION_NODES,
 ) -> None:
+    """The options of `simulate` that are not plain run settings (their signature is read below)."""
+
+
+def simulate(**options: Any) -> None:
     """Train the churn model with Flower's simulation engine and report it beside baselines."""
+    events, tz, cutoff = options["events_file"], options["events_tz"], options["cutoff"]
+    out = options["out"]
     if events is None and (cutoff or tz is not None):
         _fail("--cutoff and --tz apply to a real log: give --events too")
     cfg = RunConfig(
-        num_server_rounds=rounds,
-        devices=devices,
-        per_round=per_round,
-        eval_per_round=eval_per_round,
-        eval_fraction=eval_fraction,
-        seed=seed,
-        scenario=scenario,
-        days=days,
+        **{name: options[name] for name in SIMULATE_SETTINGS},
         events_file=str(events.resolve()) if events else "",
-        events_map=mapping,
         events_tz="" if tz is None else str(tz),
-        cutoff=cutoff,
-        population=population,
-        features=features,
-        activity=activity,
-        horizon=horizon,
-        silence_days=silence_days,
-        strategy=strategy,
-        server_lr=server_lr,
-        server_beta2=server_beta2,
-        server_tau=server_tau,
-        server_lr_schedule=server_lr_schedule,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        protection=protection,
-        target_epsilon=_epsilon_option(target_epsilon),
-        delta=delta,
-        clip_norm=clip_norm,
-        coord_clip_factor=coord_clip_factor,
-        coords_per_round=coords_per_round,
-        quant_bits=quant_bits,
-        ring_bits=ring_bits,
-        centre_features=centre_features,
+        target_epsilon=_epsilon_option(options["target_epsilon"]),
         sampling_source=_SIM.sampling_source,  # reproducible from --seed; a deployment uses `secrets`
     )
     from fedchurn.simulations.preflight import preflight
@@ -394,11 +346,28 @@ def simulate(
     from fedchurn.simulations.simulate import simulate as run
 
     try:
-        summary = run(cfg, console, out, audit_db=audit_db, baselines=baselines, nodes=nodes)
+        summary = run(
+            cfg,
+            console,
+            out,
+            audit_db=options["audit_db"],
+            baselines=options["baselines"],
+            nodes=options["nodes"],
+        )
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         _fail(str(e))
     _print_summary(summary, console)
     console.print(f"results in [bold]{out}[/]: metrics.json, rounds.jsonl, model/, *.png")
+
+
+_OWN_OPTIONS = inspect.signature(_simulate_only, eval_str=True).parameters.values()
+simulate.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        *map(_setting_option, SIMULATE_SETTINGS),
+        *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _OWN_OPTIONS),
+    ]
+)
+app.command()(simulate)
 
 
 def _days(n: int) -> str:

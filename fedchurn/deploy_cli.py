@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedchurn.shared.run_config import RunConfig
+from fedchurn.shared.run_config import OPTION_HELP, RunConfig
 
 app = typer.Typer(
     help="Deploy on Flower's deployment engine (TLS, SuperNode authentication).", no_args_is_help=True
@@ -64,7 +64,7 @@ def keyholder(
     state: Annotated[Path, typer.Option(help="Once-only state (SQLite); back it up with the key.")],
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8443,
-    k_min: Annotated[int, typer.Option(help="Smallest cohort it will unmask.")] = RunConfig().k_min,
+    k_min: Annotated[int, typer.Option(help=OPTION_HELP["k_min"])] = RunConfig().k_min,
     min_noise_multiplier: Annotated[float, typer.Option(help="DP floor it enforces.")] = 0.0,
     horizon: Annotated[
         int, typer.Option(help="The runs' horizon: their evaluation histograms are exempt from the floor.")
@@ -193,9 +193,11 @@ def supernode(
 @app.command()
 def run(
     home: Annotated[Path, typer.Option(help="FLWR_HOME of `deploy register`.")] = Path(".flwr"),
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = RunConfig().num_server_rounds,
-    per_round: Annotated[int, typer.Option(help="Devices sampled per round.")] = RunConfig().per_round,
-    k_min: Annotated[int, typer.Option(help="Smallest cohort.")] = RunConfig().k_min,
+    rounds: Annotated[
+        int, typer.Option(help=OPTION_HELP["num_server_rounds"])
+    ] = RunConfig().num_server_rounds,
+    per_round: Annotated[int, typer.Option(help=OPTION_HELP["per_round"])] = RunConfig().per_round,
+    k_min: Annotated[int, typer.Option(help=OPTION_HELP["k_min"])] = RunConfig().k_min,
     target_epsilon: Annotated[float, typer.Option(help="DP target ε (0: no DP).")] = 0.0,
     round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 600.0,
     run_name: Annotated[str, typer.Option(help="Identity a restarted run resumes under.")] = "",

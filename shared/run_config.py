@@ -30,6 +30,7 @@ from fedchurn.shared.protection import (
 from fedchurn.shared.protocol import Protocol, ProtocolError, day_number, parse_population
 
 __all__ = [
+    "OPTION_HELP",
     "SIMULATE_DEFAULTS",
     "SIMULATION_NODES",
     "STATS_BOUND",
@@ -285,6 +286,52 @@ class RunConfig:
     def outputs(self) -> int:
         """Hazard bins of the run's model (the evaluation histogram has one more outcome)."""
         return self.model_spec().outputs
+
+
+# What each run setting means, as a command-line option's help shows it: declared once, beside the
+# settings, and read by the commands that expose a setting (`fedchurn simulate` builds its options
+# from these names, `option_name`, this help and `SIMULATE_DEFAULTS`).
+OPTION_HELP: dict[str, str] = {
+    "devices": "Simulated devices.",
+    "num_server_rounds": "Federated rounds.",
+    "per_round": "Devices sampled per round.",
+    "seed": "Seed of everything fedchurn draws.",
+    "scenario": "Population scenario (simulations/scenarios/*.toml).",
+    "days": "Days of history per device.",
+    "events_map": "With --events: column mapping, e.g. user=uid,timestamp=t.",
+    "cutoff": "With --events: the standard churn protocol at this date (YYYY-MM-DD): features from "
+    "events up to it, churn = no activity in the horizon after it; training rows are earlier days "
+    "whose outcome ends by it. Default: rolling labels (docs/client-spec.md §7).",
+    "population": "Rows scored: all, or active:N (activity in the N days up to the day).",
+    "features": "Model inputs: base (the 127), extended (all: long windows, history rhythm, money), "
+    "or auto (extended under --cutoff, else base).",
+    "activity": "Categories that count as activity (comma-separated).",
+    "horizon": "Prediction horizon in days (1-365); the model's outputs follow it.",
+    "silence_days": "Days without activity that make a churn.",
+    "strategy": "fedavg or fedadam.",
+    "server_lr": "FedAdam server learning rate.",
+    "server_beta2": "FedAdam second-moment decay.",
+    "server_tau": "FedAdam adaptivity floor τ.",
+    "server_lr_schedule": "constant, or cosine (FedAdam's step decays to 5 % by the last round).",
+    "local_epochs": "Local epochs per round.",
+    "batch_size": "Local batch size (≥ 120: one full-batch step per epoch).",
+    "lr": "Local learning rate.",
+    "eval_per_round": "Held-out devices evaluated after each round (0: all at the end).",
+    "eval_fraction": "Share of devices held out for evaluation.",
+    "protection": "secagg (default), ckks, or plaintext (baseline).",
+    "delta": "Differential privacy δ.",
+    "clip_norm": "L2 bound of each device's update.",
+    "coord_clip_factor": "secagg: each coordinate clipped to factor × clip-norm / √coords.",
+    "coords_per_round": "secagg: coordinates per upload (at most what fits in 1,024 B).",
+    "quant_bits": "secagg: bits per quantised coordinate (levels ±(2^(b-1)-1)).",
+    "ring_bits": "secagg: ring width; must hold a cohort's sum (and DP noise).",
+    "k_min": "Smallest cohort the key holder will unmask.",
+    "centre_features": "Measure the feature mean through the secure sum first; train centred.",
+    "events_file": "Train on a real log (one user = one device).",
+    "events_tz": "With --events: UTC offset (minutes) for times without one.",
+    "target_epsilon": "Differential privacy target ε against outsiders (a number > 0), or none (also "
+    "0). Under DP each round is a Poisson sample and the key holder adds noise once.",
+}
 
 
 def option_name(field_name: str) -> str:

@@ -84,30 +84,24 @@ def test_the_cli_refuses_before_loading_torch_sklearn_or_flower(argv: list[str],
     assert not (tmp_path / "run").exists()
 
 
-def test_every_simulate_default_is_the_run_configurations() -> None:
-    """`simulate`'s option defaults are read from `SIMULATE_DEFAULTS`, never written twice: every
-    option that sets a run setting has exactly that setting's default (issue 24, item 1)."""
+def test_every_simulate_option_is_built_from_its_run_setting() -> None:
+    """`simulate`'s options that set a run setting carry that setting's name (`option_name`), its
+    default (`SIMULATE_DEFAULTS`) and its help (`OPTION_HELP`): nothing about a setting is written
+    twice (issue 24, item 1)."""
     from dataclasses import fields
 
     import typer
 
     from fedchurn.cli import app
-    from fedchurn.shared.run_config import SIMULATE_DEFAULTS
+    from fedchurn.shared.run_config import OPTION_HELP, SIMULATE_DEFAULTS, option_name
 
-    renamed = {
-        "rounds": "num_server_rounds",
-        "mapping": "events_map",
-        "events": "events_file",
-        "tz": "events_tz",
-    }
-
-    def as_run_value(option: str | None, v: Any) -> Any:
+    def as_run_value(name: str, v: Any) -> Any:
         """The option's default as the run setting it sets (a path or a number given as text)."""
-        if option == "events":
+        if name == "events_file":
             return v or ""
-        if option == "tz":
+        if name == "events_tz":
             return "" if v is None else str(v)
-        if option == "target_epsilon":
+        if name == "target_epsilon":
             return 0.0 if v == "none" else float(v)
         return v
 
@@ -116,14 +110,15 @@ def test_every_simulate_default_is_the_run_configurations() -> None:
     settings = {f.name for f in fields(RunConfig)}
     checked = set()
     for p in command.params:
-        if p.name in not_settings:
+        name = str(p.name)
+        if name in not_settings:
             continue
-        name = renamed.get(str(p.name), str(p.name))
-        assert name in settings, f"--{p.name} sets no run setting"
-        value = as_run_value(p.name, p.default)
-        assert value == getattr(SIMULATE_DEFAULTS, name), p.name
+        assert name in settings, f"--{name} sets no run setting"
+        assert as_run_value(name, p.default) == getattr(SIMULATE_DEFAULTS, name), name
+        assert option_name(name) in p.opts, (name, p.opts)
+        assert p.help == OPTION_HELP[name], name
         checked.add(name)
-    assert len(checked) >= 30
+    assert len(checked) >= 34
 
 
 @pytest.mark.parametrize(
