@@ -512,6 +512,12 @@ def _simulate(seed: int, devices: Array, sc: Scenario) -> tuple[dict[str, Array]
     qk = np.array(q_kind, dtype=np.int64)
     last_ok_day = np.where(churned, win_start - 2, T - 1)
     qv = np.stack(q_ok, axis=1) & (qs >= s0[:, None] + 1) & (qe <= last_ok_day[:, None])
+    # A spell that overlaps or touches an earlier kept one is dropped (decision 73): their forced
+    # visits (the day before, the return after) would fall inside each other and be masked, and
+    # the merged silence would outlast what the ground truth calls quiet.
+    for j in range(1, qs.shape[1]):
+        clash = qv[:, :j] & (qs[:, j, None] <= qe[:, :j] + 1) & (qs[:, :j] <= qe[:, j, None] + 1)
+        qv[:, j] &= ~clash.any(axis=1)
     quiet = np.zeros((B, T), dtype=bool)
     forced = np.zeros((B, T), dtype=bool)
     rows = np.arange(B)
