@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -275,6 +276,9 @@ def main(grid: Grid, context: Context) -> None:
         if out is not None:
             out.record_round(report, strategy.exported(arrays)[PARAMS_KEY].numpy())  # as published
         audit.round(report)
+        if settings.crash_after_round and report.round == int(settings.crash_after_round):
+            log(WARNING, "crash drill (crash_after_round): the aggregator dies after round %d", report.round)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     if recovery is not None and last is None:
         recovery.save(snapshot(0, initial[PARAMS_KEY].numpy(), []), None)

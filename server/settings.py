@@ -46,6 +46,10 @@ class AggregatorSettings:
     keyholder_token_file: str = ""  # file holding the bearer token the aggregator presents
     keyholder_key_file: str = ""  # in-process key holder (simulation): its provisioned key
     keyholder_state: str = ""  # in-process key holder: its once-only state (SQLite; "" = memory)
+    # A recovery drill: the aggregator kills itself (SIGKILL, like a crash) right after round N's
+    # records (checkpoint, outputs, audit) are written; "" = never. Operators rehearse a restart
+    # with it; the crash-recovery test uses it to crash at a known point instead of racing a kill.
+    crash_after_round: str = ""
 
     def __post_init__(self) -> None:
         if self.keyholder_url and not self.keyholder_url.startswith("https://"):
@@ -53,6 +57,10 @@ class AggregatorSettings:
                 "keyholder_url must be https:// (the aggregator's token and the cohorts' seals "
                 f"travel to it); got {self.keyholder_url.split('://')[0]}://"
             )
+        if self.crash_after_round and not (
+            self.crash_after_round.isdigit() and int(self.crash_after_round) >= 1
+        ):
+            raise ValueError(f"crash_after_round must be a round number >= 1, got {self.crash_after_round!r}")
         if self.keyholder_url and self.keyholder_key_file:
             raise ValueError("use a key holder service (keyholder_url) or an in-process one, not both")
 

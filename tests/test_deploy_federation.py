@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import ssl
 import time
@@ -207,21 +208,45 @@ def test_no_secret_in_logs_outputs_databases_or_command_lines(deployment: Deploy
     assert len(supernodes) >= 2 and all(pin in c for c in supernodes)
 
 
+def _aggregator_pid(d: Deployment, cfg: RunConfig, name: str) -> int:
+    """The run's ServerApp process, from the pid file it writes when it starts."""
+    path = d.out(cfg) / "aggregator.pid"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, d.fed.log_path(name).read_text()[-3000:]
+        time.sleep(0.1)
+    return int(path.read_text())
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Block until process `pid` (not our child) has exited: a pidfd becomes readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} still runs after {timeout:.0f} s"
+    finally:
+        os.close(fd)
+
+
 def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployment: Deployment) -> None:
     """With DP and centre-features: the feature-mean round (round 0) is charged once, its mean is
     kept in the checkpoint, and the restarted run trains on the same one."""
     cfg = deployment.config("resume", target_epsilon=8.0, centre_features=True)
-    deployment.fed.start_run(cfg, "resume-1")
-    rounds_file = deployment.out(cfg) / "rounds.jsonl"  # a round is written after its checkpoint
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (rounds_file.exists() and rounds_file.read_text().strip()):  # then kill, like a crash
-        assert time.monotonic() < deadline, deployment.fed.log_path("resume-1").read_text()[-3000:]
-        time.sleep(0.2)
-    pid = int((deployment.out(cfg) / "aggregator.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    deployment.fed.stop("resume-1")
+    fed = deployment.fed
+    # The crash drill: the aggregator kills itself (SIGKILL) right after round 1's records, a
+    # known point, instead of the test racing a kill against round 2.
+    replace(fed.settings, crash_after_round="1").write(fed.settings_file)
+    try:
+        fed.start_run(cfg, "resume-1")
+        _wait_gone(_aggregator_pid(deployment, cfg, "resume-1"), RUN_TIMEOUT_S)
+    finally:
+        fed.settings.write(fed.settings_file)  # the restart runs without the drill
+    fed.stop("resume-1")
     ck = checkpoint(deployment, cfg)
-    assert ck is not None and ck.round >= 1
+    assert ck is not None and ck.round == 1
     offset_before_crash = ck.input_offset
     assert offset_before_crash is not None and len(offset_before_crash) == BASE_FEATURES
     contacted_round_2 = query(

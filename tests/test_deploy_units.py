@@ -90,6 +90,11 @@ def test_aggregator_settings_are_private_and_redacted(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('audit_db = "x"\nkeyholder_token = "abc"\n')
     with pytest.raises(ValueError, match="unknown keys"):
         AggregatorSettings.load(tmp_path / "bad.toml")
+    drill = AggregatorSettings(crash_after_round="2")
+    assert AggregatorSettings.load(drill.write(tmp_path / "drill.toml")) == drill
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="crash_after_round"):
+            AggregatorSettings(crash_after_round=bad)
 
 
 def test_checkpoint_round_trip_and_attempt_accounting(tmp_path: Path) -> None:
