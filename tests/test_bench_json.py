@@ -97,6 +97,7 @@ def _check(doc: dict[str, Any], stdout: str, sizes: Sizes, simulated: bool = Tru
     assert "extrapolated" in doc["population"]["devices_100k_days_120_s_note"]
 
 
+@pytest.mark.integration  # reads the suite's shared Flower run
 def test_bench_json_has_every_figure_as_a_number(
     small_run: tuple[Path, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,6 +127,7 @@ def test_bench_json_has_every_figure_as_a_number(
     )
 
 
+@pytest.mark.integration
 def test_the_quickstart_comparison_runs_on_flowers_engine(tmp_path: Path) -> None:
     """Flower's quickstart FedAvg, as the bench runs it beside fedchurn, on a few devices."""
     from rich.console import Console
@@ -139,6 +141,7 @@ def test_the_quickstart_comparison_runs_on_flowers_engine(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_bench_quick_json_has_every_figure_as_a_number(run_cli: RunCli, tmp_path: Path) -> None:
     doc, stdout = _run_bench(run_cli, tmp_path, "--quick", timeout=1200)
     _check(doc, stdout, QUICK)

@@ -31,6 +31,8 @@ from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 
+pytestmark = pytest.mark.integration  # starts Flower: `-m "not integration"` skips it
+
 NODES, PER_NODE, K_MIN = 3, 4, 3
 PER_ROUND = 8  # of the ~10 training devices (the others are held out by hash)
 RUN_TIMEOUT_S = 420.0

@@ -52,6 +52,7 @@ def purchase_log(path: Path, users: int = 600, seed: int = 0) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_a_gzipped_purchase_log_runs_the_standard_protocol_with_a_90_day_model(
     tmp_path: Path, run_cli: RunCli
 ) -> None:

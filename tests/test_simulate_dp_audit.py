@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import VENV_BIN, RunCli
+
+pytestmark = pytest.mark.integration  # starts Flower: `-m "not integration"` skips it
 
 TARGET_EPSILON = 8.0
 

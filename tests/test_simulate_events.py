@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import RunCli
 
 from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.simulations.population import generate_population
 from fedchurn.simulations.scenario import load_scenario
+
+pytestmark = pytest.mark.integration  # starts Flower: `-m "not integration"` skips it
 
 
 def _log(path: Path, devices: int) -> Path:

@@ -19,6 +19,8 @@ from fedchurn.shared.run_config import RunConfig, is_eval_device
 from fedchurn.simulations.flower_client import SimulatedShard
 from fedchurn.simulations.simulate import simulate
 
+pytestmark = pytest.mark.integration  # starts Flower: `-m "not integration"` skips it
+
 
 @pytest.fixture(scope="module")
 def centred_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:

@@ -11,7 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from conftest import VENV_BIN
+
+pytestmark = pytest.mark.integration  # starts Flower: `-m "not integration"` skips it
 
 TAG_ENV = "FEDCHURN_TEST_TAG"  # every descendant inherits it, wherever it is reparented
 
