@@ -51,8 +51,11 @@ def encrypt_chunks(values: np.ndarray, ctx: Any, slots: int) -> list[bytes]:
 
 def encrypt_rows(batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic) -> list[bytes]:
     """Upload i: header || seal(seed i) || CKKS body (device i's clipped coordinates plus its seed's
-    mask, encrypted, in ceil(m / slots) chunks). `protect_batch_with` checked the key holder."""
-    assert keyholder.ckks_context is not None
+    mask, encrypted, in ceil(m / slots) chunks)."""
+    if not params.scheme.homomorphic:
+        raise ValueError(f"encrypt_rows needs mode='ckks', got {params.mode!r}")
+    if keyholder.ckks_context is None:
+        raise ValueError("CKKS mode needs the key holder's (checked) public context")
     ctx = load_public_context(keyholder.ckks_context)
     pk = X25519PublicKey.from_public_bytes(keyholder.x25519)
     slots = params.ckks_poly_modulus // 2

@@ -141,6 +141,7 @@ def protect_with(
 ) -> bytes:
     """The upload for a given mask seed and rounding generator (the deterministic core): the
     batch path with a batch of one, so a phone runs exactly a simulation node's code."""
+    check_keyholder(params, keyholder)
     x = check_update(update)
     return protect_batch_with(
         x[None, :], params, keyholder, round_id, [cohort_id], model_version, [round_seed], [seed], [rng]
@@ -253,6 +254,24 @@ def quantise_rows(
     return np.clip(q, -params.level, params.level).astype(np.int64)
 
 
+def check_keyholder(params: ProtectionParams, keyholder: KeyHolderPublic | None) -> KeyHolderPublic | None:
+    """The pinned key holder a private scheme needs (and, for CKKS, its checked public context)."""
+    scheme = params.scheme
+    if keyholder is None and scheme.private:
+        raise ValueError(f"{scheme.name} protection needs the pinned key holder")
+    if scheme.homomorphic and keyholder is not None and keyholder.ckks_context is None:
+        raise ValueError("CKKS mode needs the key holder's (checked) public context")
+    return keyholder
+
+
+def _pinned(params: ProtectionParams, keyholder: KeyHolderPublic | None) -> KeyHolderPublic:
+    """`check_keyholder` for an encoder that needs one (an explicit error, not an assert)."""
+    checked = check_keyholder(params, keyholder)
+    if checked is None:
+        raise ValueError(f"{params.scheme.name} protection needs the pinned key holder")
+    return checked
+
+
 @dataclass(frozen=True)
 class Batch:
     """What the scheme-independent steps produce for D devices: the round's clipped coordinates
@@ -293,7 +312,7 @@ class SecAggEncoder:
     def encode(
         self, batch: Batch, params: ProtectionParams, keyholder: KeyHolderPublic | None
     ) -> list[bytes]:
-        assert keyholder is not None  # protect_batch_with checked
+        keyholder = _pinned(params, keyholder)
         bits = params.ring_bits
         ring = to_ring(quantise_rows(batch.sub, params, batch.n_params, batch.rngs), bits)
         masked = (ring + wire.mask_streams(batch.seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
@@ -316,8 +335,7 @@ class CkksEncoder:
     ) -> list[bytes]:
         from fedchurn.client.ckks import encrypt_rows
 
-        assert keyholder is not None  # protect_batch_with checked
-        return encrypt_rows(batch, params, keyholder)
+        return encrypt_rows(batch, params, _pinned(params, keyholder))
 
 
 ENCODERS: dict[str, Encoder] = {
@@ -350,10 +368,7 @@ def protect_batch_with(
     if not len(cohort_ids) == len(round_seeds) == len(seeds) == len(rngs) == n:
         raise ValueError("updates, cohort_ids, round_seeds, seeds and rngs must have one entry per device")
     scheme = params.scheme
-    if keyholder is None and scheme.private:
-        raise ValueError(f"{scheme.name} protection needs the pinned key holder")
-    if scheme.homomorphic and keyholder is not None and keyholder.ckks_context is None:
-        raise ValueError("CKKS mode needs the key holder's (checked) public context")
+    check_keyholder(params, keyholder)
     if n == 0:
         return []
     x = check_updates(updates)

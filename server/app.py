@@ -168,6 +168,7 @@ def round_recorder(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
+    cfg.check()  # a value no run can use stops the aggregator here, naming it, before any work
     settings = AggregatorSettings.from_env()
     t0 = time.time()
     timeout = cfg.round_timeout

@@ -108,6 +108,9 @@ class RoundReport:
         """Read back `to_json`'s dict (a checkpoint); derived keys are recomputed, not trusted."""
         if "record" in doc:  # a checkpoint entry written before the one record (decision 107)
             doc = {**doc["record"], **{k: doc.get(k) for k in ("started", "finished", "skip_reason")}}
+            per_device = doc.get("upload_bytes_per_device")
+            if "upload_bytes" not in doc and per_device:  # that layout kept only the per-device figure
+                doc["upload_bytes"] = round(per_device * max(int(doc.get("received", 0)), 1))
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in doc.items() if k in names}
         kw["refused"] = tuple(Refusal(str(r["device"]), str(r["reason"])) for r in doc.get("refused", ()))

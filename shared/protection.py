@@ -158,6 +158,8 @@ class ProtectionParams:
 
     @property
     def scheme(self) -> Scheme:
+        if self.mode not in SCHEMES:  # only parameters built around the constructor's check
+            raise ValueError(f"mode must be one of {sorted(SCHEMES)}, got {self.mode!r}")
         return SCHEMES[self.mode]
 
     # --- derived quantities (functions of n_params, because the model size is a parameter) ---

@@ -126,7 +126,11 @@ class RunConfig:
 
     @property
     def scheme(self) -> Scheme:
-        """The protection scheme this run's uploads use (`check` has refused an unknown name)."""
+        """The protection scheme this run's uploads use."""
+        if self.protection not in SCHEMES:
+            raise ValueError(
+                f"--protection: {self.protection!r} is not allowed; expected secagg, ckks or plaintext"
+            )
         return SCHEMES[self.protection]
 
     @property

@@ -214,3 +214,17 @@ def test_every_scheme_has_its_device_encoder_and_its_aggregator_sum() -> None:
     assert set(ENCODERS) == set(SCHEME_SUMS) == set(SCHEMES) == set(get_args(ModeName))
     assert len({s.wire_mode for s in SCHEMES.values()}) == len(SCHEMES)
     assert [s.name for s in SCHEMES.values() if not s.private] == ["plaintext"]
+
+
+def test_a_missing_key_holder_is_named_before_the_update_is_looked_at() -> None:
+    """A private scheme without its pinned key holder is refused first, whatever the update."""
+    from fedchurn.client.ckks import encrypt_rows
+    from fedchurn.client.protect import Batch, protect_with
+    from fedchurn.shared.protection import DEFAULT
+
+    for update in (np.full(P, np.nan), np.zeros((2, 2)), np.zeros(0)):
+        with pytest.raises(ValueError, match="needs the pinned key holder"):
+            protect_with(update, DEFAULT, None, 1, 1, 1, 0, bytes(32), np.random.default_rng(0))
+    batch = Batch(np.zeros((1, 4)), 4, [b""], [b""], [bytes(32)], [np.random.default_rng(0)])
+    with pytest.raises(ValueError, match="needs mode='ckks'"):
+        encrypt_rows(batch, DEFAULT, KeyHolderPublic(bytes(32), None))

@@ -43,6 +43,7 @@ def test_a_report_survives_the_checkpoints_json(report: RoundReport) -> None:
 def test_a_checkpoint_entry_of_the_earlier_layout_reads_back() -> None:
     entry = {
         "record": {"round": 3, "sampled": 30, "received": 28, "trained": 27, "protection": "secagg",
+                   "upload_bytes_per_device": 780.0,
                    "refused": [{"device": "1/7", "reason": "no upload"}], "bytes_received": 21840,
                    "elapsed": 12.5, "evaluation": {"roc_auc": 0.8}, "seconds": 4.0},
         "started": 100.0,
@@ -52,6 +53,7 @@ def test_a_checkpoint_entry_of_the_earlier_layout_reads_back() -> None:
     r = RoundReport.from_json(entry)
     assert (r.round, r.trained, r.started, r.finished, r.seconds) == (3, 27, 100.0, 104.0, 4.0)
     assert r.refused == (Refusal("1/7", "no upload"),)
+    assert r.upload_bytes == 28 * 780 and r.to_json()["upload_bytes_per_device"] == 780.0  # kept
 
 
 def test_the_audit_log_gets_reasons_counted_never_device_names() -> None:

@@ -145,3 +145,10 @@ def test_a_runs_horizon_is_its_models_horizon(horizon: int, silence: int, cutoff
     times = np.concatenate([d.time for d in devices])
     assert times.size > 0 and times.min() >= 1 and times.max() <= spec.outputs
     assert all(d.x.shape[1] == spec.n_features for d in devices if len(d.x))
+
+
+def test_an_unknown_protection_name_is_refused_naming_the_option() -> None:
+    """The scheme a run uses is looked up by name: a name that is none of them (the aggregator
+    reads the run config from Flower) is a clear refusal, never a KeyError."""
+    with pytest.raises(ValueError, match="--protection: 'SECAGG' is not allowed"):
+        RunConfig(protection="SECAGG").scheme  # noqa: B018
