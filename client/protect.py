@@ -254,22 +254,21 @@ def quantise_rows(
     return np.clip(q, -params.level, params.level).astype(np.int64)
 
 
-def check_keyholder(params: ProtectionParams, keyholder: KeyHolderPublic | None) -> KeyHolderPublic | None:
-    """The pinned key holder a private scheme needs (and, for CKKS, its checked public context)."""
+def check_keyholder(params: ProtectionParams, keyholder: KeyHolderPublic | None) -> None:
+    """Refuse a private scheme without its pinned key holder (and CKKS without its checked context)."""
     scheme = params.scheme
     if keyholder is None and scheme.private:
         raise ValueError(f"{scheme.name} protection needs the pinned key holder")
     if scheme.homomorphic and keyholder is not None and keyholder.ckks_context is None:
         raise ValueError("CKKS mode needs the key holder's (checked) public context")
-    return keyholder
 
 
 def _pinned(params: ProtectionParams, keyholder: KeyHolderPublic | None) -> KeyHolderPublic:
-    """`check_keyholder` for an encoder that needs one (an explicit error, not an assert)."""
-    checked = check_keyholder(params, keyholder)
-    if checked is None:
-        raise ValueError(f"{params.scheme.name} protection needs the pinned key holder")
-    return checked
+    """A private scheme's encoder: its checked key holder (an explicit error, not an assert)."""
+    check_keyholder(params, keyholder)
+    if keyholder is None:  # plaintext parameters handed to a private scheme's encoder
+        raise ValueError(f"{params.mode} parameters given to a private scheme's encoder")
+    return keyholder
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,8 @@ class CohortAggregator:
         self._seals: set[bytes] = set()
         self._refused: list[Dropped] = []
         self._closed = False
+        # Bytes of every valid upload when the scheme fixes them (None: CKKS, TenSEAL's sizes).
+        self.expected_size = None if p.scheme.homomorphic else p.upload_bytes(self.n_params)
         self._sum: SchemeSum = SCHEME_SUMS[p.mode](self)
 
     def warn_plaintext(self) -> None:
@@ -271,11 +273,6 @@ class CohortAggregator:
     @property
     def selected(self) -> np.ndarray:
         return self._selected
-
-    @property
-    def expected_size(self) -> int | None:
-        """Bytes of every valid upload when the scheme fixes them (None: CKKS, TenSEAL's sizes)."""
-        return None if self.params.scheme.homomorphic else self.params.upload_bytes(self.n_params)
 
     def _refuse(self, device_id: str, reason: Reason, detail: str) -> Verdict:
         self._refused.append(Dropped(device_id, reason))
@@ -471,7 +468,8 @@ class SecAggSum:
     def __init__(self, cohort: CohortAggregator) -> None:
         p = cohort.params
         p.check_ring(cohort.n_params)
-        size = p.upload_bytes(cohort.n_params)
+        size = cohort.expected_size
+        assert size is not None  # a ring upload's size is fixed
         if size > p.max_upload_bytes:
             raise ValueError(f"uploads of {size} B exceed max_upload_bytes={p.max_upload_bytes}")
         self.cohort = cohort

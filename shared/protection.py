@@ -100,7 +100,6 @@ PLAINTEXT = Scheme(
 )
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (SECAGG, CKKS, PLAINTEXT)}
 MODE_LABELS: dict[str, str] = {name: s.label for name, s in SCHEMES.items()}
-assert {name: s.wire_mode for name, s in SCHEMES.items()} == wire.MODE_BY_NAME
 
 
 def round_seed_bytes(round_seed: bytes | int) -> bytes:

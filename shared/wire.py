@@ -35,7 +35,6 @@ __all__ = [
     "MAGIC",
     "MAX_RING_BITS",
     "MAX_U32",
-    "MODE_BY_NAME",
     "ROUND_SEED_LEN",
     "SEAL_INFO_LABEL",
     "SEAL_LEN",
@@ -102,9 +101,6 @@ class Mode(IntEnum):
     SECAGG = 1
     CKKS = 2
     PLAINTEXT = 3
-
-
-MODE_BY_NAME: dict[str, Mode] = {"secagg": Mode.SECAGG, "ckks": Mode.CKKS, "plaintext": Mode.PLAINTEXT}
 
 
 class Reason(StrEnum):
