@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TYPECHECK := build/typecheck
 
-.PHONY: install lint typecheck test test-all demo bench bench-api bench-policy chromium pfl-venv clean
+.PHONY: install lint typecheck test suite test-all demo bench bench-api bench-policy chromium pfl-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,17 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache -p fedchurn
 	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache/tests ../../tests
 
-test: lint chromium
-	$(BIN)/pytest
+# The two cores work side by side: mypy beside the suite, and the suite in two pytest-xdist workers
+# (`--dist loadfile`: a module's tests stay in one worker, so its module fixtures start once).
+PYTEST_WORKERS ?= 2
+
+test: $(STAMP) chromium
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory -j2 typecheck suite
+
+suite: $(STAMP)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-all: lint chromium
 	$(BIN)/pytest -m ""

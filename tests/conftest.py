@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,26 +19,36 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, dict[str, Any]]:
     """A small federated run through Flower's simulation engine, shared by every test that reads a
-    real run's outputs (the end-to-end tests, the bench's JSON check)."""
+    real run's outputs (the end-to-end tests, the bench's JSON check).
+
+    `make test` runs the suite in two pytest-xdist workers, each its own session: the first worker
+    to need the run makes it under a file lock in the run's shared temporary folder, and the other
+    waits and reads it (pytest-xdist's recipe for a session fixture made once). Every worker reads
+    the summary back from the run's `metrics.json`, so all see the same values."""
+    from filelock import FileLock
     from rich.console import Console
 
     from fedchurn.shared.run_config import RunConfig
     from fedchurn.simulations.simulate import simulate
 
-    out = tmp_path_factory.mktemp("sim")
-    cfg = RunConfig(
-        num_server_rounds=3,
-        devices=160,
-        per_round=30,
-        eval_per_round=10,
-        eval_fraction=0.5,
-        seed=11,
-        sampling_source="seeded",
-        centre_features=False,  # the centred path (the default) is test_simulation_e2e's `centred_run`
-    )
-    summary = simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if worker_id != "master" else base) / "small_run"
+    with FileLock(f"{out}.lock"):
+        if not (out / "metrics.json").exists():
+            cfg = RunConfig(
+                num_server_rounds=3,
+                devices=160,
+                per_round=30,
+                eval_per_round=10,
+                eval_fraction=0.5,
+                seed=11,
+                sampling_source="seeded",
+                centre_features=False,  # the centred (default) path is test_simulation_e2e's `centred_run`
+            )
+            simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
+    summary: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     return out, summary
 
 

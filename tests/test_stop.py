@@ -72,6 +72,9 @@ def test_ctrl_c_stops_every_process_of_the_run(tmp_path: Path) -> None:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A shell gives its foreground job the default Ctrl-C action; a test runner's worker may
+        # ignore SIGINT (pytest-xdist's do), and an ignored signal stays ignored across exec.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         _wait_for(out / "rounds.jsonl", proc, timeout=180)  # Ray's actors and agents are all up
