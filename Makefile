@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.9
 TYPECHECK := build/typecheck
 
 .PHONY: install lint typecheck test suite test-all demo bench bench-api bench-policy chromium pfl-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: the CPU wheel is on the machine; anything else pulls multi-GB CUDA builds.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# torch first, pinned, by pip: the machine's pip configuration finds the CPU wheel on disk, and
+	# anything else pulls multi-GB CUDA builds. No bytecode up front: what is imported compiles once.
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	# The rest by uv, with the same constraints: about 10 s where pip takes about 100 s.
+	$(BIN)/pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from fedchurn.server.problem_details import ProblemBody
 from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
 from fedchurn.shared.feature_spec import FEATURES, N_FEATURES
 from fedchurn.shared.protection import SCHEMES, ModeName
@@ -90,8 +91,9 @@ class ProblemFieldError(BaseModel):
     type: str
 
 
-class Problem(BaseModel):
-    """An error, as RFC 9457 problem details (`application/problem+json`)."""
+class Problem(ProblemBody):
+    """An error, as RFC 9457 problem details (`application/problem+json`), with the field errors of
+    a request that failed validation as an extension member."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -107,11 +109,6 @@ class Problem(BaseModel):
         }
     )
 
-    type: str = Field(default="about:blank", description="A URI naming the kind of problem.")
-    title: str = Field(description="Short, human-readable summary of the kind of problem.")
-    status: int = Field(description="The HTTP status code.")
-    detail: str | None = Field(default=None, description="What went wrong with this request.")
-    instance: str | None = Field(default=None, description="The request path.")
     errors: list[ProblemFieldError] | None = Field(default=None, description="Field errors (422 only).")
 
 

@@ -31,13 +31,19 @@ from fedchurn.server.keyholder import (
     MaskSumResponse,
     SealedEntry,
 )
+from fedchurn.server.problem_details import (
+    CHALLENGE,
+    PROBLEM_JSON,
+    UNAUTHORIZED,
+    ProblemBody,
+    problem_json,
+    problem_type,
+)
 from fedchurn.shared import wire
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.wire import Reason
 
-PROBLEM_JSON = "application/problem+json"  # the key holder imports nothing of the transparency API
 API_PREFIX = "/v1"
-PROBLEM_TYPE = "https://fedchurn.invalid/problems/"
 STATUS_BY_REASON: dict[Reason, int] = {
     Reason.ALREADY_ANSWERED: 409,
     Reason.SEAL_ALREADY_USED: 409,
@@ -126,26 +132,31 @@ class CkksSumOut(BaseModel):
     noise_std: float
 
 
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    detail: str
+class Problem(ProblemBody):
+    """A refusal, in the problem format the transparency API answers with too, plus two extension
+    members: `reason`, the machine-readable `wire.Reason` the aggregator's client reads back, and
+    the devices the key holder `dropped` (the aggregator names each in its audit log)."""
+
     reason: str
-    dropped: list[DroppedOut] = []
+    dropped: list[DroppedOut] = Field(default_factory=list)
 
 
-def _problem(status: int, reason: Reason, detail: str, dropped: tuple[Dropped, ...] = ()) -> JSONResponse:
+def _problem(
+    status: int, reason: Reason, detail: str, path: str, dropped: tuple[Dropped, ...] = ()
+) -> JSONResponse:
+    type_, title = (
+        UNAUTHORIZED if status == 401 else (problem_type(reason.value), reason.value.replace("_", " "))
+    )
     body = Problem(
-        type=PROBLEM_TYPE + reason.value,
-        title=reason.value.replace("_", " "),
+        type=type_,
+        title=title,
         status=status,
         detail=detail,
+        instance=path,
         reason=reason.value,
         dropped=[DroppedOut(device_id=d.device_id, reason=d.reason.value) for d in dropped],
     )
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return problem_json(body, {"WWW-Authenticate": CHALLENGE} if status == 401 else None)
 
 
 class _UnauthorizedError(Exception):
@@ -202,22 +213,23 @@ def create_app(
             raise _UnauthorizedError
 
     @app.exception_handler(_UnauthorizedError)
-    async def _unauth(_: Request, __: Exception) -> JSONResponse:
-        return _problem(401, Reason.BAD_REQUEST, "missing or wrong bearer token")
+    async def _unauth(request: Request, __: Exception) -> JSONResponse:
+        return _problem(401, Reason.BAD_REQUEST, "missing or wrong bearer token", request.url.path)
 
     @app.exception_handler(KeyHolderRefusedError)
-    async def _refused(_: Request, exc: Exception) -> JSONResponse:
+    async def _refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, KeyHolderRefusedError)
-        return _problem(STATUS_BY_REASON.get(exc.reason, 400), exc.reason, exc.detail, exc.dropped)
+        status = STATUS_BY_REASON.get(exc.reason, 400)
+        return _problem(status, exc.reason, exc.detail, request.url.path, exc.dropped)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: Exception) -> JSONResponse:
-        return _problem(422, Reason.BAD_REQUEST, str(exc)[:2000])
+    async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+        return _problem(422, Reason.BAD_REQUEST, str(exc)[:2000], request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: Exception) -> JSONResponse:
+    async def _http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return _problem(exc.status_code, Reason.BAD_REQUEST, str(exc.detail))
+        return _problem(exc.status_code, Reason.BAD_REQUEST, str(exc.detail), request.url.path)
 
     problems: dict[int | str, dict[str, Any]] = {
         s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in (400, 401, 409, 422)
@@ -308,7 +320,8 @@ def create_app(
         token=None,
         token_sha256=expected,
         protected=lambda method, _path: method == "POST",  # every POST answers, with the token
-        problem=lambda status, detail, _path: bytes(_problem(status, Reason.BAD_REQUEST, detail).body),
+        challenge=CHALLENGE,
+        problem=lambda status, detail, path: bytes(_problem(status, Reason.BAD_REQUEST, detail, path).body),
     )
     return app
 

@@ -205,6 +205,28 @@ def service(request: pytest.FixtureRequest) -> Service:
     return out
 
 
+def test_both_services_refuse_in_one_problem_format(api: Service, keyholder: Service) -> None:
+    """The API and the key holder share no code paths but `problem_details`: a refusal of either,
+    whether the request gate's (no token) or a route's (a body that fails validation), carries the
+    same RFC 9457 members, type and challenge."""
+    bodies = []
+    for svc in (api, keyholder):
+        gate = http(svc.app, "POST", svc.path, json={})
+        assert gate.status_code == 401 and gate.headers["content-type"].startswith(PROBLEM)
+        assert gate.headers["www-authenticate"] == 'Bearer realm="fedchurn"'
+        route = http(svc.app, "POST", svc.path, json={"round_id": -1}, headers=AUTH)
+        assert route.status_code == 422 and route.headers["content-type"].startswith(PROBLEM)
+        bodies.append((gate.json(), route.json()))
+    for api_body, kh_body in zip(*bodies, strict=True):
+        rfc = {"type", "title", "status", "detail", "instance"}
+        assert rfc <= api_body.keys() and rfc <= kh_body.keys()
+        assert api_body["status"] == kh_body["status"]
+        assert api_body["type"].startswith("urn:fedchurn:problem:")
+        assert kh_body["type"].startswith("urn:fedchurn:problem:")
+    assert bodies[0][0]["type"] == bodies[1][0]["type"] == "urn:fedchurn:problem:unauthorized"
+    assert api.calls == [] and keyholder.calls == []
+
+
 # --- finding 8: nothing is read before the token and the size are checked ----------------------
 
 

@@ -8,7 +8,8 @@ from fastapi.testclient import TestClient
 
 from fedchurn.client.protect import protect_update, selected_clipped
 from fedchurn.server.keyholder import KeyHolder, KeyHolderRefusedError
-from fedchurn.server.keyholder_service import PROBLEM_JSON, KeyHolderHttpClient, create_app
+from fedchurn.server.keyholder_service import KeyHolderHttpClient, create_app
+from fedchurn.server.problem_details import CHALLENGE, PROBLEM_JSON, UNAUTHORIZED, problem_type
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import DEFAULT
@@ -58,7 +59,8 @@ def test_token_is_required(served: tuple[KeyHolder, TestClient]) -> None:
             agg.finalize(KeyHolderHttpClient("http://testserver", token, client=http))
     r = http.post("/v1/mask-sum", json={})
     assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM_JSON)
-    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.headers["www-authenticate"] == CHALLENGE  # the transparency API's challenge too
+    assert (r.json()["type"], r.json()["title"]) == UNAUTHORIZED
     assert not kh.answered(3, 1)
 
 
@@ -75,7 +77,9 @@ def test_refusals_are_problem_json_with_reason(served: tuple[KeyHolder, TestClie
     assert e.value.reason is Reason.COHORT_TOO_SMALL
     r = http.post("/v1/mask-sum", json={"round_id": -1}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 422 and r.headers["content-type"].startswith(PROBLEM_JSON)
-    assert r.json()["reason"] == "bad_request"
+    body = r.json()
+    assert body["reason"] == "bad_request" and body["type"] == problem_type("bad_request")
+    assert body["instance"] == "/v1/mask-sum" and body["status"] == 422
 
 
 def test_every_route_declares_a_response_model(served: tuple[KeyHolder, TestClient]) -> None:

@@ -11,17 +11,13 @@ from fastapi.openapi.utils import get_openapi
 
 from fedchurn import __version__
 from fedchurn.server.api.constants import MAX_WRITE_BODY_BYTES, PREFIX
-from fedchurn.server.api.problems import (
-    CHALLENGE,
-    fix_problem_media_types,
-    gate_problem,
-    install_problem_handlers,
-)
+from fedchurn.server.api.problems import fix_problem_media_types, gate_problem, install_problem_handlers
 from fedchurn.server.api.routers import audit, catalogue, meta, reviewer, writes
 from fedchurn.server.api.views import static_bodies
 from fedchurn.server.audit import AuditStore
 from fedchurn.server.bearer import token_digest
 from fedchurn.server.http_gate import RequestGate
+from fedchurn.server.problem_details import CHALLENGE
 
 DESCRIPTION = """
 Read-only transparency API of **fedchurn** for privacy reviewers and data-protection officers.

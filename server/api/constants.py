@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 PREFIX = "/v1"
-PROBLEM_JSON = "application/problem+json"
 STATIC_CACHE = "public, max-age=3600"  # the catalogue changes only with a deployment; ETag revalidates
 DYNAMIC_CACHE = "no-cache"  # the audit log grows during a run: always revalidate
 # Biggest legitimate write: a round record whose `refused` list is at RoundIn's limit of 100,000

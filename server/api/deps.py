@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from fedchurn.server.api.problems import CHALLENGE, READ_ONLY, UNAUTHORIZED, ProblemError
+from fedchurn.server.api.problems import READ_ONLY, ProblemError
 from fedchurn.server.audit import AuditStore
 from fedchurn.server.bearer import presented_matches
+from fedchurn.server.problem_details import CHALLENGE, UNAUTHORIZED
 
 bearer = HTTPBearer(auto_error=False, description="The write token given to `fedchurn serve --writable`.")
 IfNoneMatch = Annotated[

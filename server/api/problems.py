@@ -15,10 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from fedchurn.server.api.constants import DATABASE_UNAVAILABLE, PROBLEM_JSON
-from fedchurn.server.api_models import (
-    Problem,
-)
+from fedchurn.server.api.constants import DATABASE_UNAVAILABLE
+from fedchurn.server.api_models import Problem
 from fedchurn.server.audit import (
     AuditDatabaseError,
     AuditError,
@@ -26,6 +24,12 @@ from fedchurn.server.audit import (
     RoundAlreadyRecordedError,
     RunFinishedError,
     UnknownRunError,
+)
+from fedchurn.server.problem_details import (
+    PROBLEM_JSON,
+    UNAUTHORIZED,
+    problem_json,
+    problem_type,
 )
 
 log = logging.getLogger(__name__)
@@ -54,11 +58,12 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    body = problem_body(request.url.path, status, detail, type_=type_, title=title, errors=errors)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return problem_json(
+        _problem(request.url.path, status, detail, type_=type_, title=title, errors=errors), headers
+    )
 
 
-def problem_body(
+def _problem(
     path: str,
     status: int,
     detail: str | None,
@@ -66,39 +71,35 @@ def problem_body(
     type_: str = "about:blank",
     title: str | None = None,
     errors: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    body = Problem.model_validate(
+) -> Problem:
+    return Problem.model_validate(
         {
             "type": type_,
-            "title": title or HTTPStatus(status).phrase,
+            "title": title or Problem.status_title(status),
             "status": status,
             "detail": detail,
             "instance": path,
             "errors": errors,
         }
     )
-    return body.model_dump(mode="json", exclude_none=True)
 
 
-UNAUTHORIZED = ("urn:fedchurn:problem:unauthorized", "Unauthorized")
-CHALLENGE = 'Bearer realm="fedchurn"'  # WWW-Authenticate of a 401
-READ_ONLY = ("urn:fedchurn:problem:read-only", "Read-only server")
+READ_ONLY = (problem_type("read_only"), "Read-only server")
 
 
 def gate_problem(status: int, detail: str, path: str) -> bytes:
     """The body of a refusal by the request gate (http_gate.RequestGate), as the routes' own."""
     type_, title = {401: UNAUTHORIZED, 403: READ_ONLY}.get(status, ("about:blank", None))
-    return json.dumps(
-        problem_body(path, status, detail, type_=type_, title=title), separators=(",", ":")
-    ).encode()
+    body = _problem(path, status, detail, type_=type_, title=title)
+    return json.dumps(body.model_dump(mode="json", exclude_none=True), separators=(",", ":")).encode()
 
 
 _AUDIT_ERRORS: dict[type[AuditError], tuple[int, str, str]] = {
-    UnknownRunError: (404, "urn:fedchurn:problem:unknown-run", "Unknown run"),
-    RoundAlreadyRecordedError: (409, "urn:fedchurn:problem:round-already-recorded", "Round already recorded"),
-    RunFinishedError: (409, "urn:fedchurn:problem:run-finished", "Run already finished"),
-    InvalidRecordError: (422, "urn:fedchurn:problem:invalid-record", "Invalid audit record"),
-    AuditDatabaseError: (503, "urn:fedchurn:problem:database", "Audit database unavailable"),
+    UnknownRunError: (404, problem_type("unknown_run"), "Unknown run"),
+    RoundAlreadyRecordedError: (409, problem_type("round_already_recorded"), "Round already recorded"),
+    RunFinishedError: (409, problem_type("run_finished"), "Run already finished"),
+    InvalidRecordError: (422, problem_type("invalid_record"), "Invalid audit record"),
+    AuditDatabaseError: (503, problem_type("database"), "Audit database unavailable"),
 }
 
 
@@ -152,7 +153,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             request,
             422,
             detail,
-            type_="urn:fedchurn:problem:validation",
+            type_=problem_type("validation"),
             title="Invalid request",
             errors=errors,
         )

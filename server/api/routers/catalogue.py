@@ -12,6 +12,7 @@ from fedchurn.server.api.deps import IfNoneMatch
 from fedchurn.server.api.problems import ProblemError
 from fedchurn.server.api.views import static_bodies
 from fedchurn.server.api_models import Category, CategoryList, FeatureSpec, RetentionPolicy
+from fedchurn.server.problem_details import problem_type
 from fedchurn.shared.catalogue import CATEGORIES, CATEGORY_IDS
 
 router = APIRouter(prefix=PREFIX)
@@ -57,7 +58,7 @@ async def category(
     if f"category:{category_id}" not in static_bodies():
         raise ProblemError(
             404,
-            "urn:fedchurn:problem:unknown-category",
+            problem_type("unknown_category"),
             "Unknown data category",
             f"no category {category_id!r}; known: {', '.join(CATEGORY_IDS)}",
         )
