@@ -11,11 +11,12 @@ TYPECHECK := build/typecheck
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned, by pip: the machine's pip configuration finds the CPU wheel on disk, and
-	# anything else pulls multi-GB CUDA builds. No bytecode up front: what is imported compiles once.
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	# The rest by uv, with the same constraints: about 10 s where pip takes about 100 s.
+	# anything else pulls multi-GB CUDA builds.
+	$(BIN)/pip install -q torch==2.13.0
+	# The rest by uv, with the same constraints, about four times faster than pip. Bytecode is
+	# compiled at install: where PYTHONDONTWRITEBYTECODE is set, nothing is ever compiled later.
 	$(BIN)/pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[dev]"
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,8 +37,13 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache/tests ../../tests
 
 # The two cores work side by side: mypy beside the suite, and the suite in two pytest-xdist workers
-# (`--dist loadfile`: a module's tests stay in one worker, so its module fixtures start once).
+# (`--dist loadfile`: a module's tests stay in one worker, so its module fixtures start once; in
+# the order tests/conftest.py gives, whole runs first, so the short tests fill in around them).
 PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# The suite starts hundreds of Python processes (the CLI, Flower's ServerApp and ClientApps): each
+# would compile fedchurn's own modules again where the environment forbids writing bytecode.
+unexport PYTHONDONTWRITEBYTECODE
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
@@ -45,10 +51,10 @@ test: $(STAMP) chromium
 	$(MAKE) --no-print-directory -j2 typecheck suite
 
 suite: $(STAMP)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 test-all: lint chromium
-	$(BIN)/pytest -m ""
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m ""
 
 # tests/test_reviewer_page.py renders the reviewer page in headless Chromium, the Chinese page with
 # a CJK font (it fails, not skips, without them).

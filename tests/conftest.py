@@ -78,3 +78,21 @@ def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flower stamps messages with the running task's identity, as inside a ServerApp process."""
     for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
         monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+# The module whose tests take longest (a TLS federation, ~4 min of one worker): scheduled first.
+_LONGEST_FIRST = ("test_deploy_federation",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first: the federation, then every test that starts Flower, then the rest (a stable
+    sort, so each module's tests keep their order). `make test`'s workers take modules in this
+    order (`--no-loadscope-reorder`), so the short tests fill in around the long runs instead of a
+    long run ending the suite alone."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.stem in _LONGEST_FIRST:
+            return 0
+        return 1 if item.get_closest_marker("integration") else 2
+
+    items.sort(key=rank)
