@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import settings
+
+# No per-example deadline: the suite shares two cores with Flower runs in the other worker, where a
+# deadline measures the machine's load, not the code (the property tests assert behaviour only).
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
