@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q torch==2.13.0
 	# The rest by uv, with the same constraints, about four times faster than pip. Bytecode is
 	# compiled at install: where PYTHONDONTWRITEBYTECODE is set, nothing is ever compiled later.
+	# Where uv cannot reach the index (it reads no pip configuration), pip does the same install.
 	$(BIN)/pip install -q uv==$(UV_VERSION)
-	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[dev]"
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[dev]" || { \
+	  echo "uv failed (above); installing with pip instead"; \
+	  $(BIN)/pip install -q -c constraints.txt -e ".[dev]"; }
 	touch $(STAMP)
 
 install: $(STAMP)
