@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.9
 TYPECHECK := build/typecheck
 
-.PHONY: install lint typecheck test suite test-all demo bench bench-api bench-policy chromium pfl-venv clean
+.PHONY: install ruff lint typecheck test suite test-all demo bench bench-api bench-policy chromium pfl-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-lint: $(STAMP)
+ruff: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+lint: ruff
 	$(MAKE) typecheck
 
 # mypy does not follow setuptools' editable-install finder, so it checks a tree of links
@@ -48,16 +50,14 @@ PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # would compile fedchurn's own modules again where the environment forbids writing bytecode.
 unexport PYTHONDONTWRITEBYTECODE
 
-test: $(STAMP) chromium
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: ruff chromium
 	$(MAKE) --no-print-directory -j2 typecheck suite
 
 suite: $(STAMP)
-	$(BIN)/pytest $(PYTEST_PARALLEL)
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_MARKS)
 
-test-all: lint chromium
-	$(BIN)/pytest $(PYTEST_PARALLEL) -m ""
+test-all: ruff chromium
+	$(MAKE) --no-print-directory -j2 typecheck PYTEST_MARKS='-m ""' suite
 
 # tests/test_reviewer_page.py renders the reviewer page in headless Chromium, the Chinese page with
 # a CJK font (it fails, not skips, without them).
