@@ -25,7 +25,7 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, dict[str, Any]]:
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A small federated run through Flower's simulation engine, shared by every test that reads a
     real run's outputs (the end-to-end tests, the bench's JSON check).
 
@@ -40,7 +40,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple
     from fedchurn.simulations.simulate import simulate
 
     base = tmp_path_factory.getbasetemp()
-    out = (base.parent if worker_id != "master" else base) / "small_run"
+    in_worker = "PYTEST_XDIST_WORKER" in os.environ  # set in each worker of `pytest -n`
+    out = (base.parent if in_worker else base) / "small_run"
     with FileLock(f"{out}.lock"):
         if not (out / "metrics.json").exists():
             cfg = RunConfig(
