@@ -107,10 +107,8 @@ class RunConfig:
     def check(self) -> None:
         """Refuse any value no run can use, naming the command-line option and what it accepts
         (before anything starts: a bad value used to surface 20-49 s later, in a log)."""
-        for name, ok, accepts in _RULES:
-            value = getattr(self, name)
-            if not ok(value):
-                raise ValueError(f"{option_name(name)}: {value!r} is not allowed; expected {accepts}")
+        for name, _, _ in _RULES:
+            _check_setting(self, name)
         if self.k_min > self.max_cohort:
             raise ValueError(f"--k-min {self.k_min} is above --max-cohort {self.max_cohort}")
         self.protocol()  # horizon, silence, cutoff, population, features, activity
@@ -127,10 +125,7 @@ class RunConfig:
     @property
     def scheme(self) -> Scheme:
         """The protection scheme this run's uploads use."""
-        if self.protection not in SCHEMES:
-            raise ValueError(
-                f"--protection: {self.protection!r} is not allowed; expected secagg, ckks or plaintext"
-            )
+        _check_setting(self, "protection")  # a config built without `check` names the option too
         return SCHEMES[self.protection]
 
     @property
@@ -383,6 +378,15 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sampling_source", lambda v: v in ("secret", "seeded"), "secret or seeded"),
     ("round_timeout", _positive, "a positive number of seconds"),
 )
+_RULE_BY_NAME = {name: (ok, accepts) for name, ok, accepts in _RULES}
+
+
+def _check_setting(cfg: RunConfig, name: str) -> None:
+    """Refuse a setting's value outside its rule, naming the option and what it accepts."""
+    ok, accepts = _RULE_BY_NAME[name]
+    value = getattr(cfg, name)
+    if not ok(value):
+        raise ValueError(f"{option_name(name)}: {value!r} is not allowed; expected {accepts}")
 
 
 def _sized(params: ProtectionParams, n_params: int) -> ProtectionParams:
