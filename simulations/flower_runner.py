@@ -167,14 +167,16 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> N
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the SuperLink and everything it started (its process group)."""
+    """Stop the SuperLink and everything it started (its process group). A SuperLink whose run is
+    still going (Ctrl-C, a timeout) waits ~20 s on SIGTERM for its simulation; nothing of the run
+    is kept in it, so it gets the same short grace as the run's other processes."""
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=20)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=STOP_GRACE_S)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
 

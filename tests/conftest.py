@@ -46,38 +46,38 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
         if not (out / "metrics.json").exists():
             cfg = RunConfig(
                 num_server_rounds=3,
-                devices=160,
+                devices=400,  # ~190 held-out devices: ~70 left for the final evaluation
                 per_round=30,
                 eval_per_round=10,
                 eval_fraction=0.5,
                 seed=11,
                 sampling_source="seeded",
-                centre_features=False,  # the centred (default) path is test_simulation_e2e's `centred_run`
-            )
+            )  # centred (the default): round 0 measures the feature mean through the secure sum
             simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
     summary: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     return out, summary
 
 
+def fedchurn_cli(
+    *args: str, check: bool = False, timeout: float = 300, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `fedchurn` command; returns the CompletedProcess."""
+    path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "COLUMNS": str(columns)}
+    return subprocess.run(
+        [str(VENV_BIN / "fedchurn"), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+        env=env,
+    )
+
+
 @pytest.fixture
 def run_cli() -> RunCli:
-    """Run the installed `fedchurn` command; returns the CompletedProcess."""
-
-    def run(
-        *args: str, check: bool = False, timeout: float = 300, columns: int = 200
-    ) -> subprocess.CompletedProcess[str]:
-        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = {**os.environ, "PATH": path, "COLUMNS": str(columns)}
-        return subprocess.run(
-            [str(VENV_BIN / "fedchurn"), *args],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-            env=env,
-        )
-
-    return run
+    """`fedchurn_cli` as a fixture, for tests that take their tools as arguments."""
+    return fedchurn_cli
 
 
 @pytest.fixture

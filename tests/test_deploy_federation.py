@@ -1,9 +1,10 @@
 """A real deployment on loopback: Flower's SuperLink (TLS, SuperNode authentication), 3 SuperNodes
 serving device stores, the key holder service and the transparency API, each its own process.
 
-One federation serves the module's tests (starting it costs ~25 s); the SuperNode-kill test runs
-last because it leaves the federation one node short. Every process is stopped afterwards, also
-when a test fails (the fixture's context manager), and on SIGTERM.
+One federation serves the module's tests (starting it costs ~25 s), in file order: the crash and
+resume of a two-round run first, then the secrets check over everything the runs left, and the
+SuperNode-kill test last because it leaves the federation one node short. Every process is
+stopped afterwards, also when a test fails (the fixture's context manager), and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -126,25 +127,102 @@ def audit_run_id(d: Deployment, cfg: RunConfig) -> str:
     return ck.audit_run_id
 
 
-def test_two_rounds_with_tls_node_auth_keyholder_and_api(deployment: Deployment) -> None:
-    cfg = deployment.config("integration")
+def _aggregator_pid(d: Deployment, cfg: RunConfig, name: str) -> int:
+    """The run's ServerApp process, from the pid file it writes when it starts."""
+    path = d.out(cfg) / "aggregator.pid"
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, d.fed.log_path(name).read_text()[-3000:]
+        time.sleep(0.1)
+    return int(path.read_text())
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Block until process `pid` (not our child) has exited: a pidfd becomes readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} still runs after {timeout:.0f} s"
+    finally:
+        os.close(fd)
+
+
+def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployment: Deployment) -> None:
+    """Two rounds over TLS with SuperNode authentication, the key holder and the API, with DP and
+    centre-features, the aggregator killed between them: the feature-mean round (round 0) is charged
+    once, its mean is kept in the checkpoint, the restarted run trains on the same one, and the
+    finished run is the one an uninterrupted run leaves (model trained, 780-byte uploads from at
+    least k_min devices a round, every round in the API's audit log, the run completed)."""
+    cfg = deployment.config("resume", target_epsilon=8.0, centre_features=True)
+    fed = deployment.fed
+    # The crash drill: the aggregator kills itself (SIGKILL) right after round 1's records, a
+    # known point, instead of the test racing a kill against round 2.
+    replace(fed.settings, crash_after_round="1").write(fed.settings_file)
+    try:
+        fed.start_run(cfg, "resume-1")
+        _wait_gone(_aggregator_pid(deployment, cfg, "resume-1"), RUN_TIMEOUT_S)
+    finally:
+        fed.settings.write(fed.settings_file)  # the restart runs without the drill
+    fed.stop("resume-1")
+    ck = checkpoint(deployment, cfg)
+    assert ck is not None and ck.round == 1
+    offset_before_crash = ck.input_offset
+    assert offset_before_crash is not None and len(offset_before_crash) == BASE_FEATURES
+    contacted_round_2 = query(
+        deployment,
+        "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' "
+        "AND round = 2 AND status != 'started'",
+    )[0][0]
+    assert contacted_round_2 == 0, "the kill landed after round 2 reached the key holder"
+
     t0 = time.monotonic()
-    doc = run_to_end(deployment, cfg, "integration")
-    print(f"2 rounds on the deployment engine: {time.monotonic() - t0:.1f} s")
-    params = np.load(deployment.out(cfg) / "model" / "params.npy")
-    assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC)), "the model did not change"
+    doc = run_to_end(deployment, cfg, "resume-2")
+    print(f"the resumed run on the deployment engine: {time.monotonic() - t0:.1f} s")
     rounds = doc["rounds"]
     assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
-    assert all(r["trained"] >= K_MIN for r in rounds)
-    assert all(r["upload_bytes_per_device"] == 780 for r in rounds)
-    # The transparency API (HTTPS, its own process) shows both rounds of this run.
+    # Under DP the ring widens and the upload keeps within 780 bytes (docs/wire-format.md §2.1).
+    upload = doc["privacy"]["release"]["upload_bytes"]  # type: ignore[index]
+    assert 700 < upload <= 780
+    assert all(r["trained"] >= K_MIN and r["upload_bytes_per_device"] == upload for r in rounds)
+    params = np.load(deployment.out(cfg) / "model" / "params.npy")
+    assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC)), "the model did not change"
+    assert doc["feature_mean"] == {"devices": None, "offset": offset_before_crash}  # not measured again
+    train_attempts = query(
+        deployment,
+        "SELECT round, status FROM fedchurn_round_attempts WHERE run_name = 'resume' "
+        "AND kind = 'train' ORDER BY id",
+    )
+    # Round 1 ran once; round 2's first attempt died before the key holder, the second finished.
+    assert [r for r, st in train_attempts if st == "finished"] == [1, 2]
+    stats_attempts = query(
+        deployment,
+        "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' AND kind = 'stats'",
+    )[0][0]
+    assert stats_attempts == 1
+    # epsilon after 2 rounds equals an uninterrupted run's: nothing forgotten, nothing counted twice.
     rid = audit_run_id(deployment, cfg)
-    recorded = audit_rounds(deployment, rid)
-    assert cfg.centre_features  # the default: round 0 measures the feature mean through the secure sum
-    assert sorted(r["round"] for r in recorded) == [0, 1, 2]  # type: ignore[type-var]
+    recorded = sorted(audit_rounds(deployment, rid), key=lambda r: r["round"])  # type: ignore[arg-type, return-value]
+    assert [r["round"] for r in recorded] == [0, 1, 2]  # round 0: the feature mean
     assert not any(r["skipped"] for r in recorded)
     run = deployment.api(f"/v1/runs/{rid}")
     assert run["status"] == "completed"
+    dp = run["dp"]
+    assert isinstance(dp, dict)
+    ck = checkpoint(deployment, cfg)
+    assert ck is not None and ck.roster is not None and ck.input_offset == offset_before_crash
+    n_train = sum(not is_eval_device(cfg.seed, dev, cfg.eval_fraction) for _, dev in ck.roster)
+    for r in recorded:
+        expected = epsilon_for(
+            float(dp["noise_multiplier"]),
+            cfg.delta,
+            min(1.0, PER_ROUND / n_train),  # the run's rate (all devices when the pool is smaller)
+            int(str(r["round"])) + 1,  # the feature-mean round is the first charged step
+            sampling="poisson",
+        )
+        assert r["epsilon_spent"] == pytest.approx(expected, rel=1e-9)
 
 
 def _command_lines(fed: Federation) -> dict[int, str]:
@@ -210,90 +288,6 @@ def test_no_secret_in_logs_outputs_databases_or_command_lines(deployment: Deploy
     assert len(supernodes) >= 2 and all(pin in c for c in supernodes)
 
 
-def _aggregator_pid(d: Deployment, cfg: RunConfig, name: str) -> int:
-    """The run's ServerApp process, from the pid file it writes when it starts."""
-    path = d.out(cfg) / "aggregator.pid"
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (path.exists() and path.read_text().strip()):
-        assert time.monotonic() < deadline, d.fed.log_path(name).read_text()[-3000:]
-        time.sleep(0.1)
-    return int(path.read_text())
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    """Block until process `pid` (not our child) has exited: a pidfd becomes readable then."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return  # already gone
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, f"process {pid} still runs after {timeout:.0f} s"
-    finally:
-        os.close(fd)
-
-
-def test_aggregator_killed_between_rounds_resumes_with_the_same_epsilon(deployment: Deployment) -> None:
-    """With DP and centre-features: the feature-mean round (round 0) is charged once, its mean is
-    kept in the checkpoint, and the restarted run trains on the same one."""
-    cfg = deployment.config("resume", target_epsilon=8.0, centre_features=True)
-    fed = deployment.fed
-    # The crash drill: the aggregator kills itself (SIGKILL) right after round 1's records, a
-    # known point, instead of the test racing a kill against round 2.
-    replace(fed.settings, crash_after_round="1").write(fed.settings_file)
-    try:
-        fed.start_run(cfg, "resume-1")
-        _wait_gone(_aggregator_pid(deployment, cfg, "resume-1"), RUN_TIMEOUT_S)
-    finally:
-        fed.settings.write(fed.settings_file)  # the restart runs without the drill
-    fed.stop("resume-1")
-    ck = checkpoint(deployment, cfg)
-    assert ck is not None and ck.round == 1
-    offset_before_crash = ck.input_offset
-    assert offset_before_crash is not None and len(offset_before_crash) == BASE_FEATURES
-    contacted_round_2 = query(
-        deployment,
-        "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' "
-        "AND round = 2 AND status != 'started'",
-    )[0][0]
-    assert contacted_round_2 == 0, "the kill landed after round 2 reached the key holder"
-
-    doc = run_to_end(deployment, cfg, "resume-2")
-    rounds = doc["rounds"]
-    assert isinstance(rounds, list) and [r["round"] for r in rounds] == [1, 2]
-    assert doc["feature_mean"] == {"devices": None, "offset": offset_before_crash}  # not measured again
-    train_attempts = query(
-        deployment,
-        "SELECT round, status FROM fedchurn_round_attempts WHERE run_name = 'resume' "
-        "AND kind = 'train' ORDER BY id",
-    )
-    # Round 1 ran once; round 2's first attempt died before the key holder, the second finished.
-    assert [r for r, st in train_attempts if st == "finished"] == [1, 2]
-    stats_attempts = query(
-        deployment,
-        "SELECT COUNT(*) FROM fedchurn_round_attempts WHERE run_name = 'resume' AND kind = 'stats'",
-    )[0][0]
-    assert stats_attempts == 1
-    # epsilon after 2 rounds equals an uninterrupted run's: nothing forgotten, nothing counted twice.
-    rid = audit_run_id(deployment, cfg)
-    recorded = sorted(audit_rounds(deployment, rid), key=lambda r: r["round"])  # type: ignore[arg-type, return-value]
-    assert [r["round"] for r in recorded] == [0, 1, 2]  # round 0: the feature mean
-    dp = deployment.api(f"/v1/runs/{rid}")["dp"]
-    assert isinstance(dp, dict)
-    ck = checkpoint(deployment, cfg)
-    assert ck is not None and ck.roster is not None and ck.input_offset == offset_before_crash
-    n_train = sum(not is_eval_device(cfg.seed, dev, cfg.eval_fraction) for _, dev in ck.roster)
-    for r in recorded:
-        expected = epsilon_for(
-            float(dp["noise_multiplier"]),
-            cfg.delta,
-            min(1.0, PER_ROUND / n_train),  # the run's rate (all devices when the pool is smaller)
-            int(str(r["round"])) + 1,  # the feature-mean round is the first charged step
-            sampling="poisson",
-        )
-        assert r["epsilon_spent"] == pytest.approx(expected, rel=1e-9)
-
-
 def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
     cfg = deployment.config("dropout", num_server_rounds=1, round_timeout=25.0)
     deployment.fed.start_run(cfg, "dropout")
@@ -309,6 +303,7 @@ def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Depl
     assert doc["status"] == "finished"
     (r1,) = doc["rounds"]
     assert K_MIN <= r1["trained"] < PER_ROUND
+    assert r1["upload_bytes_per_device"] == 780  # the default upload (this run has no DP)
     left_out = [x for x in r1["refused"] if "no upload" in x["reason"]]
     assert left_out, r1["refused"]
     params = np.load(deployment.out(cfg) / "model" / "params.npy")

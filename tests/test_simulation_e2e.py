@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from rich.console import Console
 
 from fedchurn.client.feature_mean import feature_summary, mean_from_sum
 from fedchurn.server.api_bench import live_server
@@ -17,25 +16,8 @@ from fedchurn.server.run_output import load_model
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.run_config import RunConfig, is_eval_device
 from fedchurn.simulations.flower_client import SimulatedShard
-from fedchurn.simulations.simulate import simulate
 
 pytestmark = pytest.mark.integration  # starts Flower: `-m "not integration"` skips it
-
-
-@pytest.fixture(scope="module")
-def centred_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """centre-features: a feature-mean round through the secure sum, then one centred round."""
-    out = tmp_path_factory.mktemp("centred")
-    cfg = RunConfig(
-        num_server_rounds=1,
-        devices=80,
-        per_round=30,
-        eval_fraction=0.4,
-        seed=5,
-        centre_features=True,
-        sampling_source="seeded",
-    )
-    return out, simulate(cfg, Console(quiet=True), out)
 
 
 def test_training_improves_on_the_untrained_model(small_run: tuple[Path, dict]) -> None:
@@ -80,12 +62,11 @@ def test_the_run_leaves_its_records(small_run: tuple[Path, dict]) -> None:
     assert {"logreg", "xgboost", "central_net"} <= set(summary["baselines"])
 
 
-@pytest.mark.parametrize("run", ["small_run", "centred_run"])
-def test_federated_evaluation_equals_the_central_check(run: str, request: pytest.FixtureRequest) -> None:
+def test_federated_evaluation_equals_the_central_check(small_run: tuple[Path, dict]) -> None:
     """The server's metrics come only from securely summed histograms; they must equal scoring the
-    same held-out devices directly (same features, same evaluation day, same labels). In the
-    centred run this also checks the folded model: devices scored it on raw features."""
-    _, summary = request.getfixturevalue(run)
+    same held-out devices directly (same features, same evaluation day, same labels). The run is
+    centred, so this also checks the folded model: devices scored it on raw features."""
+    _, summary = small_run
     fed = summary["federated"]["final_evaluation"]
     central = summary["baselines"]["federated_checked_centrally"]
     for key in ("devices", "positives", "roc_auc", "pr_auc", "concordance"):  # from counts: exact
@@ -110,11 +91,11 @@ def test_uploads_are_the_compact_protected_ones(small_run: tuple[Path, dict]) ->
 
 
 def test_the_feature_mean_is_the_sampled_devices_mean_through_the_secure_sum(
-    centred_run: tuple[Path, dict],
+    small_run: tuple[Path, dict],
 ) -> None:
     """The offset the server trained with is the mean of the feature summaries of the devices it
     sampled first, recomputed here from the devices' own code, up to the 1/32 quantisation step."""
-    out, summary = centred_run
+    out, summary = small_run
     cfg = RunConfig(**json.loads((out / "config.json").read_text())["run"])
     assert cfg.sampling_source == "seeded"
     pool = [d for d in range(cfg.devices) if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
@@ -135,8 +116,10 @@ def test_serve_shows_the_runs_rounds(small_run: tuple[Path, dict]) -> None:
         budget = httpx.get(f"{base}/v1/privacy-budget").json()
         card = httpx.get(f"{base}/v1/model-card").json()
         upload = httpx.get(f"{base}/v1/upload-spec").json()
-    assert rounds["total"] == 3
-    assert [r["round"] for r in rounds["items"]] == [1, 2, 3]
+    # round 0 measured the feature mean (the run is centred), then three training rounds
+    assert rounds["total"] == 4
+    assert [r["round"] for r in rounds["items"]] == [0, 1, 2, 3]
+    assert rounds["items"][0]["metrics"] == {"feature_mean_round": 1.0}
     assert all(r["protection_mode"] == "secagg" and r["bytes_received"] > 0 for r in rounds["items"])
     assert budget["available"] and budget["accountant"] == "none"
     assert card["available"] and card["training_rounds"] == 3
