@@ -3,8 +3,11 @@
 Flower 1.41's grids wait a fixed interval between pulls of replies: 3 s for the deployment
 engine's `HttpGrid`, 0.1 s for the simulation engine's `InMemoryGrid`. A fedchurn round is one
 message per node and can finish in well under 0.1 s, so those sleeps would set its pace. This
-wrapper pushes through the real grid and pulls with a short back-off (2 ms growing to 5 ms), which
-costs a few cheap pulls per round and nothing else; every other call goes to the wrapped grid.
+wrapper pushes through the real grid and pulls again after a wait proportional to the time waited
+so far (5 % of it, from 2 ms up to 0.25 s): a reply is seen at most ~5 % after it arrives, and a
+round of seconds costs ~100 pulls, not thousands. On the deployment engine every pull is an HTTP
+request the SuperLink answers, so a fixed 5 ms interval kept it busy (decision 116); every other
+call goes to the wrapped grid.
 
 `on_reply`, when set, is called with each reply as soon as it is pulled (the strategy sums a
 cohort while other nodes still work); it applies to the next `send_and_receive` only.
@@ -23,7 +26,8 @@ from flwr.supercore.run import Run
 __all__ = ["PromptGrid"]
 
 FIRST_WAIT_S = 0.002
-LONGEST_WAIT_S = 0.005
+LONGEST_WAIT_S = 0.25
+LATE_SHARE = 0.05  # the next pull comes after this share of the time waited so far
 
 
 class PromptGrid(Grid):
@@ -66,8 +70,8 @@ class PromptGrid(Grid):
         """Push, then pull until every reply is in or `timeout` seconds have passed."""
         on_reply, self.on_reply = self.on_reply, None
         pending = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        wait = FIRST_WAIT_S
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         out: list[Message] = []
         while pending:
             got = list(self.pull_messages(pending))
@@ -78,6 +82,7 @@ class PromptGrid(Grid):
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
-            time.sleep(wait if deadline is None else min(wait, max(0.0, deadline - time.monotonic())))
-            wait = min(LONGEST_WAIT_S, wait * 1.5)
+            now = time.monotonic()
+            wait = min(LONGEST_WAIT_S, max(FIRST_WAIT_S, LATE_SHARE * (now - start)))
+            time.sleep(wait if deadline is None else min(wait, max(0.0, deadline - now)))
         return out
