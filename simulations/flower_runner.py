@@ -50,7 +50,6 @@ def run_flower(
     timeout_s: float = 4 * 3600,
     components: tuple[str, str] = FEDCHURN_COMPONENTS,
     env: dict[str, str] | None = None,
-    cpus_per_node: int = 1,
 ) -> None:
     """Run one federated simulation; returns when the ServerApp has finished.
 
@@ -118,7 +117,7 @@ def run_flower(
                     "fedchurn",
                     "--stream",
                     "--federation-config",
-                    f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node}",
+                    engine_config(num_supernodes),
                     "--run-config",
                     str(run_config),
                 ],
@@ -144,6 +143,19 @@ def run_flower(
                 signal.signal(signal.SIGTERM, previous)
     if on_poll:
         on_poll()
+
+
+def engine_config(num_supernodes: int, cores: int | None = None) -> str:
+    """`flwr run --federation-config` for `num_supernodes` nodes, one CPU each. Ray starts one
+    ClientApp actor per CPU it is given, and each actor imports the ClientApp (torch included,
+    ~6 s of CPU): with fewer nodes than cores, the engine gets as many CPUs as there are nodes, so
+    no actor starts only to stay idle."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    out = f"num-supernodes={num_supernodes} client-resources-num-cpus=1"
+    if num_supernodes < cores:
+        out += f" init-args-num-cpus={num_supernodes}"
+    return out
 
 
 def _raise_exit(signum: int, frame: object) -> None:

@@ -53,7 +53,9 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
                 seed=11,
                 sampling_source="seeded",
             )  # centred (the default): round 0 measures the feature mean through the secure sum
-            simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}")
+            # one simulation node (one Ray actor): the suite's runs are small, and each actor costs
+            # seconds of CPU to start
+            simulate(cfg, Console(quiet=True), out, audit_db=f"sqlite:///{out / 'audit.sqlite'}", nodes=1)
     summary: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     return out, summary
 

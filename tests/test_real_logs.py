@@ -63,6 +63,7 @@ def test_a_gzipped_purchase_log_runs_the_standard_protocol_with_a_90_day_model(
         "--horizon", "90", "--population", "active:90", "--activity", "purchases",
         "--eval-fraction", "0.4", "--rounds", "3", "--per-round", "60", "--no-baselines", "--out", str(out),
         "--no-centre-features",  # the suite's one uncentred Flower run: no feature-mean round
+        "--nodes", "2",  # two shards, two Ray actors (the suite's other runs have one)
     ]  # fmt: skip
     res = run_cli(*args, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr

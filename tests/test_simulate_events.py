@@ -66,7 +66,7 @@ def log_run(tmp_path_factory: pytest.TempPathFactory) -> LogRun:
     out = tmp / "run"
     url = f"sqlite:///{tmp / 'audit.sqlite'}"
     common = "--activity sessions,purchases --horizon 28 --silence-days 28 --rounds 2"
-    common += f" --per-round {PER_ROUND} --eval-per-round 0 --eval-fraction 0.5 --no-baselines"
+    common += f" --per-round {PER_ROUND} --eval-per-round 0 --eval-fraction 0.5 --no-baselines --nodes 1"
     common += f" --centre-features --target-epsilon {TARGET_EPSILON} --audit-db {url} --out {out}"
     refusal = fedchurn_cli("simulate", "--events", str(log), *common.split(), timeout=600)
     mapping = "user=uid,timestamp=time,tz_offset=offset,category=kind,action=what,value=amount"

@@ -67,6 +67,7 @@ def test_ctrl_c_stops_every_process_of_the_run(tmp_path: Path) -> None:
     env = {**os.environ, TAG_ENV: tag, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = tmp_path / "run"
     args = ["--devices", "300", "--rounds", "500", "--per-round", "20", "--eval-per-round", "0"]
+    args += ["--nodes", "1"]
     proc = subprocess.Popen(
         [str(VENV_BIN / "fedchurn"), "simulate", *args, "--no-baselines", "--out", str(out)],
         env=env,
