@@ -20,7 +20,6 @@ from fedchurn.shared.events import local_day
 from fedchurn.shared.model_format import churn_probability, init_params
 from fedchurn.shared.protocol import day_text
 from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig, is_final_eval_device
-from fedchurn.simulations.baselines import evaluate_scores, run_baselines
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
 from fedchurn.simulations.population import generate_population
@@ -193,6 +192,10 @@ def simulate(
         "federated": fed,
     }
     if baselines:
+        # Imported here: scikit-learn, XGBoost and torch take seconds to import, and a run without
+        # baselines (or a refused one) never needs them.
+        from fedchurn.simulations.baselines import evaluate_scores, run_baselines
+
         if data is None:
             console.print("building the same examples centrally for the baselines…")
             data = population_dataset(cfg)
