@@ -44,12 +44,16 @@ typecheck: $(STAMP)
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/fedchurn
 	for f in fedchurn/*; do ln -s ../../../$$f $(TYPECHECK)/fedchurn/; done
 	for d in client server shared simulations; do ln -s ../../../$$d $(TYPECHECK)/fedchurn/$$d; done
-	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache -p fedchurn
-	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache ../../tests
+	cd $(TYPECHECK) && $(NICE) ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache -p fedchurn
+	cd $(TYPECHECK) && $(NICE) ../../$(BIN)/mypy --config-file ../../pyproject.toml --cache-dir ../../.mypy_cache ../../tests
 
 # The two cores work side by side: mypy beside the suite, and the suite in two pytest-xdist workers
 # (`--dist loadfile`: a module's tests stay in one worker, so its module fixtures start once; in
 # the order tests/conftest.py gives, whole runs first, so the short tests fill in around them).
+# mypy beside the suite runs at low priority: the suite does not keep both cores busy all the time
+# (it waits on Flower's processes), so a cold check (~50 s of CPU in a fresh clone) can use what it
+# leaves instead of slowing the Flower runs, whose rounds have timeouts (decision 118).
+BESIDE_SUITE := nice -n 15
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # The suite starts hundreds of Python processes (the CLI, Flower's ServerApp and ClientApps): each
@@ -63,14 +67,14 @@ setup:
 
 test: setup
 	$(MAKE) --no-print-directory ruff
-	$(MAKE) --no-print-directory -j2 typecheck suite
+	$(MAKE) --no-print-directory -j2 typecheck suite NICE="$(BESIDE_SUITE)"
 
 suite: $(STAMP)
 	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_MARKS)
 
 test-all: setup
 	$(MAKE) --no-print-directory ruff
-	$(MAKE) --no-print-directory -j2 typecheck PYTEST_MARKS='-m ""' suite
+	$(MAKE) --no-print-directory -j2 typecheck PYTEST_MARKS='-m ""' suite NICE="$(BESIDE_SUITE)"
 
 # tests/test_reviewer_page.py renders the reviewer page in headless Chromium, the Chinese page with
 # a CJK font (it fails, not skips, without them).
