@@ -68,8 +68,8 @@ def flower_bin(name: str) -> str:
     return str(here) if here.exists() else (shutil.which(name) or name)
 
 
-def free_port() -> int:
-    """A free loopback port for a server a run or test starts itself."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port (loopback by default) for a server a run, a benchmark or a test starts itself."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])

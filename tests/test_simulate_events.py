@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import VENV_BIN, fedchurn_cli
 
+from fedchurn.server.app_package import free_port
 from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.simulations.population import generate_population
 from fedchurn.simulations.scenario import load_scenario
@@ -87,19 +87,13 @@ def test_simulate_on_an_imported_log_with_its_own_activity_and_horizon(log_run: 
     assert (out / "model" / "params.npy").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_shows_the_rounds_and_epsilon_of_a_dp_run(log_run: LogRun) -> None:
     url = log_run.audit_url
     doc = json.loads((log_run.out / "federated.json").read_text())
     assert doc["final_evaluation"].get("devices", 0) > 0  # held-out histograms are answered under DP too
     # the feature mean is divided by the devices summed, not by the count coordinate's noisy sum
     assert doc["feature_mean"]["devices"] == PER_ROUND and len(doc["feature_mean"]["offset"]) == 127
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "FEDCHURN_WRITE_TOKEN"}
     server = subprocess.Popen(
         [str(VENV_BIN / "fedchurn"), "serve", "--port", str(port), "--database-url", url],
