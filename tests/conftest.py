@@ -89,7 +89,7 @@ def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, attr, value)
 
 
-# The module whose tests take longest (a TLS federation, ~4 min of one worker): scheduled first.
+# The module whose tests take longest (a TLS federation, ~2.5 min of one worker): scheduled first.
 _LONGEST_FIRST = ("test_deploy_federation",)
 
 
