@@ -45,6 +45,7 @@ class Deployment:
     work: Path
     audit_db: str
     today: int
+    stores: list[Path]  # supernode-i serves stores[i]
 
     def config(self, name: str, **overrides: object) -> RunConfig:
         """A run's public configuration: nothing of the aggregator's settings is in it."""
@@ -81,7 +82,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     dirs, today = population_stores(work / "stores", NODES, PER_NODE, days=60)
     audit_db = f"sqlite:///{work / 'audit.sqlite'}"
     with local_federation(work / "fed", dirs, audit_db, k_min=K_MIN, extra_config=f"today={today}") as fed:
-        yield Deployment(fed, work, audit_db, today)
+        yield Deployment(fed, work, audit_db, today, dirs)
 
 
 def run_to_end(d: Deployment, cfg: RunConfig, name: str) -> dict[str, object]:
@@ -288,9 +289,35 @@ def test_no_secret_in_logs_outputs_databases_or_command_lines(deployment: Deploy
     assert len(supernodes) >= 2 and all(pin in c for c in supernodes)
 
 
+def _victim(d: Deployment, cfg: RunConfig) -> tuple[int, set[int]]:
+    """The SuperNode to kill and its training devices: a node whose devices all train, if there is
+    one, so that the final evaluation sends it nothing and the run does not wait out a second round
+    timeout on the dead node after the round this test is about. A node's device indices are HMACs
+    under its own secret (random per federation), so which node that is changes from run to run;
+    the last node when none is."""
+    from fedchurn.client.deploy_client import list_stores
+
+    held_out = [
+        {i for i in list_stores(s) if is_eval_device(cfg.seed, i, cfg.eval_fraction)} for s in d.stores
+    ]
+    n = next((n for n, h in enumerate(held_out) if not h), len(d.stores) - 1)
+    return n, set(list_stores(d.stores[n])) - held_out[n]
+
+
 def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
-    # uncentred: no feature-mean round before the one this test is about
-    cfg = deployment.config("dropout", num_server_rounds=1, round_timeout=25.0, centre_features=False)
+    # Uncentred: no feature-mean round before the one this test is about. Every training device
+    # takes part, so the dead node's devices are in the round; few are held out, so that one node
+    # most likely holds none (`_victim`).
+    cfg = deployment.config(
+        "dropout",
+        num_server_rounds=1,
+        round_timeout=25.0,
+        centre_features=False,
+        eval_fraction=0.05,
+        per_round=NODES * PER_NODE,
+    )
+    victim, victim_devices = _victim(deployment, cfg)
+    assert victim_devices
     deployment.fed.start_run(cfg, "dropout")
     progress = deployment.out(cfg) / "progress.json"
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -298,15 +325,16 @@ def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Depl
         assert time.monotonic() < deadline, deployment.fed.log_path("dropout").read_text()[-3000:]
         time.sleep(0.1)
     assert json.loads(progress.read_text())["round"] == 1
-    stop_group(deployment.fed.procs.pop("supernode-2"), signal.SIGKILL)
+    stop_group(deployment.fed.procs.pop(f"supernode-{victim}"), signal.SIGKILL)
     deployment.fed.wait("dropout", RUN_TIMEOUT_S)
     doc = json.loads((deployment.out(cfg) / "federated.json").read_text())
     assert doc["status"] == "finished"
     (r1,) = doc["rounds"]
-    assert K_MIN <= r1["trained"] < PER_ROUND
+    # Exactly the dead node's devices are left out; every other device's upload counts.
+    left_out = {int(x["device"].split("/")[1]) for x in r1["refused"] if "no upload" in x["reason"]}
+    assert left_out == victim_devices, r1["refused"]
+    assert r1["trained"] == r1["sampled"] - len(victim_devices) >= K_MIN
     assert r1["upload_bytes_per_device"] == 780  # the default upload (this run has no DP)
-    left_out = [x for x in r1["refused"] if "no upload" in x["reason"]]
-    assert left_out, r1["refused"]
     params = np.load(deployment.out(cfg) / "model" / "params.npy")
     assert not np.allclose(params, init_params(cfg.seed, DEFAULT_SPEC))
     recorded = [r for r in audit_rounds(deployment, audit_run_id(deployment, cfg)) if r["round"] == 1]
