@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -137,8 +137,7 @@ def run_flower(
             if run.returncode != 0:
                 raise FlowerRunError(f"flwr run exited with {run.returncode}; see {log_path}")
         finally:
-            _stop(link)
-            stop_run(mark, frozenset({link.pid, run.pid} if run is not None else {link.pid}))
+            stop_run(mark, (link, run) if run is not None else (link,))
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     if on_poll:
@@ -178,20 +177,6 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> N
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the SuperLink and everything it started (its process group). A SuperLink whose run is
-    still going (Ctrl-C, a timeout) waits ~20 s on SIGTERM for its simulation; nothing of the run
-    is kept in it, so it gets the same short grace as the run's other processes."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=STOP_GRACE_S)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[int]:
     """Processes of this run (Linux /proc; elsewhere none are found): those whose environment
     carries the run's mark, and those still in a session the run started. Both are needed: Ray's
@@ -216,14 +201,24 @@ def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[int
     return [pid for pid, sid, marked in seen if marked or sid in runs]
 
 
-def stop_run(mark: str, sessions: frozenset[int]) -> None:
+def stop_run(mark: str, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
     """Stop every process of the run (`run_processes`), wherever it was reparented (Ray's
-    dashboard and runtime-env agents outlive their parents): SIGTERM, then SIGKILL what is left
-    after a grace period. A process started while the others stop (Ray restarts an agent it sees
-    die) is caught by the next scan."""
+    dashboard and runtime-env agents outlive their parents): SIGTERM to all of them at once, then
+    SIGKILL what is left after one grace period. A SuperLink whose run is still going (Ctrl-C, a
+    timeout) waits ~20 s on SIGTERM for its simulation, and Ray's agents ignore SIGTERM; nothing of
+    the run is kept in either, so both get the same grace as the rest, side by side. `children`
+    (the SuperLink, `flwr run`: each leads its own session) are reaped as they exit, so that no
+    zombie of ours keeps its session in the scan. A process started while the others stop (Ray
+    restarts an agent it sees die) is caught by the next scan."""
+    sessions = frozenset(c.pid for c in children)
     signalled: set[int] = set()
     deadline = time.monotonic() + STOP_GRACE_S
-    while pids := run_processes(mark, sessions):
+    while True:
+        for child in children:
+            child.poll()  # reaps it once it has exited
+        pids = run_processes(mark, sessions)
+        if not pids:
+            break
         late = time.monotonic() >= deadline
         for pid in pids:
             if late or pid not in signalled:
@@ -233,3 +228,6 @@ def stop_run(mark: str, sessions: frozenset[int]) -> None:
         if late and time.monotonic() >= deadline + STOP_GRACE_S:
             break  # unkillable (another user's?): give up rather than hang
         time.sleep(0.1)
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=STOP_GRACE_S)
