@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import Result
 from conftest import VENV_BIN, fedchurn_cli
 
 from fedchurn.server.app_package import free_port
@@ -56,7 +57,7 @@ def _log(path: Path, devices: int) -> Path:
 class LogRun:
     out: Path
     audit_url: str
-    refusal: subprocess.CompletedProcess[str]  # the same command without the column mapping
+    refusal: Result  # the same command without the column mapping (in process: it runs nothing)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,11 @@ def log_run(tmp_path_factory: pytest.TempPathFactory) -> LogRun:
     common = "--activity sessions,purchases --horizon 28 --silence-days 28 --rounds 2"
     common += f" --per-round {PER_ROUND} --eval-per-round 0 --eval-fraction 0.5 --no-baselines --nodes 1"
     common += f" --centre-features --target-epsilon {TARGET_EPSILON} --audit-db {url} --out {out}"
-    refusal = fedchurn_cli("simulate", "--events", str(log), *common.split(), timeout=600)
+    from typer.testing import CliRunner
+
+    from fedchurn.cli import app
+
+    refusal = CliRunner().invoke(app, ["simulate", "--events", str(log), *common.split()])
     mapping = "user=uid,timestamp=time,tz_offset=offset,category=kind,action=what,value=amount"
     res = fedchurn_cli("simulate", "--events", str(log), "--map", mapping, *common.split(), timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -77,7 +82,7 @@ def log_run(tmp_path_factory: pytest.TempPathFactory) -> LogRun:
 
 def test_simulate_on_an_imported_log_with_its_own_activity_and_horizon(log_run: LogRun) -> None:
     res = log_run.refusal
-    assert res.returncode == 2, "the log's column names differ from the defaults: the mapping is required"
+    assert res.exit_code == 2, "the log's column names differ from the defaults: the mapping is required"
     assert "missing columns" in res.stderr
     out = log_run.out
     cfg = json.loads((out / "config.json").read_text())["run"]
