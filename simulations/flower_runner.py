@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -137,7 +137,8 @@ def run_flower(
             if run.returncode != 0:
                 raise FlowerRunError(f"flwr run exited with {run.returncode}; see {log_path}")
         finally:
-            stop_run(mark, (link, run) if run is not None else (link,))
+            with _signals_held():
+                stop_run(mark, (link, run) if run is not None else (link,))
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     if on_poll:
@@ -161,6 +162,22 @@ def _raise_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored while a run's processes are stopped (at most two grace periods):
+    a second Ctrl-C would otherwise abort the stop half-way and leave the processes that ignore
+    SIGTERM running. Only the main thread can set signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -177,11 +194,11 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> N
     )
 
 
-def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[int]:
-    """Processes of this run (Linux /proc; elsewhere none are found): those whose environment
-    carries the run's mark, and those still in a session the run started. Both are needed: Ray's
-    agents rewrite their command line over their environment (so the mark is gone from
-    /proc/PID/environ) but keep the SuperLink's session when they are reparented."""
+def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
+    """Processes of this run, as (pid, session) (Linux /proc; elsewhere none are found): those
+    whose environment carries the run's mark, and those still in a session the run started. Both
+    are needed: Ray's agents rewrite their command line over their environment (so the mark is
+    gone from /proc/PID/environ) but keep the SuperLink's session when they are reparented."""
     needle = f"{MARK_ENV}={mark}".encode()
     seen: list[tuple[int, int, bool]] = []  # (pid, session, carries the mark)
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
@@ -190,15 +207,18 @@ def run_processes(mark: str, sessions: frozenset[int] = frozenset()) -> list[int
         try:
             stat = (entry / "stat").read_text()
             session = int(stat[stat.rindex(")") + 2 :].split()[3])  # state ppid pgrp session
-            marked = needle in (entry / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
-            continue
+            continue  # gone
+        try:
+            marked = needle in (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            marked = False  # unreadable (a zombie, another user's): its session still counts
         seen.append((int(entry.name), session, marked))
     # A marked process may lead a session of its own (Flower starts the simulation process with
     # one, and Ray's agents inherit it): that session is the run's too, never the caller's.
     runs = set(sessions) | {sid for _, sid, marked in seen if marked}
     runs.discard(os.getsid(0))
-    return [pid for pid, sid, marked in seen if marked or sid in runs]
+    return [(pid, sid) for pid, sid, marked in seen if marked or sid in runs]
 
 
 def stop_run(mark: str, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
@@ -208,17 +228,21 @@ def stop_run(mark: str, children: Sequence[subprocess.Popen[bytes]] = ()) -> Non
     timeout) waits ~20 s on SIGTERM for its simulation, and Ray's agents ignore SIGTERM; nothing of
     the run is kept in either, so both get the same grace as the rest, side by side. `children`
     (the SuperLink, `flwr run`: each leads its own session) are reaped as they exit, so that no
-    zombie of ours keeps its session in the scan. A process started while the others stop (Ray
-    restarts an agent it sees die) is caught by the next scan."""
+    zombie of ours keeps its session in the scan. Every session seen is kept for the later scans:
+    Ray's agents are found only by their session once the marked processes that shared it have
+    exited. A process started while the others stop (Ray restarts an agent it sees die) is caught
+    by the next scan."""
     sessions = frozenset(c.pid for c in children)
     signalled: set[int] = set()
     deadline = time.monotonic() + STOP_GRACE_S
     while True:
         for child in children:
             child.poll()  # reaps it once it has exited
-        pids = run_processes(mark, sessions)
-        if not pids:
+        found = run_processes(mark, sessions)
+        if not found:
             break
+        sessions |= {sid for _, sid in found}
+        pids = [pid for pid, _ in found]
         late = time.monotonic() >= deadline
         for pid in pids:
             if late or pid not in signalled:

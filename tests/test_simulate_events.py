@@ -82,7 +82,8 @@ def log_run(tmp_path_factory: pytest.TempPathFactory) -> LogRun:
 
 def test_simulate_on_an_imported_log_with_its_own_activity_and_horizon(log_run: LogRun) -> None:
     res = log_run.refusal
-    assert res.exit_code == 2, "the log's column names differ from the defaults: the mapping is required"
+    # the log's column names differ from the defaults: the mapping is required
+    assert res.exit_code == 2, (res.output, res.exception)
     assert "missing columns" in res.stderr
     out = log_run.out
     cfg = json.loads((out / "config.json").read_text())["run"]
