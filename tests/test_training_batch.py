@@ -28,8 +28,9 @@ ATOL = 1e-5  # the trainer against itself (batched vs alone): the same float32 a
 # hidden unit near the ReLU kink can amplify one rounding difference (measured: 2.6e-5 on one of
 # 2,286 coordinates in one generated case). A coordinate that SGD moves far differs in proportion
 # (the `@example` below: 1.5e-4 on two output biases that moved from ~0.1 to ~±3.6, 4e-5 of their
-# value, and its last-epoch loss 1.7e-5 of its value), so the bound is relative as well as absolute. In 600 other random cases the largest
-# difference was 8.8e-6; a wrong gradient is off by orders of magnitude more.
+# value, and its last-epoch loss 1.7e-5 of its value), so the bound is relative as well as
+# absolute. In 600 other random cases the largest difference was 8.8e-6; a wrong gradient is off by
+# orders of magnitude more.
 REF_ATOL = REF_RTOL = 1e-4
 
 
