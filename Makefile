@@ -11,8 +11,9 @@ TYPECHECK := build/typecheck
 # torch, pinned: the machine's pip configuration names a folder of wheels (find-links) that holds
 # the CPU build; an index alone gives multi-GB CUDA builds. uv reads no pip configuration, so it is
 # pointed at that folder and asks for the CPU build by name, in the same install as the package
-# (`make install` 40 s in a fresh clone, 73 s with pip for torch; 2026-12-07). Where there is no such folder or wheel,
-# or uv fails, pip installs torch as configured, then uv (or pip) the rest. Bytecode is not compiled
+# (that uv install took 2.8 s in a fresh clone on 2026-12-07; pip for torch alone ~40 s). Where
+# there is no such folder or wheel, or uv fails, pip installs torch as configured, then uv (or pip)
+# the rest. Bytecode is not compiled
 # at install (uv's --compile-bytecode compiles all ~16,000 modules: 30 s of a fresh clone's `make
 # test`); Python compiles the ~4,000 that run on first import, and `make test`/`make demo` let it
 # write them even where the environment sets PYTHONDONTWRITEBYTECODE (decision 119).

@@ -157,7 +157,7 @@ class Federation:
     keyholder_port: int = 0
     api_port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    pending: dict[str, str] = field(default_factory=dict)  # service -> health URL not yet answered
+    pending: dict[str, str] = field(default_factory=dict)  # service -> health URL not yet checked
     node_ids: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -230,16 +230,10 @@ class Federation:
         self.procs[name] = proc
         return proc
 
-    def _answers(self, name: str, url: str, wait: bool) -> None:
-        """Wait until service `name` answers at `url`, now or in `wait_answering`."""
-        if wait:
-            self._wait_https(name, url)
-        else:
-            self.pending[name] = url
-
     def wait_answering(self) -> None:
-        """Wait for every service started with `wait=False`: they start side by side (each takes
-        ~2 s of Python start-up before it answers), and none needs another to start."""
+        """Wait until every service started since the last call answers its health check. The
+        services start side by side (each takes ~2 s of Python start-up before it answers), and
+        none needs another to start."""
         while self.pending:
             name, url = self.pending.popitem()
             self._wait_https(name, url)
@@ -264,14 +258,14 @@ class Federation:
     def superlink_address(self) -> str:
         return f"{self.host}:{self.superlink_port}"
 
-    def start_superlink(self, database: Path | None = None, wait: bool = True) -> None:
+    def start_superlink(self, database: Path | None = None) -> None:
         """TLS on every API, SuperNode authentication on, no runtime dependency installation; its
-        ServerApps read the aggregator settings named in its environment. `wait=False` returns at
-        once (`wait_answering` waits for every service started so)."""
+        ServerApps read the aggregator settings named in its environment. Returns at once
+        (`wait_answering`)."""
         write_flwr_config(self.home, self.superlink_address, self.secrets.ca_cert)
         env = {**self.env, SETTINGS_ENV: str(self.settings_file)}
         self._start("superlink", superlink_cmd(self.secrets, self.host, self.superlink_port, database), env)
-        self._answers("superlink", f"https://{self.superlink_address}/health", wait)
+        self.pending["superlink"] = f"https://{self.superlink_address}/health"
 
     def register_nodes(self) -> dict[int, int]:
         """`flwr supernode register` every node's public key; returns {node index: Flower node id}."""
@@ -316,8 +310,9 @@ class Federation:
     def api_url(self) -> str:
         return f"https://{self.host}:{self.api_port}"
 
-    def start_keyholder(self, k_min: int = 10, min_noise_multiplier: float = 0.0, wait: bool = True) -> None:
-        """The key holder, from its own folder only (`Secrets.keyholder`)."""
+    def start_keyholder(self, k_min: int = 10, min_noise_multiplier: float = 0.0) -> None:
+        """The key holder, from its own folder only (`Secrets.keyholder`). Returns at once
+        (`wait_answering`)."""
         self._start(
             "keyholder",
             [
@@ -339,10 +334,11 @@ class Federation:
                 str(min_noise_multiplier),
             ],
         )
-        self._answers("keyholder", f"{self.keyholder_url}/v1/health", wait)
+        self.pending["keyholder"] = f"{self.keyholder_url}/v1/health"
 
-    def start_api(self, wait: bool = True) -> None:
-        """The transparency API over the audit database, whose URL travels in its environment."""
+    def start_api(self) -> None:
+        """The transparency API over the audit database, whose URL travels in its environment.
+        Returns at once (`wait_answering`)."""
         self._start(
             "api",
             [
@@ -359,7 +355,7 @@ class Federation:
             ],
             env={**self.env, DATABASE_URL_ENV: self.audit_db},
         )
-        self._answers("api", f"{self.api_url}/v1/health", wait)
+        self.pending["api"] = f"{self.api_url}/v1/health"
 
     # -- the run
     def start_run(self, cfg: RunConfig, name: str = "run") -> subprocess.Popen[bytes]:
@@ -406,9 +402,9 @@ def local_federation(
     each party with its own secrets (`make_secrets`)."""
     sec = make_secrets(work / "secrets", len(store_dirs))
     with Federation(work, sec, audit_db) as fed:
-        fed.start_keyholder(k_min=k_min, min_noise_multiplier=min_noise_multiplier, wait=False)
-        fed.start_api(wait=False)
-        fed.start_superlink(wait=False)
+        fed.start_keyholder(k_min=k_min, min_noise_multiplier=min_noise_multiplier)
+        fed.start_api()
+        fed.start_superlink()
         fed.wait_answering()
         fed.register_nodes()
         for i, d in enumerate(store_dirs):

@@ -297,11 +297,10 @@ def _victim(d: Deployment, cfg: RunConfig) -> tuple[int, set[int]]:
     the last node when none is."""
     from fedchurn.client.deploy_client import list_stores
 
-    held_out = [
-        {i for i in list_stores(s) if is_eval_device(cfg.seed, i, cfg.eval_fraction)} for s in d.stores
-    ]
+    devices = [set(list_stores(s)) for s in d.stores]
+    held_out = [{i for i in ds if is_eval_device(cfg.seed, i, cfg.eval_fraction)} for ds in devices]
     n = next((n for n, h in enumerate(held_out) if not h), len(d.stores) - 1)
-    return n, set(list_stores(d.stores[n])) - held_out[n]
+    return n, devices[n] - held_out[n]
 
 
 def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
