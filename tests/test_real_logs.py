@@ -9,10 +9,13 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import RunCli
 from hypothesis import given, settings
@@ -23,13 +26,18 @@ from fedchurn.client.device_data import prepare_device
 from fedchurn.client.importer import ColumnMapping, ImportRowError, read_log
 from fedchurn.client.labels import recently_active, window_labels
 from fedchurn.server.run_output import RunOutput
+from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.shared.evaluation import device_histogram, histogram_length, metrics_from_histogram
 from fedchurn.shared.events import EVENT_DTYPE, local_day
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model_format import ModelSpec, init_params
 from fedchurn.shared.protocol import Protocol, ProtocolError, day_number
+from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.simulations.population import generate_population
+from fedchurn.simulations.scenario import load_scenario
 
 START = datetime(1997, 1, 1)
+PARQUET_DEVICES = 300  # 90 days each: enough of each class among the held-out devices
 MAP = "user=customer,timestamp=date,category=purchases,action=purchase,value=dollars"
 
 
@@ -52,38 +60,71 @@ def purchase_log(path: Path, users: int = 600, seed: int = 0) -> Path:
     return path
 
 
-@pytest.mark.integration
-def test_a_gzipped_purchase_log_runs_the_standard_protocol_with_a_90_day_model(
-    tmp_path: Path, run_cli: RunCli
+class _FlowerWouldStartError(Exception):
+    """Raised in place of Flower's run: everything `simulate` does before it has run for real."""
+
+
+def parquet_log(path: Path, devices: int, days: int) -> Path:
+    """A simulated population's events as parquet, under column names of its own, with each event's
+    UTC offset in a column."""
+    pop = generate_population(devices, 3, load_scenario("default"), days)
+    ev = pop.events
+    cats = [CATEGORIES[int(c)] for c in ev["cat"]]
+    table = pa.table(
+        {
+            "uid": [f"user-{int(d):03d}" for d in ev["device"]],
+            "time": np.asarray(ev["ts"]),
+            "offset": np.asarray(ev["tz_min"]),
+            "kind": [c.id for c in cats],
+            "what": [c.actions[int(a)].name for c, a in zip(cats, ev["action"], strict=True)],
+            "amount": np.asarray(ev["value"]),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = purchase_log(tmp_path / "buys.csv.gz")
-    out = tmp_path / "run"
-    args = [
-        "simulate", "--events", str(log), "--map", MAP, "--tz", "60", "--cutoff", "1997-12-31",
-        "--horizon", "90", "--population", "active:90", "--activity", "purchases",
-        "--eval-fraction", "0.4", "--rounds", "3", "--per-round", "60", "--no-baselines", "--out", str(out),
-        "--no-centre-features",  # the suite's one uncentred Flower run: no feature-mean round
-        "--nodes", "2",  # two shards, two Ray actors (the suite's other runs have one)
-    ]  # fmt: skip
-    res = run_cli(*args, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "cutoff 1997-12-31: churn = no activity in the 90 days after" in " ".join(res.stdout.split())
-    meta = json.loads((out / "model" / "model.json").read_text())
-    spec = ModelSpec.from_dict(meta["spec"])
-    assert spec.horizon_days == 90 and spec.outputs == 1 and spec.n_features == N_FEATURES  # extended
-    federated = json.loads((out / "metrics.json").read_text())["federated"]
-    assert federated["feature_mean"] is None  # uncentred: no round measured a feature mean
-    fed = federated["final_evaluation"]
-    assert fed["devices"] >= 40 and 20 <= fed["positives"] <= fed["devices"] - 20
+    """`simulate --events` on a parquet log, silence-day labels and a 28-day model, in process up
+    to the call that starts Flower (the suite's Flower run on a log is `tests/test_simulate_events.py`;
+    what Flower does with a run does not depend on the log's format or protocol)."""
     from typer.testing import CliRunner
 
     from fedchurn.cli import app
+    from fedchurn.simulations import simulate as sim
 
-    # in process (typer's runner): the installed command has run above, and this saves a start-up
-    args = ["score", "--model", str(out), "--events", str(log), "--map", MAP, "--tz", "60"]
-    scored = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert scored.exit_code == 0, (scored.output, scored.exception)
-    assert "within 90 days" in scored.stdout
+    started: list[tuple[RunConfig, int]] = []
+
+    def before_flower(cfg: RunConfig, _flower_dir: Path, num_supernodes: int, **_: object) -> None:
+        started.append((cfg, num_supernodes))
+        raise _FlowerWouldStartError
+
+    monkeypatch.setattr(sim, "run_flower", before_flower)
+    log, out = parquet_log(tmp_path / "log.parquet", PARQUET_DEVICES, 90), tmp_path / "run"
+    mapping = "user=uid,timestamp=time,tz_offset=offset,category=kind,action=what,value=amount"
+    args = ["simulate", "--events", str(log), "--map", mapping, "--activity", "sessions,purchases",
+            "--horizon", "28", "--silence-days", "28", "--rounds", "2", "--per-round", "20",
+            "--eval-fraction", "0.5", "--no-baselines", "--nodes", "1", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert isinstance(res.exception, _FlowerWouldStartError), (res.output, res.exception)
+    ((cfg, nodes),) = started
+    doc = json.loads((out / "config.json").read_text())  # what the run's report and recovery read
+    assert doc["run"] == json.loads(json.dumps(asdict(cfg))) and nodes == 1
+    assert cfg.devices == PARQUET_DEVICES and cfg.horizon == 28 and cfg.silence_days == 28
+    assert cfg.activity == "sessions,purchases"
+    spec = ModelSpec.from_dict(doc["model"])
+    assert spec == cfg.model_spec() and spec.horizon_days == 28
+    assert spec.outputs == Protocol(horizon=28).outputs == 4  # weekly bins beyond 14 days
+    # The examples the baselines and the report read: the log's own devices, labelled in the
+    # model's bins, the held-out ones chosen by the run's seed.
+    data = sim.log_dataset(cfg)
+    assert data.n_devices == PARQUET_DEVICES and data.train.x.shape[1] == spec.n_features
+    chosen = {d for d in range(PARQUET_DEVICES) if is_eval_device(cfg.seed, d, cfg.eval_fraction)}
+    assert set(data.test.device.tolist()) <= chosen and chosen.isdisjoint(data.train.device.tolist())
+    assert np.all((data.train.time >= 1) & (data.train.time <= spec.outputs))
+    assert 0 < data.train.event.sum() < len(data.train.event)  # both classes among the rows
 
 
 def test_a_degenerate_setup_is_refused_before_anything_runs(tmp_path: Path) -> None:
