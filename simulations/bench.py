@@ -61,7 +61,7 @@ FULL = Sizes(
 QUICK = Sizes("quick", 5_000, 20_000, 256, 3, 5_000, 3_000, 4, 200, 0, 0, RealLogSizes(1, 60, 1000))
 # For the test suite only: every section runs for real, at sizes too small to be benchmarks. The
 # CDNOW section needs the package index; the suite runs the same path on a small gzipped log
-# (tests/test_real_logs.py).
+# (tests/test_simulate_events.py).
 TEST = Sizes("test", 400, 2_000, 64, 1, 200, 300, 2, 20, 0, 0)
 SIZES = {s.name: s for s in (FULL, QUICK, TEST)}
 Section = Callable[[Sizes, Console, dict[str, Any]], dict[str, Any]]

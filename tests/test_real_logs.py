@@ -1,7 +1,8 @@
-"""Real purchase logs under the standard churn protocol (issue 22), through the real commands.
+"""Real logs (issue 22): importing them, the standard churn protocol's labels, refusals before
+anything runs, scoring as of a day, and what `simulate --events` does with a log up to Flower.
 
-A small synthetic purchase log stands in for CDNOW (the bench fetches the real one): gzipped CSV,
-purchases only, naive timestamps, no category column (a constant in `--map`).
+The logs are synthetic stand-ins (`tests/event_logs.py`); the suite's Flower run on a log is in
+`tests/test_simulate_events.py`.
 """
 
 from __future__ import annotations
@@ -14,86 +15,46 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import RunCli
+from event_logs import MAP, PARQUET_MAP, START, parquet_log, purchase_log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from fedchurn.client.device_data import prepare_device
-from fedchurn.client.importer import ColumnMapping, ImportRowError, read_log
+from fedchurn.client.importer import ColumnMapping, ImportRowError, read_log, read_log_devices
 from fedchurn.client.labels import recently_active, window_labels
+from fedchurn.client.training import DeviceRows, TrainConfig, local_train, train_devices
 from fedchurn.server.run_output import RunOutput
-from fedchurn.shared.catalogue import CATEGORIES
 from fedchurn.shared.evaluation import device_histogram, histogram_length, metrics_from_histogram
 from fedchurn.shared.events import EVENT_DTYPE, local_day
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.model_format import ModelSpec, init_params
 from fedchurn.shared.protocol import Protocol, ProtocolError, day_number
 from fedchurn.shared.run_config import RunConfig, is_eval_device
-from fedchurn.simulations.population import generate_population
-from fedchurn.simulations.scenario import load_scenario
 
-START = datetime(1997, 1, 1)
 PARQUET_DEVICES = 300  # 90 days each: enough of each class among the held-out devices
-MAP = "user=customer,timestamp=date,category=purchases,action=purchase,value=dollars"
-
-
-def purchase_log(path: Path, users: int = 600, seed: int = 0) -> Path:
-    """Users buy at their own rate from a start day until a quit day (some never quit): naive
-    local times, 1997-01-01 .. 1998-06-30, gzipped."""
-    rng = np.random.default_rng(seed)
-    lines = ["customer,date,cds,dollars"]
-    for u in range(users):
-        start = int(rng.integers(0, 90))
-        quit_day = int(rng.integers(start + 30, 700))
-        gap = float(rng.lognormal(3.2, 0.6))
-        day = float(start)
-        while day < min(quit_day, 545):
-            t = START + timedelta(days=int(day), hours=int(rng.integers(8, 22)))
-            lines.append(f"c{u:04d},{t:%Y-%m-%d %H:%M:%S},{int(rng.integers(1, 4))},{rng.uniform(5, 80):.2f}")
-            day += rng.exponential(gap) + 1
-    with gzip.open(path, "wt") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
 
 
 class _FlowerWouldStartError(Exception):
     """Raised in place of Flower's run: everything `simulate` does before it has run for real."""
 
 
-def parquet_log(path: Path, devices: int, days: int) -> Path:
-    """A simulated population's events as parquet, under column names of its own, with each event's
-    UTC offset in a column."""
-    pop = generate_population(devices, 3, load_scenario("default"), days)
-    ev = pop.events
-    cats = [CATEGORIES[int(c)] for c in ev["cat"]]
-    table = pa.table(
-        {
-            "uid": [f"user-{int(d):03d}" for d in ev["device"]],
-            "time": np.asarray(ev["ts"]),
-            "offset": np.asarray(ev["tz_min"]),
-            "kind": [c.id for c in cats],
-            "what": [c.actions[int(a)].name for c, a in zip(cats, ev["action"], strict=True)],
-            "amount": np.asarray(ev["value"]),
-        }
-    )
-    pq.write_table(table, path)
-    return path
-
-
 def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`simulate --events` on a parquet log, silence-day labels and a 28-day model, in process up
-    to the call that starts Flower (the suite's Flower run on a log is `tests/test_simulate_events.py`;
-    what Flower does with a run does not depend on the log's format or protocol)."""
+    """`simulate --events` on a parquet log with its own offsets, two activity categories,
+    silence-day labels and a 28-day model: in process, up to the call that starts Flower, then
+    what the simulation's ClientApp does with such a log (its devices' rows, a device's training).
+    The suite's Flower run on a log is `tests/test_simulate_events.py`: a gzipped CSV under the
+    cutoff protocol."""
     from typer.testing import CliRunner
 
     from fedchurn.cli import app
     from fedchurn.simulations import simulate as sim
+    from fedchurn.simulations.flower_client import SimulatedShard
 
     started: list[tuple[RunConfig, int]] = []
 
@@ -103,8 +64,7 @@ def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_confi
 
     monkeypatch.setattr(sim, "run_flower", before_flower)
     log, out = parquet_log(tmp_path / "log.parquet", PARQUET_DEVICES, 90), tmp_path / "run"
-    mapping = "user=uid,timestamp=time,tz_offset=offset,category=kind,action=what,value=amount"
-    args = ["simulate", "--events", str(log), "--map", mapping, "--activity", "sessions,purchases",
+    args = ["simulate", "--events", str(log), "--map", PARQUET_MAP, "--activity", "sessions,purchases",
             "--horizon", "28", "--silence-days", "28", "--rounds", "2", "--per-round", "20",
             "--eval-fraction", "0.5", "--no-baselines", "--nodes", "1", "--out", str(out)]  # fmt: skip
     res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
@@ -117,14 +77,41 @@ def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_confi
     spec = ModelSpec.from_dict(doc["model"])
     assert spec == cfg.model_spec() and spec.horizon_days == 28
     assert spec.outputs == Protocol(horizon=28).outputs == 4  # weekly bins beyond 14 days
+    # Each event keeps the offset of its own column (the log's users are sorted by id).
+    arrays, _ = read_log_devices(cfg.events_file, cfg.events_map, cfg.events_tz)
+    table = pq.read_table(log).to_pydict()
+    by_user: dict[str, list[int]] = {}
+    for user, offset in zip(table["uid"], table["offset"], strict=True):
+        by_user.setdefault(user, []).append(offset)
+    assert len({o for offsets in by_user.values() for o in offsets}) > 1
+    for a, user in zip(arrays, sorted(by_user), strict=True):
+        assert sorted(a["tz_min"].tolist()) == sorted(by_user[user])
     # The examples the baselines and the report read: the log's own devices, labelled in the
     # model's bins, the held-out ones chosen by the run's seed.
     data = sim.log_dataset(cfg)
-    assert data.n_devices == PARQUET_DEVICES and data.train.x.shape[1] == spec.n_features
+    train = data.train
+    assert data.n_devices == PARQUET_DEVICES and train.x.shape[1] == spec.n_features
     chosen = {d for d in range(PARQUET_DEVICES) if is_eval_device(cfg.seed, d, cfg.eval_fraction)}
-    assert set(data.test.device.tolist()) <= chosen and chosen.isdisjoint(data.train.device.tolist())
-    assert np.all((data.train.time >= 1) & (data.train.time <= spec.outputs))
-    assert 0 < data.train.event.sum() < len(data.train.event)  # both classes among the rows
+    assert set(data.test.device.tolist()) <= chosen and chosen.isdisjoint(train.device.tolist())
+    assert np.all((train.time >= 1) & (train.time <= spec.outputs))
+    assert 0 < train.event.sum() < len(train.event)  # both classes among the rows
+    # The simulation's ClientApp reads and labels the log itself: the same rows, device by device.
+    devices = [int(d) for d in np.unique(train.device)[:12]]
+    prepared = SimulatedShard._prepare(cfg, devices)
+    for d, dev in zip(devices, prepared, strict=True):
+        mine = train.device == d
+        np.testing.assert_array_equal(dev.x, train.x[mine])
+        np.testing.assert_array_equal(dev.time, train.time[mine])
+        np.testing.assert_array_equal(dev.event, train.event[mine])
+    # The 4-output model trains as a device trains it (the suite's Flower runs train 14- and
+    # 1-output models): a batch of these devices equals each trained alone, and moves.
+    p0, tc = init_params(cfg.seed, spec), TrainConfig()
+    rows = [DeviceRows(dev.x, dev.time, dev.event) for dev in prepared]
+    batch = train_devices(p0, rows, tc, list(range(len(rows))), spec)
+    for i, r in enumerate(rows):
+        one = local_train(p0, r.x, r.time, r.event, tc, i, spec)
+        np.testing.assert_allclose(batch.params[i], one.params, rtol=0, atol=1e-5)
+    assert np.all(np.isfinite(batch.params)) and not np.allclose(batch.params, p0)
 
 
 def test_a_degenerate_setup_is_refused_before_anything_runs(tmp_path: Path) -> None:

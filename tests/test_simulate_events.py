@@ -7,10 +7,11 @@ after a cutoff, so a one-output model; two simulation nodes (two shards, two Ray
 suite's other simulation runs have one). The reviewer sees the run's rounds and the ε spent after
 each one, the feature-mean round included.
 
-One run serves the module (a Flower run costs ~40 s of a loaded core): the real-log protocol checks
-and the DP-audit checks read the same outputs. What is particular to another log format and another
-protocol (parquet with its own offsets, silence-day labels, a 28-day model) is decided before Flower
-starts, and `tests/test_real_logs.py` checks it in process up to that point.
+One run serves the module (a Flower run costs ~60 s of CPU): the real-log protocol checks and the
+DP-audit checks read the same outputs. Another log format and protocol (parquet with its own
+offsets, silence-day labels, a 28-day model) is checked in process in `tests/test_real_logs.py`:
+the command up to Flower's start, then the simulation ClientApp's rows and training for such a
+log (decision 124).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import httpx
 import pytest
 from click.testing import Result
 from conftest import VENV_BIN, fedchurn_cli
-from test_real_logs import MAP, purchase_log
+from event_logs import MAP, purchase_log
 
 from fedchurn.server.app_package import free_port
 from fedchurn.shared.feature_spec import N_FEATURES
