@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import RunCli
 from event_logs import MAP, PARQUET_MAP, START, parquet_log, purchase_log
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from inprocess_grid import simulation_grid
 from sklearn.metrics import roc_auc_score
 
 from fedchurn.client.device_data import prepare_device
@@ -28,12 +30,17 @@ from fedchurn.client.importer import ColumnMapping, ImportRowError, read_log, re
 from fedchurn.client.labels import recently_active, window_labels
 from fedchurn.client.training import DeviceRows, TrainConfig, local_train, train_devices
 from fedchurn.server.run_output import RunOutput
+from fedchurn.server.sampling import simulation_roster
+from fedchurn.server.strategy import make_strategy
 from fedchurn.shared.evaluation import device_histogram, histogram_length, metrics_from_histogram
 from fedchurn.shared.events import EVENT_DTYPE, local_day
 from fedchurn.shared.feature_spec import N_FEATURES
+from fedchurn.shared.messages import PARAMS_KEY
 from fedchurn.shared.model_format import ModelSpec, init_params
 from fedchurn.shared.protocol import Protocol, ProtocolError, day_number
 from fedchurn.shared.run_config import RunConfig, is_eval_device
+from fedchurn.simulations.flower_client import SimulatedShard
+from fedchurn.simulations.simulate import log_dataset
 
 PARQUET_DEVICES = 300  # 90 days each: enough of each class among the held-out devices
 
@@ -42,19 +49,26 @@ class _FlowerWouldStartError(Exception):
     """Raised in place of Flower's run: everything `simulate` does before it has run for real."""
 
 
-def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass(frozen=True)
+class ParquetRun:
+    """What `simulate --events` on a parquet log did up to the call that starts Flower."""
+
+    log: Path
+    out: Path
+    cfg: RunConfig  # as the command handed it to Flower
+    nodes: int
+
+
+@pytest.fixture(scope="module")
+def parquet_run(tmp_path_factory: pytest.TempPathFactory) -> ParquetRun:
     """`simulate --events` on a parquet log with its own offsets, two activity categories,
-    silence-day labels and a 28-day model: in process, up to the call that starts Flower, then
-    what the simulation's ClientApp does with such a log (its devices' rows, a device's training).
-    The suite's Flower run on a log is `tests/test_simulate_events.py`: a gzipped CSV under the
-    cutoff protocol."""
+    silence-day labels, a 28-day model and no feature centring, in process (typer's runner) up to
+    the call that starts Flower. The suite's Flower run on a log is `tests/test_simulate_events.py`:
+    a gzipped CSV under the cutoff protocol, centred."""
     from typer.testing import CliRunner
 
     from fedchurn.cli import app
     from fedchurn.simulations import simulate as sim
-    from fedchurn.simulations.flower_client import SimulatedShard
 
     started: list[tuple[RunConfig, int]] = []
 
@@ -62,24 +76,34 @@ def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_confi
         started.append((cfg, num_supernodes))
         raise _FlowerWouldStartError
 
-    monkeypatch.setattr(sim, "run_flower", before_flower)
-    log, out = parquet_log(tmp_path / "log.parquet", PARQUET_DEVICES, 90), tmp_path / "run"
+    tmp = tmp_path_factory.mktemp("parquet")
+    log, out = parquet_log(tmp / "log.parquet", PARQUET_DEVICES, 90), tmp / "run"
     args = ["simulate", "--events", str(log), "--map", PARQUET_MAP, "--activity", "sessions,purchases",
             "--horizon", "28", "--silence-days", "28", "--rounds", "2", "--per-round", "20",
-            "--eval-fraction", "0.5", "--no-baselines", "--nodes", "1", "--out", str(out)]  # fmt: skip
-    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+            "--eval-fraction", "0.5", "--no-centre-features", "--no-baselines", "--nodes", "1",
+            "--out", str(out)]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sim, "run_flower", before_flower)
+        res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert isinstance(res.exception, _FlowerWouldStartError), (res.output, res.exception)
     ((cfg, nodes),) = started
+    return ParquetRun(log, out, cfg, nodes)
+
+
+def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_configured(
+    parquet_run: ParquetRun,
+) -> None:
+    cfg, out = parquet_run.cfg, parquet_run.out
     doc = json.loads((out / "config.json").read_text())  # what the run's report and recovery read
-    assert doc["run"] == json.loads(json.dumps(asdict(cfg))) and nodes == 1
+    assert doc["run"] == json.loads(json.dumps(asdict(cfg))) and parquet_run.nodes == 1
     assert cfg.devices == PARQUET_DEVICES and cfg.horizon == 28 and cfg.silence_days == 28
-    assert cfg.activity == "sessions,purchases"
+    assert cfg.activity == "sessions,purchases" and cfg.centre_features is False
     spec = ModelSpec.from_dict(doc["model"])
     assert spec == cfg.model_spec() and spec.horizon_days == 28
     assert spec.outputs == Protocol(horizon=28).outputs == 4  # weekly bins beyond 14 days
-    # Each event keeps the offset of its own column (the log's users are sorted by id).
+    # Each user's events keep the offsets of the file's column (the log's users sorted by id).
     arrays, _ = read_log_devices(cfg.events_file, cfg.events_map, cfg.events_tz)
-    table = pq.read_table(log).to_pydict()
+    table = pq.read_table(parquet_run.log).to_pydict()
     by_user: dict[str, list[int]] = {}
     for user, offset in zip(table["uid"], table["offset"], strict=True):
         by_user.setdefault(user, []).append(offset)
@@ -88,25 +112,55 @@ def test_a_parquet_log_with_its_own_activity_and_horizon_reaches_flower_so_confi
         assert sorted(a["tz_min"].tolist()) == sorted(by_user[user])
     # The examples the baselines and the report read: the log's own devices, labelled in the
     # model's bins, the held-out ones chosen by the run's seed.
-    data = sim.log_dataset(cfg)
-    train = data.train
+    data = log_dataset(cfg)
+    train, test = data.train, data.test
     assert data.n_devices == PARQUET_DEVICES and train.x.shape[1] == spec.n_features
     chosen = {d for d in range(PARQUET_DEVICES) if is_eval_device(cfg.seed, d, cfg.eval_fraction)}
-    assert set(data.test.device.tolist()) <= chosen and chosen.isdisjoint(train.device.tolist())
+    assert set(test.device.tolist()) <= chosen and chosen.isdisjoint(train.device.tolist())
     assert np.all((train.time >= 1) & (train.time <= spec.outputs))
     assert 0 < train.event.sum() < len(train.event)  # both classes among the rows
-    # The simulation's ClientApp reads and labels the log itself: the same rows, device by device.
+    # The simulation's ClientApp reads and labels the log itself: a training device's rows and a
+    # held-out device's evaluation day are the ones above.
     devices = [int(d) for d in np.unique(train.device)[:12]]
-    prepared = SimulatedShard._prepare(cfg, devices)
-    for d, dev in zip(devices, prepared, strict=True):
+    for d, dev in zip(devices, SimulatedShard._prepare(cfg, devices), strict=True):
         mine = train.device == d
         np.testing.assert_array_equal(dev.x, train.x[mine])
         np.testing.assert_array_equal(dev.time, train.time[mine])
         np.testing.assert_array_equal(dev.event, train.event[mine])
-    # The 4-output model trains as a device trains it (the suite's Flower runs train 14- and
-    # 1-output models): a batch of these devices equals each trained alone, and moves.
-    p0, tc = init_params(cfg.seed, spec), TrainConfig()
+    devices = [int(d) for d in test.device[:12]]
+    for row, dev in enumerate(SimulatedShard._prepare(cfg, devices)):
+        assert dev.eval_x is not None
+        np.testing.assert_array_equal(dev.eval_x, test.x[row])
+        assert (dev.eval_time, dev.eval_event) == (test.time[row], test.event[row])
+
+
+@pytest.mark.usefixtures("serverapp_identity")
+def test_the_simulation_clientapp_trains_and_evaluates_a_logs_4_output_model(
+    parquet_run: ParquetRun,
+) -> None:
+    """A training round and the final evaluation on that run, through the real strategy and the real
+    simulation ClientApp in this process (Flower's engine aside: `tests/inprocess_grid.py`); and
+    the 4-output model trains batched as each device alone."""
+    cfg = parquet_run.cfg
+    spec = cfg.model_spec()
+    strategy = make_strategy(cfg, simulation_roster([1], cfg.devices))
+    grid = simulation_grid(strategy, [1])
+    p0 = init_params(cfg.seed, spec)
+    msgs = list(strategy.configure_train(1, ArrayRecord({PARAMS_KEY: Array(p0)}), ConfigRecord(), grid))  # type: ignore[arg-type]
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(msgs))
+    assert not grid.errors, grid.errors[:2]
+    assert arrays is not None and strategy.stats.trained == strategy.stats.sampled == cfg.per_round
+    params = arrays[PARAMS_KEY].numpy()
+    assert params.shape == (spec.n_params,) and np.all(np.isfinite(params)) and not np.allclose(params, p0)
+    final = strategy.evaluate_all(grid, arrays, 1, 60.0)  # type: ignore[arg-type]
+    assert not grid.errors, grid.errors[:2]
+    assert final["devices"] >= 40 and 0 < final["positives"] < final["devices"]
+    assert 0.0 <= final["roc_auc"] <= 1.0
+    # Batched local training equals each device trained alone, for this model's shape too.
+    training = [d for d in range(cfg.devices) if not is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    prepared = SimulatedShard._prepare(cfg, training[:12])
     rows = [DeviceRows(dev.x, dev.time, dev.event) for dev in prepared]
+    tc = TrainConfig()
     batch = train_devices(p0, rows, tc, list(range(len(rows))), spec)
     for i, r in enumerate(rows):
         one = local_train(p0, r.x, r.time, r.event, tc, i, spec)
