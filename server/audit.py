@@ -653,7 +653,7 @@ class AuditStore:
         if rid is not None:
             q = q.where(RoundRow.run_id == rid)
         if f.protection_mode is not None:
-            q = q.where(RoundRow.protection_mode == f.protection_mode)
+            q = q.filter_by(protection_mode=f.protection_mode)
         if f.skipped is not None:
             q = q.where(RoundRow.skipped.is_(f.skipped))
         if f.with_refusals is not None:

@@ -77,3 +77,16 @@ def test_protection_schemes_are_objects_not_string_compares() -> None:
     names = {"mode", "protection", "protection_mode", "sampling"}
     found = [f for d in ("client", "server", "shared") for f in _names_compared_with_strings(d, names)]
     assert not found
+
+
+def test_no_line_compares_a_mode_or_a_sampling_with_equals() -> None:
+    """Issue 24's own check, as text: `grep -c "sampling ==" server/` and `grep -c "mode ==" server/
+    client/` find nothing (a column filter reads `filter_by(protection_mode=...)`)."""
+    lines = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for folder, needles in (("server", ("sampling ==", "mode ==")), ("client", ("mode ==",)))
+        for path in (ROOT / folder).rglob("*.py")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if any(n in line for n in needles)
+    ]
+    assert not lines
