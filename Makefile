@@ -13,10 +13,10 @@ TYPECHECK := build/typecheck
 # pointed at that folder and asks for the CPU build by name, in the same install as the package
 # (that uv install took 2.8 s in a fresh clone on 2026-12-07; pip for torch alone ~40 s). Where
 # there is no such folder or wheel, or uv fails, pip installs torch as configured, then uv (or pip)
-# the rest. Bytecode is not compiled
-# at install (uv's --compile-bytecode compiles all ~16,000 modules: 30 s of a fresh clone's `make
-# test`); Python compiles the ~4,000 that run on first import, and `make test`/`make demo` let it
-# write them even where the environment sets PYTHONDONTWRITEBYTECODE (decision 119).
+# the rest. Bytecode is not compiled at install (uv's --compile-bytecode compiles all ~16,000
+# modules: 30 s of a fresh clone's `make test`); Python compiles the ~4,000 that run on first
+# import, and `make test`/`make demo` let it write them even where the environment sets
+# PYTHONDONTWRITEBYTECODE (decision 119).
 TORCH_VERSION := 2.13.0
 FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt
