@@ -100,6 +100,7 @@ def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Seq
         TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
         seeds=[device_seed(cfg, dev, task.server_round) for dev in devices],
         spec=cfg.model_spec(),
+        with_loss=False,  # a local diagnostic the round never uses
     )
     return np.asarray(res.params, dtype=np.float32) - np.asarray(task.params, dtype=np.float32)[None, :]
 

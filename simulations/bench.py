@@ -334,7 +334,8 @@ def _simulation(sizes: Sizes, console: Console, ctx: dict[str, Any]) -> dict[str
             "Flower's start-up and, for fedchurn only, its final evaluation"
         ),
         "peak_mem_mb_how": "peak of the summed PSS of every process the run started (SuperLink, "
-        "ServerApp, simulation engine, ClientApps), sampled every 0.5 s",
+        "ServerApp, simulation engine, ClientApps), sampled every 0.5 s or, when a sample costs "
+        "more than 2 % of a core, less often (~2.5 s apart in a 4-node simulation)",
         "comparison": (
             f"the same devices, rounds, cohort of {cfg.per_round}, net, initial weights and local SGD "
             f"on Flower's simulation engine; fedchurn: {runs['nodes']} simulation nodes, each a shard "

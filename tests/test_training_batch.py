@@ -238,6 +238,18 @@ def test_same_seed_same_result_other_seed_other_result(real: list[DeviceRows]) -
     np.testing.assert_allclose(c.params[others], a.params[others], rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("cfg", [TrainConfig(), SMALL], ids=["default", "small"])
+def test_without_the_loss_the_parameters_are_the_same(real: list[DeviceRows], cfg: TrainConfig) -> None:
+    """The ClientApp skips the loss (the round never uses it): that changes nothing it sends."""
+    devices = [*edge_cases(real, cfg), *real[:30]]
+    seeds = seeds_for(len(devices))
+    full = train_devices(P0, devices, cfg, seeds)
+    lean = train_devices(P0, devices, cfg, seeds, with_loss=False)
+    np.testing.assert_array_equal(lean.params, full.params)
+    np.testing.assert_array_equal(lean.n_examples, full.n_examples)
+    assert np.isnan(lean.loss).all() and np.isfinite(full.loss[full.n_examples > 0]).all()
+
+
 def test_local_train_is_train_devices_with_one_device(real: list[DeviceRows]) -> None:
     cfg = TrainConfig()
     for dev, seed in ((real[1], 12345), (synthetic(0, 0), 1)):
