@@ -443,4 +443,6 @@ def is_final_eval_device(seed: int, device: int, fraction: float, per_round_eval
 # `fedchurn simulate`'s starting point: a study-sized run drawn from its seed. The fields' own
 # defaults above are the deployment app's (`flwr run`, pyproject's `[tool.flwr.app.config]`). The
 # command's option defaults are read from here, and a test compares them.
-SIMULATE_DEFAULTS = RunConfig(num_server_rounds=200, devices=1000, per_round=300, sampling_source="seeded")
+SIMULATE_DEFAULTS = RunConfig(
+    num_server_rounds=200, devices=10_000, per_round=1000, server_lr=0.1, sampling_source="seeded"
+)

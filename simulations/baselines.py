@@ -98,7 +98,10 @@ def run_baselines(
         return out
     out["recency"] = evaluate_scores(recency_score(test.x, activity), test, horizon)
     say("logistic regression")
-    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    # Newton steps with a Cholesky solve: the solver for many rows and few features (300,000 ×
+    # 127); it reaches the optimum in ~5 steps (2 s) where lbfgs took ~260 (10-13 s) to stop
+    # near it (seed 1: ROC-AUC 0.8315 against 0.8307).
+    lr = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky"))
     lr.fit(train.x, train.churn)
     out["logreg"] = evaluate_scores(lr.predict_proba(test.x)[:, 1], test, horizon)
     say("XGBoost")

@@ -29,8 +29,9 @@ class ProcessTreeMemory:
     than `MAX_SHARE` of a core (`next_wait`: ~2.5 s apart in a 4-node simulation, so a spike
     shorter than that can be missed). Linux /proc only; elsewhere the peak stays 0."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float = 0.5, root: int | None = None) -> None:
         self.interval = interval
+        self.root = os.getpid() if root is None else root  # whose descendants are counted
         self.peak_mb = 0.0
         self.samples = 0
         self._stop = threading.Event()
@@ -47,7 +48,7 @@ class ProcessTreeMemory:
     def _sample(self) -> float:
         """One sample; returns the CPU it cost this thread (the kernel's page walks included)."""
         t0 = time.thread_time()
-        self.peak_mb = max(self.peak_mb, descendants_pss_mb(os.getpid()))
+        self.peak_mb = max(self.peak_mb, descendants_pss_mb(self.root))
         self.samples += 1
         return time.thread_time() - t0
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import resource
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -22,7 +25,7 @@ from fedchurn.shared.protocol import day_text
 from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig, is_final_eval_device
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
-from fedchurn.simulations.population import generate_population
+from fedchurn.simulations.population import default_workers, generate_population
 from fedchurn.simulations.preflight import preflight
 from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
@@ -40,6 +43,26 @@ def population_dataset(cfg: RunConfig) -> Dataset:
         np.asarray(pop.truth["today"]),
         cfg,
     )
+
+
+T = TypeVar("T")
+
+
+def in_background(fn: Callable[[], T], name: str) -> Future[T]:
+    """`fn()` in a daemon thread; its result or its exception comes out of `.result()`. A run that
+    fails or is interrupted exits without waiting for it."""
+    fut: Future[T] = Future()
+
+    def work() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # handed to the caller by fut.result(), not swallowed
+            fut.set_exception(e)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return fut
 
 
 def _read_log(cfg: RunConfig) -> tuple[np.ndarray, ...]:
@@ -135,6 +158,16 @@ def simulate(
         console.print(
             "[bold yellow]PLAINTEXT MODE[/]: updates travel unprotected; a baseline, not for devices."
         )
+    # The baselines' examples are built while Flower runs: this process only waits for it, and
+    # Flower's start-up (SuperLink, Ray, ClientApps importing torch) leaves a core mostly idle for
+    # ~15 s, about what the build takes of one core (~10 s at 10,000 devices). A population large
+    # enough to be generated in worker processes is built afterwards, as before: it would take
+    # both cores from the run, and forking from a thread beside Flower's runner is not worth it.
+    pending = (
+        in_background(lambda: population_dataset(cfg), "baseline-examples")
+        if baselines and data is None and default_workers(cfg.devices) == 1
+        else None
+    )
     t0 = time.time()
     seen = 0
     with Progress(
@@ -197,8 +230,8 @@ def simulate(
         from fedchurn.simulations.baselines import evaluate_scores, run_baselines
 
         if data is None:
-            console.print("building the same examples centrally for the baselines…")
-            data = population_dataset(cfg)
+            console.print("the same examples, centrally, for the baselines…")
+            data = pending.result() if pending is not None else population_dataset(cfg)
         base = run_baselines(
             data,
             cfg.seed,
