@@ -28,7 +28,7 @@ Semantics (what a port follows; float32 arithmetic unless said otherwise):
    with the parameters before the step that uses the row (float64; nan when n = 0 or epochs = 0).
    It is a local diagnostic: the federated round never sends or uses it, so the ClientApp asks
    for none (`with_loss=False`: loss nan, the parameters unchanged) and saves the NLL's
-   log-sigmoids, ~15 % of a one-step round's training.
+   log-sigmoids, ~19 % of a one-step round's training.
 
 Batching. Devices of one batch have different n, so different numbers of steps per epoch. They
 run in lockstep, epoch by epoch and minibatch index by minibatch index (epochs × the largest

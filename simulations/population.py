@@ -874,9 +874,13 @@ def _simulate_range(seed: int, lo: int, hi: int, sc: Scenario, chunk: int) -> tu
     )
 
 
+# Populations of at least this many devices are generated in worker processes (`default_workers`).
+PARALLEL_FROM = 16_384
+
+
 def default_workers(n_devices: int) -> int:
     """Processes worth starting: one per core for big populations, none for small ones."""
-    if n_devices < 16_384:
+    if n_devices < PARALLEL_FROM:
         return 1
     return max(1, min(os.cpu_count() or 1, 8))
 

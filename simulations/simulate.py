@@ -25,7 +25,7 @@ from fedchurn.shared.protocol import day_text
 from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig, is_final_eval_device
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
-from fedchurn.simulations.population import default_workers, generate_population
+from fedchurn.simulations.population import PARALLEL_FROM, generate_population
 from fedchurn.simulations.preflight import preflight
 from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
@@ -50,7 +50,8 @@ T = TypeVar("T")
 
 def in_background(fn: Callable[[], T], name: str) -> Future[T]:
     """`fn()` in a daemon thread; its result or its exception comes out of `.result()`. A run that
-    fails or is interrupted exits without waiting for it."""
+    fails or is interrupted exits without waiting for it; an in-process caller whose run failed
+    leaves the thread to finish on its own (its result, or error, is then never read)."""
     fut: Future[T] = Future()
 
     def work() -> None:
@@ -165,7 +166,7 @@ def simulate(
     # both cores from the run, and forking from a thread beside Flower's runner is not worth it.
     pending = (
         in_background(lambda: population_dataset(cfg), "baseline-examples")
-        if baselines and data is None and default_workers(cfg.devices) == 1
+        if baselines and data is None and cfg.devices < PARALLEL_FROM
         else None
     )
     t0 = time.time()
