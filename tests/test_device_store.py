@@ -30,6 +30,7 @@ def _same(a: DeviceData, b: DeviceData, keep: int) -> None:
     np.testing.assert_array_equal(a.time, b.time[len(b.time) - keep :])
     np.testing.assert_array_equal(a.event, b.event[len(b.event) - keep :])
     assert a.x.dtype == np.float32 and a.time.dtype == np.int64 and a.event.dtype == bool
+    assert not a.x.flags.writeable  # a view of the bytes read, not a copy (decision 129)
     assert (a.eval_x is None) == (b.eval_x is None)
     if b.eval_x is not None:
         assert a.eval_x is not None
