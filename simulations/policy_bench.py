@@ -44,17 +44,22 @@ VECTOR_MODEL = ROOT / "tests" / "vectors" / "policy" / "model_params.json"
 RESPONSE_DAYS = 3
 
 
-def reference_params(demo_model: Path = DEMO_MODEL) -> tuple[np.ndarray, str]:
-    """The trained model to benchmark with: the demo run's, else the golden vectors' reference model."""
+def vector_params() -> tuple[np.ndarray, str]:
+    """The golden vectors' reference model (shipped with the code, the same in every checkout)."""
     import json
 
+    doc = json.loads(VECTOR_MODEL.read_text())
+    return np.array(doc["params"], dtype=np.float32), f"{VECTOR_MODEL.relative_to(ROOT)} (reference model)"
+
+
+def reference_params(demo_model: Path = DEMO_MODEL) -> tuple[np.ndarray, str]:
+    """The trained model to time with: the demo run's, else the golden vectors' reference model.
+    Only for speed figures: a result that depends on the model uses `vector_params` (or a model
+    the user names), never whatever demo run the working directory holds."""
     if demo_model.exists():
         return np.load(demo_model).astype(np.float32), str(demo_model)
     if VECTOR_MODEL.exists():
-        doc = json.loads(VECTOR_MODEL.read_text())
-        return np.array(
-            doc["params"], dtype=np.float32
-        ), f"{VECTOR_MODEL.relative_to(ROOT)} (reference model)"
+        return vector_params()
     raise FileNotFoundError(f"no trained model: neither {demo_model} nor {VECTOR_MODEL} exists")
 
 

@@ -543,10 +543,10 @@ def run_whatif(
         raise WhatIfError(f"--devices must be >= 1, got {devices}")
     if days < WARMUP_DAYS + HORIZONS[0] + 1:
         raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
-    if params is None:
-        from fedchurn.simulations.policy_bench import reference_params
+    if params is None:  # the reference model, wherever the lab runs (not a demo run's: decision 130)
+        from fedchurn.simulations.policy_bench import vector_params
 
-        params, model_source = reference_params()
+        params, model_source = vector_params()
     resp = response or ResponseModel()
     ranges = [(lo, min(devices, lo + BLOCK)) for lo in range(0, devices, BLOCK)]
     task = partial(_block_task, seed, days=days, params=params, spec=spec, arms=arms, resp=resp)

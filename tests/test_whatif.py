@@ -198,6 +198,24 @@ def test_the_command_refuses_bad_input_before_running_and_writes_json_and_plots(
     assert "vs random" in shown and "as often as random contact" in shown
 
 
+def test_the_lab_scores_with_the_reference_model_whatever_the_working_directory_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found when `make demo` then `make test` failed the calibration checks: the lab took the
+    model of a demo run lying in the working directory, not the reference model its help and
+    docs name, so a seeded lab gave other figures depending on where it ran (decision 130)."""
+    arms = [load_arm(a) for a in ARMS]
+    monkeypatch.chdir(tmp_path)
+    clean = run_whatif(arms, 300, 60, seed=4)
+    decoy = tmp_path / "results" / "demo" / "model" / "params.npy"
+    decoy.parent.mkdir(parents=True)
+    np.save(decoy, np.zeros(DEFAULT_SPEC.n_params, dtype=np.float32))
+    beside_a_demo = run_whatif(arms, 300, 60, seed=4)
+    assert "reference model" in clean["model"] and beside_a_demo["model"] == clean["model"]
+    assert beside_a_demo["arms"]["default"]["recalls"] == clean["arms"]["default"]["recalls"]
+    assert beside_a_demo["arms"]["default"]["retained"] == clean["arms"]["default"]["retained"]
+
+
 @settings(max_examples=50, deadline=None)
 @given(configs())
 def test_a_policy_config_written_out_reads_back_the_same(cfg: PolicyConfig) -> None:
@@ -208,11 +226,11 @@ def test_a_policy_config_written_out_reads_back_the_same(cfg: PolicyConfig) -> N
 def test_fatigue_counts_every_recall_of_the_previous_30_days() -> None:
     """A policy that recalls daily: the 30-day count keeps growing past a handful of recalls (found
     by review: a ring of 8 stopped counting at 8); a recall 30 days ago counts, 31 days ago not."""
-    from fedchurn.simulations.policy_bench import reference_params
+    from fedchurn.simulations.policy_bench import vector_params
     from fedchurn.simulations.whatif import _answer, _block, _Users
 
     cfg = PolicyConfig(episode_send_days=tuple(range(1, 21)), max_recalls_per_month=31)
-    params, _ = reference_params()
+    params, _ = vector_params()
     blk = _block(2, 0, 8, 75, params, DEFAULT_SPEC, [cfg])
     users, resp = _Users(blk), ResponseModel()
     counts: dict[str, int] = {"recalls": 0, "accepted": 0, "saves": 0, "complaints": 0, "backlash_churns": 0}
