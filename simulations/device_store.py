@@ -103,8 +103,8 @@ class DeviceStore:
         at += 4 * self.capacity
         events = np.frombuffer(fixed, "u1", n, at).astype(bool)
         raw = os.pread(self.fd, n * self.row, d * self.slot + self.fixed) if n else b""
-        # a read-only view of the bytes just read, not a copy: copying the rows cost ~2/3 of a
-        # read (decision 129), and nothing writes to a device's rows
+        # a read-only view of the bytes just read, not a copy: copying the rows was about half
+        # of a read's time (decision 129), and nothing writes to a device's rows
         x = np.frombuffer(raw, "<f4").reshape(n, self.n_features)
         return DeviceData(
             x=x,

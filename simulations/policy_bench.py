@@ -39,28 +39,24 @@ from fedchurn.shared.feature_spec import CHANNEL_INDEX, FEATURE_INDEX
 from fedchurn.shared.model_format import churn_probability
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL = Path("results/demo/model/params.npy")
 VECTOR_MODEL = ROOT / "tests" / "vectors" / "policy" / "model_params.json"
 RESPONSE_DAYS = 3
 
 
-def vector_params() -> tuple[np.ndarray, str]:
-    """The golden vectors' reference model (shipped with the code, the same in every checkout)."""
+def reference_params() -> tuple[np.ndarray, str]:
+    """The golden vectors' reference model, shipped with the source tree: the same in every
+    checkout. Whatever depends on the model (the what-if lab, `bench-policy`'s counts) scores with
+    it unless the user names a run's model; a demo run's model lying in the working directory is
+    never picked up (it made a seeded lab's figures depend on where it ran, decision 130)."""
     import json
 
+    if not VECTOR_MODEL.exists():
+        raise FileNotFoundError(
+            f"the reference model {VECTOR_MODEL} is not here (it ships with the source tree, "
+            "not the wheel): name a trained run's model instead"
+        )
     doc = json.loads(VECTOR_MODEL.read_text())
     return np.array(doc["params"], dtype=np.float32), f"{VECTOR_MODEL.relative_to(ROOT)} (reference model)"
-
-
-def reference_params(demo_model: Path = DEMO_MODEL) -> tuple[np.ndarray, str]:
-    """The trained model to time with: the demo run's, else the golden vectors' reference model.
-    Only for speed figures: a result that depends on the model uses `vector_params` (or a model
-    the user names), never whatever demo run the working directory holds."""
-    if demo_model.exists():
-        return np.load(demo_model).astype(np.float32), str(demo_model)
-    if VECTOR_MODEL.exists():
-        return vector_params()
-    raise FileNotFoundError(f"no trained model: neither {demo_model} nor {VECTOR_MODEL} exists")
 
 
 def _chunk_policy(

@@ -544,9 +544,12 @@ def run_whatif(
     if days < WARMUP_DAYS + HORIZONS[0] + 1:
         raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
     if params is None:  # the reference model, wherever the lab runs (not a demo run's: decision 130)
-        from fedchurn.simulations.policy_bench import vector_params
+        from fedchurn.simulations.policy_bench import reference_params
 
-        params, model_source = vector_params()
+        try:
+            params, model_source = reference_params()
+        except FileNotFoundError as e:
+            raise WhatIfError(f"--model: {e}") from e
     resp = response or ResponseModel()
     ranges = [(lo, min(devices, lo + BLOCK)) for lo in range(0, devices, BLOCK)]
     task = partial(_block_task, seed, days=days, params=params, spec=spec, arms=arms, resp=resp)

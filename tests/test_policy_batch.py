@@ -161,11 +161,11 @@ def test_a_simulated_populations_device_days_decide_as_alone() -> None:
     each does alone with `step`."""
     from fedchurn.client.signals import SIGNAL_NAMES
     from fedchurn.shared.model_format import DEFAULT_SPEC
-    from fedchurn.simulations.policy_bench import vector_params
+    from fedchurn.simulations.policy_bench import reference_params
     from fedchurn.simulations.whatif import WARMUP_DAYS, _block, _thresholds_key
 
     cfg = PolicyConfig()
-    params, _ = vector_params()
+    params, _ = reference_params()
     blk = _block(9, 2000, 2256, 90, params, DEFAULT_SPEC, [cfg])
     key = _thresholds_key(cfg)
     sample = np.random.default_rng(0).choice(256, 40, replace=False)

@@ -54,20 +54,22 @@ def test_an_expensive_sample_spaces_the_next_one_out(monkeypatch: pytest.MonkeyP
 
 
 def test_the_peak_counts_a_descendant_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A grandchild that holds 200 MB raises the peak of its grandparent's tree by about that much;
-    the sampler took a sample while it ran (it exits only after the sampler has seen it). The
-    tree is rooted at a child of this test, so other tests' processes in this worker do not count."""
+    """A grandchild that holds 200 MB raises the peak of its grandparent's tree by about that much:
+    a sample begun after it touched every page sees it (the grandchild exits only then; a sample
+    begun earlier can see part of it, which made this test flaky). The tree is rooted at a child
+    of this test, so other tests' processes in this worker do not count."""
     hold = (
         "import sys; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
         "print('ready', flush=True); sys.stdin.readline()"
     )
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {hold!r}], check=True)"
-    sampled = threading.Event()
+    ready, sampled = threading.Event(), threading.Event()
     real = process_memory.descendants_pss_mb
 
     def sample(root: int) -> float:
+        whole = ready.is_set()  # begun after every page was touched (one begun earlier saw fewer)
         out = real(root)
-        if out > 150:
+        if whole and out > 150:
             sampled.set()
         return out
 
@@ -78,6 +80,7 @@ def test_the_peak_counts_a_descendant_process(monkeypatch: pytest.MonkeyPatch) -
     try:
         with ProcessTreeMemory(interval=0.01, root=child.pid) as mem:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            ready.set()
             assert sampled.wait(timeout=30), "the sampler never saw the grandchild's 200 MB"
     finally:
         assert child.stdin is not None

@@ -226,11 +226,11 @@ def test_a_policy_config_written_out_reads_back_the_same(cfg: PolicyConfig) -> N
 def test_fatigue_counts_every_recall_of_the_previous_30_days() -> None:
     """A policy that recalls daily: the 30-day count keeps growing past a handful of recalls (found
     by review: a ring of 8 stopped counting at 8); a recall 30 days ago counts, 31 days ago not."""
-    from fedchurn.simulations.policy_bench import vector_params
+    from fedchurn.simulations.policy_bench import reference_params
     from fedchurn.simulations.whatif import _answer, _block, _Users
 
     cfg = PolicyConfig(episode_send_days=tuple(range(1, 21)), max_recalls_per_month=31)
-    params, _ = vector_params()
+    params, _ = reference_params()
     blk = _block(2, 0, 8, 75, params, DEFAULT_SPEC, [cfg])
     users, resp = _Users(blk), ResponseModel()
     counts: dict[str, int] = {"recalls": 0, "accepted": 0, "saves": 0, "complaints": 0, "backlash_churns": 0}
