@@ -216,6 +216,18 @@ def test_the_lab_scores_with_the_reference_model_whatever_the_working_directory_
     assert beside_a_demo["arms"]["default"]["retained"] == clean["arms"]["default"]["retained"]
 
 
+def test_without_the_reference_model_the_lab_asks_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install without the source tree's reference model gets a clear `--model` message, not
+    a traceback."""
+    from fedchurn.simulations import policy_bench
+
+    monkeypatch.setattr(policy_bench, "VECTOR_MODEL", tmp_path / "model_params.json")
+    with pytest.raises(WhatIfError, match=r"--model: the reference model .* is not here"):
+        run_whatif([load_arm(a) for a in ARMS], 10, 60, seed=0)
+
+
 @settings(max_examples=50, deadline=None)
 @given(configs())
 def test_a_policy_config_written_out_reads_back_the_same(cfg: PolicyConfig) -> None:
