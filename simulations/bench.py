@@ -616,8 +616,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every section in one process; `sizes` overrides `quick` (the test suite's TEST sizes)."""
     # Idle OpenMP threads must sleep, not spin: on a shared 2-core machine spinning made XGBoost
-    # and torch 7-8x slower (42 s against 6.6 s). Set before torch / XGBoost load; Flower's
-    # processes inherit it.
+    # and torch 7-8x slower (42 s against 6.6 s). The CLI sets it for every command (decision
+    # 131); this covers callers of `run_bench` that do not go through it (the tests).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     console = console or Console()
     sizes = sizes or (QUICK if quick else FULL)

@@ -543,7 +543,7 @@ def run_whatif(
         raise WhatIfError(f"--devices must be >= 1, got {devices}")
     if days < WARMUP_DAYS + HORIZONS[0] + 1:
         raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
-    if params is None:  # the reference model, wherever the lab runs (not a demo run's: decision 130)
+    if params is None:
         from fedchurn.simulations.policy_bench import reference_params
 
         try:
