@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context
 
+from fedchurn.client.contribution_ledger import ContributionLedger, FileLedger
 from fedchurn.client.device_data import DeviceData, prepare_devices
-from fedchurn.client.evaluation_ledger import EvaluationLedger, FileLedger
 from fedchurn.client.flower_app import make_client_app
 from fedchurn.client.store import EventStore
 from fedchurn.shared.events import SECONDS_PER_DAY
@@ -39,7 +39,8 @@ __all__ = ["StoreSource", "app", "list_stores", "node_secret", "store_index"]
 
 STORE_DIR_KEY, TODAY_KEY = "store-dir", "today"
 NODE_SECRET_FILE = ".node-secret"
-LEDGER_FILE = ".evaluations.sqlite"
+LEDGER_FILE = ".contributions.sqlite"
+LEGACY_LEDGER_FILE = ".evaluations.sqlite"  # its name when it held evaluations only
 INDEX_BITS = 62  # Flower's config integers are signed 64-bit
 
 
@@ -122,8 +123,12 @@ class StoreSource:
         )
         return dict(zip(served, prepared, strict=True))
 
-    def ledger(self, context: Context) -> EvaluationLedger:
-        return FileLedger(_store_dir(context) / LEDGER_FILE)
+    def ledger(self, context: Context) -> ContributionLedger:
+        store_dir = _store_dir(context)
+        legacy, path = store_dir / LEGACY_LEDGER_FILE, store_dir / LEDGER_FILE
+        if legacy.exists() and not path.exists():
+            legacy.rename(path)  # its claims stay claimed (FileLedger reads the old table)
+        return FileLedger(path)
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
         return None  # a real device: OS-seeded

@@ -11,9 +11,15 @@ trained together (`client.training.train_devices`) and protected together
 
 What protects an upload is never taken from the aggregator: the key holder's identity comes from
 the node's own configuration (`client.device_config`) and the task is checked against it before
-any work; a held-out device answers one evaluation per run (`client.evaluation_ledger`); a real
-device's rounding coins come from an OS-seeded generator (a simulated device's from its seed, so
-a simulation is reproducible).
+any work. The aggregator is not trusted with what a cohort sum may contain either: a device
+answers only tasks of its role (a held-out device evaluates, a training device trains and gives
+statistics), each (purpose, round) once and one evaluation per run (`client.contribution_ledger`),
+and only when it has something of its own to add; a device whose arithmetic diverged uploads a
+zero vector rather than an error. Otherwise a malicious aggregator could fill a cohort of k with
+one device's repeated answers, or with devices whose uploads it knows (zeros), and read that
+device's update in the "sum"; or tell from error replies, which it reads in the clear, whether a
+device's data overflowed a crafted model. A real device's rounding coins come from an OS-seeded
+generator (a simulated device's from its seed, so a simulation is reproducible).
 """
 
 from __future__ import annotations
@@ -26,12 +32,12 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedchurn.client.contribution_ledger import ContributionLedger, scopes_of
 from fedchurn.client.device_config import trusted_keyholder
-from fedchurn.client.device_data import DeviceData, empty_device
-from fedchurn.client.evaluation_ledger import AlreadyEvaluatedError, EvaluationLedger
+from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
-from fedchurn.shared.evaluation import device_histogram, histogram_length
+from fedchurn.shared.evaluation import device_histogram
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.messages import NodeReply, RosterReply, RoundTask
 from fedchurn.shared.model_format import churn_probability
@@ -52,8 +58,8 @@ class DeviceSource(Protocol):
     def load(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> dict[int, DeviceData]:
         """The devices' prepared data; a device this node does not serve is left out."""
 
-    def ledger(self, context: Context) -> EvaluationLedger:
-        """Where held-out devices record their one evaluation per run."""
+    def ledger(self, context: Context) -> ContributionLedger:
+        """Where the node's devices record the rounds and runs they answered."""
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
         """A device's stochastic-rounding generator: None (OS-seeded) on a real device."""
@@ -83,15 +89,12 @@ def keyholder_for(
 
 
 def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Sequence[int]) -> np.ndarray:
-    """Every device's model delta, trained together; held-out devices (and devices without a
-    labelled day) keep the global parameters: a zero delta."""
+    """Every device's model delta, trained together (training devices with labelled days)."""
     from fedchurn.client.training import DeviceRows, TrainConfig, train_devices
 
     assert task.params is not None
     rows = []
-    for device, d in zip(devices, data, strict=True):
-        if is_eval_device(cfg.seed, device, cfg.eval_fraction):
-            d = empty_device(cfg.model_spec().n_features)
+    for d in data:
         x = d.x if task.input_offset is None else centre_rows(d.x, task.input_offset)
         rows.append(DeviceRows(x, d.time, d.event))
     res = train_devices(
@@ -105,59 +108,64 @@ def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Seq
     return np.asarray(res.params, dtype=np.float32) - np.asarray(task.params, dtype=np.float32)[None, :]
 
 
-def _histograms(
-    cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Sequence[int]
-) -> np.ndarray:
-    """A held-out device's one-count score histogram; zeros for every other device."""
+def _histograms(cfg: RunConfig, task: RoundTask, data: list[DeviceData]) -> np.ndarray:
+    """Each held-out device's one-count score histogram of the task's model."""
     assert task.params is not None
     spec = cfg.model_spec()
-    out = np.zeros((len(devices), histogram_length(spec.outputs)))
-    held = [
-        i
-        for i, (dev, d) in enumerate(zip(devices, data, strict=True))
-        if is_eval_device(cfg.seed, dev, cfg.eval_fraction) and d.eval_x is not None
-    ]
-    if held:
-        x = np.stack([data[i].eval_x for i in held])  # type: ignore[misc]
-        probs = churn_probability(task.params, x, spec)
-        for i, p in zip(held, np.atleast_1d(probs), strict=True):
-            out[i] = device_histogram(float(p), data[i].eval_time, data[i].eval_event, spec.outputs)
-    return out
-
-
-def _summaries(cfg: RunConfig, data: list[DeviceData], devices: Sequence[int]) -> np.ndarray:
-    """A training device's feature summary; zeros for a held-out device (it trains nothing)."""
-    n = cfg.model_spec().n_features
+    x = np.stack([d.eval_x for d in data])  # type: ignore[misc]
+    probs = np.atleast_1d(churn_probability(task.params, x, spec))
     return np.stack(
         [
-            np.zeros(n + 1) if is_eval_device(cfg.seed, dev, cfg.eval_fraction) else feature_summary(d.x, n)
-            for dev, d in zip(devices, data, strict=True)
+            device_histogram(float(p), d.eval_time, d.eval_event, spec.outputs)
+            for p, d in zip(probs, data, strict=True)
         ]
     )
 
 
+def _summaries(cfg: RunConfig, data: list[DeviceData]) -> np.ndarray:
+    """Each training device's feature summary."""
+    n = cfg.model_spec().n_features
+    return np.stack([feature_summary(d.x, n) for d in data])
+
+
+def _has_own(purpose: str, d: DeviceData) -> bool:
+    """Does the device have something of its own for this purpose? A device without (a training
+    device with no labelled day, a held-out device with no scored day) would upload a constant the
+    aggregator can guess, which would count towards a cohort's k: it sits the round out."""
+    return d.eval_x is not None if purpose == "evaluate" else len(d.time) > 0
+
+
+def _in_role(cfg: RunConfig, purpose: str, device: int) -> bool:
+    """Held-out devices evaluate and nothing else; training devices never evaluate."""
+    return is_eval_device(cfg.seed, device, cfg.eval_fraction) == (purpose == "evaluate")
+
+
+def _finite_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows with a non-finite value (a model or learning rate that overflowed the device's
+    arithmetic) become zero. Failing instead would send an error reply, which the aggregator reads
+    in the clear: a crafted model would learn whether the device's data crossed its threshold."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        vectors = vectors.copy()
+        vectors[bad] = 0.0
+    return vectors
+
+
 def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
-    """A node's whole answer to a round task."""
+    """A node's whole answer to a round task. Devices that may not or cannot answer are left out
+    of the reply (the aggregator names them), decided before any computation."""
     cfg = RunConfig.from_flower(context.run_config)
     spec = cfg.model_spec()
     task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
     keyholder = keyholder_for(context.node_config, cfg, task)  # refuses before any work
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
-    wanted = list(task.devices)
-    if task.purpose == "evaluate":
-        ledger = source.ledger(context)
-        kept = []
-        for device in wanted:
-            if is_eval_device(cfg.seed, device, cfg.eval_fraction):
-                try:  # before computing anything: a second evaluation in this run is refused
-                    ledger.claim(context.run_id, device)
-                except AlreadyEvaluatedError:
-                    continue  # left out of the reply; the aggregator names it
-            kept.append(device)
-        wanted = kept
+    in_role = [d for d in task.devices if _in_role(cfg, task.purpose, d)]
+    holder = keyholder.x25519 if keyholder is not None else None
+    scopes = scopes_of(task.purpose, task.round_id, context.run_id, holder)
+    wanted = source.ledger(context).claim(scopes, in_role)
     loaded = source.load(context, cfg, wanted)
-    devices = [d for d in wanted if d in loaded]
+    devices = [d for d in wanted if d in loaded and _has_own(task.purpose, loaded[d])]
     data = [loaded[d] for d in devices]
     position = {d: i for i, d in enumerate(task.devices)}
     cohorts = [task.cohorts[position[d]] for d in devices]
@@ -169,13 +177,15 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
         vectors = _train(cfg, task, data, devices)
         params, salt = cfg.train_protection(task.noise_multiplier), task.server_round
     elif task.purpose == "evaluate":
-        vectors = _histograms(cfg, task, data, devices)
+        vectors = _histograms(cfg, task, data)
         params, salt = cfg.eval_protection(), -1
     else:
-        vectors = _summaries(cfg, data, devices)
+        vectors = _summaries(cfg, data)
         params, salt = cfg.stats_protection(task.noise_multiplier), -2
     rngs = [source.coins(cfg, d, salt * 1_000_003 + c) for d, c in zip(devices, cohorts, strict=True)]
-    blobs = protect_batch(vectors, params, keyholder, task.round_id, cohorts, task.model_version, seeds, rngs)
+    blobs = protect_batch(
+        _finite_rows(vectors), params, keyholder, task.round_id, cohorts, task.model_version, seeds, rngs
+    )
     return NodeReply(tuple(devices), tuple(blobs)).to_message(msg)
 
 

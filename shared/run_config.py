@@ -429,7 +429,7 @@ def is_eval_device(seed: int, device: int, fraction: float) -> bool:
 def is_final_eval_device(seed: int, device: int, fraction: float, per_round_evaluation: bool) -> bool:
     """Whether a held-out device belongs to the run's final evaluation.
 
-    Each held-out device evaluates once per run (`client.evaluation_ledger`). Without per-round
+    Each held-out device evaluates once per run (`client.contribution_ledger`). Without per-round
     evaluation every held-out device is in the final one; with it, half of them (by a second
     public hash) are kept for the final evaluation and per-round samples come from the other half."""
     if not is_eval_device(seed, device, fraction):

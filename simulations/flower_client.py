@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context
 
+from fedchurn.client.contribution_ledger import ContributionLedger, FileLedger, MemoryLedger
 from fedchurn.client.device_config import device_settings
 from fedchurn.client.device_data import DeviceData, prepare_devices
-from fedchurn.client.evaluation_ledger import EvaluationLedger, FileLedger, MemoryLedger
 from fedchurn.client.flower_app import make_client_app, simulated_entropy
 from fedchurn.client.importer import read_log_devices
 from fedchurn.shared.events import local_day
@@ -46,7 +46,7 @@ DEFAULT_MEMORY_MB = 1500
 STORE_KEY = "simulation-store"  # provisioning key: the run's shared device store (a folder)
 WARM_LIMIT_BYTES = 1 << 30  # a node prepares its whole shard up front if its slots fit in this
 WARM_CHUNK = 512
-LEDGER_KEY = "evaluation-ledger"  # provisioning key: the run's evaluation ledger file
+LEDGER_KEY = "contribution-ledger"  # provisioning key: the run's contribution ledger file
 
 
 @lru_cache(maxsize=4)
@@ -178,7 +178,7 @@ class SimulatedShard:
             starts, todays = list(starts_a), list(todays_a)
         return prepare_devices(events, rows, starts, todays, cfg.protocol())
 
-    def ledger(self, context: Context) -> EvaluationLedger:
+    def ledger(self, context: Context) -> ContributionLedger:
         """The run's shared ledger file when provisioned (every process of the simulation sees the
         same one), else this process's memory."""
         settings, _ = device_settings(context.node_config)

@@ -39,10 +39,10 @@ def provision_simulation(cfg: RunConfig, out: Path, audit_db: str = "") -> Provi
         stale.unlink()
     key = private / "keyholder.key"
     device: dict[str, str] = {
-        LEDGER_KEY: str(private / "evaluations.sqlite"),
+        LEDGER_KEY: str(private / "contributions.sqlite"),
         STORE_KEY: str(out / "devices"),  # the simulated devices' own storage (shared, sparse)
     }
-    (private / "evaluations.sqlite").unlink(missing_ok=True)
+    (private / "contributions.sqlite").unlink(missing_ok=True)
     if cfg.scheme.private:
         device.update(KeyHolder.provision(key, with_ckks=cfg.scheme.homomorphic).to_node_config())
     device_file = private / "device.toml"

@@ -35,6 +35,7 @@ from fedchurn.shared.messages import (
     REPLY_RECORD,
     TASK_RECORD,
     NodeReply,
+    Purpose,
     RoundTask,
 )
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
@@ -463,3 +464,151 @@ def test_simulated_devices_get_their_pin_from_provisioning_not_the_message(
     msgs[2].content.config_records[TASK_RECORD][K_KEY] = _raw(X25519PrivateKey.generate().public_key())
     grid.send_and_receive(msgs[2:3])
     assert len(grid.errors) == 1 and "UntrustedKeyHolderError" in grid.errors[0]
+
+
+# --- review of 2026-12-07: the aggregator fills a cohort with what it already knows ------------------
+#
+# The key holder unmasks a sum over at least k seals, but it cannot tell whose seals they are. An
+# independent review found three ways a malicious aggregator made such a "sum" hold one device's
+# value alone, all of which worked on 1adf3a0 (each test below fails there).
+
+REVIEW = RunConfig(
+    devices=150,
+    per_round=12,
+    cohort_size=12,
+    k_min=5,
+    strategy="fedavg",
+    days=60,
+    eval_fraction=0.5,
+    sampling_source="seeded",
+)
+
+
+def _node_devices(grid: InProcessGrid, cfg: RunConfig, node: int) -> dict[int, Any]:
+    """Every device a node serves, with its data (what the test needs to choose its victims)."""
+    from fedchurn.simulations.flower_client import SimulatedShard
+
+    mine = [d for n, d in simulation_roster(NODES, cfg.devices) if n == node]
+    return SimulatedShard().load(grid.context(node), cfg, mine)
+
+
+def _review_node(run_id: int) -> tuple[RunConfig, Any, InProcessGrid, int, dict[int, Any]]:
+    """The review's run: its key holder, a grid to the real ClientApp, one node and its devices."""
+    strategy = _strategy(REVIEW)
+    grid = _grid(strategy, run_id)
+    return REVIEW, strategy.secure.keyholder, grid, NODES[0], _node_devices(grid, REVIEW, NODES[0])
+
+
+def _unmask_request(
+    task: RoundTask, params: ProtectionParams, n: int, blobs: list[bytes]
+) -> keyholder_module.MaskSumRequest:
+    """The aggregator's request to unmask one cohort of these uploads, each labelled a device."""
+    head = wire.Header.parse(blobs[0])
+    entries = tuple(
+        keyholder_module.SealedEntry(f"device-{i}", b[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN])
+        for i, b in enumerate(blobs)
+    )
+    return keyholder_module.MaskSumRequest(
+        head.round_id, head.cohort_id, head.model_version, task.round_seeds[0], n, params, entries
+    )
+
+
+@pytest.mark.parametrize("purpose", ["train", "stats"])
+def test_attack_one_device_answers_one_round_k_times_to_fill_a_cohort(purpose: str) -> None:
+    """The aggregator sends one device the same round's task k times. On 1adf3a0 it answered each
+    time with a fresh seal bound to the same round and cohort; labelled as k devices, the key holder
+    opened all k, and the "sum" was k copies of that device's update (its feature summary for the
+    stats purpose). A device now answers each round once."""
+    cfg, kh, grid, node, data = _review_node(run_id=81)
+    target = next(
+        d for d, x in data.items() if not is_eval_device(cfg.seed, d, cfg.eval_fraction) and len(x.time)
+    )
+    seed = round_seed_bytes(7)
+    if purpose == "train":
+        task = RoundTask("train", 1, 1, 1, 0.0, (target,), (0,), (seed,), init_params(0), kh.public_key())
+        params, n = cfg.train_protection(0.0), N_PARAMS
+    else:
+        task = RoundTask("stats", 0, 1, 0, 0.0, (target,), (0,), (seed,), keyholder_key=kh.public_key())
+        params, n = cfg.stats_protection(0.0), DEFAULT_SPEC.n_features + 1
+    blobs: list[bytes] = []
+    for _ in range(cfg.k_min):
+        blobs += NodeReply.from_message(grid.deliver(task.to_message(node))).blobs
+    assert not grid.errors, grid.errors[:2]
+    if len(blobs) >= cfg.k_min:
+        response = kh.mask_sum(_unmask_request(task, params, n, blobs))
+        pytest.fail(
+            f"the key holder unmasked a cohort of {len(response.included)} uploads, every one of them "
+            f"device {target}'s {purpose} upload: their sum over {len(blobs)} is that device's value"
+        )
+    assert len(blobs) == 1
+
+
+def test_attack_devices_whose_upload_is_known_fill_a_cohort_around_one_device() -> None:
+    """On 1adf3a0 a held-out device asked to train uploaded a zero delta, a training device asked
+    to evaluate a zero histogram, and a device with no labelled day a zero delta: constants the
+    aggregator knows, which counted towards k. One task putting a target among k - 1 of them made
+    the released sum the target's update (or its evaluation outcome) alone. Devices now answer only
+    tasks of their role, and only with something of their own."""
+    cfg, kh, grid, node, data = _review_node(run_id=82)
+    held = [d for d in data if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    training = [d for d in data if d not in held]
+    empty = [d for d in training if not len(data[d].time)]
+    trainer = next(d for d in training if len(data[d].time))
+    evaluator = next(d for d in held if data[d].eval_x is not None)
+    assert len(held) >= cfg.k_min and len(training) >= cfg.k_min and empty, "the population needs them"
+    k, seed = cfg.k_min, round_seed_bytes(9)
+    cases: list[tuple[Purpose, int, list[int], ProtectionParams, int]] = [
+        ("train", trainer, [*held[: k - 2], empty[0]], cfg.train_protection(0.0), N_PARAMS),
+        ("evaluate", evaluator, [d for d in training if d != trainer][: k - 1], cfg.eval_protection(), 0),
+    ]
+    for round_id, (purpose, target, known, params, n) in enumerate(cases, start=1):
+        devices = (target, *known)
+        task = RoundTask(
+            purpose, 1, round_id, 1, 0.0, devices, (0,) * k, (seed,) * k, init_params(0), kh.public_key()
+        )
+        got = NodeReply.from_message(grid.deliver(task.to_message(node)))
+        assert not grid.errors, grid.errors[:2]
+        if len(got.blobs) >= k:
+            n = n or histogram_length(cfg.horizon)
+            response = kh.mask_sum(_unmask_request(task, params, n, list(got.blobs)))
+            pytest.fail(
+                f"{purpose}: the key holder released a cohort of {len(response.included)} in which "
+                f"{len(known)} uploads were constants the aggregator knew: the sum is device {target}'s"
+            )
+        assert got.devices == (target,)
+
+
+def test_attack_a_crafted_model_reads_a_devices_data_from_its_error_reply() -> None:
+    """The aggregator sends a finite model with a huge first-layer weight: a device whose features
+    are large enough overflows. On 1adf3a0 that device answered with an error reply, which the
+    aggregator reads in the clear (`NonFiniteUpdateError`), and one that did not overflow uploaded:
+    a yes/no answer about the device's data per message, a binary search per feature. A device
+    whose arithmetic diverges now uploads a zero update like any other upload."""
+    from fedchurn.shared.messages import PARAMS_RECORD
+    from fedchurn.shared.model_format import flatten, unflatten
+
+    cfg = REVIEW
+    strategy = _strategy(cfg)
+    grid = _grid(strategy, run_id=83)
+    layers = unflatten(init_params(0))
+    layers[0][...] = 3e37  # every first-layer weight: any non-zero feature overflows float32
+    crafted = flatten(layers).astype(np.float32)
+    assert np.isfinite(crafted).all()
+
+    def craft(msg: Message) -> Message:
+        msg.content.array_records[PARAMS_RECORD] = ArrayRecord({PARAMS_KEY: Array(crafted)})
+        return msg
+
+    grid.on_message = craft
+    msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    replies = grid.send_and_receive(msgs)
+    leaked = [e for e in grid.errors if "NonFinite" in e]
+    if leaked:
+        pytest.fail(
+            f"{len(leaked)} error replies told the aggregator that a device's data overflowed: {leaked[0]}"
+        )
+    assert not grid.errors and all(not r.has_error() for r in replies)
+    for msg, reply in zip(msgs, replies, strict=True):  # every device with a labelled day uploaded
+        node, asked = msg.metadata.dst_node_id, _task(msg).devices
+        data = _node_devices(grid, cfg, node)
+        assert NodeReply.from_message(reply).devices == tuple(d for d in asked if len(data[d].time))

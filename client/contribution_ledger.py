@@ -1,0 +1,114 @@
+"""A device uploads at most once per round, and a held-out device at most one evaluation per run;
+the ledger remembers which devices did.
+
+Why, in both cases the aggregator is not trusted to keep the promise:
+
+* **Once per round.** The key holder unmasks a cohort's sum only over at least k seals, but it
+  cannot tell whose seals they are: the device names are the aggregator's. A device that answered
+  the same round's task k times would give k seals bound to the same round and cohort, and the
+  key holder would open them together: the "sum" would be k copies of that one device's update.
+  So a device answers each (key holder, purpose, round id) once. The round id is not tied to a
+  run, because seals carry the round id, not the run: two runs that reused a round id could
+  otherwise pool one device's seals in one cohort. It is tied to the key holder the seals are for
+  (its pinned public key): seals for two key holders can never be summed together.
+* **One evaluation per run.** An evaluation upload holds the device's outcome and score bin; two
+  releases whose members differ by one device would give that outcome away by subtraction. A
+  held-out device that answers one evaluation per run appears in one released sum per run.
+
+A claim is a (scope, device) pair recorded before any work and kept even if the work then fails.
+A phone or a SuperNode keeps the ledger in a file beside its stores (it survives restarts); a
+simulation keeps it in the run's private folder, or in memory when nothing is provisioned.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["ContributionLedger", "FileLedger", "MemoryLedger", "scopes_of"]
+
+
+def scopes_of(purpose: str, round_id: int, run_id: int, keyholder_key: bytes | None) -> tuple[str, ...]:
+    """The claims one upload makes: its purpose's round for this key holder (None: the plaintext
+    baseline, which protects nothing), and for an evaluation also its run."""
+    holder = keyholder_key[:16].hex() if keyholder_key is not None else "plaintext"
+    round_scope = f"{holder} {purpose} round {round_id}"
+    return (round_scope, f"evaluate run {run_id}") if purpose == "evaluate" else (round_scope,)
+
+
+def _unique(devices: Sequence[int]) -> list[int]:
+    return list(dict.fromkeys(int(d) for d in devices))
+
+
+class ContributionLedger(Protocol):
+    def claim(self, scopes: Sequence[str], devices: Sequence[int]) -> list[int]:
+        """The devices (in order) that had claimed none of `scopes`, now claimed in all of them;
+        a device already recorded in any scope is left out and nothing is recorded for it."""
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> set[tuple[str, int]]:  # Flower's simulation engine pickles the app
+        with self._lock:
+            return set(self._seen)
+
+    def __setstate__(self, seen: set[tuple[str, int]]) -> None:
+        self._seen = set(seen)
+        self._lock = threading.Lock()
+
+    def claim(self, scopes: Sequence[str], devices: Sequence[int]) -> list[int]:
+        with self._lock:
+            granted = [d for d in _unique(devices) if not any((s, d) in self._seen for s in scopes)]
+            self._seen.update((s, d) for s in scopes for d in granted)
+        return granted
+
+
+class FileLedger:
+    """SQLite file (stdlib); the claims are committed before anything is computed. One immediate
+    transaction per call, so two processes answering for the same device cannot both claim it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        conn = self._connect()
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))"
+            )
+            # A ledger written before per-round claims held only evaluations, one per run.
+            old = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evaluated'")
+            if old.fetchone() is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO claims SELECT 'evaluate run ' || run_id, device FROM evaluated"
+                )
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, timeout=30)
+
+    def claim(self, scopes: Sequence[str], devices: Sequence[int]) -> list[int]:
+        wanted = _unique(devices)
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            taken: set[int] = set()
+            for scope in scopes:
+                for lo in range(0, len(wanted), 500):  # under SQLite's limit of bound variables
+                    chunk = wanted[lo : lo + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = conn.execute(
+                        f"SELECT device FROM claims WHERE scope = ? AND device IN ({marks})", (scope, *chunk)
+                    )
+                    taken.update(int(r[0]) for r in rows)
+            granted = [d for d in wanted if d not in taken]
+            conn.executemany("INSERT INTO claims VALUES (?, ?)", [(s, d) for s in scopes for d in granted])
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return granted

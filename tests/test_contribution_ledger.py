@@ -1,0 +1,88 @@
+"""The contribution ledger: a (scope, device) pair is granted once, in memory and on file alike,
+and a ledger written before per-round claims keeps its evaluations claimed."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from flwr.app import Context, RecordDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedchurn.client.contribution_ledger import FileLedger, MemoryLedger, scopes_of
+from fedchurn.client.deploy_client import LEDGER_FILE, LEGACY_LEDGER_FILE, StoreSource
+
+KEY = bytes(range(32))
+
+claims = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=2, unique=True),
+        st.lists(st.integers(0, 6), max_size=6),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(claims)
+def test_a_device_is_granted_a_scope_once_in_memory_and_on_file_alike(
+    tmp_path_factory: object, sequence: list[tuple[list[str], list[int]]]
+) -> None:
+    path = tmp_path_factory.mktemp("ledger") / "claims.sqlite"  # type: ignore[attr-defined]
+    memory, file = MemoryLedger(), FileLedger(path)
+    seen: set[tuple[str, int]] = set()
+    for scopes, devices in sequence:
+        granted = memory.claim(scopes, devices)
+        assert file.claim(scopes, devices) == granted
+        expected = [d for d in dict.fromkeys(devices) if not any((s, d) in seen for s in scopes)]
+        assert granted == expected  # in order, each device once, none already seen in a scope
+        seen.update((s, d) for s in scopes for d in granted)
+
+
+def test_two_answers_racing_for_one_device_grant_it_once(tmp_path: Path) -> None:
+    """Two processes of a simulation (or a retried delivery) answering for the same device: one
+    immediate transaction per claim, so exactly one of them gets it."""
+    path = tmp_path / "claims.sqlite"
+    FileLedger(path)
+    start = threading.Barrier(8)
+    results: list[list[int]] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        ledger = FileLedger(path)
+        start.wait()
+        got = ledger.claim(scopes_of("train", 5, 1, KEY), [1, 2, 3])
+        with lock:
+            results.append(got)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(map(tuple, results)) == [()] * 7 + [(1, 2, 3)]
+
+
+def test_scopes_tie_a_round_to_its_key_holder_and_an_evaluation_to_its_run() -> None:
+    assert scopes_of("train", 5, 1, KEY) == (f"{KEY[:16].hex()} train round 5",)
+    assert scopes_of("stats", 5, 1, None) == ("plaintext stats round 5",)
+    assert scopes_of("evaluate", 5, 9, KEY) == (f"{KEY[:16].hex()} evaluate round 5", "evaluate run 9")
+
+
+def test_a_deployed_nodes_old_evaluation_ledger_stays_claimed(tmp_path: Path) -> None:
+    """A node upgraded from the evaluations-only ledger (`.evaluations.sqlite`, table `evaluated`):
+    the file is taken over and a device that evaluated in run 7 still may not do so again."""
+    conn = sqlite3.connect(tmp_path / LEGACY_LEDGER_FILE)
+    conn.execute("CREATE TABLE evaluated (run_id TEXT, device INTEGER, PRIMARY KEY (run_id, device))")
+    conn.execute("INSERT INTO evaluated VALUES ('7', 3)")
+    conn.commit()
+    conn.close()
+    context = Context(
+        run_id=7, node_id=1, node_config={"store-dir": str(tmp_path)}, state=RecordDict(), run_config={}
+    )
+    ledger = StoreSource().ledger(context)
+    assert (tmp_path / LEDGER_FILE).exists() and not (tmp_path / LEGACY_LEDGER_FILE).exists()
+    assert ledger.claim(scopes_of("evaluate", 2, 7, KEY), [3, 4]) == [4]
+    assert ledger.claim(scopes_of("evaluate", 3, 8, KEY), [3]) == [3]  # another run
