@@ -15,6 +15,12 @@ Why, in both cases the aggregator is not trusted to keep the promise:
   releases whose members differ by one device would give that outcome away by subtraction. A
   held-out device that answers one evaluation per run appears in one released sum per run.
 
+* **At most N uploads in all**, when the device's configuration pins an upload budget
+  (`max-uploads`, `client.device_config.upload_budget`). Once-per-round does not stop an aggregator
+  that repeats rounds: k + 1 rounds of one model, each leaving a different device out, give every
+  device's update by subtraction. Only noise bounds that, and only if the number of noisy releases
+  a device joins is bounded by the device itself: each upload counts, whatever its purpose.
+
 A claim is a (scope, device) pair recorded before any work and kept even if the work then fails.
 A phone or a SuperNode keeps the ledger in a file beside its stores (it survives restarts); a
 simulation keeps it in the run's private folder, or in memory when nothing is provisioned.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -43,15 +50,22 @@ def _unique(devices: Sequence[int]) -> list[int]:
     return list(dict.fromkeys(int(d) for d in devices))
 
 
+def _is_upload(scope: str) -> bool:
+    """Every upload claims exactly one round scope (an evaluation also claims its run)."""
+    return " round " in scope
+
+
 class ContributionLedger(Protocol):
-    def claim(self, scopes: Sequence[str], devices: Sequence[int]) -> list[int]:
-        """The devices (in order) that had claimed none of `scopes`, now claimed in all of them;
-        a device already recorded in any scope is left out and nothing is recorded for it."""
+    def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
+        """The devices (in order) that had claimed none of `scopes` (and, with a `limit`, had made
+        fewer uploads than it), now claimed in all of them; any other device is left out and
+        nothing is recorded for it."""
 
 
 class MemoryLedger:
     def __init__(self) -> None:
         self._seen: set[tuple[str, int]] = set()
+        self._uploads: Counter[int] = Counter()
         self._lock = threading.Lock()
 
     def __getstate__(self) -> set[tuple[str, int]]:  # Flower's simulation engine pickles the app
@@ -60,12 +74,19 @@ class MemoryLedger:
 
     def __setstate__(self, seen: set[tuple[str, int]]) -> None:
         self._seen = set(seen)
+        self._uploads = Counter(d for s, d in seen if _is_upload(s))
         self._lock = threading.Lock()
 
-    def claim(self, scopes: Sequence[str], devices: Sequence[int]) -> list[int]:
+    def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
         with self._lock:
-            granted = [d for d in _unique(devices) if not any((s, d) in self._seen for s in scopes)]
+            granted = [
+                d
+                for d in _unique(devices)
+                if not any((s, d) in self._seen for s in scopes)
+                and (limit is None or self._uploads[d] < limit)
+            ]
             self._seen.update((s, d) for s in scopes for d in granted)
+            self._uploads.update(d for s in scopes if _is_upload(s) for d in granted)
         return granted
 
 
@@ -80,6 +101,7 @@ class FileLedger:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))"
             )
+            conn.execute("CREATE INDEX IF NOT EXISTS claims_by_device ON claims (device)")
             # A ledger written before per-round claims held only evaluations, one per run.
             old = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evaluated'")
             if old.fetchone() is not None:
@@ -92,18 +114,25 @@ class FileLedger:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, isolation_level=None, timeout=30)
 
-    def claim(self, scopes: Sequence[str], devices: Sequence[int]) -> list[int]:
+    def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
         wanted = _unique(devices)
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
             taken: set[int] = set()
-            for scope in scopes:
-                for lo in range(0, len(wanted), 500):  # under SQLite's limit of bound variables
-                    chunk = wanted[lo : lo + 500]
-                    marks = ",".join("?" * len(chunk))
+            for lo in range(0, len(wanted), 500):  # under SQLite's limit of bound variables
+                chunk = wanted[lo : lo + 500]
+                marks = ",".join("?" * len(chunk))
+                for scope in scopes:
                     rows = conn.execute(
                         f"SELECT device FROM claims WHERE scope = ? AND device IN ({marks})", (scope, *chunk)
+                    )
+                    taken.update(int(r[0]) for r in rows)
+                if limit is not None:
+                    rows = conn.execute(
+                        f"SELECT device FROM claims WHERE scope LIKE '% round %' AND device IN ({marks}) "
+                        "GROUP BY device HAVING COUNT(*) >= ?",
+                        (*chunk, limit),
                     )
                     taken.update(int(r[0]) for r in rows)
             granted = [d for d in wanted if d not in taken]

@@ -5,7 +5,8 @@ written by `fedchurn deploy`). Flower's simulation engine gives its simulated no
 configuration of their own (only `partition-id`), so a simulation provisions its devices through
 a TOML file named by `$FEDCHURN_DEVICE_CONFIG` (written by the runner, read on the device side);
 keys present in both must agree. The key holder's identity (`shared.keyholder_pin`) is read from
-here and only from here.
+here and only from here, and so is the device's upload budget (`max-uploads`): the aggregator
+decides neither.
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from pathlib import Path
 
 from fedchurn.shared.keyholder_pin import CKKS_PIN_KEY, KeyHolderPin, KeyHolderPublic, PinError
 
-__all__ = ["PROVISIONING_ENV", "device_settings", "pinned_keyholder", "trusted_keyholder"]
+__all__ = [
+    "MAX_UPLOADS_KEY",
+    "PROVISIONING_ENV",
+    "device_settings",
+    "pinned_keyholder",
+    "trusted_keyholder",
+    "upload_budget",
+]
 
 PROVISIONING_ENV = "FEDCHURN_DEVICE_CONFIG"
+MAX_UPLOADS_KEY = "max-uploads"
 
 
 @lru_cache(maxsize=4)
@@ -59,3 +68,19 @@ def trusted_keyholder(
     if ckks and pin.ckks_context_sha256 is None:
         raise PinError(f"a CKKS run needs {CKKS_PIN_KEY!r} pinned in the device's configuration")
     return pin.trusted(offered_key, ckks, offered_context)
+
+
+def upload_budget(node_config: Mapping[str, object]) -> int | None:
+    """The most uploads any one device of this node makes over the life of its ledger (None: no
+    cap). A sum over k devices hides a device in one round, not across rounds the aggregator may
+    repeat; with the key holder's noise floor z, N uploads bound what the aggregator can learn to
+    the epsilon of N Gaussian releases (`server.dp.epsilon_without_sampling(z, delta, N)`),
+    whatever rounds it runs (docs/privacy.md)."""
+    settings, where = device_settings(node_config)
+    raw = settings.get(MAX_UPLOADS_KEY)
+    if raw is None or raw == "":
+        return None
+    text = str(raw).strip()
+    if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
+        raise PinError(f"{MAX_UPLOADS_KEY!r} in {where} must be a whole number of at least 1, got {raw!r}")
+    return int(text)

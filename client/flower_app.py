@@ -33,7 +33,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedchurn.client.contribution_ledger import ContributionLedger, scopes_of
-from fedchurn.client.device_config import trusted_keyholder
+from fedchurn.client.device_config import trusted_keyholder, upload_budget
 from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
@@ -163,7 +163,7 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     in_role = [d for d in task.devices if _in_role(cfg, task.purpose, d)]
     holder = keyholder.x25519 if keyholder is not None else None
     scopes = scopes_of(task.purpose, task.round_id, context.run_id, holder)
-    wanted = source.ledger(context).claim(scopes, in_role)
+    wanted = source.ledger(context).claim(scopes, in_role, upload_budget(context.node_config))
     loaded = source.load(context, cfg, wanted)
     devices = [d for d in wanted if d in loaded and _has_own(task.purpose, loaded[d])]
     data = [loaded[d] for d in devices]

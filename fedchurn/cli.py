@@ -571,7 +571,7 @@ def export_onnx_cmd(
     model: Annotated[Path, typer.Option(help="A run folder (or its model/ folder).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the .onnx file.")] = Path("model.onnx"),
 ) -> None:
-    """Write the model as ONNX: input `features` [batch, 127]; hazards, survival, churn probability out."""
+    """Write the model as ONNX: input `features` \\[batch, 127]; hazards, survival, churn probability out."""
     from fedchurn.server.onnx_export import export_run_model
 
     try:

@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedchurn.client.device_config import MAX_UPLOADS_KEY
 from fedchurn.shared.run_config import OPTION_HELP, RunConfig
 
 app = typer.Typer(
@@ -28,6 +29,23 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 CertsOpt = Annotated[Path, typer.Option(help="Folder written by `fedchurn deploy certs`.")]
+MaxUploadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Most uploads any one device of the node makes, ever (pinned in its --node-config; default: "
+        "no cap). With the key holder's noise floor z it bounds epsilon against the aggregator "
+        "(docs/privacy.md).",
+    ),
+]
+
+
+def _node_extra(today: int | None, max_uploads: int | None) -> str:
+    """The SuperNode's own settings beside the store folder and the key holder's pin."""
+    parts = ([f"today={today}"] if today is not None else []) + (
+        [f"{MAX_UPLOADS_KEY}={max_uploads}"] if max_uploads is not None else []
+    )
+    return " ".join(parts)
 
 
 @app.command()
@@ -179,13 +197,14 @@ def supernode(
     stores: Annotated[Path, typer.Option(help="Folder of the device stores this node serves.")],
     today: Annotated[int | None, typer.Option(help="Day number (default: the current UTC day).")] = None,
     runtime_port: Annotated[int, typer.Option(help="Local port of the node's runtime API.")] = 9094,
+    max_uploads: MaxUploadsOpt = None,
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
     `<certs>/pins/keyholder.toml`."""
     from fedchurn.server.deploy import supernode_cmd
     from fedchurn.server.deploy_secrets import load_secrets
 
-    extra = f"today={today}" if today is not None else ""
+    extra = _node_extra(today, max_uploads)
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)
     os.execvp(cmd[0], cmd)
 
@@ -238,6 +257,7 @@ def local(
     devices_per_node: Annotated[int, typer.Option(help="Device stores per SuperNode.")] = 4,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 2,
     k_min: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
+    max_uploads: MaxUploadsOpt = None,
     keep_api: Annotated[
         bool,
         typer.Option("--keep-api", help="Keep the federation and its API up after the run, until Ctrl-C."),
@@ -249,7 +269,8 @@ def local(
     out = out.resolve()
     dirs, today = population_stores(out / "stores", nodes, devices_per_node, days=60)
     audit = f"sqlite:///{out / 'audit.sqlite'}"
-    with local_federation(out / "fed", dirs, audit, k_min=k_min, extra_config=f"today={today}") as fed:
+    extra = _node_extra(today, max_uploads)
+    with local_federation(out / "fed", dirs, audit, k_min=k_min, extra_config=extra) as fed:
         console.print(f"SuperLink {fed.superlink_address}, key holder {fed.keyholder_url}, API {fed.api_url}")
         n_train = max(1, round(nodes * devices_per_node * (1 - RunConfig().eval_fraction)) - 1)
         name = f"local-{os.getpid()}"

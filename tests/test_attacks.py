@@ -612,3 +612,64 @@ def test_attack_a_crafted_model_reads_a_devices_data_from_its_error_reply() -> N
         node, asked = msg.metadata.dst_node_id, _task(msg).devices
         data = _node_devices(grid, cfg, node)
         assert NodeReply.from_message(reply).devices == tuple(d for d in asked if len(data[d].time))
+
+
+def _released(kh: Any, task: RoundTask, params: ProtectionParams, blobs: list[bytes]) -> np.ndarray:
+    """What the aggregator reads from one cohort: the payloads' sum minus the key holder's mask sum."""
+    m, bits = params.n_coords(N_PARAMS), params.ring_bits
+    response = kh.mask_sum(_unmask_request(task, params, N_PARAMS, blobs))
+    total = sum(
+        wire.unpack_bits(b[wire.HEADER_LEN + wire.SEAL_LEN :], bits, m).astype(np.int64) for b in blobs
+    )
+    return _signed((total - response.mask_sum.astype(np.int64)) % (1 << bits), bits).astype(np.float64)
+
+
+def test_attack_repeated_rounds_difference_out_one_devices_update_unless_its_uploads_are_capped() -> None:
+    """A sum over k hides a device in one round, not across rounds. The aggregator sends one model
+    in k + 1 rounds to k + 1 devices, each round leaving a different one out; each device answers
+    each round once, as it should, and each device's update is then a subtraction (the review's
+    finding, reproduced here). Only a bound on how many releases a device joins, with the key
+    holder's noise, limits that, and only the device can keep it: pinned `max-uploads` = k - 2,
+    no device answers k rounds, so no such set of sums exists. On 1adf3a0 nothing capped uploads."""
+    from fedchurn.client.flower_app import _train
+    from fedchurn.client.protect import selected_clipped
+
+    cfg, kh, grid, node, data = _review_node(run_id=85)
+    k = cfg.k_min
+    trainers = [
+        d for d, x in data.items() if not is_eval_device(cfg.seed, d, cfg.eval_fraction) and len(x.time)
+    ]
+    group, seed, params = trainers[: k + 1], round_seed_bytes(11), cfg.train_protection(0.0)
+    key, start = kh.public_key(), init_params(0)
+
+    def rounds(grid: InProcessGrid, first_round_id: int) -> tuple[list[np.ndarray], dict[int, int]]:
+        sums, uploads = [], dict.fromkeys(group, 0)
+        for j in range(k + 1):
+            asked = tuple(d for d in group if d != group[j])
+            round_id = first_round_id + j
+            task = RoundTask("train", 1, round_id, 1, 0.0, asked, (0,) * k, (seed,) * k, start, key)
+            got = NodeReply.from_message(grid.deliver(task.to_message(node)))
+            for d in got.devices:
+                uploads[d] += 1
+            if len(got.blobs) >= k:
+                sums.append(_released(kh, task, params, list(got.blobs)))
+        return sums, uploads
+
+    # Without a cap: every round is answered, and device j's update is sum(S) / k - S_j.
+    sums, _ = rounds(grid, first_round_id=100)
+    assert len(sums) == k + 1
+    target = group[0]
+    task = RoundTask("train", 1, 1, 1, 0.0, (target,), (0,), (seed,), start, key)
+    update = _train(cfg, task, [data[target]], [target])[0]
+    truth = selected_clipped(update, params, seed) * params.scale(N_PARAMS)
+    recovered = sum(sums) / k - sums[0]
+    assert np.corrcoef(recovered, truth)[0, 1] > 0.95  # up to k + 1 sums' stochastic rounding
+
+    # With max-uploads pinned in the devices' own configuration, the same rounds run dry.
+    capped = InProcessGrid(
+        grid.app, lambda n: {**grid.node_config(n), "max-uploads": k - 2}, grid.run_config, run_id=86
+    )
+    sums, uploads = rounds(capped, first_round_id=200)
+    if len(sums) == k + 1:
+        pytest.fail(f"{k + 1} released sums, each missing one device: every device's update by subtraction")
+    assert max(uploads.values()) <= k - 2, uploads

@@ -7,19 +7,28 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from flwr.app import Context, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedchurn.client.contribution_ledger import FileLedger, MemoryLedger, scopes_of
 from fedchurn.client.deploy_client import LEDGER_FILE, LEGACY_LEDGER_FILE, StoreSource
+from fedchurn.client.device_config import MAX_UPLOADS_KEY, upload_budget
+from fedchurn.shared.keyholder_pin import PinError
 
 KEY = bytes(range(32))
 
 claims = st.lists(
     st.tuples(
-        st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=2, unique=True),
+        st.lists(
+            st.sampled_from(["k train round 1", "k train round 2", "k evaluate round 3", "evaluate run 4"]),
+            min_size=1,
+            max_size=2,
+            unique=True,
+        ),
         st.lists(st.integers(0, 6), max_size=6),
+        st.one_of(st.none(), st.integers(1, 3)),
     ),
     max_size=12,
 )
@@ -27,18 +36,37 @@ claims = st.lists(
 
 @settings(max_examples=40, deadline=None)
 @given(claims)
-def test_a_device_is_granted_a_scope_once_in_memory_and_on_file_alike(
-    tmp_path_factory: object, sequence: list[tuple[list[str], list[int]]]
+def test_a_device_is_granted_a_scope_once_and_uploads_within_its_limit_in_memory_and_on_file_alike(
+    tmp_path_factory: object, sequence: list[tuple[list[str], list[int], int | None]]
 ) -> None:
     path = tmp_path_factory.mktemp("ledger") / "claims.sqlite"  # type: ignore[attr-defined]
     memory, file = MemoryLedger(), FileLedger(path)
     seen: set[tuple[str, int]] = set()
-    for scopes, devices in sequence:
-        granted = memory.claim(scopes, devices)
-        assert file.claim(scopes, devices) == granted
-        expected = [d for d in dict.fromkeys(devices) if not any((s, d) in seen for s in scopes)]
-        assert granted == expected  # in order, each device once, none already seen in a scope
+    for scopes, devices, limit in sequence:
+        granted = memory.claim(scopes, devices, limit)
+        assert file.claim(scopes, devices, limit) == granted
+
+        def uploads(d: int) -> int:  # round scopes claimed so far: one per upload
+            return sum(1 for s, e in seen if e == d and " round " in s)
+
+        expected = [
+            d
+            for d in dict.fromkeys(devices)
+            if not any((s, d) in seen for s in scopes) and (limit is None or uploads(d) < limit)
+        ]
+        assert granted == expected  # in order, each device once, none seen in a scope or over its limit
         seen.update((s, d) for s in scopes for d in granted)
+
+
+def test_a_ledger_reloaded_in_another_process_keeps_counting_uploads() -> None:
+    """Flower's simulation engine pickles the ClientApp, ledger included."""
+    import pickle
+
+    ledger = MemoryLedger()
+    assert ledger.claim(scopes_of("train", 1, 1, KEY), [1, 2], limit=2) == [1, 2]
+    assert ledger.claim(scopes_of("evaluate", 2, 1, KEY), [1], limit=2) == [1]
+    again = pickle.loads(pickle.dumps(ledger))
+    assert again.claim(scopes_of("train", 3, 1, KEY), [1, 2], limit=2) == [2]
 
 
 def test_two_answers_racing_for_one_device_grant_it_once(tmp_path: Path) -> None:
@@ -86,3 +114,20 @@ def test_a_deployed_nodes_old_evaluation_ledger_stays_claimed(tmp_path: Path) ->
     assert (tmp_path / LEDGER_FILE).exists() and not (tmp_path / LEGACY_LEDGER_FILE).exists()
     assert ledger.claim(scopes_of("evaluate", 2, 7, KEY), [3, 4]) == [4]
     assert ledger.claim(scopes_of("evaluate", 3, 8, KEY), [3]) == [3]  # another run
+
+
+def test_the_upload_budget_is_read_from_the_devices_own_configuration_as_deploy_writes_it() -> None:
+    from flwr.common.config import parse_config_args
+
+    from fedchurn.deploy_cli import _node_extra
+
+    written = _node_extra(today=5, max_uploads=3)
+    assert upload_budget(parse_config_args([f'store-dir="/s" {written}'])) == 3
+    assert upload_budget(parse_config_args(['store-dir="/s" today=5'])) is None  # no cap unless pinned
+    assert upload_budget({MAX_UPLOADS_KEY: "12"}) == 12
+
+
+@pytest.mark.parametrize("bad", [0, -1, "x", 2.5, True, "1e3"])
+def test_a_malformed_upload_budget_is_refused_naming_the_key_and_where(bad: object) -> None:
+    with pytest.raises(PinError, match=f"'{MAX_UPLOADS_KEY}' in the node configuration must be a whole"):
+        upload_budget({MAX_UPLOADS_KEY: bad})

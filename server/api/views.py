@@ -336,12 +336,15 @@ def _feature_groups(card: dict[str, Any]) -> list[FeatureGroupImportance]:
 
 
 def logic_in_plain_words(groups: list[FeatureGroupImportance], lang: i18n.Lang = "en") -> str:
-    """GDPR Art. 13(2)(f) text, from the feature specification, the model layout and the tiers."""
-    counts = {g: sum(1 for f in fs.FEATURES if f.group == g) for g in ("dynamic", "static", "environment")}
+    """GDPR Art. 13(2)(f) text, from the feature specification, the model layout and the tiers. It
+    describes the default model, whose inputs are the first `DEFAULT_SPEC.n_features` features (the
+    catalogue declares more, for extended models)."""
+    inputs = fs.FEATURES[: DEFAULT_SPEC.n_features]
+    counts = {g: sum(1 for f in inputs if f.group == g) for g in ("dynamic", "static", "environment")}
     text = i18n.t(
         lang,
         "logic.base",
-        n_features=fs.N_FEATURES,
+        n_features=DEFAULT_SPEC.n_features,
         n_categories=len(CATEGORIES),
         n_dynamic=counts["dynamic"],
         n_static=counts["static"],
