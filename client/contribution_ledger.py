@@ -7,7 +7,8 @@ Why, in both cases the aggregator is not trusted to keep the promise:
   cannot tell whose seals they are: the device names are the aggregator's. A device that answered
   the same round's task k times would give k seals bound to the same round and cohort, and the
   key holder would open them together: the "sum" would be k copies of that one device's update.
-  So a device answers each (key holder, purpose, round id) once. The round id is not tied to a
+  So a device answers each (key holder, round id) once, whatever the purpose (the key holder's
+  once-only rule is per round and cohort, whatever the purpose). The round id is not tied to a
   run, because seals carry the round id, not the run: two runs that reused a round id could
   otherwise pool one device's seals in one cohort. It is tied to the key holder the seals are for
   (its pinned public key): seals for two key holders can never be summed together.
@@ -38,12 +39,12 @@ from typing import Protocol
 __all__ = ["ContributionLedger", "FileLedger", "MemoryLedger", "scopes_of"]
 
 
-def scopes_of(purpose: str, round_id: int, run_id: int, keyholder_key: bytes | None) -> tuple[str, ...]:
-    """The claims one upload makes: its purpose's round for this key holder (None: the plaintext
-    baseline, which protects nothing), and for an evaluation also its run."""
+def scopes_of(round_id: int, run_id: int, keyholder_key: bytes | None, evaluation: bool) -> tuple[str, ...]:
+    """The claims one upload makes: its round for this key holder (None: the plaintext baseline,
+    which protects nothing), and for an evaluation also its run."""
     holder = keyholder_key[:16].hex() if keyholder_key is not None else "plaintext"
-    round_scope = f"{holder} {purpose} round {round_id}"
-    return (round_scope, f"evaluate run {run_id}") if purpose == "evaluate" else (round_scope,)
+    round_scope = f"{holder} round {round_id}"
+    return (round_scope, f"evaluate run {run_id}") if evaluation else (round_scope,)
 
 
 def _unique(devices: Sequence[int]) -> list[int]:
@@ -98,16 +99,24 @@ class FileLedger:
         self.path = path
         conn = self._connect()
         try:
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))"
             )
             conn.execute("CREATE INDEX IF NOT EXISTS claims_by_device ON claims (device)")
-            # A ledger written before per-round claims held only evaluations, one per run.
+            # A ledger written before per-round claims held only evaluations, one per run: each
+            # stays claimed, and counts as an upload ("legacy round" scopes count, see below).
             old = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evaluated'")
             if old.fetchone() is not None:
                 conn.execute(
                     "INSERT OR IGNORE INTO claims SELECT 'evaluate run ' || run_id, device FROM evaluated"
                 )
+                conn.execute(
+                    "INSERT OR IGNORE INTO claims "
+                    "SELECT 'legacy round of run ' || run_id, device FROM evaluated"
+                )
+                conn.execute("DROP TABLE evaluated")
+            conn.execute("COMMIT")
         finally:
             conn.close()
 

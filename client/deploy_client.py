@@ -7,8 +7,9 @@ optionally `today` (a day number; default: the current UTC day). A device's publ
 keyed hash (HMAC-SHA256 under the node's own secret, `<store-dir>/.node-secret`, created 0600 on
 first use) of its store's name: the server can sample and name it, but cannot tell which store (or
 user name) it is by hashing candidate names. Held-out membership (`is_eval_device`) follows from
-the index, so node and server agree on it without a list. Each held-out device answers one
-evaluation per run, remembered in `<store-dir>/.evaluations.sqlite`.
+the index, so node and server agree on it without a list. Each device answers each round once
+and each held-out device one evaluation per run, remembered in `<store-dir>/.contributions.sqlite`
+(`client.contribution_ledger`); `max-uploads` in the node configuration caps each device's uploads.
 
 The protocol is every node's (`shared.messages`, `client.flower_app`): one task per node and round
 listing its sampled devices; one reply with one protected upload per device. A device whose store
@@ -17,6 +18,7 @@ cannot be read is left out of the reply; the server names it in the round's audi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -127,7 +129,10 @@ class StoreSource:
         store_dir = _store_dir(context)
         legacy, path = store_dir / LEGACY_LEDGER_FILE, store_dir / LEDGER_FILE
         if legacy.exists() and not path.exists():
-            legacy.rename(path)  # its claims stay claimed (FileLedger reads the old table)
+            # Its claims stay claimed (FileLedger takes the old table over). Two processes may both
+            # see the old file; the one that finds it gone has nothing left to move.
+            with contextlib.suppress(FileNotFoundError):
+                legacy.rename(path)
         return FileLedger(path)
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:

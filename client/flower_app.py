@@ -13,12 +13,15 @@ What protects an upload is never taken from the aggregator: the key holder's ide
 the node's own configuration (`client.device_config`) and the task is checked against it before
 any work. The aggregator is not trusted with what a cohort sum may contain either: a device
 answers only tasks of its role (a held-out device evaluates, a training device trains and gives
-statistics), each (purpose, round) once and one evaluation per run (`client.contribution_ledger`),
-and only when it has something of its own to add; a device whose arithmetic diverged uploads a
-zero vector rather than an error. Otherwise a malicious aggregator could fill a cohort of k with
-one device's repeated answers, or with devices whose uploads it knows (zeros), and read that
-device's update in the "sum"; or tell from error replies, which it reads in the clear, whether a
-device's data overflowed a crafted model. A real device's rounding coins come from an OS-seeded
+statistics: roles are public), each round once and one evaluation per run, at most `max-uploads`
+times if its configuration pins that (`client.contribution_ledger`); it protects its upload under
+a round seed bound to the task's model, so the key holder sums only uploads made from one model;
+and whether it answers never depends on its data: without data of its own it sends zeros, and a
+vector whose arithmetic diverged becomes zeros rather than an error reply (which the aggregator
+reads in the clear). Otherwise a malicious aggregator could fill a cohort of k with one device's
+repeated answers, or beside k - 1 devices whose uploads it knows (out of their role, or sent a
+model that zeroes them), and read that device's update in the "sum"; or learn from who answered
+that a held-out device had churned. A real device's rounding coins come from an OS-seeded
 generator (a simulated device's from its seed, so a simulation is reproducible).
 """
 
@@ -37,7 +40,7 @@ from fedchurn.client.device_config import trusted_keyholder, upload_budget
 from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
-from fedchurn.shared.evaluation import device_histogram
+from fedchurn.shared.evaluation import device_histogram, histogram_length
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.messages import NodeReply, RosterReply, RoundTask
 from fedchurn.shared.model_format import churn_probability
@@ -109,30 +112,27 @@ def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Seq
 
 
 def _histograms(cfg: RunConfig, task: RoundTask, data: list[DeviceData]) -> np.ndarray:
-    """Each held-out device's one-count score histogram of the task's model."""
+    """Each held-out device's one-count score histogram of the task's model; zeros for a device
+    without a scored day (one that had already churned or was too new) or whose score is not a
+    number (a crafted model). Those zeros are sent like any histogram: a device that did not
+    answer would tell the aggregator that it had churned."""
     assert task.params is not None
     spec = cfg.model_spec()
-    x = np.stack([d.eval_x for d in data])  # type: ignore[misc]
-    probs = np.atleast_1d(churn_probability(task.params, x, spec))
-    return np.stack(
-        [
-            device_histogram(float(p), d.eval_time, d.eval_event, spec.outputs)
-            for p, d in zip(probs, data, strict=True)
-        ]
-    )
+    out = np.zeros((len(data), histogram_length(spec.outputs)))
+    held = [i for i, d in enumerate(data) if d.eval_x is not None]
+    if held:
+        x = np.stack([data[i].eval_x for i in held])  # type: ignore[misc]
+        probs = np.atleast_1d(churn_probability(task.params, x, spec))
+        for i, p in zip(held, probs, strict=True):
+            if np.isfinite(p):
+                out[i] = device_histogram(float(p), data[i].eval_time, data[i].eval_event, spec.outputs)
+    return out
 
 
 def _summaries(cfg: RunConfig, data: list[DeviceData]) -> np.ndarray:
-    """Each training device's feature summary."""
+    """Each training device's feature summary (zeros for a device without a labelled day)."""
     n = cfg.model_spec().n_features
     return np.stack([feature_summary(d.x, n) for d in data])
-
-
-def _has_own(purpose: str, d: DeviceData) -> bool:
-    """Does the device have something of its own for this purpose? A device without (a training
-    device with no labelled day, a held-out device with no scored day) would upload a constant the
-    aggregator can guess, which would count towards a cohort's k: it sits the round out."""
-    return d.eval_x is not None if purpose == "evaluate" else len(d.time) > 0
 
 
 def _in_role(cfg: RunConfig, purpose: str, device: int) -> bool:
@@ -152,8 +152,9 @@ def _finite_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
-    """A node's whole answer to a round task. Devices that may not or cannot answer are left out
-    of the reply (the aggregator names them), decided before any computation."""
+    """A node's whole answer to a round task. Devices that may not answer (out of role, not served
+    here, already answered this round, over budget) are left out of the reply, decided from the
+    task and the ledger before any computation; the aggregator names them."""
     cfg = RunConfig.from_flower(context.run_config)
     spec = cfg.model_spec()
     task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
@@ -161,15 +162,16 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
     in_role = [d for d in task.devices if _in_role(cfg, task.purpose, d)]
+    loaded = source.load(context, cfg, in_role)  # reads the devices' own data; computes nothing
+    served = [d for d in in_role if d in loaded]
     holder = keyholder.x25519 if keyholder is not None else None
-    scopes = scopes_of(task.purpose, task.round_id, context.run_id, holder)
-    wanted = source.ledger(context).claim(scopes, in_role, upload_budget(context.node_config))
-    loaded = source.load(context, cfg, wanted)
-    devices = [d for d in wanted if d in loaded and _has_own(task.purpose, loaded[d])]
+    scopes = scopes_of(task.round_id, context.run_id, holder, evaluation=task.purpose == "evaluate")
+    devices = source.ledger(context).claim(scopes, served, upload_budget(context.node_config))
     data = [loaded[d] for d in devices]
     position = {d: i for i, d in enumerate(task.devices)}
     cohorts = [task.cohorts[position[d]] for d in devices]
-    seeds = [task.round_seeds[position[d]] for d in devices]
+    bound = task.bound_round_seeds()  # the model is bound into every seal (one cohort, one model)
+    seeds = [bound[position[d]] for d in devices]
     if not devices:
         return NodeReply((), ()).to_message(msg)
     params: ProtectionParams

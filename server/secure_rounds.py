@@ -22,7 +22,7 @@ from fedchurn.server.round_report import Refusal
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.server.settings import AggregatorSettings
 from fedchurn.shared.evaluation import histogram_length
-from fedchurn.shared.protection import ProtectionParams
+from fedchurn.shared.protection import ProtectionParams, bind_round_seed
 from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
 
 ACCOUNTANT = "dp-accounting RDP (PLD beside it), Poisson sampling (add-or-remove-one)"
@@ -151,15 +151,18 @@ class SecureRounds:
         params: ProtectionParams,
         server_round: int,
         n: int,
+        task: bytes,
         round_id: int | None = None,
         on_contact: Callable[[], None] | None = None,
     ) -> RoundSum:
         """An empty sum for one round's uploads of `n` values each (see `RoundSum`).
 
         `round_id` (default: the server round) is what uploads and the key holder's once-only rule
-        are bound to; `on_contact` runs once before the first key-holder request (crash recovery)."""
+        are bound to; `task` is the digest of the model and input offset the devices were sent
+        (`shared.protection.task_digest`), bound into their round seeds; `on_contact` runs once
+        before the first key-holder request (crash recovery)."""
         bound_to = server_round if round_id is None else round_id
-        return RoundSum(self, params, server_round, bound_to, n, on_contact)
+        return RoundSum(self, params, server_round, bound_to, n, on_contact, task)
 
     def privacy_report(self, rounds_run: int) -> dict[str, Any]:
         """What a run's report says about privacy: both epsilons (RDP, PLD beside), the mechanism,
@@ -213,10 +216,11 @@ class RoundSum:
         round_id: int,
         n: int,
         on_contact: Callable[[], None] | None,
+        task: bytes,
     ) -> None:
         self.rounds, self.params, self.n = rounds, params, n
         self.server_round, self.round_id = server_round, round_id
-        self.on_contact = on_contact
+        self.on_contact, self.task = on_contact, task
         self.total = CohortSum(sum=np.zeros(n), coord_count=np.zeros(n))  # all but `sum`
         self._sums: dict[int, np.ndarray] = {}  # unmasked cohort sums, added up by `result`
         self._open: dict[int, CohortAggregator] = {}
@@ -230,7 +234,7 @@ class RoundSum:
                 self.round_id,
                 cohort,
                 self.server_round,
-                round_seed(self.rounds.cfg.seed, self.server_round, cohort),
+                bind_round_seed(round_seed(self.rounds.cfg.seed, self.server_round, cohort), self.task),
                 self.n,
                 ckks_public_context=ckks,
             )

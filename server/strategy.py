@@ -41,7 +41,7 @@ from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, RoundSum, 
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
 from fedchurn.shared.messages import PARAMS_KEY, MessageError, NodeReply, Purpose, RoundTask
 from fedchurn.shared.model_format import fold_input_offset
-from fedchurn.shared.protection import ProtectionParams
+from fedchurn.shared.protection import ProtectionParams, task_digest
 from fedchurn.shared.run_config import RunConfig, round_seed
 
 __all__ = ["EVAL_COHORTS", "STATS_COHORTS", "ChurnFedAdam", "ChurnFedAvg", "RoundStats", "make_strategy"]
@@ -141,11 +141,14 @@ class ChurnFedAvg(FedAvg):
         # stable: the draw order within a node
         by_node = sorted(range(len(plan)), key=lambda i: (first[plan[i][0]], plan[i][0]))
         n_cohorts = self.secure.cohorts(len(plan), params)
+        global_params = None if arrays is None else arrays[PARAMS_KEY].numpy().astype(np.float32)
+        offset = self.offset if purpose == "train" else None
         step = _Step(
             self.secure.open_round(
                 params,
                 server_round,
                 n,
+                task_digest(global_params, offset),  # what every device of the round computes from
                 round_id=self.round_id if self.attempts else None,
                 on_contact=self.on_contact,
             ),
@@ -160,8 +163,6 @@ class ChurnFedAvg(FedAvg):
             per_node.setdefault(node, []).append((device, cohort))
         self._step = step
         self.listen(grid)
-        global_params = None if arrays is None else arrays[PARAMS_KEY].numpy().astype(np.float32)
-        offset = self.offset if purpose == "train" else None
         out = []
         for node, items in sorted(per_node.items()):
             task = RoundTask(

@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
+from fedchurn.shared.protection import bind_round_seed, task_digest
+
 __all__ = [
     "FEATURE_MEAN_ACTION",
     "MAX_INDEX",
@@ -148,6 +150,12 @@ class RoundTask:
             raise MessageError("the noise multiplier must be finite and >= 0")
         if self.purpose != "stats" and self.params is None:
             raise MessageError(f"a {self.purpose} task carries the global parameters")
+
+    def bound_round_seeds(self) -> tuple[bytes, ...]:
+        """Each device's round seed bound to this task's model and input offset: what its upload
+        is protected under (`shared.protection.bind_round_seed`)."""
+        digest = task_digest(self.params, self.input_offset)
+        return tuple(bind_round_seed(s, digest) for s in self.round_seeds)
 
     def to_message(self, node: int) -> Message:
         conf: dict[str, object] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 import struct
 from dataclasses import dataclass
@@ -37,9 +38,11 @@ __all__ = [
     "PartyView",
     "ProtectionParams",
     "Scheme",
+    "bind_round_seed",
     "max_secagg_coords",
     "round_seed_bytes",
     "select_coordinates",
+    "task_digest",
 ]
 
 ModeName = Literal["secagg", "ckks", "plaintext"]
@@ -111,6 +114,31 @@ def round_seed_bytes(round_seed: bytes | int) -> bytes:
     if not 0 <= round_seed < 2 ** (8 * wire.ROUND_SEED_LEN):
         raise ValueError("round seed int must be non-negative and below 2**256")
     return round_seed.to_bytes(wire.ROUND_SEED_LEN, "little")
+
+
+def task_digest(params: np.ndarray | None, input_offset: np.ndarray | None) -> bytes:
+    """SHA-256 of what a device computes its upload from besides its own data: the global
+    parameters (float32, little-endian) and the input offset (float64), each marked present or
+    absent and length-prefixed."""
+    h = hashlib.sha256(b"fedchurn-task-v1")
+    for part, dtype in ((params, "<f4"), (input_offset, "<f8")):
+        if part is None:
+            h.update(b"\x00")
+        else:
+            raw = np.ascontiguousarray(part, dtype=dtype).tobytes()
+            h.update(b"\x01" + struct.pack("<Q", len(raw)) + raw)
+    return h.digest()
+
+
+def bind_round_seed(round_seed: bytes | int, digest: bytes) -> bytes:
+    """The seed a device protects its upload under: the aggregator's round seed bound to the
+    digest of its task (`task_digest`). It chooses the coordinates and enters the config bytes
+    bound into every seal, so in one cohort the key holder opens only seals made from one model:
+    an aggregator that sends some of a cohort's devices another model (one that zeroes their
+    updates, say) gets seals that do not open beside the others'."""
+    if len(digest) != wire.DIGEST_LEN:
+        raise ValueError(f"a task digest is {wire.DIGEST_LEN} bytes")
+    return hashlib.sha256(b"fedchurn-bound-seed-v1" + round_seed_bytes(round_seed) + digest).digest()
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
                 num_server_rounds=3,
                 devices=400,  # ~190 held-out devices: ~70 left for the final evaluation
                 per_round=30,
-                # a cohort of 20: held-out devices without a scored day sit out, and k is 10
-                eval_per_round=20,
+                eval_per_round=10,
                 eval_fraction=0.5,
                 seed=11,
                 sampling_source="seeded",

@@ -63,10 +63,10 @@ def test_a_ledger_reloaded_in_another_process_keeps_counting_uploads() -> None:
     import pickle
 
     ledger = MemoryLedger()
-    assert ledger.claim(scopes_of("train", 1, 1, KEY), [1, 2], limit=2) == [1, 2]
-    assert ledger.claim(scopes_of("evaluate", 2, 1, KEY), [1], limit=2) == [1]
+    assert ledger.claim(scopes_of(1, 1, KEY, evaluation=False), [1, 2], limit=2) == [1, 2]
+    assert ledger.claim(scopes_of(2, 1, KEY, evaluation=True), [1], limit=2) == [1]
     again = pickle.loads(pickle.dumps(ledger))
-    assert again.claim(scopes_of("train", 3, 1, KEY), [1, 2], limit=2) == [2]
+    assert again.claim(scopes_of(3, 1, KEY, evaluation=False), [1, 2], limit=2) == [2]
 
 
 def test_two_answers_racing_for_one_device_grant_it_once(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_two_answers_racing_for_one_device_grant_it_once(tmp_path: Path) -> None
     def claim() -> None:
         ledger = FileLedger(path)
         start.wait()
-        got = ledger.claim(scopes_of("train", 5, 1, KEY), [1, 2, 3])
+        got = ledger.claim(scopes_of(5, 1, KEY, evaluation=False), [1, 2, 3])
         with lock:
             results.append(got)
 
@@ -94,9 +94,9 @@ def test_two_answers_racing_for_one_device_grant_it_once(tmp_path: Path) -> None
 
 
 def test_scopes_tie_a_round_to_its_key_holder_and_an_evaluation_to_its_run() -> None:
-    assert scopes_of("train", 5, 1, KEY) == (f"{KEY[:16].hex()} train round 5",)
-    assert scopes_of("stats", 5, 1, None) == ("plaintext stats round 5",)
-    assert scopes_of("evaluate", 5, 9, KEY) == (f"{KEY[:16].hex()} evaluate round 5", "evaluate run 9")
+    assert scopes_of(5, 1, KEY, evaluation=False) == (f"{KEY[:16].hex()} round 5",)
+    assert scopes_of(5, 1, None, evaluation=False) == ("plaintext round 5",)
+    assert scopes_of(5, 9, KEY, evaluation=True) == (f"{KEY[:16].hex()} round 5", "evaluate run 9")
 
 
 def test_a_deployed_nodes_old_evaluation_ledger_stays_claimed(tmp_path: Path) -> None:
@@ -112,8 +112,12 @@ def test_a_deployed_nodes_old_evaluation_ledger_stays_claimed(tmp_path: Path) ->
     )
     ledger = StoreSource().ledger(context)
     assert (tmp_path / LEDGER_FILE).exists() and not (tmp_path / LEGACY_LEDGER_FILE).exists()
-    assert ledger.claim(scopes_of("evaluate", 2, 7, KEY), [3, 4]) == [4]
-    assert ledger.claim(scopes_of("evaluate", 3, 8, KEY), [3]) == [3]  # another run
+    assert ledger.claim(scopes_of(2, 7, KEY, evaluation=True), [3, 4]) == [4]
+    assert ledger.claim(scopes_of(3, 8, KEY, evaluation=True), [3]) == [3]  # another run
+    assert ledger.claim(scopes_of(4, 9, KEY, evaluation=True), [3], limit=2) == []  # its 3rd upload
+    conn = sqlite3.connect(tmp_path / LEDGER_FILE)  # taken over once: the old table is gone
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'evaluated'").fetchall() == []
+    conn.close()
 
 
 def test_the_upload_budget_is_read_from_the_devices_own_configuration_as_deploy_writes_it() -> None:

@@ -32,13 +32,12 @@ def _first_step(cfg: RunConfig, start: np.ndarray, new: list[np.ndarray]) -> tup
         task = RoundTask.from_message(msg, DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features)
         (device,) = task.devices
         delta = (new[NODES.index(device // 100)] - start)[None, :]
+        seeds = task.bound_round_seeds()  # what a device protects under (the model bound in)
         sent = np.zeros(start.size)
-        sent[select_coordinates(params, task.round_seeds[0], start.size)] = selected_clipped(
-            delta[0], params, task.round_seeds[0]
-        )
+        sent[select_coordinates(params, seeds[0], start.size)] = selected_clipped(delta[0], params, seeds[0])
         uploaded.append(sent)
         blobs = protect_batch(
-            delta, params, None, task.round_id, task.cohorts, task.model_version, task.round_seeds, [None]
+            delta, params, None, task.round_id, task.cohorts, task.model_version, seeds, [None]
         )
         replies.append(NodeReply(task.devices, tuple(blobs)).to_message(msg))
     arrays, _ = strategy.aggregate_train(1, replies)
