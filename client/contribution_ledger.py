@@ -93,12 +93,17 @@ class MemoryLedger:
 
 class FileLedger:
     """SQLite file (stdlib); the claims are committed before anything is computed. One immediate
-    transaction per call, so two processes answering for the same device cannot both claim it."""
+    transaction per call, so two processes answering for the same device cannot both claim it.
+    Write-ahead log with `synchronous=NORMAL`: a commit survives the process crashing at once,
+    and only a power cut right after it could lose it (then the device could answer that round
+    once more). A simulation claims every device of every node message; with a full sync per
+    commit a claim of 250 devices took 7-17 ms on this project's machines, against ~3 ms."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         conn = self._connect()
         try:
+            conn.execute("PRAGMA journal_mode=WAL")  # kept in the file
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))"
@@ -121,7 +126,9 @@ class FileLedger:
             conn.close()
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
 
     def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
         wanted = _unique(devices)

@@ -22,10 +22,9 @@ from fedchurn.client.labels import (
     to_bins,
     window_labels,
 )
-from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.protocol import ROW_STRIDE, Protocol
 
-__all__ = ["DeviceData", "empty_device", "iter_devices", "prepare_device", "prepare_devices"]
+__all__ = ["DeviceData", "iter_devices", "prepare_device", "prepare_devices"]
 
 ROLLING = Protocol()
 
@@ -142,8 +141,3 @@ def prepare_device(
     start, end = history_days(events, first_day, today)
     (data,) = prepare_devices(events, np.zeros(len(events), dtype=np.int64), [start], [end], protocol)
     return data
-
-
-def empty_device(n_features: int = BASE_FEATURES) -> DeviceData:
-    """A device with no labelled row (what a held-out device trains on: nothing)."""
-    return DeviceData(np.zeros((0, n_features), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), None)

@@ -26,7 +26,7 @@ _CLIENT_ERROR = re.compile(r"^client error: (?:<class '(?:[\w.]*\.)?(\w+)'>|(\w+
 
 def public_reason(reason: str) -> str:
     """A refusal reason fit for the public audit log: a device's own error message may carry its
-    index or other details, so only the error's class name is kept ("client error: AlreadyEvaluatedError")."""
+    index or other details, so only the error's class name is kept ("client error: PinError")."""
     if not reason.startswith("client error"):
         return reason
     m = _CLIENT_ERROR.match(reason)
