@@ -92,7 +92,7 @@ def keyholder_for(
 
 
 def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Sequence[int]) -> np.ndarray:
-    """Every device's model delta, trained together (training devices with labelled days)."""
+    """Every training device's model delta, trained together (zero for a device without a labelled day)."""
     from fedchurn.client.training import DeviceRows, TrainConfig, train_devices
 
     assert task.params is not None
