@@ -74,7 +74,7 @@ def upload_budget(node_config: Mapping[str, object]) -> int | None:
     """The most uploads any one device of this node makes over the life of its ledger (None: no
     cap). A sum over k devices hides a device in one round, not across rounds the aggregator may
     repeat; with the key holder's noise floor z, N uploads bound what the aggregator can learn to
-    the epsilon of N Gaussian releases (`server.dp.epsilon_without_sampling(z, delta, N)`),
+    the epsilon of N Gaussian releases (`server.dp.epsilon_without_sampling(z, delta, N, "poisson")`),
     whatever rounds it runs (docs/privacy.md)."""
     settings, where = device_settings(node_config)
     raw = settings.get(MAX_UPLOADS_KEY)

@@ -16,7 +16,7 @@ from fedchurn.shared.run_config import STATS_BOUND
 
 def feature_summary(x: np.ndarray, n_features: int = BASE_FEATURES) -> np.ndarray:
     """[mean of x / INPUT_SCALE clipped to +-STATS_BOUND ..., 1] over the model's `n_features`
-    inputs; all zeros for no rows (a device without rows sits a feature-mean task out)."""
+    inputs; all zeros for a device with no rows."""
     x = np.asarray(x, dtype=np.float64).reshape(-1, n_features)
     out = np.zeros(n_features + 1)
     if len(x):

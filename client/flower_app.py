@@ -15,7 +15,7 @@ any work. The aggregator is not trusted with what a cohort sum may contain eithe
 answers only tasks of its role (a held-out device evaluates, a training device trains and gives
 statistics: roles are public), each round once and one evaluation per run, at most `max-uploads`
 times if its configuration pins that (`client.contribution_ledger`); it protects its upload under
-a round seed bound to the task's model, so the key holder sums only uploads made from one model;
+a round seed bound to the task's model and settings, so the key holder sums one task's uploads;
 and whether it answers never depends on its data: without data of its own it sends zeros, and a
 vector whose arithmetic diverged becomes zeros rather than an error reply (which the aggregator
 reads in the clear). Otherwise a malicious aggregator could fill a cohort of k with one device's
@@ -170,7 +170,7 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     data = [loaded[d] for d in devices]
     position = {d: i for i, d in enumerate(task.devices)}
     cohorts = [task.cohorts[position[d]] for d in devices]
-    bound = task.bound_round_seeds()  # the model is bound into every seal (one cohort, one model)
+    bound = task.bound_round_seeds(cfg.digest())  # model and settings bound into every seal
     seeds = [bound[position[d]] for d in devices]
     if not devices:
         return NodeReply((), ()).to_message(msg)

@@ -148,7 +148,7 @@ class ChurnFedAvg(FedAvg):
                 params,
                 server_round,
                 n,
-                task_digest(global_params, offset),  # what every device of the round computes from
+                task_digest(global_params, offset, self.cfg.digest()),  # what every device computes from
                 round_id=self.round_id if self.attempts else None,
                 on_contact=self.on_contact,
             ),

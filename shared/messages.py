@@ -151,10 +151,11 @@ class RoundTask:
         if self.purpose != "stats" and self.params is None:
             raise MessageError(f"a {self.purpose} task carries the global parameters")
 
-    def bound_round_seeds(self) -> tuple[bytes, ...]:
-        """Each device's round seed bound to this task's model and input offset: what its upload
-        is protected under (`shared.protection.bind_round_seed`)."""
-        digest = task_digest(self.params, self.input_offset)
+    def bound_round_seeds(self, run: bytes) -> tuple[bytes, ...]:
+        """Each device's round seed bound to this task's model and input offset and to the run's
+        settings (`run`: `RunConfig.digest()`): what its upload is protected under
+        (`shared.protection.bind_round_seed`)."""
+        digest = task_digest(self.params, self.input_offset, run)
         return tuple(bind_round_seed(s, digest) for s in self.round_seeds)
 
     def to_message(self, node: int) -> Message:

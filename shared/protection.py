@@ -116,17 +116,21 @@ def round_seed_bytes(round_seed: bytes | int) -> bytes:
     return round_seed.to_bytes(wire.ROUND_SEED_LEN, "little")
 
 
-def task_digest(params: np.ndarray | None, input_offset: np.ndarray | None) -> bytes:
+def task_digest(params: np.ndarray | None, input_offset: np.ndarray | None, run: bytes) -> bytes:
     """SHA-256 of what a device computes its upload from besides its own data: the global
     parameters (float32, little-endian) and the input offset (float64), each marked present or
-    absent and length-prefixed."""
-    h = hashlib.sha256(b"fedchurn-task-v1")
+    absent and length-prefixed, then the digest of the run's settings (`RunConfig.digest`: its
+    learning rate, labels and model shape shape the upload as much as the model does)."""
+    if len(run) != wire.DIGEST_LEN:
+        raise ValueError(f"a run digest is {wire.DIGEST_LEN} bytes")
+    h = hashlib.sha256(b"fedchurn-task-v2")
     for part, dtype in ((params, "<f4"), (input_offset, "<f8")):
         if part is None:
             h.update(b"\x00")
         else:
             raw = np.ascontiguousarray(part, dtype=dtype).tobytes()
             h.update(b"\x01" + struct.pack("<Q", len(raw)) + raw)
+    h.update(run)
     return h.digest()
 
 

@@ -10,6 +10,7 @@ are not run configuration: see `server.settings`.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -103,6 +104,12 @@ class RunConfig:
 
     def to_flower(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def digest(self) -> bytes:
+        """SHA-256 of every setting (UTF-8 JSON, keys sorted): bound into each device's round seed
+        beside the model (`shared.protection.task_digest`), so devices sent two different run
+        configurations (a learning rate that zeroes their updates, say) never share a cohort."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).digest()
 
     def check(self) -> None:
         """Refuse any value no run can use, naming the command-line option and what it accepts

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
@@ -294,7 +294,10 @@ def test_attack_ckks_single_device_scaled_into_a_fake_cohort() -> None:
     task, got = _task(msgs[0]), NodeReply.from_message(reply)
     blob = got.blobs[0]
     where = task.devices.index(got.devices[0])
-    seed, cohort = task.bound_round_seeds()[where], task.cohorts[where]  # what the device sealed under
+    seed, cohort = (
+        task.bound_round_seeds(cfg.digest())[where],
+        task.cohorts[where],
+    )  # what the device sealed under
     params = cfg.train_protection(0.0)
     k = cfg.k_min
     ctx = kh._ckks()
@@ -374,7 +377,7 @@ def test_attack_one_device_wraps_the_ring_to_move_the_model() -> None:
     honest = blobs[0]
     assert isinstance(honest, bytes)
     head = honest[: wire.HEADER_LEN]
-    seed = task.bound_round_seeds()[0]  # the malicious device follows the protocol otherwise
+    seed = task.bound_round_seeds(cfg.digest())[0]  # the malicious device follows the protocol otherwise
     m, bits = params.n_coords(N_PARAMS), params.ring_bits
     mask_seed = os.urandom(32)
     extreme = np.full(m, (1 << (bits - 1)) - 1, dtype=np.uint64)
@@ -500,22 +503,28 @@ def _review_node(run_id: int) -> tuple[RunConfig, Any, InProcessGrid, int, dict[
     return REVIEW, strategy.secure.keyholder, grid, NODES[0], _node_devices(grid, REVIEW, NODES[0])
 
 
-def _seeds_to_try(seed: bytes, *models: RoundTask) -> list[bytes]:
+def _seeds_to_try(seed: bytes, *tasks: tuple[RoundTask, RunConfig]) -> list[bytes]:
     """The round seeds an aggregator would try for a cohort: the one it sent, and that seed bound
-    to each model it sent (the binding as docs/client-spec.md states it, written out here so that
-    the test also runs against code that predates it)."""
+    to each (model, settings) it sent, as docs/client-spec.md states it and as f8c9d3d did (the
+    model only). Written out here so that the test also runs against code that predates them."""
+    import dataclasses
     import hashlib
+    import json
 
     out = [seed]
-    for t in models:
-        h = hashlib.sha256(b"fedchurn-task-v1")
-        for part, dtype in ((t.params, "<f4"), (t.input_offset, "<f8")):
-            if part is None:
-                h.update(b"\x00")
-            else:
-                raw = np.ascontiguousarray(part, dtype=dtype).tobytes()
-                h.update(b"\x01" + len(raw).to_bytes(8, "little") + raw)
-        out.append(hashlib.sha256(b"fedchurn-bound-seed-v1" + seed + h.digest()).digest())
+    for t, cfg in tasks:
+        for version in (b"v1", b"v2"):
+            h = hashlib.sha256(b"fedchurn-task-" + version)
+            for part, dtype in ((t.params, "<f4"), (t.input_offset, "<f8")):
+                if part is None:
+                    h.update(b"\x00")
+                else:
+                    raw = np.ascontiguousarray(part, dtype=dtype).tobytes()
+                    h.update(b"\x01" + len(raw).to_bytes(8, "little") + raw)
+            if version == b"v2":
+                settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()
+                h.update(hashlib.sha256(settings).digest())
+            out.append(hashlib.sha256(b"fedchurn-bound-seed-v1" + seed + h.digest()).digest())
     return out
 
 
@@ -565,7 +574,9 @@ def test_attack_one_device_answers_one_round_k_times_to_fill_a_cohort(purpose: s
     for _ in range(cfg.k_min):
         blobs += NodeReply.from_message(grid.deliver(task.to_message(node))).blobs
     assert not grid.errors, grid.errors[:2]
-    if len(blobs) >= cfg.k_min and (answer := _unmask(kh, params, n, blobs, _seeds_to_try(seed, task))):
+    if len(blobs) >= cfg.k_min and (
+        answer := _unmask(kh, params, n, blobs, _seeds_to_try(seed, (task, cfg)))
+    ):
         pytest.fail(
             f"the key holder unmasked a cohort of {len(answer[0].included)} uploads, every one of them "
             f"device {target}'s {purpose} upload: their sum over {len(blobs)} is that device's value"
@@ -599,7 +610,7 @@ def test_attack_devices_asked_out_of_their_role_fill_a_cohort_around_one_device(
         assert not grid.errors, grid.errors[:2]
         n = n or histogram_length(cfg.horizon)
         if len(got.blobs) >= k and (
-            answer := _unmask(kh, params, n, list(got.blobs), _seeds_to_try(seed, task))
+            answer := _unmask(kh, params, n, list(got.blobs), _seeds_to_try(seed, (task, cfg)))
         ):
             pytest.fail(
                 f"{purpose}: the key holder released a cohort of {len(answer[0].included)} in which "
@@ -608,13 +619,16 @@ def test_attack_devices_asked_out_of_their_role_fill_a_cohort_around_one_device(
         assert got.devices == (target,)
 
 
-def test_attack_a_cohort_mixes_devices_sent_a_model_that_zeroes_them_with_one_sent_the_real_one() -> None:
-    """One round, one cohort over three nodes: the aggregator sends the target's node the real model
-    (listing the target alone) and the other nodes a finite model that overflows every device's
-    arithmetic, so their uploads are zeros. On c4ddcf9 (after this session's first fix, which made
-    a diverged device upload zeros) the key holder opened every seal and the "sum" was the
-    target's update alone. Each device's round seed is now bound to the model it was sent, so seals
-    made from two models never open in one cohort."""
+@pytest.mark.parametrize("zeroed_by", ["model", "settings"])
+def test_attack_a_cohort_mixes_devices_zeroed_by_what_they_were_sent_with_one_target(zeroed_by: str) -> None:
+    """One round, one cohort over three nodes: the aggregator sends the target's node the real
+    task (listing the target alone) and the other nodes something that zeroes their updates
+    whatever their data: a finite model that overflows their arithmetic, or run settings with a
+    learning rate of 1e-40. On c4ddcf9 (after this session's first fix, which made a diverged
+    device upload zeros) the key holder opened every seal and the "sum" was the target's update
+    alone; with the settings, also on f8c9d3d (whose binding covered the model only). Each
+    device's round seed is now bound to the model and the run settings it was sent, so seals made
+    from two of either never open in one cohort."""
     from fedchurn.shared.messages import PARAMS_RECORD
     from fedchurn.shared.model_format import flatten, unflatten
 
@@ -625,46 +639,37 @@ def test_attack_a_cohort_mixes_devices_sent_a_model_that_zeroes_them_with_one_se
     layers = unflatten(init_params(0))
     layers[0][...] = 3e37
     zeroing = flatten(layers).astype(np.float32)
+    slow = replace(cfg, lr=1e-40)  # every step underflows: the update is exactly zero
     msgs = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
     tasks = [_task(m) for m in msgs]
-    target_node = msgs[0].metadata.dst_node_id
-    target = tasks[0].devices[0]
+    target_node, target = msgs[0].metadata.dst_node_id, tasks[0].devices[0]
     crafted = []
     for msg, task in zip(msgs, tasks, strict=True):
-        if msg.metadata.dst_node_id == target_node:
-            one = RoundTask(
-                "train", task.server_round, task.round_id, task.model_version, task.noise_multiplier,
-                (target,), task.cohorts[:1], task.round_seeds[:1], task.params, task.keyholder_key,
-                input_offset=task.input_offset,
-            )  # fmt: skip
-            crafted.append(one.to_message(target_node))
-        else:
+        node = msg.metadata.dst_node_id
+        if node == target_node:
+            crafted.append(
+                replace(
+                    task, devices=(target,), cohorts=task.cohorts[:1], round_seeds=task.round_seeds[:1]
+                ).to_message(node)
+            )
+        elif zeroed_by == "model":
             msg.content.array_records[PARAMS_RECORD] = ArrayRecord({PARAMS_KEY: Array(zeroing)})
+            crafted.append(msg)
+        else:
+            grid.context(node).run_config.update(slow.to_flower())
             crafted.append(msg)
     replies = [grid.deliver(m) for m in crafted]
     assert not grid.errors, grid.errors[:2]
     blobs = [b for r in replies for b in NodeReply.from_message(r).blobs]
     assert len(blobs) == cfg.per_round - len(tasks[0].devices) + 1  # every device answered
     params, seed = cfg.train_protection(0.0), tasks[0].round_seeds[0]
-    others = RoundTask(
-        "train",
-        1,
-        1,
-        1,
-        0.0,
-        (0,),
-        (0,),
-        (seed,),
-        zeroing,
-        kh.public_key(),
-        input_offset=tasks[0].input_offset,
-    )
-    answer = _unmask(kh, params, N_PARAMS, blobs, _seeds_to_try(seed, tasks[0], others))
+    sent_others = (replace(tasks[1], params=zeroing), cfg) if zeroed_by == "model" else (tasks[1], slow)
+    answer = _unmask(kh, params, N_PARAMS, blobs, _seeds_to_try(seed, (tasks[0], cfg), sent_others))
     included = answer[0].included if answer is not None else ()
     if "device-0" in included and len(included) >= cfg.k_min:  # blobs[0] is the target's
         pytest.fail(
-            f"the key holder released a cohort of {len(included)}: {len(included) - 1} zeros from a "
-            f"model sent to zero them, and device {target}'s update"
+            f"the key holder released a cohort of {len(included)}: {len(included) - 1} zeros from the "
+            f"{zeroed_by} sent to zero them, and device {target}'s update"
         )
 
 
@@ -737,7 +742,7 @@ def test_attack_repeated_rounds_difference_out_one_devices_update_unless_its_upl
             for d in got.devices:
                 uploads[d] += 1
             answer = (
-                _unmask(kh, params, N_PARAMS, list(got.blobs), _seeds_to_try(seed, task))
+                _unmask(kh, params, N_PARAMS, list(got.blobs), _seeds_to_try(seed, (task, cfg)))
                 if got.blobs
                 else None
             )

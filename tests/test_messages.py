@@ -268,23 +268,32 @@ def test_a_simulation_shard_answers_for_many_devices() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, DEFAULT_SPEC.n_params - 1), st.booleans())
-def test_a_tasks_round_seeds_are_bound_to_its_model_and_offset(where: int, centred: bool) -> None:
-    """The seed a device protects under is the round seed bound to the digest of the model (and
-    input offset) it was sent: the same task gives the same seeds, one changed parameter (one
-    float32 step) or offset value other seeds, so the key holder never opens seals made from two
-    models in one cohort."""
+@given(st.integers(0, DEFAULT_SPEC.n_params - 1), st.booleans(), st.floats(1e-6, 1.0))
+def test_a_tasks_round_seeds_are_bound_to_its_model_offset_and_settings(
+    where: int, centred: bool, lr: float
+) -> None:
+    """The seed a device protects under is the round seed bound to the digest of the model, input
+    offset and run settings it was sent: the same task and settings give the same seeds; one
+    changed parameter (one float32 step), offset or setting gives other seeds, so the key holder
+    never opens seals made from two of them in one cohort."""
     from fedchurn.shared.protection import bind_round_seed, task_digest
 
+    run = RunConfig(lr=lr)
     offset = np.linspace(-1, 1, BASE_FEATURES) if centred else None
     task = replace(_train_task(), input_offset=offset)
-    bound = task.bound_round_seeds()
-    assert bound == tuple(bind_round_seed(s, task_digest(task.params, offset)) for s in task.round_seeds)
-    assert len(set(bound)) == len(set(task.round_seeds)) and all(len(b) == 32 for b in bound)
-    assert replace(task).bound_round_seeds() == bound
+    bound = task.bound_round_seeds(run.digest())
+    expected = tuple(
+        bind_round_seed(s, task_digest(task.params, offset, run.digest())) for s in task.round_seeds
+    )
+    assert bound == expected and all(len(b) == 32 for b in bound)
+    assert RunConfig.from_flower(run.to_flower()).digest() == run.digest()  # what a device parses
     assert task.params is not None
     nudged = task.params.copy()
     nudged[where] = np.nextafter(nudged[where], np.float32(np.inf))
-    assert not set(replace(task, params=nudged).bound_round_seeds()) & set(bound)
     moved = None if offset is not None else np.zeros(BASE_FEATURES)
-    assert not set(replace(task, input_offset=moved).bound_round_seeds()) & set(bound)
+    for other, sent in (
+        (replace(task, params=nudged), run),
+        (replace(task, input_offset=moved), run),
+        (task, replace(run, lr=lr * 2)),
+    ):
+        assert not set(other.bound_round_seeds(sent.digest())) & set(bound)

@@ -32,7 +32,7 @@ def _first_step(cfg: RunConfig, start: np.ndarray, new: list[np.ndarray]) -> tup
         task = RoundTask.from_message(msg, DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features)
         (device,) = task.devices
         delta = (new[NODES.index(device // 100)] - start)[None, :]
-        seeds = task.bound_round_seeds()  # what a device protects under (the model bound in)
+        seeds = task.bound_round_seeds(cfg.digest())  # what a device protects under (model, settings)
         sent = np.zeros(start.size)
         sent[select_coordinates(params, seeds[0], start.size)] = selected_clipped(delta[0], params, seeds[0])
         uploaded.append(sent)

@@ -63,7 +63,7 @@ def test_garbage_and_tampered_uploads_are_refused_named_and_leave_the_sum_to_hon
         task = RoundTask.from_message(msg, DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features)
         delta = rng.normal(0, 0.004, start.size).astype(np.float32)
         (blob,) = protect_batch(
-            delta[None, :], params, keyholder, 1, task.cohorts, 1, task.bound_round_seeds(), [rng]
+            delta[None, :], params, keyholder, 1, task.cohorts, 1, task.bound_round_seeds(cfg.digest()), [rng]
         )
         if node in GARBAGE:
             blob = GARBAGE[node]
@@ -83,9 +83,9 @@ def test_garbage_and_tampered_uploads_are_refused_named_and_leave_the_sum_to_hon
     # in the mean; in practice far less).
     assert arrays is not None
     moved = arrays[PARAMS_KEY].numpy().astype(np.float64) - start
-    seed = RoundTask.from_message(
-        msgs[0], DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features
-    ).bound_round_seeds()[0]
+    seed = RoundTask.from_message(msgs[0], DEFAULT_SPEC.n_params, DEFAULT_SPEC.n_features).bound_round_seeds(
+        cfg.digest()
+    )[0]
     selected = select_coordinates(params, seed, start.size)
     expected = np.clip(
         np.mean(honest, axis=0)[selected], -params.coord_clip(start.size), params.coord_clip(start.size)
