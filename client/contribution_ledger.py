@@ -41,8 +41,9 @@ __all__ = ["ContributionLedger", "FileLedger", "MemoryLedger", "scopes_of"]
 
 def scopes_of(round_id: int, run_id: int, keyholder_key: bytes | None, evaluation: bool) -> tuple[str, ...]:
     """The claims one upload makes: its round for this key holder (None: the plaintext baseline,
-    which protects nothing), and for an evaluation also its run."""
-    holder = keyholder_key[:16].hex() if keyholder_key is not None else "plaintext"
+    which protects nothing, so its rounds are only told apart per run), and for an evaluation also
+    its run."""
+    holder = keyholder_key[:16].hex() if keyholder_key is not None else f"plaintext run {run_id}"
     round_scope = f"{holder} round {round_id}"
     return (round_scope, f"evaluate run {run_id}") if evaluation else (round_scope,)
 

@@ -129,10 +129,13 @@ class StoreSource:
         store_dir = _store_dir(context)
         legacy, path = store_dir / LEGACY_LEDGER_FILE, store_dir / LEDGER_FILE
         if legacy.exists() and not path.exists():
-            # Its claims stay claimed (FileLedger takes the old table over). Two processes may both
-            # see the old file; the one that finds it gone has nothing left to move.
-            with contextlib.suppress(FileNotFoundError):
-                legacy.rename(path)
+            # Its claims stay claimed (FileLedger takes the old table over). A rollback journal an
+            # old process left behind moves first, under the new name, so SQLite still finds and
+            # replays it. Two processes may both see the old files; the one that finds a file gone
+            # has nothing left to move.
+            for suffix in ("-journal", ""):
+                with contextlib.suppress(FileNotFoundError):
+                    legacy.with_name(legacy.name + suffix).rename(path.with_name(path.name + suffix))
         return FileLedger(path)
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:

@@ -95,7 +95,7 @@ def test_two_answers_racing_for_one_device_grant_it_once(tmp_path: Path) -> None
 
 def test_scopes_tie_a_round_to_its_key_holder_and_an_evaluation_to_its_run() -> None:
     assert scopes_of(5, 1, KEY, evaluation=False) == (f"{KEY[:16].hex()} round 5",)
-    assert scopes_of(5, 1, None, evaluation=False) == ("plaintext round 5",)
+    assert scopes_of(5, 1, None, evaluation=False) == ("plaintext run 1 round 5",)
     assert scopes_of(5, 9, KEY, evaluation=True) == (f"{KEY[:16].hex()} round 5", "evaluate run 9")
 
 
@@ -107,11 +107,13 @@ def test_a_deployed_nodes_old_evaluation_ledger_stays_claimed(tmp_path: Path) ->
     conn.execute("INSERT INTO evaluated VALUES ('7', 3)")
     conn.commit()
     conn.close()
+    (tmp_path / f"{LEGACY_LEDGER_FILE}-journal").touch()  # an (empty, so not hot) rollback journal
     context = Context(
         run_id=7, node_id=1, node_config={"store-dir": str(tmp_path)}, state=RecordDict(), run_config={}
     )
     ledger = StoreSource().ledger(context)
     assert (tmp_path / LEDGER_FILE).exists() and not (tmp_path / LEGACY_LEDGER_FILE).exists()
+    assert not (tmp_path / f"{LEGACY_LEDGER_FILE}-journal").exists()  # moved with its database
     assert ledger.claim(scopes_of(2, 7, KEY, evaluation=True), [3, 4]) == [4]
     assert ledger.claim(scopes_of(3, 8, KEY, evaluation=True), [3]) == [3]  # another run
     assert ledger.claim(scopes_of(4, 9, KEY, evaluation=True), [3], limit=2) == []  # its 3rd upload
