@@ -38,13 +38,15 @@ from typing import Protocol
 
 __all__ = ["ContributionLedger", "FileLedger", "MemoryLedger", "scopes_of"]
 
+_ROUND = " round "  # in every round scope and no other: each upload claims exactly one
+
 
 def scopes_of(round_id: int, run_id: int, keyholder_key: bytes | None, evaluation: bool) -> tuple[str, ...]:
     """The claims one upload makes: its round for this key holder (None: the plaintext baseline,
     which protects nothing, so its rounds are only told apart per run), and for an evaluation also
     its run."""
     holder = keyholder_key[:16].hex() if keyholder_key is not None else f"plaintext run {run_id}"
-    round_scope = f"{holder} round {round_id}"
+    round_scope = f"{holder}{_ROUND}{round_id}"
     return (round_scope, f"evaluate run {run_id}") if evaluation else (round_scope,)
 
 
@@ -53,8 +55,7 @@ def _unique(devices: Sequence[int]) -> list[int]:
 
 
 def _is_upload(scope: str) -> bool:
-    """Every upload claims exactly one round scope (an evaluation also claims its run)."""
-    return " round " in scope
+    return _ROUND in scope
 
 
 class ContributionLedger(Protocol):
@@ -119,7 +120,7 @@ class FileLedger:
                 )
                 conn.execute(
                     "INSERT OR IGNORE INTO claims "
-                    "SELECT 'legacy round of run ' || run_id, device FROM evaluated"
+                    f"SELECT 'legacy{_ROUND}of run ' || run_id, device FROM evaluated"
                 )
                 conn.execute("DROP TABLE evaluated")
             conn.execute("COMMIT")
@@ -147,9 +148,9 @@ class FileLedger:
                     taken.update(int(r[0]) for r in rows)
                 if limit is not None:
                     rows = conn.execute(
-                        f"SELECT device FROM claims WHERE scope LIKE '% round %' AND device IN ({marks}) "
+                        f"SELECT device FROM claims WHERE scope LIKE ? AND device IN ({marks}) "
                         "GROUP BY device HAVING COUNT(*) >= ?",
-                        (*chunk, limit),
+                        (f"%{_ROUND}%", *chunk, limit),
                     )
                     taken.update(int(r[0]) for r in rows)
             granted = [d for d in wanted if d not in taken]
