@@ -22,6 +22,14 @@ Why, in both cases the aggregator is not trusted to keep the promise:
   device's update by subtraction. Only noise bounds that, and only if the number of noisy releases
   a device joins is bounded by the device itself: each upload counts, whatever its purpose.
 
+* **One role per key holder.** Which devices are held out for evaluation is a hash of the run's
+  seed and evaluation fraction, both chosen by the aggregator. A device that trains under
+  differential privacy could be declared held out in another run, and its evaluation (which the
+  key holder releases without the noise floor: counts must stay exact) read without noise beside
+  Sybil seals. So a device keeps the role of its first task for a key holder: one that has
+  trained (or given feature statistics) never evaluates for it, and one that has evaluated never
+  trains (`role_of`). Runs that keep the seed and fraction lose no device.
+
 A claim is a (scope, device) pair recorded before any work and kept even if the work then fails.
 A phone or a SuperNode keeps the ledger in a file beside its stores (it survives restarts); a
 simulation keeps it in the run's private folder, or in memory when nothing is provisioned.
@@ -36,18 +44,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ContributionLedger", "FileLedger", "MemoryLedger", "scopes_of"]
+__all__ = ["ContributionLedger", "FileLedger", "MemoryLedger", "Role", "role_of", "scopes_of"]
 
 _ROUND = " round "  # in every round scope and no other: each upload claims exactly one
 
 
+Role = tuple[str, str]  # (the role a task asks of a device, the role that excludes it)
+
+
+def _holder(run_id: int, keyholder_key: bytes | None) -> str:
+    """Claims are per key holder (None: the plaintext baseline, which protects nothing, so its
+    claims are only told apart per run)."""
+    return keyholder_key[:16].hex() if keyholder_key is not None else f"plaintext run {run_id}"
+
+
 def scopes_of(round_id: int, run_id: int, keyholder_key: bytes | None, evaluation: bool) -> tuple[str, ...]:
-    """The claims one upload makes: its round for this key holder (None: the plaintext baseline,
-    which protects nothing, so its rounds are only told apart per run), and for an evaluation also
-    its run."""
-    holder = keyholder_key[:16].hex() if keyholder_key is not None else f"plaintext run {run_id}"
-    round_scope = f"{holder}{_ROUND}{round_id}"
+    """The claims one upload makes: its round for this key holder, and for an evaluation also its
+    run."""
+    round_scope = f"{_holder(run_id, keyholder_key)}{_ROUND}{round_id}"
     return (round_scope, f"evaluate run {run_id}") if evaluation else (round_scope,)
+
+
+def role_of(run_id: int, keyholder_key: bytes | None, evaluation: bool) -> Role:
+    """The role claim a task makes (kept once made) and the one that rules a device out of it."""
+    holder = _holder(run_id, keyholder_key)
+    evaluates, trains = f"{holder} evaluates", f"{holder} trains"
+    return (evaluates, trains) if evaluation else (trains, evaluates)
 
 
 def _unique(devices: Sequence[int]) -> list[int]:
@@ -59,10 +81,16 @@ def _is_upload(scope: str) -> bool:
 
 
 class ContributionLedger(Protocol):
-    def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
-        """The devices (in order) that had claimed none of `scopes` (and, with a `limit`, had made
-        fewer uploads than it), now claimed in all of them; any other device is left out and
-        nothing is recorded for it."""
+    def claim(
+        self,
+        scopes: Sequence[str],
+        devices: Sequence[int],
+        limit: int | None = None,
+        role: Role | None = None,
+    ) -> list[int]:
+        """The devices (in order) that had claimed none of `scopes` (with a `limit`, had made fewer
+        uploads than it; with a `role`, had not claimed its excluding role), now claimed in all of
+        them and in the role; any other device is left out and nothing is recorded for it."""
 
 
 class MemoryLedger:
@@ -80,15 +108,23 @@ class MemoryLedger:
         self._uploads = Counter(d for s, d in seen if _is_upload(s))
         self._lock = threading.Lock()
 
-    def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
+    def claim(
+        self,
+        scopes: Sequence[str],
+        devices: Sequence[int],
+        limit: int | None = None,
+        role: Role | None = None,
+    ) -> list[int]:
         with self._lock:
             granted = [
                 d
                 for d in _unique(devices)
                 if not any((s, d) in self._seen for s in scopes)
                 and (limit is None or self._uploads[d] < limit)
+                and (role is None or (role[1], d) not in self._seen)
             ]
-            self._seen.update((s, d) for s in scopes for d in granted)
+            made = (*scopes, role[0]) if role else tuple(scopes)
+            self._seen.update((s, d) for s in made for d in granted)
             self._uploads.update(d for s in scopes if _is_upload(s) for d in granted)
         return granted
 
@@ -132,8 +168,15 @@ class FileLedger:
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    def claim(self, scopes: Sequence[str], devices: Sequence[int], limit: int | None = None) -> list[int]:
+    def claim(
+        self,
+        scopes: Sequence[str],
+        devices: Sequence[int],
+        limit: int | None = None,
+        role: Role | None = None,
+    ) -> list[int]:
         wanted = _unique(devices)
+        refusing = (*scopes, role[1]) if role else tuple(scopes)
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -141,7 +184,7 @@ class FileLedger:
             for lo in range(0, len(wanted), 500):  # under SQLite's limit of bound variables
                 chunk = wanted[lo : lo + 500]
                 marks = ",".join("?" * len(chunk))
-                for scope in scopes:
+                for scope in refusing:
                     rows = conn.execute(
                         f"SELECT device FROM claims WHERE scope = ? AND device IN ({marks})", (scope, *chunk)
                     )
@@ -155,6 +198,10 @@ class FileLedger:
                     taken.update(int(r[0]) for r in rows)
             granted = [d for d in wanted if d not in taken]
             conn.executemany("INSERT INTO claims VALUES (?, ?)", [(s, d) for s in scopes for d in granted])
+            if role:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO claims VALUES (?, ?)", [(role[0], d) for d in granted]
+                )
             conn.execute("COMMIT")
         finally:
             conn.close()

@@ -35,7 +35,7 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedchurn.client.contribution_ledger import ContributionLedger, scopes_of
+from fedchurn.client.contribution_ledger import ContributionLedger, role_of, scopes_of
 from fedchurn.client.device_config import trusted_keyholder, upload_budget
 from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
@@ -165,8 +165,10 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     loaded = source.load(context, cfg, in_role)  # reads the devices' own data; computes nothing
     served = [d for d in in_role if d in loaded]
     holder = keyholder.x25519 if keyholder is not None else None
-    scopes = scopes_of(task.round_id, context.run_id, holder, evaluation=task.purpose == "evaluate")
-    devices = source.ledger(context).claim(scopes, served, upload_budget(context.node_config))
+    evaluation = task.purpose == "evaluate"
+    scopes = scopes_of(task.round_id, context.run_id, holder, evaluation)
+    role = role_of(context.run_id, holder, evaluation)  # a device keeps its first role for a key holder
+    devices = source.ledger(context).claim(scopes, served, upload_budget(context.node_config), role)
     data = [loaded[d] for d in devices]
     position = {d: i for i, d in enumerate(task.devices)}
     cohorts = [task.cohorts[position[d]] for d in devices]

@@ -200,13 +200,14 @@ def supernode(
     max_uploads: MaxUploadsOpt = None,
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
-    `<certs>/pins/keyholder.toml`."""
-    from fedchurn.server.deploy import supernode_cmd
+    `<certs>/pins/keyholder.toml`, running fedchurn's own ClientApp only (whatever app the
+    aggregator sends: `client.pinned_app`)."""
+    from fedchurn.server.deploy import supernode_cmd, supernode_env
     from fedchurn.server.deploy_secrets import load_secrets
 
     extra = _node_extra(today, max_uploads)
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)
-    os.execvp(cmd[0], cmd)
+    os.execvpe(cmd[0], cmd, supernode_env(stores.resolve(), dict(os.environ)))
 
 
 @app.command()

@@ -16,6 +16,7 @@ Rules the store enforces, because crash recovery and reviewers rely on them:
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,6 +66,7 @@ from fedchurn.server.api_models import (
     RoundIn,
     RunFinishIn,
 )
+from fedchurn.shared.wire import Reason
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -262,6 +264,32 @@ def _refusal(r: Any) -> Any:
     if isinstance(r, Mapping):
         return {k: v for k, v in r.items() if k != "device"}
     return r
+
+
+# What the aggregator writes as a refusal's reason besides `wire.Reason` codes (`server.strategy`).
+MALFORMED_REPLY = "malformed reply"
+UNEXPECTED_DEVICE = "unexpected or repeated device in reply"
+NO_UPLOAD = "no upload (failed, refused or timed out)"
+REFUSED = "refused"  # what any other reason is published as
+_LEGACY = "no upload (failed or timed out)"  # NO_UPLOAD as older aggregators wrote it
+_PUBLIC_CODES = frozenset(
+    {r.value for r in Reason} | {MALFORMED_REPLY, UNEXPECTED_DEVICE, NO_UPLOAD, REFUSED, _LEGACY}
+)
+_CLIENT_ERROR = re.compile(r"^client error: (?:<class '(?:[\w.]*\.)?(\w+)'>|(\w+)(?::|$))")
+
+
+def public_reason(reason: str) -> str:
+    """A refusal reason fit for the public audit log: its code only. A device's own error message
+    may carry its index, and a key holder's or aggregator's detail may carry figures of a sum
+    (a refused cohort's largest coordinate once read out what the noise was to hide), so the
+    log keeps a `wire.Reason` code, the class name of a device's error ("client error:
+    PinError"), or one of the aggregator's fixed phrases, and nothing after them."""
+    if reason.startswith("client error"):
+        m = _CLIENT_ERROR.match(reason)
+        name = (m.group(1) or m.group(2)) if m else None
+        return f"client error: {name}" if name else "client error"
+    code = reason.split(":", 1)[0].strip()
+    return code if code in _PUBLIC_CODES else REFUSED
 
 
 def refusal_counts(refused: Any) -> list[dict[str, Any]]:

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from fedchurn.client.pinned_app import CLIENTAPP as DEPLOY_CLIENTAPP
+from fedchurn.client.pinned_app import shim_dir
 from fedchurn.server import app_package
 from fedchurn.server.app_package import flower_bin, free_port
 from fedchurn.server.deploy_secrets import Secrets, make_secrets
@@ -35,7 +37,7 @@ from fedchurn.server.settings import SETTINGS_ENV, AggregatorSettings
 from fedchurn.shared.run_config import RunConfig
 
 STARTUP_TIMEOUT_S = 90.0
-DEPLOY_CLIENTAPP = "fedchurn.client.deploy_client:app"
+CLIENTAPP_BIN = ".clientapp-bin"  # in a node's store folder: the checked `flwr-clientapp` (client.pinned_app)
 
 
 class DeployError(RuntimeError):
@@ -94,6 +96,15 @@ def supernode_cmd(
         "--port",
         str(runtime_port),
     ]
+
+
+def supernode_env(store_dir: Path, base: dict[str, str]) -> dict[str, str]:
+    """`base` with the checked `flwr-clientapp` first on PATH (then this interpreter's venv, where
+    Flower's own commands are): the SuperNode starts every ClientApp through it, so it runs
+    fedchurn's ClientApp or nothing (`client.pinned_app`)."""
+    first = shim_dir(store_dir / CLIENTAPP_BIN)
+    path = os.pathsep.join([str(first), str(Path(sys.executable).parent), base.get("PATH", "")])
+    return {**base, "PATH": path}
 
 
 def write_flwr_config(home: Path, superlink: str, ca_cert: Path) -> Path:
@@ -299,7 +310,7 @@ class Federation:
         """A SuperNode serving the device stores in `store_dir`, authenticated by its private key,
         trusting only the pinned key holder."""
         cmd = supernode_cmd(self.secrets, i, self.superlink_address, store_dir, extra_config, free_port())
-        self._start(f"supernode-{i}", cmd)
+        self._start(f"supernode-{i}", cmd, supernode_env(store_dir, self.env))
 
     # -- fedchurn's services
     @property

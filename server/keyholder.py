@@ -38,13 +38,24 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from fedchurn.server.dp import discrete_gaussian
 from fedchurn.shared import wire
 from fedchurn.shared.keyholder_pin import KeyHolderPin, KeyHolderPublic
-from fedchurn.shared.protection import CKKS, CKKS_DEFAULT, SECAGG, ProtectionParams, Scheme, round_seed_bytes
+from fedchurn.shared.protection import (
+    CKKS,
+    CKKS_DEFAULT,
+    NOISE_TAIL_SIGMAS,
+    SECAGG,
+    ProtectionParams,
+    Scheme,
+    round_seed_bytes,
+)
 from fedchurn.shared.wire import Reason
 
 CKKS_GRID_BITS = 20  # decrypted CKKS sums are rounded to clip_norm / 2^20 before release (see privacy.md)
 KEY_FILE_MODE = 0o600
 # CKKS decryption error is ~1e-8 per coordinate (measured); the range check tolerates far more.
 CKKS_RANGE_SLACK = 1e-4
+# The finest grid a released CKKS sum may use whatever the clip: 2^-21 (the default clip 0.5's
+# grid), ~50x the decryption error at the pinned parameters (under 1e-8 in an attack on a 1e-12 clip).
+CKKS_MIN_GRID = 2.0**-21
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
@@ -471,6 +482,11 @@ class KeyHolder:
             self._ckks_ctx = ts.context_from(self._ckks_contexts[0])
         return self._ckks_ctx
 
+    @property
+    def has_ckks(self) -> bool:
+        """Provisioned with a CKKS context (an in-process key holder may also make one on first use)."""
+        return self._ckks_contexts is not None
+
     def ckks_public_context(self) -> bytes:
         """The public TenSEAL context devices encrypt to (public key only: no galois/relin keys)."""
         with self._lock:
@@ -523,24 +539,30 @@ class KeyHolder:
             for s in opened.seeds:
                 values = values - wire.ckks_mask(s, m, p.ckks_mask_bound)
             n = len(opened.seeds)
+            # Never release a raw CKKS decryption (Li-Micciancio key recovery): round to a grid no
+            # finer than the decryption error (whatever clip the aggregator's request names), add
+            # the noise, and only then check the range. The check reads the noisy value, so
+            # refusing is part of the noisy release: a check on the exact sum answered a noise-
+            # free yes/no about it per cohort (the aggregator adds an offset of its choice to the
+            # ciphertext), and the noise floor hid nothing from repeated threshold tests.
+            grid = ckks_grid(p)
+            sigma = p.noise_std(r.n_params)
+            released = (np.round(values / grid) + discrete_gaussian(sigma / grid, m)) * grid
             coord_bound, l2_bound = p.honest_sum_bounds(r.n_params, n)
             slack = CKKS_RANGE_SLACK * (1 + n * p.clip_norm)
-            worst = float(np.abs(values).max()) if m else 0.0
-            norm = float(np.linalg.norm(values))
-            if worst > coord_bound + slack or norm > l2_bound + slack:
+            coord_room = coord_bound + slack + NOISE_TAIL_SIGMAS * sigma
+            l2_room = l2_bound + slack + sigma * (math.sqrt(m) + NOISE_TAIL_SIGMAS)
+            if (m and float(np.abs(released).max()) > coord_room) or float(
+                np.linalg.norm(released)
+            ) > l2_room:
+                # No figure of the sum in the message: it reaches the aggregator and the audit log.
                 raise KeyHolderRefusedError(
                     Reason.OUT_OF_RANGE,
-                    f"the unmasked sum of {n} devices is outside what {n} honest devices can produce "
-                    f"(largest coordinate {worst:.3g} > {coord_bound:.3g} "
-                    f"or norm {norm:.3g} > {l2_bound:.3g}); "
-                    "nothing is released and the cohort is spent",
+                    f"the unmasked sum of {n} devices is outside what {n} honest devices can "
+                    "produce; nothing is released and the cohort is spent",
                     opened.dropped,
                 )
-        # Never release a raw CKKS decryption (Li-Micciancio key recovery): round to a grid, add noise.
-        grid = p.clip_norm / 2**CKKS_GRID_BITS
-        sigma = p.noise_std(r.n_params)
-        noisy = np.round(values / grid) + discrete_gaussian(sigma / grid, m)
-        return CkksSumResponse(r.round_id, r.cohort_id, noisy * grid, opened.included, opened.dropped, sigma)
+        return CkksSumResponse(r.round_id, r.cohort_id, released, opened.included, opened.dropped, sigma)
 
 
 def _ckks_path(key_path: Path) -> Path:
@@ -551,6 +573,14 @@ def _ckks_public_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".ckks.pub")
 
 
+def ckks_grid(params: ProtectionParams) -> float:
+    """What a released CKKS sum is rounded to: clip_norm / 2^20, never finer than
+    `CKKS_MIN_GRID` (a tiny clip in the aggregator's request once released the decryption error
+    itself, unrounded)."""
+    clip = params.clip_norm if math.isfinite(params.clip_norm) else 0.0
+    return max(clip / 2**CKKS_GRID_BITS, CKKS_MIN_GRID)
+
+
 def ckks_noise_free_error(params: ProtectionParams) -> float:
     """Largest error the grid rounding alone adds per coordinate (the CKKS tolerance tests use)."""
-    return params.clip_norm / 2**CKKS_GRID_BITS / 2 if math.isfinite(params.clip_norm) else 0.0
+    return ckks_grid(params) / 2

@@ -86,12 +86,15 @@ class SealedEntryIn(BaseModel):
     sealed_seed: str = Field(description="80-byte HPKE seal, base64")
 
 
+MAX_N_PARAMS = 1 << 24  # far above any model's size; a vector this long is 128 MB of masks
+
+
 class MaskSumIn(BaseModel):
     round_id: int = Field(ge=0, le=wire.MAX_U32)
     cohort_id: int = Field(ge=0, le=wire.MAX_U32)
     model_version: int = Field(ge=0, le=wire.MAX_U32)
     round_seed: str = Field(description="32 bytes, base64")
-    n_params: int = Field(ge=1)
+    n_params: int = Field(ge=1, le=MAX_N_PARAMS)
     params: dict[str, Any]
     entries: list[SealedEntryIn] = Field(max_length=100_000)
 
@@ -117,7 +120,7 @@ class CkksSumIn(BaseModel):
     cohort_id: int = Field(ge=0, le=wire.MAX_U32)
     model_version: int = Field(ge=0, le=wire.MAX_U32)
     round_seed: str
-    n_params: int = Field(ge=1)
+    n_params: int = Field(ge=1, le=MAX_N_PARAMS)
     params: dict[str, Any]
     entries: list[SealedEntryIn] = Field(max_length=100_000)
     ciphertext: str
@@ -247,7 +250,18 @@ def create_app(
             seal_suite="HPKE base: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305",
         )
 
-    @app.get(f"{API_PREFIX}/ckks/public-context", response_model=CkksContextOut)
+    def ckks_provisioned() -> None:
+        """A key holder provisioned without CKKS answers no CKKS request: asked for its context,
+        it would otherwise make a secret one on the spot, for anyone who asks."""
+        if not keyholder.has_ckks:
+            raise KeyHolderRefusedError(Reason.MODE_DISABLED, "this key holder was provisioned without CKKS")
+
+    @app.get(
+        f"{API_PREFIX}/ckks/public-context",
+        response_model=CkksContextOut,
+        responses=problems,
+        dependencies=[Depends(ckks_provisioned)],
+    )
     def ckks_context() -> CkksContextOut:
         ctx = keyholder.ckks_public_context()
         return CkksContextOut(context=_b64(ctx), size_bytes=len(ctx))
@@ -288,7 +302,7 @@ def create_app(
         f"{API_PREFIX}/ckks/decrypt-sum",
         response_model=CkksSumOut,
         responses=problems,
-        dependencies=[Depends(authorised)],
+        dependencies=[Depends(authorised), Depends(ckks_provisioned)],
     )
     def ckks_decrypt_sum(body: CkksSumIn) -> CkksSumOut:
         req = CkksSumRequest(

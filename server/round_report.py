@@ -11,27 +11,22 @@ to the audit log and the outputs exactly as the first run would have.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedchurn.server.audit import refusal_counts
+from fedchurn.server.audit import MALFORMED_REPLY, NO_UPLOAD, UNEXPECTED_DEVICE, public_reason, refusal_counts
 
-__all__ = ["Refusal", "RoundReport", "RoundStats", "public_reason"]
-
-_CLIENT_ERROR = re.compile(r"^client error: (?:<class '(?:[\w.]*\.)?(\w+)'>|(\w+)(?::|$))")
-
-
-def public_reason(reason: str) -> str:
-    """A refusal reason fit for the public audit log: a device's own error message may carry its
-    index or other details, so only the error's class name is kept ("client error: PinError")."""
-    if not reason.startswith("client error"):
-        return reason
-    m = _CLIENT_ERROR.match(reason)
-    name = (m.group(1) or m.group(2)) if m else None
-    return f"client error: {name}" if name else "client error"
+__all__ = [
+    "MALFORMED_REPLY",
+    "NO_UPLOAD",
+    "UNEXPECTED_DEVICE",
+    "Refusal",
+    "RoundReport",
+    "RoundStats",
+    "public_reason",
+]
 
 
 @dataclass(frozen=True)

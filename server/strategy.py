@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg
 
 from fedchurn.client.feature_mean import mean_from_sum
 from fedchurn.server.grid_polling import PromptGrid
-from fedchurn.server.round_report import Refusal, RoundStats
+from fedchurn.server.round_report import MALFORMED_REPLY, NO_UPLOAD, UNEXPECTED_DEVICE, Refusal, RoundStats
 from fedchurn.server.sampling import Pair, Sampler
 from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, RoundSum, SecureRounds
 from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
@@ -209,13 +209,12 @@ class ChurnFedAvg(FedAvg):
             try:
                 reply = NodeReply.from_message(msg)
             except MessageError as e:
-                s.refused.append(Refusal(f"node {node}", f"malformed reply: {e}"))
+                s.refused.append(Refusal(f"node {node}", f"{MALFORMED_REPLY}: {e}"))
                 reply = NodeReply((), ())
             for device, blob in zip(reply.devices, reply.blobs, strict=True):
                 key = (node, device)
                 if key not in step.expected or key in step.arrived:
-                    reason = "unexpected or repeated device in reply"
-                    s.refused.append(Refusal(f"{node}/{device}", reason))
+                    s.refused.append(Refusal(f"{node}/{device}", UNEXPECTED_DEVICE))
                     continue
                 step.arrived.add(key)
                 by_cohort.setdefault(step.expected[key], []).append((f"{node}/{device}", blob))
@@ -237,8 +236,7 @@ class ChurnFedAvg(FedAvg):
         if step is None:
             return CohortSum(sum=np.zeros(0), coord_count=np.zeros(0))
         for node, device in sorted(set(step.expected) - step.arrived):
-            reason = "no upload (failed, refused or timed out)"
-            self.stats.refused.append(Refusal(f"{node}/{device}", reason))
+            self.stats.refused.append(Refusal(f"{node}/{device}", NO_UPLOAD))
         for cohort in step.acc.open_cohorts:
             step.acc.close(cohort)
         return step.acc.result()

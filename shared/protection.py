@@ -184,6 +184,14 @@ class ProtectionParams:
             raise ValueError("noise_multiplier must be >= 0")
         if not 1 <= self.k_min <= self.max_cohort <= wire.MAX_U32:
             raise ValueError("need 1 <= k_min <= max_cohort")
+        mods = self.ckks_coeff_mod_bits
+        if not (
+            0 < len(mods) < 256
+            and all(0 < b < 256 for b in mods)
+            and 0 < self.ckks_scale_bits < 256
+            and 0 < self.ckks_poly_modulus <= wire.MAX_U32
+        ):
+            raise ValueError("CKKS parameters out of range (each bit count 1..255, at most 255 moduli)")
         if self.scheme.ring and self.coords_per_round is not None:
             self.check_ring(self.coords_per_round)
 
@@ -197,8 +205,8 @@ class ProtectionParams:
 
     def n_coords(self, n_params: int) -> int:
         """m: coordinates uploaded per round."""
-        if n_params < 1:
-            raise ValueError("n_params must be positive")
+        if not 1 <= n_params <= wire.MAX_U32:
+            raise ValueError("n_params must be positive and fit 32 bits")
         return n_params if self.coords_per_round is None else min(self.coords_per_round, n_params)
 
     @property

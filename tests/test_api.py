@@ -429,9 +429,12 @@ def test_no_device_id_reaches_the_database_or_the_api(tmp_path: Path) -> None:
         {"reason": "no upload (failed or timed out)", "count": 2},
         {"reason": "wrong_round: round 2 != 3", "count": 1},
     ]
+    # The ServerApp's record keeps codes only (a detail may carry figures of a sum); an older
+    # writer's text over HTTP is counted as it came.
+    public = [counted[0], {"reason": "wrong_round", "count": 1}]
     rounds = got["/v1/audit/rounds"].json()["items"]
     assert [(r["round"], r["refused_count"], r["refused"]) for r in rounds] == [
-        (1, 3, counted),
+        (1, 3, public),
         (2, 3, counted),
     ]
     assert (rounds[0]["epsilon_spent"], rounds[0]["epsilon_aggregator"]) == (0.8, 3.2)

@@ -774,3 +774,178 @@ def test_attack_repeated_rounds_difference_out_one_devices_update_unless_its_upl
     if len(sums) == k + 1:
         pytest.fail(f"{k + 1} released sums, each missing one device: every device's update by subtraction")
     assert max(uploads.values()) == k - 2, uploads
+
+
+# --- review 3 (decision 133): the CKKS key holder's answers ----------------------------------------
+
+CKKS_N = 64  # a small vector: the key holder's exact discrete Gaussian costs ~0.1 ms a coordinate
+
+
+def _ckks_cohort(
+    kh: Any, params: ProtectionParams, updates: np.ndarray, round_id: int
+) -> tuple[list[bytes], bytes]:
+    """Devices' CKKS uploads of `updates` for one cohort, made by the devices' own code."""
+    from fedchurn.client.protect import protect_batch
+    from fedchurn.shared.keyholder_pin import KeyHolderPublic
+
+    seed, n = os.urandom(32), len(updates)
+    public = KeyHolderPublic(kh.public_key(), kh.ckks_public_context())
+    return protect_batch(updates, params, public, round_id, [0] * n, 1, [seed] * n, [None] * n), seed
+
+
+def _ckks_ask(
+    kh: Any, params: ProtectionParams, blobs: list[bytes], seed: bytes, round_id: int, extra: np.ndarray
+) -> Any:
+    """The aggregator's request: the devices' ciphertexts summed, plus an encryption of `extra` it
+    makes with the public context every device holds."""
+    import tenseal as ts
+
+    ctx = ts.context_from(kh.ckks_public_context())
+    slots = params.ckks_poly_modulus // 2
+    total: list[Any] = []
+    for b in blobs:
+        cts = [
+            ts.ckks_vector_from(ctx, c) for c in wire.parse_ckks_body(b[wire.HEADER_LEN + wire.SEAL_LEN :])
+        ]
+        total = cts if not total else [a + c for a, c in zip(total, cts, strict=True)]
+    total = [
+        t + ts.ckks_vector(ctx, extra[i * slots : (i + 1) * slots].tolist()) for i, t in enumerate(total)
+    ]
+    entries = tuple(
+        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN])
+        for i, b in enumerate(blobs)
+    )
+    body = wire.pack_ckks_body([t.serialize() for t in total])
+    request = keyholder_module.CkksSumRequest(round_id, 0, 1, seed, CKKS_N, params, entries, body)
+    return kh.ckks_decrypt_sum(request)
+
+
+def _ckks_updates(params: ProtectionParams, n: int, seed: int) -> np.ndarray:
+    """n devices' updates inside the clip (so the devices' clipping leaves them as they are)."""
+    a = params.coord_clip(CKKS_N)
+    u = np.random.default_rng(seed).uniform(-0.6 * a, 0.6 * a, size=(n, CKKS_N))
+    return u * np.minimum(1.0, 0.9 * params.clip_norm / np.linalg.norm(u, axis=1))[:, None]
+
+
+def test_attack_the_ckks_range_check_answers_a_noise_free_bit_per_cohort() -> None:
+    """The key holder refused an unmasked sum outside what honest devices can produce, and checked
+    it before adding its noise. The aggregator adds an encryption of an offset of its choice at one
+    coordinate: released or refused said whether that coordinate of the exact sum lies below a
+    threshold. A binary search over 21 cohorts of the same devices (a model's rounds give the same
+    updates) read the noise-free sum to ~1e-8 although each release carries noise of std 2 (a
+    helper's attack, review 3: also one device's coordinate with k - 1 Sybil seals). Now the check
+    reads the noisy value, so it is part of the noisy release: two searches over the same devices
+    end apart by about the noise, where on the old code they ended at the same offset."""
+    z = 4.0
+    kh = keyholder_module.KeyHolder.generate(k_min=3, min_noise_multiplier=z, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=3, clip_norm=0.5).train_protection(z)
+    updates = _ckks_updates(params, 3, seed=3)
+    j, round_id = 17, 7000
+
+    def flip_offset() -> float:
+        """The offset at coordinate j above which the key holder refuses (binary search)."""
+        nonlocal round_id
+        lo, hi = 0.0, 50.0  # released at lo (the honest sum), refused at hi (any noise allowed for)
+        for _ in range(14):  # to 50 / 2^14 = 0.003
+            mid, extra = (lo + hi) / 2, np.zeros(CKKS_N)
+            extra[j] = mid
+            blobs, seed = _ckks_cohort(kh, params, updates, round_id)
+            try:
+                _ckks_ask(kh, params, blobs, seed, round_id, extra)
+                lo = mid
+            except keyholder_module.KeyHolderRefusedError as e:
+                assert e.reason is wire.Reason.OUT_OF_RANGE, e
+                hi = mid
+            round_id += 1
+        return (lo + hi) / 2
+
+    first, second = flip_offset(), flip_offset()
+    assert first != second, (
+        f"two searches over 14 cohorts of the same 3 devices both found the refusal threshold at offset "
+        f"{first:.6f} / {second:.6f}: the range check answers a noise-free bit about the sum"
+    )
+    kh.close()
+
+
+def test_attack_a_ckks_refusal_or_the_public_audit_log_carries_figures_of_the_sum() -> None:
+    """The key holder's out-of-range refusal said "largest coordinate 0.185 > 0.157 or norm 0.362
+    > 2.5": the aggregator read ~20 bits of the exact sum per refused cohort, and the public audit
+    log published the same text (one malicious device pushing its cohort out of range let an
+    outsider read the honest devices' sum). Both helpers of review 3 found it. A refusal now names
+    no figure, and the audit log keeps codes only."""
+    from fedchurn.server.round_report import public_reason
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=4), 8000)
+    extra = np.zeros(CKKS_N)
+    extra[3] = 100.0  # far outside what 5 devices clipped to 0.5 can produce
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        _ckks_ask(kh, params, blobs, seed, 8000, extra)
+    said = f"{e.value.reason.value}: {e.value.detail}"
+    assert not any(ch.isdigit() for ch in said.replace("5 devices", "").replace("5 honest", "")), said
+    for reason in (
+        said,
+        "out_of_range: (largest coordinate 1.08 > 0.314 or norm 1.73 > 5)",
+        "seal_invalid: 3 of d7",
+    ):
+        assert public_reason(reason) == reason.split(":")[0], public_reason(reason)
+    assert public_reason("anything else: 0.25") == "refused"
+    kh.close()
+
+
+def test_attack_a_tiny_clip_in_the_request_releases_the_raw_ckks_decryption() -> None:
+    """The key holder rounds a CKKS sum to a grid and adds noise, both scaled by the clip norm the
+    aggregator's request names. With a clip of 1e-12 the grid was ~1e-18: the release was the
+    decryption error itself, unrounded (2,286 distinct values), what a key-recovery attack on CKKS
+    (Li-Micciancio) needs. The grid now never goes below 2^-21 (review 3)."""
+    kh = keyholder_module.KeyHolder.generate(k_min=5, min_noise_multiplier=1.0, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=1e-12).train_protection(1.0)
+    updates = np.random.default_rng(5).normal(size=(5, CKKS_N)) * 0.01
+    blobs, seed = _ckks_cohort(kh, params, updates, 9000)
+    values = np.asarray(_ckks_ask(kh, params, blobs, seed, 9000, np.zeros(CKKS_N)).values)
+    steps = values / 2.0**-21
+    assert np.array_equal(steps, np.round(steps)), (
+        f"released values off the 2^-21 grid (max |v| {np.abs(values).max():.3g}, "
+        f"{len(np.unique(values))} distinct of {values.size}): a raw decryption"
+    )
+    kh.close()
+
+
+def test_attack_a_training_device_is_declared_held_out_in_another_run_to_read_its_evaluation() -> None:
+    """Which devices are held out is a hash of the run's seed and evaluation fraction, both the
+    aggregator's. A device that trained in one run (under differential privacy, say) was declared
+    held out in a second run (evaluation fraction 0.999) and evaluated there: the key holder
+    releases evaluations without its noise floor (counts must stay exact), so beside k - 1 Sybil
+    seals the device's score bin and outcome came out exact (a helper's attack, review 3). A device
+    now keeps the role of its first task for a key holder, and the other way round."""
+    from fedchurn.simulations.flower_client import app
+
+    cfg, kh, grid, node, data = _review_node(run_id=91)
+    other = replace(cfg, eval_fraction=0.999)
+    second = InProcessGrid(app, grid.node_config, other.to_flower(), 92)
+    target = next(
+        d
+        for d in data
+        if not is_eval_device(cfg.seed, d, cfg.eval_fraction)
+        and is_eval_device(other.seed, d, other.eval_fraction)
+        and len(data[d].time)
+        and data[d].eval_x is not None
+    )
+    seed = round_seed_bytes(11)
+    trains = RoundTask("train", 1, 1, 1, 0.0, (target,), (0,), (seed,), init_params(0), kh.public_key())
+    assert NodeReply.from_message(grid.deliver(trains.to_message(node))).devices == (target,)
+    evaluates = RoundTask("evaluate", 1, 2, 1, 0.0, (target,), (0,), (seed,), init_params(0), kh.public_key())
+    got = NodeReply.from_message(second.deliver(evaluates.to_message(node)))
+    assert not second.errors, second.errors[:2]
+    assert got.devices == (), (
+        f"device {target} trained in run 91 and evaluated in run 92, where the aggregator declared it "
+        "held out: its evaluation is released without the noise floor"
+    )
+    # ... and a device that evaluated first never trains for this key holder.
+    evaluator = next(d for d in data if is_eval_device(cfg.seed, d, cfg.eval_fraction) and d != target)
+    first = RoundTask("evaluate", 1, 3, 1, 0.0, (evaluator,), (0,), (seed,), init_params(0), kh.public_key())
+    assert NodeReply.from_message(grid.deliver(first.to_message(node))).devices == (evaluator,)
+    third = InProcessGrid(app, grid.node_config, replace(cfg, eval_fraction=0.0).to_flower(), 93)
+    late = RoundTask("train", 1, 4, 1, 0.0, (evaluator,), (0,), (seed,), init_params(0), kh.public_key())
+    assert NodeReply.from_message(third.deliver(late.to_message(node))).devices == ()

@@ -29,6 +29,7 @@ claims = st.lists(
         ),
         st.lists(st.integers(0, 6), max_size=6),
         st.one_of(st.none(), st.integers(1, 3)),
+        st.sampled_from([None, ("k trains", "k evaluates"), ("k evaluates", "k trains")]),
     ),
     max_size=12,
 )
@@ -37,14 +38,15 @@ claims = st.lists(
 @settings(max_examples=40, deadline=None)
 @given(claims)
 def test_a_device_is_granted_a_scope_once_and_uploads_within_its_limit_in_memory_and_on_file_alike(
-    tmp_path_factory: object, sequence: list[tuple[list[str], list[int], int | None]]
+    tmp_path_factory: object, sequence: list[tuple[list[str], list[int], int | None, tuple[str, str] | None]]
 ) -> None:
     path = tmp_path_factory.mktemp("ledger") / "claims.sqlite"  # type: ignore[attr-defined]
     memory, file = MemoryLedger(), FileLedger(path)
     seen: set[tuple[str, int]] = set()
-    for scopes, devices, limit in sequence:
-        granted = memory.claim(scopes, devices, limit)
-        assert file.claim(scopes, devices, limit) == granted
+    roles: dict[int, str] = {}
+    for scopes, devices, limit, role in sequence:
+        granted = memory.claim(scopes, devices, limit, role)
+        assert file.claim(scopes, devices, limit, role) == granted
 
         def uploads(d: int) -> int:  # round scopes claimed so far: one per upload
             return sum(1 for s, e in seen if e == d and " round " in s)
@@ -52,10 +54,16 @@ def test_a_device_is_granted_a_scope_once_and_uploads_within_its_limit_in_memory
         expected = [
             d
             for d in dict.fromkeys(devices)
-            if not any((s, d) in seen for s in scopes) and (limit is None or uploads(d) < limit)
+            if not any((s, d) in seen for s in scopes)
+            and (limit is None or uploads(d) < limit)
+            and (role is None or roles.get(d, role[0]) == role[0])
         ]
-        assert granted == expected  # in order, each device once, none seen in a scope or over its limit
+        assert (
+            granted == expected
+        )  # in order, each device once, none seen in a scope, over its limit or out of its role
         seen.update((s, d) for s in scopes for d in granted)
+        if role:
+            roles.update((d, roles.get(d, role[0])) for d in granted)
 
 
 def test_a_ledger_reloaded_in_another_process_keeps_counting_uploads() -> None:

@@ -25,8 +25,16 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
+from fedchurn.client.pinned_app import CLIENTAPP, FOREIGN_APP
+from fedchurn.server.app_package import flower_bin
 from fedchurn.server.checkpoint import Checkpoint, CheckpointStore
-from fedchurn.server.deploy import Federation, local_federation, population_stores, stop_group
+from fedchurn.server.deploy import (
+    Federation,
+    app_pyproject,
+    local_federation,
+    population_stores,
+    stop_group,
+)
 from fedchurn.server.dp import epsilon_for
 from fedchurn.shared.feature_spec import BASE_FEATURES
 from fedchurn.shared.model_format import DEFAULT_SPEC, init_params
@@ -289,6 +297,75 @@ def test_no_secret_in_logs_outputs_databases_or_command_lines(deployment: Deploy
     pin = s.keyholder_pin().node_config_arg()
     supernodes = [c for c in lines.values() if "flower-supernode" in c and "--node-config" in c]
     assert len(supernodes) >= 2 and all(pin in c for c in supernodes)
+
+
+# The aggregator's own app: its ClientApp writes what it can read on the device's machine.
+FOREIGN_CLIENT = """
+from pathlib import Path
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    stores = sorted(p.name for p in Path(str(context.node_config["store-dir"])).glob("*"))
+    Path(str(context.run_config["out"])).with_suffix(".stolen").write_text("\\n".join(stores))
+    return Message(RecordDict(), reply_to=msg)
+"""
+FOREIGN_SERVER = """
+import json
+from pathlib import Path
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    nodes = list(grid.get_node_ids())
+    content = RecordDict({"c": ConfigRecord({})})
+    msgs = [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+    replies = grid.send_and_receive(msgs, timeout=120)
+    errors = [r.error.reason for r in replies if r.has_error()]
+    Path(str(context.run_config["out"])).write_text(json.dumps({"nodes": len(nodes), "errors": errors}))
+"""
+
+
+def test_attack_the_aggregator_ships_its_own_clientapp_code_to_the_supernodes(deployment: Deployment) -> None:
+    """`flwr run` sends the SuperNodes an app bundle; Flower runs the ClientApp it names, from the
+    bundle's own code. An aggregator's bundle with code in it read the device stores (and the
+    node's secret) on every node, and none of fedchurn's client code ran. The nodes now run
+    fedchurn's ClientApp or nothing (`client.pinned_app`): the task fails, the code never runs."""
+    app = deployment.work / "foreign-app"
+    (app / "evil").mkdir(parents=True)
+    (app / "evil" / "__init__.py").write_text("")
+    (app / "evil" / "client.py").write_text(FOREIGN_CLIENT)
+    (app / "evil" / "server.py").write_text(FOREIGN_SERVER)
+    pyproject = app_pyproject().replace(CLIENTAPP, "evil.client:app")
+    pyproject = pyproject.replace('serverapp = "fedchurn.server.app:app"', 'serverapp = "evil.server:app"')
+    (app / "pyproject.toml").write_text(
+        pyproject.split("[tool.flwr.app.config]")[0] + '[tool.flwr.app.config]\nout = ""\n'
+    )
+    out = deployment.work / "foreign.json"
+    proc = deployment.fed._start(
+        "foreign",
+        [flower_bin("flwr"), "run", str(app), "fedchurn", "--stream", "--run-config", f'out="{out}"'],
+    )
+    assert proc.wait(timeout=RUN_TIMEOUT_S) == 0, deployment.fed.log_path("foreign").read_text()[-3000:]
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not out.exists():  # `flwr run --stream` may return before the ServerApp's last write
+        assert time.monotonic() < deadline, deployment.fed.log_path("foreign").read_text()[-3000:]
+        time.sleep(0.2)
+    result = json.loads(out.read_text())
+    stolen = out.with_suffix(".stolen")
+    assert not stolen.exists(), (
+        f"the aggregator's ClientApp ran on a SuperNode and read: {stolen.read_text()!r}"
+    )
+    assert result["nodes"] == NODES and len(result["errors"]) == NODES, result
+    assert all(FOREIGN_APP in e and "evil/client.py" in e for e in result["errors"]), result
 
 
 def _victim(d: Deployment, cfg: RunConfig) -> tuple[RunConfig, int, set[int]]:

@@ -146,6 +146,21 @@ def test_dp_floor_exempts_only_evaluation_histograms_of_their_length() -> None:
         assert e.value.reason is Reason.DP_POLICY
 
 
+@pytest.mark.parametrize("horizon", [14, 30, 90])
+def test_a_deployed_key_holder_exempts_the_evaluations_a_run_of_its_horizon_sends(horizon: int) -> None:
+    """`fedchurn deploy keyholder --horizon H` must exempt what the aggregator asks for a run of
+    horizon H (`SecureRounds`): from 15 days on the histogram's rows are hazard bins, not days."""
+    from fedchurn.server.deploy_services import evaluation_exemptions
+    from fedchurn.server.secure_rounds import SecureRounds
+    from fedchurn.shared.run_config import RunConfig
+
+    for protection in ("secagg", "ckks"):
+        cfg = RunConfig(horizon=horizon, k_min=10, protection=protection)
+        in_process = SecureRounds(cfg, 100).keyholder  # exempts what this run's evaluations send
+        assert isinstance(in_process, KeyHolder)
+        assert set(in_process.noise_exempt) <= set(evaluation_exemptions(horizon, 10))
+
+
 def test_key_holder_drops_lead_to_aggregator_dropping_the_masked_vector() -> None:
     kh = KeyHolder.generate(k_min=10)
     rng = np.random.default_rng(4)

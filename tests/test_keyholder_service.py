@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import os
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -94,3 +97,49 @@ def test_every_route_declares_a_response_model(served: tuple[KeyHolder, TestClie
 def test_short_tokens_are_refused() -> None:
     with pytest.raises(ValueError):
         create_app(KeyHolder.generate(), "short")
+
+
+def _body(**changes: object) -> dict[str, object]:
+    b64 = base64.b64encode
+    body: dict[str, object] = {
+        "round_id": 1,
+        "cohort_id": 0,
+        "model_version": 1,
+        "round_seed": b64(os.urandom(32)).decode(),
+        "n_params": 2286,
+        "params": DEFAULT.to_dict(),
+        "entries": [{"device_id": "a", "sealed_seed": b64(os.urandom(80)).decode()}],
+    }
+    return {**body, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"n_params": 2**32},
+        {"n_params": 2**70},
+        {"params": {**DEFAULT.to_dict(), "ckks_coeff_mod_bits": [999]}},
+        {"params": {**DEFAULT.to_dict(), "ckks_scale_bits": 0}},
+    ],
+    ids=["n-params-over-32-bits", "n-params-huge", "modulus-bits-over-a-byte", "no-scale"],
+)
+def test_out_of_range_numbers_are_refused_as_problem_json_not_a_server_error(
+    served: tuple[KeyHolder, TestClient], changes: dict[str, object]
+) -> None:
+    """Found by review 3: these reached `struct.pack` and answered a bare 500."""
+    _, http = served
+    r = http.post("/v1/mask-sum", json=_body(**changes), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_key_holder_without_ckks_makes_no_ckks_context_for_whoever_asks(
+    served: tuple[KeyHolder, TestClient],
+) -> None:
+    """Review 3: an unauthenticated GET of the CKKS context made a key holder provisioned without
+    CKKS create a secret CKKS context on the spot."""
+    kh, http = served
+    assert not kh.has_ckks
+    r = http.get("/v1/ckks/public-context")
+    assert r.status_code == 422 and r.json()["reason"] == "mode_disabled", r.text[:300]
+    assert not kh.has_ckks

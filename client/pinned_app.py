@@ -1,0 +1,108 @@
+"""A device's SuperNode runs fedchurn's own ClientApp, whatever app bundle the aggregator sends.
+
+`flwr run` ships a Flower app bundle (FAB) to every SuperNode, and Flower loads the ClientApp the
+bundle's pyproject.toml names, from the bundle's own folder first. A bundle with code in it is
+therefore code the aggregator runs on the device's machine: it can read the device stores and
+the node's secret, and nothing of `client.flower_app` (the key holder pin, the contribution
+ledger, the upload budget) runs at all. Flower 1.41 checks bundles only against signatures its
+SuperLink vouches for (`--trusted-entities` needs the SuperLink's licence verification), so a
+fedchurn SuperNode checks them itself, before anything in them is installed or imported.
+
+fedchurn's bundle carries no code: one pyproject.toml naming modules installed on the device, and
+no dependencies. `check_fab` accepts exactly that shape with this module's `CLIENTAPP`. Flower's
+SuperNode starts each ClientApp as the command `flwr-clientapp`, found on PATH; `shim_dir` writes
+one that is `main` here (Flower's own `flwr-clientapp` with the check in front of its install
+step), and `fedchurn deploy supernode` puts it first on the SuperNode's PATH. A bundle that fails
+the check is never unpacked: the task fails and Flower answers the aggregator with an error reply.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import sys
+import tomllib
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CLIENTAPP", "FOREIGN_APP", "ForeignAppError", "check_fab", "main", "shim_dir"]
+
+CLIENTAPP = "fedchurn.client.deploy_client:app"  # the one ClientApp a device's SuperNode runs
+FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what `flwr build` puts in a code-free app
+FOREIGN_APP = "foreign-app"  # the reason a refused bundle gives
+SHIM = "flwr-clientapp"  # the command name Flower's SuperNode starts a ClientApp with
+
+
+class ForeignAppError(ValueError):
+    """The aggregator sent an app bundle that is not fedchurn's code-free one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{FOREIGN_APP}: refused the app bundle the aggregator sent: {why}")
+
+
+def check_fab(content: bytes, clientapp: str = CLIENTAPP) -> None:
+    """Raise `ForeignAppError` unless `content` (a FAB, a zip) holds only a pyproject.toml (and
+    Flower's manifest) that names `clientapp` and no dependencies."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as fab:
+            names = fab.namelist()
+            extra = sorted(set(names) - FAB_FILES)
+            if extra or len(names) != len(set(names)):
+                raise ForeignAppError(
+                    f"it carries files besides pyproject.toml: {', '.join(extra[:5]) or names}"
+                )
+            project = tomllib.loads(fab.read("pyproject.toml").decode("utf-8"))
+    except ForeignAppError:
+        raise
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ForeignAppError(f"it is not a readable app bundle ({type(e).__name__})") from e
+    named = _get(project, "tool", "flwr", "app", "components", "clientapp")
+    if named != clientapp:
+        raise ForeignAppError(f"its ClientApp is {named!r}, this device runs only {clientapp!r}")
+    dependencies = _get(project, "project", "dependencies")
+    if dependencies not in (None, []):
+        raise ForeignAppError(f"it asks for dependencies {dependencies!r}; fedchurn's bundle has none")
+
+
+def _get(doc: dict[str, Any], *keys: str) -> object:
+    node: object = doc
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def shim_dir(folder: Path) -> Path:
+    """Write `folder/flwr-clientapp`, which runs `main` with this interpreter; return `folder`
+    (the directory to put first on the SuperNode's PATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / SHIM
+    shim.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -c "from fedchurn.client.pinned_app import main; main()" "$@"\n'
+    )
+    shim.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    return folder
+
+
+def checked_install(install: Callable[..., Path]) -> Callable[..., Path]:
+    """`install` (Flower's `install_from_fab`) that first refuses any bundle but fedchurn's."""
+
+    def install_checked(fab_file: Path | bytes, *args: Any, **kwargs: Any) -> Path:
+        check_fab(fab_file if isinstance(fab_file, bytes) else Path(fab_file).read_bytes())
+        return install(fab_file, *args, **kwargs)
+
+    return install_checked
+
+
+def main() -> None:
+    """Flower's `flwr-clientapp`, refusing foreign bundles. Flower 1.41 has no hook between pulling
+    a task's bundle and installing it, so this process (and only this one) replaces the install
+    step that `run_clientapp` calls by name."""
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+    from flwr.supernode.runtime import run_clientapp
+
+    run_clientapp.install_from_fab = checked_install(run_clientapp.install_from_fab)  # type: ignore[attr-defined]
+    flwr_clientapp()

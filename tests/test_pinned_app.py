@@ -1,0 +1,113 @@
+"""A device's SuperNode runs fedchurn's code-free app bundle or nothing (`client.pinned_app`); the
+deployment test `test_attack_the_aggregator_ships_its_own_clientapp_code_to_the_supernodes` runs
+the attack through real SuperNodes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from flwr.cli.build import build_fab_from_disk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedchurn.client.pinned_app import (
+    CLIENTAPP,
+    FOREIGN_APP,
+    SHIM,
+    ForeignAppError,
+    check_fab,
+    checked_install,
+    shim_dir,
+)
+from fedchurn.server.deploy import app_pyproject
+
+pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # `flwr build`'s
+
+
+def _fab(tmp_path: Path, pyproject: str, files: dict[str, str] | None = None) -> bytes:
+    """A bundle as `flwr run` builds it from an app folder."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(pyproject)
+    for name, text in (files or {}).items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    return build_fab_from_disk(app)
+
+
+def test_the_bundle_fedchurn_ships_is_accepted(tmp_path: Path) -> None:
+    check_fab(_fab(tmp_path, app_pyproject()))
+
+
+@pytest.mark.parametrize(
+    ("files", "clientapp", "dependencies", "why"),
+    [
+        ({"evil/__init__.py": "", "evil/client.py": "app = None"}, "evil.client:app", "[]", "evil/client.py"),
+        (
+            {"fedchurn/client/deploy_client.py": "app = None"},
+            CLIENTAPP,
+            "[]",
+            "fedchurn/client/deploy_client.py",
+        ),
+        ({}, "fedchurn.client.flower_app:app", "[]", "fedchurn.client.flower_app:app"),
+        ({}, CLIENTAPP, '["requests"]', "requests"),
+    ],
+    ids=["its-own-code", "a-module-shadowing-fedchurns", "another-installed-clientapp", "dependencies"],
+)
+def test_any_other_bundle_is_refused_naming_why(
+    tmp_path: Path, files: dict[str, str], clientapp: str, dependencies: str, why: str
+) -> None:
+    pyproject = app_pyproject().replace(f'clientapp = "{CLIENTAPP}"', f'clientapp = "{clientapp}"')
+    pyproject = pyproject.replace("dependencies = []", f"dependencies = {dependencies}")
+    with pytest.raises(ForeignAppError, match=f"{FOREIGN_APP}.*{why}"):
+        check_fab(_fab(tmp_path, pyproject, files))
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(
+            st.sampled_from(["pyproject.toml", ".info/CONTENT", "x.py", "a/b.so"]), st.binary(max_size=80)
+        ).map(_zip),
+    )
+)
+def test_garbage_is_refused_with_the_one_error(content: bytes) -> None:
+    with pytest.raises(ForeignAppError):
+        check_fab(content)
+
+
+def test_a_refused_bundle_is_never_unpacked(tmp_path: Path) -> None:
+    unpacked: list[bytes] = []
+
+    def install(fab_file: bytes, **_: object) -> Path:
+        unpacked.append(fab_file)
+        return tmp_path
+
+    fab = _fab(tmp_path, app_pyproject().replace(CLIENTAPP, "evil.client:app"))
+    with pytest.raises(ForeignAppError):
+        checked_install(install)(fab, skip_prompt=True)
+    assert not unpacked
+    (tmp_path / "app").rename(tmp_path / "refused")
+    ours = _fab(tmp_path, app_pyproject())
+    checked_install(install)(ours, skip_prompt=True)
+    assert unpacked == [ours]
+
+
+def test_the_shim_on_the_supernodes_path_is_flowers_clientapp_command_with_the_check(tmp_path: Path) -> None:
+    shim = shim_dir(tmp_path / "bin") / SHIM
+    res = subprocess.run([str(shim), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "--runtime-api-address" in res.stdout  # Flower's own `flwr-clientapp` arguments
