@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIENTAPP", "FOREIGN_APP", "ForeignAppError", "check_fab", "main", "shim_dir"]
+__all__ = ["CLIENTAPP", "FOREIGN_APP", "ForeignAppError", "check_fab", "main", "refuse", "shim_dir"]
 
 CLIENTAPP = "fedchurn.client.deploy_client:app"  # the one ClientApp a device's SuperNode runs
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what `flwr build` puts in a code-free app
@@ -76,15 +76,26 @@ def _get(doc: dict[str, Any], *keys: str) -> object:
 
 
 def shim_dir(folder: Path) -> Path:
-    """Write `folder/flwr-clientapp`, which runs `main` with this interpreter; return `folder`
-    (the directory to put first on the SuperNode's PATH)."""
+    """Write `folder/flwr-clientapp`, which runs `main` with this interpreter, and, for every other
+    command Flower starts a task with (`flwr-agentapp`, `flwr-serverapp`, ...: a run's task type
+    is the SuperLink's word, and each of them loads its app from the bundle), one that refuses;
+    return `folder` (the directory to put first on the SuperNode's PATH)."""
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
     folder.mkdir(parents=True, exist_ok=True)
-    shim = folder / SHIM
-    shim.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" -c "from fedchurn.client.pinned_app import main; main()" "$@"\n'
-    )
-    shim.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    for command in sorted({SHIM, *TASK_TYPE_TO_COMMAND.values()}):
+        call = "main()" if command == SHIM else f"refuse('{command}')"
+        shim = folder / command
+        shim.write_text(
+            f'#!/bin/sh\nexec "{sys.executable}" -c "from {__name__} import main, refuse; {call}" "$@"\n'
+        )
+        shim.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     return folder
+
+
+def refuse(command: str) -> None:
+    """What a device's SuperNode runs for any task but a ClientApp's."""
+    sys.exit(f"{FOREIGN_APP}: a fedchurn SuperNode runs fedchurn's ClientApp only, not {command}")
 
 
 def checked_install(install: Callable[..., Path]) -> Callable[..., Path]:

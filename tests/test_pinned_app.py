@@ -111,3 +111,19 @@ def test_the_shim_on_the_supernodes_path_is_flowers_clientapp_command_with_the_c
     res = subprocess.run([str(shim), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "--runtime-api-address" in res.stdout  # Flower's own `flwr-clientapp` arguments
+
+
+def test_every_other_task_command_on_the_supernodes_path_refuses(tmp_path: Path) -> None:
+    """A run's task type is the SuperLink's word: an aggregator could name an agent app (or any
+    other task Flower runs from the bundle) instead of a ClientApp. On a device's SuperNode each
+    of those commands refuses before anything is loaded."""
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    folder = shim_dir(tmp_path / "bin")
+    others = sorted(set(TASK_TYPE_TO_COMMAND.values()) - {SHIM})
+    assert others, "Flower names other task commands"
+    for command in others:
+        res = subprocess.run(
+            [str(folder / command), "--token", "x"], capture_output=True, text=True, timeout=60
+        )
+        assert res.returncode != 0 and FOREIGN_APP in res.stderr and command in res.stderr, (command, res)
