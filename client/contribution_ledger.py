@@ -129,6 +129,32 @@ class MemoryLedger:
         return granted
 
 
+_WITH_ROLES = 1  # the file's `user_version` once claims made before role claims have roles
+
+
+def _give_legacy_claims_roles(conn: sqlite3.Connection) -> None:
+    """Claims made before role claims existed name no role, so a device that had trained could be
+    declared held out and evaluate (review 4). A legacy device gets, for each key holder it
+    uploaded for, "evaluates" if it ever evaluated (evaluation claims name the run, not the key
+    holder) and "trains" if it uploaded more often for that key holder than it evaluated in all:
+    both where its history cannot tell, which leaves it out of that key holder's tasks."""
+    conn.execute(
+        f"""
+        WITH uploads AS (
+            SELECT substr(scope, 1, instr(scope, '{_ROUND}') - 1) AS holder, device, COUNT(*) AS n
+            FROM claims WHERE instr(scope, '{_ROUND}') > 0 GROUP BY holder, device
+        ), evaluations AS (
+            SELECT device, COUNT(*) AS n FROM claims WHERE scope LIKE 'evaluate run %' GROUP BY device
+        )
+        INSERT OR IGNORE INTO claims
+        SELECT u.holder || ' evaluates', u.device FROM uploads u JOIN evaluations e USING (device)
+        UNION ALL
+        SELECT u.holder || ' trains', u.device FROM uploads u LEFT JOIN evaluations e USING (device)
+        WHERE u.n > COALESCE(e.n, 0)
+        """
+    )
+
+
 class FileLedger:
     """SQLite file (stdlib); the claims are committed before anything is computed. One immediate
     transaction per call, so two processes answering for the same device cannot both claim it.
@@ -159,6 +185,9 @@ class FileLedger:
                     f"SELECT 'legacy{_ROUND}of run ' || run_id, device FROM evaluated"
                 )
                 conn.execute("DROP TABLE evaluated")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < _WITH_ROLES:
+                _give_legacy_claims_roles(conn)
+                conn.execute(f"PRAGMA user_version = {_WITH_ROLES}")
             conn.execute("COMMIT")
         finally:
             conn.close()

@@ -19,6 +19,7 @@ the check is never unpacked: the task fails and Flower answers the aggregator wi
 from __future__ import annotations
 
 import io
+import re
 import stat
 import sys
 import tomllib
@@ -32,7 +33,10 @@ __all__ = ["CLIENTAPP", "FOREIGN_APP", "ForeignAppError", "check_fab", "main", "
 CLIENTAPP = "fedchurn.client.deploy_client:app"  # the one ClientApp a device's SuperNode runs
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what `flwr build` puts in a code-free app
 FOREIGN_APP = "foreign-app"  # the reason a refused bundle gives
-SHIM = "flwr-clientapp"  # the command name Flower's SuperNode starts a ClientApp with
+SHIM = "flwr-clientapp"
+_PLAIN_NAME = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._+-]*"
+)  # the command name Flower's SuperNode starts a ClientApp with
 
 
 class ForeignAppError(ValueError):
@@ -54,10 +58,20 @@ def check_fab(content: bytes, clientapp: str = CLIENTAPP) -> None:
                     f"it carries files besides pyproject.toml: {', '.join(extra[:5]) or names}"
                 )
             project = tomllib.loads(fab.read("pyproject.toml").decode("utf-8"))
+            listed = [line.split(",")[0] for line in fab.read(".info/CONTENT").decode("utf-8").splitlines()]
     except ForeignAppError:
         raise
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ForeignAppError(f"it is not a readable app bundle ({type(e).__name__})") from e
+    if listed != ["pyproject.toml"]:
+        # Flower checks the hash of every file the manifest lists, wherever its path points: a
+        # listed path outside the bundle made the install an oracle on the device's files.
+        raise ForeignAppError(f"its manifest lists {listed[:5]!r}, not pyproject.toml alone")
+    for keys in (("project", "name"), ("project", "version"), ("tool", "flwr", "app", "publisher")):
+        value = _get(project, *keys)
+        if not (isinstance(value, str) and _PLAIN_NAME.fullmatch(value) and ".." not in value):
+            # Flower names the folder it installs to from these: no path may hide in them.
+            raise ForeignAppError(f"its {'.'.join(keys)} {value!r} is not a plain name")
     named = _get(project, "tool", "flwr", "app", "components", "clientapp")
     if named != clientapp:
         raise ForeignAppError(f"its ClientApp is {named!r}, this device runs only {clientapp!r}")
@@ -87,7 +101,7 @@ def shim_dir(folder: Path) -> Path:
         call = "main()" if command == SHIM else f"refuse('{command}')"
         shim = folder / command
         shim.write_text(
-            f'#!/bin/sh\nexec "{sys.executable}" -c "from {__name__} import main, refuse; {call}" "$@"\n'
+            f'#!/bin/sh\nexec "{sys.executable}" -P -c "from {__name__} import main, refuse; {call}" "$@"\n'
         )
         shim.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     return folder

@@ -56,6 +56,7 @@ CKKS_RANGE_SLACK = 1e-4
 # The finest grid a released CKKS sum may use whatever the clip: 2^-21 (the default clip 0.5's
 # grid), ~50x the decryption error at the pinned parameters (under 1e-8 in an attack on a 1e-12 clip).
 CKKS_MIN_GRID = 2.0**-21
+CKKS_MIN_NOISE_STEPS = 2**10  # noise, when there is any, spans at least this many grid steps
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
@@ -511,6 +512,15 @@ class KeyHolder:
                 Reason.WRONG_CONFIG, "CKKS parameters differ from this key holder's context"
             )
         m = p.n_coords(r.n_params)
+        grid, sigma = ckks_grid(p), p.noise_std(r.n_params)
+        if 0 < sigma < CKKS_MIN_NOISE_STEPS * grid:
+            # Noise below a grid step rounds away: with a clip of 1e-7 the release was the exact
+            # rounding of the sum, and an offset of half a step read its sign (review 4).
+            raise KeyHolderRefusedError(
+                Reason.DP_POLICY,
+                f"noise of std {sigma:.3g} is under {CKKS_MIN_NOISE_STEPS} steps of the release grid "
+                f"{grid:.3g}: raise the clip norm",
+            )
         with self._lock:
             ctx = self._ckks()
             opened = self._open_seals(CKKS, r, k)
@@ -545,8 +555,6 @@ class KeyHolder:
             # refusing is part of the noisy release: a check on the exact sum answered a noise-
             # free yes/no about it per cohort (the aggregator adds an offset of its choice to the
             # ciphertext), and the noise floor hid nothing from repeated threshold tests.
-            grid = ckks_grid(p)
-            sigma = p.noise_std(r.n_params)
             released = (np.round(values / grid) + discrete_gaussian(sigma / grid, m)) * grid
             coord_bound, l2_bound = p.honest_sum_bounds(r.n_params, n)
             slack = CKKS_RANGE_SLACK * (1 + n * p.clip_norm)

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import numbers
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -172,6 +173,12 @@ class ProtectionParams:
     def __post_init__(self) -> None:
         if self.mode not in SCHEMES:
             raise ValueError(f"mode must be one of {sorted(SCHEMES)}, got {self.mode!r}")
+        counts = [self.quant_bits, self.ring_bits, self.max_cohort, self.k_min, self.max_upload_bytes]
+        counts += [self.ckks_poly_modulus, self.ckks_scale_bits, *self.ckks_coeff_mod_bits]
+        if self.coords_per_round is not None:
+            counts.append(self.coords_per_round)
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in counts):
+            raise ValueError("sizes, bit counts and cohort bounds must be whole numbers")
         if self.coords_per_round is not None and self.coords_per_round < 1:
             raise ValueError("coords_per_round must be positive (or None for all)")
         if not 2 <= self.quant_bits <= self.ring_bits <= wire.MAX_RING_BITS:

@@ -899,8 +899,8 @@ def test_attack_a_tiny_clip_in_the_request_releases_the_raw_ckks_decryption() ->
     aggregator's request names. With a clip of 1e-12 the grid was ~1e-18: the release was the
     decryption error itself, unrounded (2,286 distinct values), what a key-recovery attack on CKKS
     (Li-Micciancio) needs. The grid now never goes below 2^-21 (review 3)."""
-    kh = keyholder_module.KeyHolder.generate(k_min=5, min_noise_multiplier=1.0, with_ckks=True)
-    params = RunConfig(protection="ckks", k_min=5, clip_norm=1e-12).train_protection(1.0)
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=1e-12).train_protection(0.0)
     updates = np.random.default_rng(5).normal(size=(5, CKKS_N)) * 0.01
     blobs, seed = _ckks_cohort(kh, params, updates, 9000)
     values = np.asarray(_ckks_ask(kh, params, blobs, seed, 9000, np.zeros(CKKS_N)).values)
@@ -909,6 +909,30 @@ def test_attack_a_tiny_clip_in_the_request_releases_the_raw_ckks_decryption() ->
         f"released values off the 2^-21 grid (max |v| {np.abs(values).max():.3g}, "
         f"{len(np.unique(values))} distinct of {values.size}): a raw decryption"
     )
+    kh.close()
+
+
+def test_attack_a_small_clip_rounds_the_ckks_noise_away() -> None:
+    """With the grid kept at 2^-21 (above), a clip of 1e-7 under a noise floor of z = 1 made the
+    noise a fifth of a grid step: the discrete Gaussian almost always drew 0, the release was the
+    exact rounding of the sum, and an offset of half a step read its sign; with k - 1 Sybil seals
+    one device's, 40 rounds out of 40 (review 4, against the first fix). The key holder now
+    refuses noise under 2^10 grid steps, before anything is opened."""
+    kh = keyholder_module.KeyHolder.generate(k_min=5, min_noise_multiplier=1.0, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=1e-7).train_protection(1.0)
+    updates = np.random.default_rng(6).normal(size=(5, CKKS_N)) * 1e-9
+    blobs, seed = _ckks_cohort(kh, params, updates, 9100)
+    grid = keyholder_module.ckks_grid(params)
+    try:
+        answer = _ckks_ask(kh, params, blobs, seed, 9100, np.full(CKKS_N, grid / 2))
+    except keyholder_module.KeyHolderRefusedError as e:
+        assert e.reason is wire.Reason.DP_POLICY, e
+        assert not kh.answered(9100, 0), "refused before any seal was opened"
+    else:
+        pytest.fail(
+            f"released with noise of std {answer.noise_std:.3g} = {answer.noise_std / grid:.2f} steps of the "
+            f"{grid:.3g} grid: the release is the sum's exact rounding"
+        )
     kh.close()
 
 

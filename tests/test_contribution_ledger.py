@@ -12,7 +12,7 @@ from flwr.app import Context, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedchurn.client.contribution_ledger import FileLedger, MemoryLedger, scopes_of
+from fedchurn.client.contribution_ledger import FileLedger, MemoryLedger, role_of, scopes_of
 from fedchurn.client.deploy_client import LEDGER_FILE, LEGACY_LEDGER_FILE, StoreSource
 from fedchurn.client.device_config import MAX_UPLOADS_KEY, upload_budget
 from fedchurn.shared.keyholder_pin import PinError
@@ -145,3 +145,24 @@ def test_the_upload_budget_is_read_from_the_devices_own_configuration_as_deploy_
 def test_a_malformed_upload_budget_is_refused_naming_the_key_and_where(bad: object) -> None:
     with pytest.raises(PinError, match=f"'{MAX_UPLOADS_KEY}' in the node configuration must be a whole"):
         upload_budget({MAX_UPLOADS_KEY: bad})
+
+
+def test_attack_a_ledger_from_before_roles_lets_a_device_that_trained_evaluate(tmp_path: Path) -> None:
+    """A node's ledger written before role claims (4822eef) held round claims without roles, so a
+    device that had trained under DP could be declared held out after the upgrade and evaluate,
+    its evaluation released without the noise floor (review 4). Opening such a file gives its
+    devices the roles their claims show, once."""
+    path = tmp_path / "claims.sqlite"
+    with sqlite3.connect(path) as conn:  # the file as 4822eef's ledger left it
+        conn.execute("CREATE TABLE claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))")
+        old = [
+            *[(scope, 1) for scope in scopes_of(1, 7, KEY, evaluation=False)],  # device 1 trained
+            *[(scope, 2) for scope in scopes_of(2, 7, KEY, evaluation=True)],  # device 2 evaluated
+            *[(scope, 3) for r in (3, 4) for scope in scopes_of(r, 7, KEY, evaluation=r == 4)],  # both
+        ]
+        conn.executemany("INSERT INTO claims VALUES (?, ?)", old)
+    ledger = FileLedger(path)
+    evaluate, train = role_of(8, KEY, evaluation=True), role_of(8, KEY, evaluation=False)
+    assert ledger.claim(scopes_of(10, 8, KEY, evaluation=True), [1, 2, 3, 4], role=evaluate) == [2, 4]
+    assert ledger.claim(scopes_of(11, 8, KEY, evaluation=False), [1, 2, 3, 5], role=train) == [1, 5]
+    assert FileLedger(path).claim(scopes_of(12, 8, KEY, evaluation=False), [1, 2, 3], role=train) == [1]

@@ -143,3 +143,14 @@ def test_a_key_holder_without_ckks_makes_no_ckks_context_for_whoever_asks(
     r = http.get("/v1/ckks/public-context")
     assert r.status_code == 422 and r.json()["reason"] == "mode_disabled", r.text[:300]
     assert not kh.has_ckks
+
+
+@pytest.mark.parametrize("field", ["k_min", "ring_bits", "ckks_scale_bits", "coords_per_round"])
+def test_a_fraction_where_a_whole_number_belongs_is_refused_as_problem_json(
+    served: tuple[KeyHolder, TestClient], field: str
+) -> None:
+    """Review 4: 1.5 in a count reached `struct.pack` and answered a bare 500."""
+    _, http = served
+    body = _body(params={**DEFAULT.to_dict(), field: 20.5})
+    r = http.post("/v1/mask-sum", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text

@@ -127,3 +127,22 @@ def test_every_other_task_command_on_the_supernodes_path_refuses(tmp_path: Path)
             [str(folder / command), "--token", "x"], capture_output=True, text=True, timeout=60
         )
         assert res.returncode != 0 and FOREIGN_APP in res.stderr and command in res.stderr, (command, res)
+
+
+@pytest.mark.parametrize(
+    ("pyproject_change", "manifest", "why"),
+    [
+        (("", ""), "pyproject.toml,0,1\n../../../etc/hostname,abc,1\n", "manifest"),
+        (('version = "', 'version = "../../planted'), "pyproject.toml,0,1\n", "project.version"),
+        (('publisher = "', 'publisher = "../'), "pyproject.toml,0,1\n", "tool.flwr.app.publisher"),
+    ],
+    ids=["manifest-lists-a-file-outside", "version-is-a-path", "publisher-is-a-path"],
+)
+def test_a_bundle_naming_paths_is_refused(pyproject_change: tuple[str, str], manifest: str, why: str) -> None:
+    """Review 4: Flower checks the hash of every file the manifest lists, wherever its path
+    points (a right guess installed, a wrong one failed: an oracle on the device's files), and
+    names the folder it installs to from the project's name, version and publisher."""
+    pyproject = app_pyproject().replace(*pyproject_change) if pyproject_change[0] else app_pyproject()
+    fab = _zip({"pyproject.toml": pyproject.encode(), ".info/CONTENT": manifest.encode()})
+    with pytest.raises(ForeignAppError, match=why):
+        check_fab(fab)
