@@ -33,10 +33,8 @@ __all__ = ["CLIENTAPP", "FOREIGN_APP", "ForeignAppError", "check_fab", "main", "
 CLIENTAPP = "fedchurn.client.deploy_client:app"  # the one ClientApp a device's SuperNode runs
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what `flwr build` puts in a code-free app
 FOREIGN_APP = "foreign-app"  # the reason a refused bundle gives
-SHIM = "flwr-clientapp"
-_PLAIN_NAME = re.compile(
-    r"[A-Za-z0-9][A-Za-z0-9._+-]*"
-)  # the command name Flower's SuperNode starts a ClientApp with
+SHIM = "flwr-clientapp"  # the command name Flower's SuperNode starts a ClientApp with
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # what Flower may name a folder after
 
 
 class ForeignAppError(ValueError):
@@ -47,8 +45,8 @@ class ForeignAppError(ValueError):
 
 
 def check_fab(content: bytes, clientapp: str = CLIENTAPP) -> None:
-    """Raise `ForeignAppError` unless `content` (a FAB, a zip) holds only a pyproject.toml (and
-    Flower's manifest) that names `clientapp` and no dependencies."""
+    """Raise `ForeignAppError` unless `content` (a FAB, a zip) holds only a pyproject.toml and
+    Flower's manifest listing it alone, with plain names, no dependencies and `clientapp`."""
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as fab:
             names = fab.namelist()
