@@ -560,9 +560,8 @@ class KeyHolder:
             slack = CKKS_RANGE_SLACK * (1 + n * p.clip_norm)
             coord_room = coord_bound + slack + NOISE_TAIL_SIGMAS * sigma
             l2_room = l2_bound + slack + sigma * (math.sqrt(m) + NOISE_TAIL_SIGMAS)
-            if (m and float(np.abs(released).max()) > coord_room) or float(
-                np.linalg.norm(released)
-            ) > l2_room:
+            worst = float(np.abs(released).max()) if m else 0.0
+            if worst > coord_room or float(np.linalg.norm(released)) > l2_room:
                 # No figure of the sum in the message: it reaches the aggregator and the audit log.
                 raise KeyHolderRefusedError(
                     Reason.OUT_OF_RANGE,
