@@ -134,23 +134,27 @@ _WITH_ROLES = 1  # the file's `user_version` once claims made before role claims
 
 def _give_legacy_claims_roles(conn: sqlite3.Connection) -> None:
     """Claims made before role claims existed name no role, so a device that had trained could be
-    declared held out and evaluate (review 4). A legacy device gets, for each key holder it
-    uploaded for, "evaluates" if it ever evaluated (evaluation claims name the run, not the key
-    holder) and "trains" if it uploaded more often for that key holder than it evaluated in all:
-    both where its history cannot tell, which leaves it out of that key holder's tasks."""
+    declared held out and evaluate (review 4). Evaluation claims name the run, not the key holder,
+    so a legacy device gets, for every key holder it uploaded for, "evaluates" if it ever
+    evaluated, and "trains" if it made more uploads in all than evaluations (counting per key
+    holder let a device that evaluated for one key holder and trained for the next pass as an
+    evaluator: review 5): both where its history cannot tell, which leaves it out of those key
+    holders' tasks."""
     conn.execute(
         f"""
         WITH uploads AS (
-            SELECT substr(scope, 1, instr(scope, '{_ROUND}') - 1) AS holder, device, COUNT(*) AS n
-            FROM claims WHERE instr(scope, '{_ROUND}') > 0 GROUP BY holder, device
+            SELECT DISTINCT substr(scope, 1, instr(scope, '{_ROUND}') - 1) AS holder, device
+            FROM claims WHERE instr(scope, '{_ROUND}') > 0
+        ), totals AS (
+            SELECT device, COUNT(*) AS n FROM claims WHERE instr(scope, '{_ROUND}') > 0 GROUP BY device
         ), evaluations AS (
             SELECT device, COUNT(*) AS n FROM claims WHERE scope LIKE 'evaluate run %' GROUP BY device
         )
         INSERT OR IGNORE INTO claims
         SELECT u.holder || ' evaluates', u.device FROM uploads u JOIN evaluations e USING (device)
         UNION ALL
-        SELECT u.holder || ' trains', u.device FROM uploads u LEFT JOIN evaluations e USING (device)
-        WHERE u.n > COALESCE(e.n, 0)
+        SELECT u.holder || ' trains', u.device FROM uploads u JOIN totals t USING (device)
+        LEFT JOIN evaluations e USING (device) WHERE t.n > COALESCE(e.n, 0)
         """
     )
 

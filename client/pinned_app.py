@@ -12,12 +12,14 @@ fedchurn's bundle carries no code: one pyproject.toml naming modules installed o
 no dependencies. `check_fab` accepts exactly that shape with this module's `CLIENTAPP`. Flower's
 SuperNode starts each ClientApp as the command `flwr-clientapp`, found on PATH; `shim_dir` writes
 one that is `main` here (Flower's own `flwr-clientapp` with the check in front of its install
-step), and `fedchurn deploy supernode` puts it first on the SuperNode's PATH. A bundle that fails
+step, loading fedchurn's ClientApp by name rather than from a folder the run record names), and
+`fedchurn deploy supernode` puts it first on the SuperNode's PATH. A bundle that fails
 the check is never unpacked: the task fails and Flower answers the aggregator with an error reply.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
 import stat
@@ -28,7 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIENTAPP", "FOREIGN_APP", "ForeignAppError", "check_fab", "main", "refuse", "shim_dir"]
+__all__ = [
+    "CLIENTAPP",
+    "FOREIGN_APP",
+    "ForeignAppError",
+    "check_fab",
+    "checked_install",
+    "main",
+    "pinned_loader",
+    "refuse",
+    "shim_dir",
+]
 
 CLIENTAPP = "fedchurn.client.deploy_client:app"  # the one ClientApp a device's SuperNode runs
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})  # what `flwr build` puts in a code-free app
@@ -120,12 +132,27 @@ def checked_install(install: Callable[..., Path]) -> Callable[..., Path]:
     return install_checked
 
 
+def pinned_loader(*_: object, **__: object) -> Callable[[str, str, str], Any]:
+    """A stand-in for Flower's `get_load_client_app_fn`: its loader imports `CLIENTAPP` from the
+    installed package. Flower's loads from a folder named after the run record's app id and
+    version (the SuperLink's word, never compared with the checked bundle; a version may hold a
+    path) and puts that folder first on the import path: any folder with the bundle hash's suffix
+    left on the device, an app installed before this check, say, ran its code (review 5)."""
+
+    def load(fab_id: str, fab_version: str, fab_hash: str) -> Any:
+        module, attribute = CLIENTAPP.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    return load
+
+
 def main() -> None:
-    """Flower's `flwr-clientapp`, refusing foreign bundles. Flower 1.41 has no hook between pulling
-    a task's bundle and installing it, so this process (and only this one) replaces the install
-    step that `run_clientapp` calls by name."""
+    """Flower's `flwr-clientapp`, refusing foreign bundles and loading fedchurn's ClientApp by
+    name. Flower 1.41 has no hook between pulling a task's bundle and loading its app, so this
+    process (and only this one) replaces the two steps `run_clientapp` calls by name."""
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
     from flwr.supernode.runtime import run_clientapp
 
     run_clientapp.install_from_fab = checked_install(run_clientapp.install_from_fab)  # type: ignore[attr-defined]
+    run_clientapp.get_load_client_app_fn = pinned_loader  # type: ignore[attr-defined]
     flwr_clientapp()

@@ -512,7 +512,7 @@ class KeyHolder:
                 Reason.WRONG_CONFIG, "CKKS parameters differ from this key holder's context"
             )
         m = p.n_coords(r.n_params)
-        grid, sigma = ckks_grid(p), p.noise_std(r.n_params)
+        grid, sigma = ckks_grid(p), ckks_noise_std(p, r.n_params)
         if 0 < sigma < CKKS_MIN_NOISE_STEPS * grid:
             # Noise below a grid step rounds away: with a clip of 1e-7 the release was the exact
             # rounding of the sum, and an offset of half a step read its sign (review 4).
@@ -586,6 +586,16 @@ def ckks_grid(params: ProtectionParams) -> float:
     itself, unrounded)."""
     clip = params.clip_norm if math.isfinite(params.clip_norm) else 0.0
     return max(clip / 2**CKKS_GRID_BITS, CKKS_MIN_GRID)
+
+
+def ckks_noise_std(params: ProtectionParams, n_params: int) -> float:
+    """The noise a CKKS release carries: the multiplier times the clip plus what rounding to the
+    grid can add. The sum is rounded before the noise, so one device can move the rounded sum by
+    its clip plus up to one step per coordinate (the aggregator adds offsets that put a rounding
+    boundary in each): with a small clip, z * C alone let a device count for more than z allows
+    (review 5). At the default clip the term is 2^-21 * sqrt(m), ~5e-5 of it."""
+    m = params.n_coords(n_params)
+    return params.noise_multiplier * (params.clip_norm + math.sqrt(m) * ckks_grid(params))
 
 
 def ckks_noise_free_error(params: ProtectionParams) -> float:

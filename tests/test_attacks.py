@@ -936,6 +936,28 @@ def test_attack_a_small_clip_rounds_the_ckks_noise_away() -> None:
     kh.close()
 
 
+def test_attack_rounding_before_the_noise_lets_one_device_count_for_more_than_the_floor_allows() -> None:
+    """The key holder rounds the exact sum to its grid and then adds noise. With k - 1 Sybil seals
+    and an offset per coordinate that puts a rounding boundary where the target's value decides,
+    one device moves the release by its clip plus up to one grid step per coordinate: at the
+    smallest clip a floor of z = 4 accepted, that made the effective multiplier 3.57, and no floor
+    could give more than 1024 / sqrt(m) = 21.4 (review 5). The noise now covers the rounding."""
+    z = 4.0
+    kh = keyholder_module.KeyHolder.generate(k_min=5, min_noise_multiplier=z, with_ckks=True)
+    grid = keyholder_module.CKKS_MIN_GRID
+    clip = keyholder_module.CKKS_MIN_NOISE_STEPS * grid / z  # the smallest clip accepted before
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=clip).train_protection(z)
+    updates = np.random.default_rng(7).normal(size=(5, CKKS_N)) * clip / 100
+    blobs, seed = _ckks_cohort(kh, params, updates, 9200)
+    answer = _ckks_ask(kh, params, blobs, seed, 9200, np.zeros(CKKS_N))
+    reach = clip + math.sqrt(params.n_coords(CKKS_N)) * grid  # one device's reach through the rounding
+    assert answer.noise_std >= z * reach * (1 - 1e-12), (
+        f"noise of std {answer.noise_std:.3g} for a device that moves the release by up to {reach:.3g}: "
+        f"an effective multiplier of {answer.noise_std / reach:.2f} under a floor of {z}"
+    )
+    kh.close()
+
+
 def test_attack_a_training_device_is_declared_held_out_in_another_run_to_read_its_evaluation() -> None:
     """Which devices are held out is a hash of the run's seed and evaluation fraction, both the
     aggregator's. A device that trained in one run (under differential privacy, say) was declared

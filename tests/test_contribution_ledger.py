@@ -166,3 +166,21 @@ def test_attack_a_ledger_from_before_roles_lets_a_device_that_trained_evaluate(t
     assert ledger.claim(scopes_of(10, 8, KEY, evaluation=True), [1, 2, 3, 4], role=evaluate) == [2, 4]
     assert ledger.claim(scopes_of(11, 8, KEY, evaluation=False), [1, 2, 3, 5], role=train) == [1, 5]
     assert FileLedger(path).claim(scopes_of(12, 8, KEY, evaluation=False), [1, 2, 3], role=train) == [1]
+
+
+def test_a_device_that_evaluated_for_one_key_holder_and_trained_for_the_next_is_no_evaluator(
+    tmp_path: Path,
+) -> None:
+    """Review 5: the first migration compared a device's uploads for one key holder with its
+    evaluations for all of them, so a device that evaluated for key holder A and then trained for
+    B came out as B's evaluator. Evaluations do not name their key holder: it is now both."""
+    path, other = tmp_path / "claims.sqlite", bytes(range(100, 132))
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))")
+        old = [(scope, 7) for scope in scopes_of(1, 1, other, evaluation=True)]
+        old += [(scope, 7) for scope in scopes_of(2, 2, KEY, evaluation=False)]
+        conn.executemany("INSERT INTO claims VALUES (?, ?)", old)
+    ledger = FileLedger(path)
+    assert (
+        ledger.claim(scopes_of(3, 3, KEY, evaluation=True), [7], role=role_of(3, KEY, evaluation=True)) == []
+    )

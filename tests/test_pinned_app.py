@@ -146,3 +146,24 @@ def test_a_bundle_naming_paths_is_refused(pyproject_change: tuple[str, str], man
     fab = _zip({"pyproject.toml": pyproject.encode(), ".info/CONTENT": manifest.encode()})
     with pytest.raises(ForeignAppError, match=why):
         check_fab(fab)
+
+
+def test_the_clientapp_is_fedchurns_whatever_folder_the_run_record_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 5: Flower loaded the ClientApp from a folder named after the run record's app id and
+    version (the SuperLink's word) and put it first on the import path, so a folder left on the
+    device with the bundle hash's suffix ran its code. The checked clientapp imports fedchurn's."""
+    import sys
+
+    from fedchurn.client import deploy_client
+    from fedchurn.client.pinned_app import pinned_loader
+
+    planted = tmp_path / "apps" / "evil.0123abcd"
+    planted.mkdir(parents=True)
+    (planted / "pyproject.toml").write_text(app_pyproject().replace(CLIENTAPP, "evilmod:app"))
+    (planted / "evilmod.py").write_text("raise SystemExit('foreign code ran')\n")
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    before = list(sys.path)
+    app = pinned_loader("", None, True)("evil", "../apps/evil", "0123abcd" + "0" * 56)
+    assert app is deploy_client.app and sys.path == before
