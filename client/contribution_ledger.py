@@ -139,11 +139,16 @@ def _give_legacy_claims_roles(conn: sqlite3.Connection) -> None:
     evaluated, and "trains" if it made more uploads in all than evaluations (counting per key
     holder let a device that evaluated for one key holder and trained for the next pass as an
     evaluator: review 5): both where its history cannot tell, which leaves it out of those key
-    holders' tasks."""
+    holders' tasks. The key holder is a scope's first 32 hex digits: ledgers of 92f169a..c4ddcf9
+    named the purpose after them ("<key> train round N"; review 6)."""
     conn.execute(
         f"""
         WITH uploads AS (
-            SELECT DISTINCT substr(scope, 1, instr(scope, '{_ROUND}') - 1) AS holder, device
+            SELECT DISTINCT CASE
+                WHEN substr(scope, 33, 1) = ' ' AND substr(scope, 1, 32) NOT GLOB '*[^0-9a-f]*'
+                THEN substr(scope, 1, 32)  -- a key holder's 16 bytes, whatever followed them
+                ELSE substr(scope, 1, instr(scope, '{_ROUND}') - 1)
+            END AS holder, device
             FROM claims WHERE instr(scope, '{_ROUND}') > 0
         ), totals AS (
             SELECT device, COUNT(*) AS n FROM claims WHERE instr(scope, '{_ROUND}') > 0 GROUP BY device

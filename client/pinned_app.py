@@ -37,6 +37,7 @@ __all__ = [
     "check_fab",
     "checked_install",
     "main",
+    "no_dependencies",
     "pinned_loader",
     "refuse",
     "shim_dir",
@@ -147,12 +148,24 @@ def pinned_loader(*_: object, **__: object) -> Callable[[str, str, str], Any]:
 
 
 def main() -> None:
-    """Flower's `flwr-clientapp`, refusing foreign bundles and loading fedchurn's ClientApp by
-    name. Flower 1.41 has no hook between pulling a task's bundle and loading its app, so this
-    process (and only this one) replaces the two steps `run_clientapp` calls by name."""
+    """Flower's `flwr-clientapp`, refusing foreign bundles and dependency installs and loading
+    fedchurn's ClientApp by name. Flower 1.41 has no hook between pulling a task's bundle and
+    loading its app, so this process (and only this one) replaces the three steps `run_clientapp`
+    calls by name."""
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
     from flwr.supernode.runtime import run_clientapp
 
     run_clientapp.install_from_fab = checked_install(run_clientapp.install_from_fab)  # type: ignore[attr-defined]
     run_clientapp.get_load_client_app_fn = pinned_loader  # type: ignore[attr-defined]
+    run_clientapp.install_app_dependencies = no_dependencies  # type: ignore[attr-defined]
     flwr_clientapp()
+
+
+def no_dependencies(app_path: Path, *_: object, **__: object) -> None:
+    """A stand-in for Flower's `install_app_dependencies`, which a SuperNode started with
+    `--allow-runtime-dependency-installation` calls on the folder the run record names (not the
+    checked bundle's): a leftover folder's build backend ran on the device (review 6). fedchurn's
+    bundle has no dependencies, so there is nothing to install."""
+    raise ForeignAppError(
+        f"the run asks to install dependencies (for {Path(app_path).name}); fedchurn has none"
+    )

@@ -57,6 +57,8 @@ CKKS_RANGE_SLACK = 1e-4
 # grid), ~50x the decryption error at the pinned parameters (under 1e-8 in an attack on a 1e-12 clip).
 CKKS_MIN_GRID = 2.0**-21
 CKKS_MIN_NOISE_STEPS = 2**10  # noise, when there is any, spans at least this many grid steps
+CKKS_MAX_ROOM = wire.CKKS_MASK_SUM_BOUND / 4  # the largest honest cohort sum (plus noise) per coordinate
+CKKS_COPY_TOLERANCE = 1e-3  # slots an upload repeats agree to ~1e-8; anything else is someone's
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
@@ -521,6 +523,15 @@ class KeyHolder:
                 f"noise of std {sigma:.3g} is under {CKKS_MIN_NOISE_STEPS} steps of the release grid "
                 f"{grid:.3g}: raise the clip norm",
             )
+        coord_max = p.honest_sum_bounds(r.n_params, p.max_cohort)[0] + NOISE_TAIL_SIGMAS * sigma
+        if coord_max > CKKS_MAX_ROOM:
+            # A sum this large could reach the decryption's wrap point inside the honest range,
+            # and whether it wrapped would depend on a device's update (review 6).
+            raise KeyHolderRefusedError(
+                Reason.BAD_REQUEST,
+                f"a cohort of {p.max_cohort} may reach {coord_max:.3g} per coordinate, above the "
+                f"{CKKS_MAX_ROOM:g} the masks leave room for: lower the clip norm",
+            )
         with self._lock:
             ctx = self._ckks()
             opened = self._open_seals(CKKS, r, k)
@@ -534,7 +545,7 @@ class KeyHolder:
                 )
             try:
                 chunks = wire.parse_ckks_body(r.ciphertext)
-                values = np.concatenate([np.asarray(ts.ckks_vector_from(ctx, c).decrypt()) for c in chunks])
+                decrypted = [_decrypt_slots(ctx, ts.ckks_vector_from(ctx, c)) for c in chunks]
             except wire.WireError as e:
                 raise KeyHolderRefusedError(e.reason, e.detail) from None
             except Exception as e:  # TenSEAL raises plain exceptions on malformed ciphertexts
@@ -544,6 +555,15 @@ class KeyHolder:
             # From here on something was decrypted: the cohort and its seals are spent whatever
             # the outcome, so a refused answer cannot be retried to probe the sum.
             self._commit(r, CKKS, opened)
+            if not all(_only_copies(slots, size) for slots, size in decrypted):
+                # An upload fills the slots past its values with copies of them; values anywhere
+                # else were added by whoever summed the ciphertexts. Unread slots are not noised,
+                # yet they move what decrypts in the read ones: large ones pushed the decryption to
+                # its wrap point, where the target's update decided whether it wrapped (review 6).
+                raise KeyHolderRefusedError(
+                    Reason.MALFORMED_PAYLOAD, "the ciphertext holds values in slots no upload fills"
+                )
+            values = np.concatenate([slots[:size] for slots, size in decrypted])
             if values.shape != (m,) or not np.all(np.isfinite(values)):
                 raise KeyHolderRefusedError(Reason.WRONG_LENGTH, f"decrypted {values.shape}, expected ({m},)")
             for s in opened.seeds:
@@ -578,6 +598,23 @@ def _ckks_path(key_path: Path) -> Path:
 
 def _ckks_public_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".ckks.pub")
+
+
+def _decrypt_slots(ctx: Any, vector: Any) -> tuple[np.ndarray, int]:
+    """Every slot of a one-ciphertext CKKS vector (TenSEAL decrypts only the first `size`), and
+    its size."""
+    from tenseal import sealapi
+
+    (ciphertext,) = vector.ciphertext()
+    seal = ctx.seal_context().data
+    plain = sealapi.Plaintext()
+    sealapi.Decryptor(seal, ctx.secret_key().data).decrypt(ciphertext, plain)
+    return np.asarray(sealapi.CKKSEncoder(seal).decode_double(plain)), int(vector.size())
+
+
+def _only_copies(slots: np.ndarray, size: int) -> bool:
+    """The slots past the first `size` repeat them (what TenSEAL encrypts), to CKKS precision."""
+    return bool(np.allclose(slots, np.resize(slots[:size], slots.shape), rtol=0.0, atol=CKKS_COPY_TOLERANCE))
 
 
 def ckks_grid(params: ProtectionParams) -> float:

@@ -958,6 +958,71 @@ def test_attack_rounding_before_the_noise_lets_one_device_count_for_more_than_th
     kh.close()
 
 
+def _varint(n: int) -> bytes:
+    out = b""
+    while n > 0x7F:
+        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+    return out + bytes([n])
+
+
+def _with_size(blob: bytes, size: int) -> bytes:
+    """A serialized TenSEAL vector (protobuf: 1 sizes, 2 ciphertexts, 3 scale) claiming `size`
+    values: the aggregator's own bytes, rewritten by hand."""
+    out, i = b"", 0
+    while i < len(blob):
+        start, key, shift = i, 0, 0
+        while True:  # the field's key, a varint
+            key, shift, i = key | (blob[i] & 0x7F) << shift, shift + 7, i + 1
+            if not blob[i - 1] & 0x80:
+                break
+        if key & 7 == 1:  # the scale, a double
+            i += 8
+            out += blob[start:i]
+            continue
+        length, shift = 0, 0
+        while True:
+            length, shift, i = length | (blob[i] & 0x7F) << shift, shift + 7, i + 1
+            if not blob[i - 1] & 0x80:
+                break
+        i += length
+        out += _varint(key) + _varint(len(_varint(size))) + _varint(size) if key >> 3 == 1 else blob[start:i]
+    return out
+
+
+def test_attack_values_hidden_in_slots_the_key_holder_never_reads_reach_its_decryption() -> None:
+    """TenSEAL decrypts only the first `size` slots of a vector, and the size is a field of the
+    bytes the aggregator sends. The aggregator added to a cohort's sum a vector of zeros in the
+    read slots and large values in the others: the key holder released as usual, although those
+    values moved what it decrypted (pushed to the decryption's wrap point, whether it wrapped
+    depended on the target's update, beyond any noise: review 6). Hidden values are now refused."""
+    import tenseal as ts
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=8), 9300)
+    ctx = ts.context_from(kh.ckks_public_context())
+    hidden = np.zeros(params.ckks_poly_modulus // 2)
+    hidden[CKKS_N:] = 1000.0
+    extra = ts.ckks_vector_from(ctx, _with_size(ts.ckks_vector(ctx, hidden.tolist()).serialize(), CKKS_N))
+    assert extra.size() == CKKS_N
+    total: Any = None
+    for b in blobs:
+        (ct,) = [
+            ts.ckks_vector_from(ctx, c) for c in wire.parse_ckks_body(b[wire.HEADER_LEN + wire.SEAL_LEN :])
+        ]
+        total = ct if total is None else total + ct
+    entries = tuple(
+        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN])
+        for i, b in enumerate(blobs)
+    )
+    body = wire.pack_ckks_body([(total + extra).serialize()])
+    request = keyholder_module.CkksSumRequest(9300, 0, 1, seed, CKKS_N, params, entries, body)
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        kh.ckks_decrypt_sum(request)
+    assert e.value.reason is wire.Reason.MALFORMED_PAYLOAD
+    kh.close()
+
+
 def test_attack_a_training_device_is_declared_held_out_in_another_run_to_read_its_evaluation() -> None:
     """Which devices are held out is a hash of the run's seed and evaluation fraction, both the
     aggregator's. A device that trained in one run (under differential privacy, say) was declared
@@ -995,3 +1060,17 @@ def test_attack_a_training_device_is_declared_held_out_in_another_run_to_read_it
     third = InProcessGrid(app, grid.node_config, replace(cfg, eval_fraction=0.0).to_flower(), 93)
     late = RoundTask("train", 1, 4, 1, 0.0, (evaluator,), (0,), (seed,), init_params(0), kh.public_key())
     assert NodeReply.from_message(third.deliver(late.to_message(node))).devices == ()
+
+
+def test_a_ckks_clip_whose_honest_sums_could_reach_the_wrap_point_is_refused_before_anything_opens() -> None:
+    """The other half of review 6's wrap attack: with a clip in the thousands an honest-looking sum
+    could itself sit near the decryption's wrap point (the helper's runs used 5,000). The key
+    holder refuses a clip whose largest cohort may exceed a quarter of the masks' range, before
+    any seal is opened."""
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=5000.0).train_protection(0.0)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=9), 9400)
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        _ckks_ask(kh, params, blobs, seed, 9400, np.zeros(CKKS_N))
+    assert e.value.reason is wire.Reason.BAD_REQUEST and not kh.answered(9400, 0)
+    kh.close()

@@ -184,3 +184,20 @@ def test_a_device_that_evaluated_for_one_key_holder_and_trained_for_the_next_is_
     assert (
         ledger.claim(scopes_of(3, 3, KEY, evaluation=True), [7], role=role_of(3, KEY, evaluation=True)) == []
     )
+
+
+def test_a_ledger_whose_round_claims_named_their_purpose_gets_roles_for_the_key_holder(
+    tmp_path: Path,
+) -> None:
+    """Review 6: ledgers written by 92f169a..c4ddcf9 named the purpose in a round claim
+    ("<key> train round 3"); the first migration read "<key> train" as the key holder, so a
+    device that had trained was granted that key holder's evaluation."""
+    path, holder = tmp_path / "claims.sqlite", KEY[:16].hex()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))")
+        old = [(f"{holder} train round 1", 1), (f"{holder} stats round 2", 2)]
+        old += [(f"{holder} evaluate round 3", 3), ("evaluate run 5", 3)]
+        conn.executemany("INSERT INTO claims VALUES (?, ?)", old)
+    ledger = FileLedger(path)
+    evaluate = role_of(6, KEY, evaluation=True)
+    assert ledger.claim(scopes_of(9, 6, KEY, evaluation=True), [1, 2, 3], role=evaluate) == [3]

@@ -167,3 +167,13 @@ def test_the_clientapp_is_fedchurns_whatever_folder_the_run_record_names(
     before = list(sys.path)
     app = pinned_loader("", None, True)("evil", "../apps/evil", "0123abcd" + "0" * 56)
     assert app is deploy_client.app and sys.path == before
+
+
+def test_no_dependency_is_installed_whatever_folder_the_run_record_names(tmp_path: Path) -> None:
+    """Review 6: a SuperNode started with runtime dependency installation installed them from the
+    folder the run record names, not the checked bundle's (a leftover folder's build backend ran).
+    fedchurn's bundle has none: the checked clientapp refuses to install any."""
+    from fedchurn.client.pinned_app import no_dependencies
+
+    with pytest.raises(ForeignAppError, match="dependencies"):
+        no_dependencies(tmp_path / "apps" / "old.app.0.9.0123abcd", launch_id="t", run_id=1)
