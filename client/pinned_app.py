@@ -157,11 +157,11 @@ def main() -> None:
 
     run_clientapp.install_from_fab = checked_install(run_clientapp.install_from_fab)  # type: ignore[attr-defined]
     run_clientapp.get_load_client_app_fn = pinned_loader  # type: ignore[attr-defined]
-    run_clientapp.install_app_dependencies = no_dependencies  # type: ignore[attr-defined]
+    run_clientapp.install_app_dependencies = no_dependencies  # type: ignore[attr-defined,assignment]
     flwr_clientapp()
 
 
-def no_dependencies(app_path: Path, *_: object, **__: object) -> None:
+def no_dependencies(app_path: str | Path, *_: object, **__: object) -> Path:
     """A stand-in for Flower's `install_app_dependencies`, which a SuperNode started with
     `--allow-runtime-dependency-installation` calls on the folder the run record names (not the
     checked bundle's): a leftover folder's build backend ran on the device (review 6). fedchurn's
