@@ -57,7 +57,7 @@ CKKS_RANGE_SLACK = 1e-4
 # grid), ~50x the decryption error at the pinned parameters (under 1e-8 in an attack on a 1e-12 clip).
 CKKS_MIN_GRID = 2.0**-21
 CKKS_MIN_NOISE_STEPS = 2**10  # noise, when there is any, spans at least this many grid steps
-CKKS_MAX_ROOM = wire.CKKS_MASK_SUM_BOUND / 4  # the largest honest cohort sum (plus noise) per coordinate
+CKKS_MAX_ROOM = 2.0**17  # the largest honest cohort sum (plus noise) per coordinate
 CKKS_COPY_TOLERANCE = 1e-3  # slots an upload repeats agree to ~1e-8; anything else is someone's
 
 _SCHEMA = """
@@ -607,6 +607,14 @@ def _decrypt_slots(ctx: Any, vector: Any) -> tuple[np.ndarray, int]:
 
     (ciphertext,) = vector.ciphertext()
     seal = ctx.seal_context().data
+    # review 7: a product with a plaintext (or another ciphertext) decrypts to the same values at a
+    # larger scale, which moves the wrap point into the honest range; only what devices send passes.
+    if (
+        ciphertext.size() != 2
+        or ciphertext.scale != ctx.global_scale
+        or list(ciphertext.parms_id()) != list(seal.first_parms_id())
+    ):
+        raise ValueError("ciphertext is not at the devices' scale and level")
     plain = sealapi.Plaintext()
     sealapi.Decryptor(seal, ctx.secret_key().data).decrypt(ciphertext, plain)
     return np.asarray(sealapi.CKKSEncoder(seal).decode_double(plain)), int(vector.size())

@@ -83,7 +83,7 @@ CKKS_CHUNK_COUNT_LEN = 1
 # CKKS: a masked cohort sum stays below this in magnitude, where TenSEAL's N=4096 / 60+49-bit / 2^40
 # context still decrypts to ~1e-8 (measured up to 2^19); each device's real mask is at most
 # CKKS_MASK_SUM_BOUND / max_cohort per coordinate.
-CKKS_MASK_SUM_BOUND = 2.0**19
+CKKS_MASK_SUM_BOUND = 2.0**18  # review 7: masks + CKKS_MAX_ROOM stay below the wrap point q0/2^41 ~ 2^19
 CKKS_CHUNK_LEN_LEN = 4
 
 # Domain-separation labels: every derived value names its purpose and the format version.

@@ -14,6 +14,7 @@ import math
 import os
 import random
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -965,9 +966,9 @@ def _varint(n: int) -> bytes:
     return out + bytes([n])
 
 
-def _with_size(blob: bytes, size: int) -> bytes:
-    """A serialized TenSEAL vector (protobuf: 1 sizes, 2 ciphertexts, 3 scale) claiming `size`
-    values: the aggregator's own bytes, rewritten by hand."""
+def _with_field(blob: bytes, field: int, content: bytes) -> bytes:
+    """A serialized TenSEAL vector (protobuf: 1 sizes, 2 ciphertexts, 3 scale) with one
+    length-delimited field's content replaced: the aggregator's own bytes, rewritten by hand."""
     out, i = b"", 0
     while i < len(blob):
         start, key, shift = i, 0, 0
@@ -985,8 +986,82 @@ def _with_size(blob: bytes, size: int) -> bytes:
             if not blob[i - 1] & 0x80:
                 break
         i += length
-        out += _varint(key) + _varint(len(_varint(size))) + _varint(size) if key >> 3 == 1 else blob[start:i]
+        out += _varint(key) + _varint(len(content)) + content if key >> 3 == field else blob[start:i]
     return out
+
+
+def _with_size(blob: bytes, size: int) -> bytes:
+    return _with_field(blob, 1, _varint(size))
+
+
+def _cohort_request(
+    kh: Any, params: ProtectionParams, blobs: list[bytes], seed: bytes, round_id: int, total: Any
+) -> Any:
+    """The aggregator's request for a cohort's sum `total`, naming the cohort's seals."""
+    entries = tuple(
+        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN])
+        for i, b in enumerate(blobs)
+    )
+    body = wire.pack_ckks_body([total.serialize()])
+    return keyholder_module.CkksSumRequest(round_id, 0, 1, seed, CKKS_N, params, entries, body)
+
+
+def _summed(ctx: Any, blobs: list[bytes]) -> Any:
+    """The devices' one-chunk ciphertexts summed, as the aggregator does."""
+    import tenseal as ts
+
+    total: Any = None
+    for b in blobs:
+        (ct,) = [
+            ts.ckks_vector_from(ctx, c) for c in wire.parse_ckks_body(b[wire.HEADER_LEN + wire.SEAL_LEN :])
+        ]
+        total = ct if total is None else total + ct
+    return total
+
+
+def test_attack_a_ckks_sum_multiplied_by_a_plaintext_moves_the_wrap_point() -> None:
+    """With the public context alone the aggregator multiplies a cohort's sum by a plaintext
+    constant: the ciphertext decrypts to the same values at a larger scale, so every check
+    passed and the key holder released it, while the decryption's wrap point fell into the
+    honest range, where Sybil masks put the target's update on it (an effective multiplier of
+    2.96 under a floor of 4: review 7). Only ciphertexts at the devices' scale and level pass."""
+    import tempfile
+
+    import tenseal as ts
+    from tenseal import sealapi
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=10), 9500)
+    ctx = ts.context_from(kh.ckks_public_context())
+    total = _summed(ctx, blobs)
+    (ct,) = total.ciphertext()
+    seal, plain = ctx.seal_context().data, sealapi.Plaintext()
+    sealapi.CKKSEncoder(seal).encode(1.0, ct.parms_id(), 16.0, plain)  # 16 at scale 16: times 16
+    sealapi.Evaluator(seal).multiply_plain_inplace(ct, plain)
+    with tempfile.NamedTemporaryFile() as f:
+        ct.save(f.name)
+        scaled = ts.ckks_vector_from(ctx, _with_field(total.serialize(), 2, Path(f.name).read_bytes()))
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        kh.ckks_decrypt_sum(_cohort_request(kh, params, blobs, seed, 9500, scaled))
+    assert e.value.reason is wire.Reason.MALFORMED_PAYLOAD
+    kh.close()
+
+
+def test_attack_sybil_masks_and_an_honest_sum_reach_the_ckks_wrap_point() -> None:
+    """Decryption wraps at q0 / 2^(scale bits + 1), about 2^19 for the pinned context: exactly the
+    bound the masks of a full cohort could reach. 127 Sybil seeds ground for large masks, plus an
+    honest-range offset, put a coordinate on the wrap point and the target's update decided
+    whether it wrapped (13 of 200 against 0 of 200: review 7). Masks and room now stay below it."""
+    import tenseal.sealapi  # noqa: F401  (registers the SEAL types the modulus query returns)
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    ctx = kh._ckks()
+    q0 = ctx.seal_context().data.first_context_data().parms().coeff_modulus()[0].value()
+    wrap = q0 / 2 ** (RunConfig(protection="ckks").train_protection(0.0).ckks_scale_bits + 1)
+    reach = wire.CKKS_MASK_SUM_BOUND + keyholder_module.CKKS_MAX_ROOM
+    assert reach < wrap, f"masks and room reach {reach:g}, the decryption wraps at {wrap:g}"
+    kh.close()
 
 
 def test_attack_values_hidden_in_slots_the_key_holder_never_reads_reach_its_decryption() -> None:
@@ -1005,18 +1080,7 @@ def test_attack_values_hidden_in_slots_the_key_holder_never_reads_reach_its_decr
     hidden[CKKS_N:] = 1000.0
     extra = ts.ckks_vector_from(ctx, _with_size(ts.ckks_vector(ctx, hidden.tolist()).serialize(), CKKS_N))
     assert extra.size() == CKKS_N
-    total: Any = None
-    for b in blobs:
-        (ct,) = [
-            ts.ckks_vector_from(ctx, c) for c in wire.parse_ckks_body(b[wire.HEADER_LEN + wire.SEAL_LEN :])
-        ]
-        total = ct if total is None else total + ct
-    entries = tuple(
-        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN])
-        for i, b in enumerate(blobs)
-    )
-    body = wire.pack_ckks_body([(total + extra).serialize()])
-    request = keyholder_module.CkksSumRequest(9300, 0, 1, seed, CKKS_N, params, entries, body)
+    request = _cohort_request(kh, params, blobs, seed, 9300, _summed(ctx, blobs) + extra)
     with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
         kh.ckks_decrypt_sum(request)
     assert e.value.reason is wire.Reason.MALFORMED_PAYLOAD
