@@ -555,17 +555,24 @@ class KeyHolder:
             # From here on something was decrypted: the cohort and its seals are spent whatever
             # the outcome, so a refused answer cannot be retried to probe the sum.
             self._commit(r, CKKS, opened)
-            if not all(_only_copies(slots, size) for slots, size in decrypted):
+            # review 8: one reason and one message for every refusal after decryption, so which
+            # check failed (imaginary parts, copies, range) cannot tell a wrap from none.
+            spent = (
+                "the decrypted sum is not what that many honest devices can produce; nothing is "
+                "released and the cohort is spent"
+            )
+            if not all(
+                _only_copies(slots.real, size) and np.all(np.abs(slots.imag) <= CKKS_COPY_TOLERANCE)
+                for slots, size in decrypted
+            ):
                 # An upload fills the slots past its values with copies of them; values anywhere
                 # else were added by whoever summed the ciphertexts. Unread slots are not noised,
                 # yet they move what decrypts in the read ones: large ones pushed the decryption to
                 # its wrap point, where the target's update decided whether it wrapped (review 6).
-                raise KeyHolderRefusedError(
-                    Reason.MALFORMED_PAYLOAD, "the ciphertext holds values in slots no upload fills"
-                )
-            values = np.concatenate([slots[:size] for slots, size in decrypted])
+                raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, spent, opened.dropped)
+            values = np.concatenate([slots.real[:size] for slots, size in decrypted])
             if values.shape != (m,) or not np.all(np.isfinite(values)):
-                raise KeyHolderRefusedError(Reason.WRONG_LENGTH, f"decrypted {values.shape}, expected ({m},)")
+                raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, spent, opened.dropped)
             for s in opened.seeds:
                 values = values - wire.ckks_mask(s, m, p.ckks_mask_bound)
             n = len(opened.seeds)
@@ -583,12 +590,7 @@ class KeyHolder:
             worst = float(np.abs(released).max()) if m else 0.0
             if worst > coord_room or float(np.linalg.norm(released)) > l2_room:
                 # No figure of the sum in the message: it reaches the aggregator and the audit log.
-                raise KeyHolderRefusedError(
-                    Reason.OUT_OF_RANGE,
-                    f"the unmasked sum of {n} devices is outside what {n} honest devices can "
-                    "produce; nothing is released and the cohort is spent",
-                    opened.dropped,
-                )
+                raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, spent, opened.dropped)
         return CkksSumResponse(r.round_id, r.cohort_id, released, opened.included, opened.dropped, sigma)
 
 
@@ -617,7 +619,9 @@ def _decrypt_slots(ctx: Any, vector: Any) -> tuple[np.ndarray, int]:
         raise ValueError("ciphertext is not at the devices' scale and level")
     plain = sealapi.Plaintext()
     sealapi.Decryptor(seal, ctx.secret_key().data).decrypt(ciphertext, plain)
-    return np.asarray(sealapi.CKKSEncoder(seal).decode_double(plain)), int(vector.size())
+    # review 8: decode_double drops the imaginary parts, which the aggregator can fill (public key
+    # only) to put a coefficient on the wrap point; every upload's are ~0, so they are returned too.
+    return np.asarray(sealapi.CKKSEncoder(seal).decode_complex(plain)), int(vector.size())
 
 
 def _only_copies(slots: np.ndarray, size: int) -> bool:

@@ -1083,7 +1083,39 @@ def test_attack_values_hidden_in_slots_the_key_holder_never_reads_reach_its_decr
     request = _cohort_request(kh, params, blobs, seed, 9300, _summed(ctx, blobs) + extra)
     with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
         kh.ckks_decrypt_sum(request)
-    assert e.value.reason is wire.Reason.MALFORMED_PAYLOAD
+    assert e.value.reason is wire.Reason.OUT_OF_RANGE  # one reason for every refusal after decryption
+    kh.close()
+
+
+def test_attack_imaginary_parts_of_the_ckks_slots_reach_the_wrap_point() -> None:
+    """CKKS slots are complex and the key holder read only their real parts. An encryption (public
+    key only) of slots with real parts 0 and large imaginary parts passed every check and put the
+    aggregator's value on two of the polynomial's coefficients, up to the wrap point, where the
+    target's update decided whether it wrapped (13 of 300 refusals for +C, 0 of 300 for -C, each
+    one certain: review 8). Every upload's imaginary parts are ~0; others are refused."""
+    import tempfile
+
+    import tenseal as ts
+    from tenseal import sealapi
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=11), 9600)
+    ctx = ts.context_from(kh.ckks_public_context())
+    total = _summed(ctx, blobs)
+    seal, plain = ctx.seal_context().data, sealapi.Plaintext()
+    push = sealapi.Ciphertext(seal)
+    slots = [complex(0.0, 1000.0)] * (params.ckks_poly_modulus // 2)
+    sealapi.CKKSEncoder(seal).encode(slots, seal.first_parms_id(), ctx.global_scale, plain)
+    sealapi.Encryptor(seal, ctx.public_key().data).encrypt(plain, push)
+    (ct,) = total.ciphertext()
+    sealapi.Evaluator(seal).add_inplace(ct, push)
+    with tempfile.NamedTemporaryFile() as f:
+        ct.save(f.name)
+        pushed = ts.ckks_vector_from(ctx, _with_field(total.serialize(), 2, Path(f.name).read_bytes()))
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        kh.ckks_decrypt_sum(_cohort_request(kh, params, blobs, seed, 9600, pushed))
+    assert e.value.reason is wire.Reason.OUT_OF_RANGE
     kh.close()
 
 

@@ -92,7 +92,9 @@ def test_duplicates_and_bad_seals_are_named() -> None:
     entries = list(_entries(kh, 13))
     entries.append(SealedEntry("d0", entries[1].sealed_seed))  # device twice
     entries.append(SealedEntry("copycat", entries[2].sealed_seed))  # seal twice
-    entries[3] = SealedEntry("d3", entries[3].sealed_seed[:-1] + b"\0")
+    entries[3] = SealedEntry(
+        "d3", entries[3].sealed_seed[:-1] + bytes([entries[3].sealed_seed[-1] ^ 1])
+    )  # tag
     entries[4] = SealedEntry("d4", entries[4].sealed_seed[:40] + bytes(40))  # ciphertext replaced
     entries[5] = SealedEntry("d5", entries[5].sealed_seed[:10])  # wrong length
     resp = kh.mask_sum(_req(tuple(entries)))
