@@ -1019,13 +1019,33 @@ def _summed(ctx: Any, blobs: list[bytes]) -> Any:
     return total
 
 
+def _vector_of(ctx: Any, vector: Any, ciphertext: Any) -> Any:
+    """`vector` with its ciphertext replaced by `ciphertext` (one the aggregator computed with SEAL
+    directly, which TenSEAL's own operations would not produce)."""
+    import tempfile
+
+    import tenseal as ts
+
+    with tempfile.NamedTemporaryFile() as f:
+        ciphertext.save(f.name)
+        return ts.ckks_vector_from(ctx, _with_field(vector.serialize(), 2, Path(f.name).read_bytes()))
+
+
+def _assert_refused(
+    kh: Any, params: ProtectionParams, blobs: list[bytes], seed: bytes, round_id: int, total: Any, reason: Any
+) -> None:
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        kh.ckks_decrypt_sum(_cohort_request(kh, params, blobs, seed, round_id, total))
+    assert e.value.reason is reason
+    kh.close()
+
+
 def test_attack_a_ckks_sum_multiplied_by_a_plaintext_moves_the_wrap_point() -> None:
     """With the public context alone the aggregator multiplies a cohort's sum by a plaintext
     constant: the ciphertext decrypts to the same values at a larger scale, so every check
     passed and the key holder released it, while the decryption's wrap point fell into the
     honest range, where Sybil masks put the target's update on it (an effective multiplier of
     2.96 under a floor of 4: review 7). Only ciphertexts at the devices' scale and level pass."""
-    import tempfile
 
     import tenseal as ts
     from tenseal import sealapi
@@ -1039,13 +1059,7 @@ def test_attack_a_ckks_sum_multiplied_by_a_plaintext_moves_the_wrap_point() -> N
     seal, plain = ctx.seal_context().data, sealapi.Plaintext()
     sealapi.CKKSEncoder(seal).encode(1.0, ct.parms_id(), 16.0, plain)  # 16 at scale 16: times 16
     sealapi.Evaluator(seal).multiply_plain_inplace(ct, plain)
-    with tempfile.NamedTemporaryFile() as f:
-        ct.save(f.name)
-        scaled = ts.ckks_vector_from(ctx, _with_field(total.serialize(), 2, Path(f.name).read_bytes()))
-    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
-        kh.ckks_decrypt_sum(_cohort_request(kh, params, blobs, seed, 9500, scaled))
-    assert e.value.reason is wire.Reason.MALFORMED_PAYLOAD
-    kh.close()
+    _assert_refused(kh, params, blobs, seed, 9500, _vector_of(ctx, total, ct), wire.Reason.MALFORMED_PAYLOAD)
 
 
 def test_attack_sybil_masks_and_an_honest_sum_reach_the_ckks_wrap_point() -> None:
@@ -1093,7 +1107,6 @@ def test_attack_imaginary_parts_of_the_ckks_slots_reach_the_wrap_point() -> None
     aggregator's value on two of the polynomial's coefficients, up to the wrap point, where the
     target's update decided whether it wrapped (13 of 300 refusals for +C, 0 of 300 for -C, each
     one certain: review 8). Every upload's imaginary parts are ~0; others are refused."""
-    import tempfile
 
     import tenseal as ts
     from tenseal import sealapi
@@ -1110,13 +1123,7 @@ def test_attack_imaginary_parts_of_the_ckks_slots_reach_the_wrap_point() -> None
     sealapi.Encryptor(seal, ctx.public_key().data).encrypt(plain, push)
     (ct,) = total.ciphertext()
     sealapi.Evaluator(seal).add_inplace(ct, push)
-    with tempfile.NamedTemporaryFile() as f:
-        ct.save(f.name)
-        pushed = ts.ckks_vector_from(ctx, _with_field(total.serialize(), 2, Path(f.name).read_bytes()))
-    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
-        kh.ckks_decrypt_sum(_cohort_request(kh, params, blobs, seed, 9600, pushed))
-    assert e.value.reason is wire.Reason.OUT_OF_RANGE
-    kh.close()
+    _assert_refused(kh, params, blobs, seed, 9600, _vector_of(ctx, total, ct), wire.Reason.OUT_OF_RANGE)
 
 
 def test_attack_a_training_device_is_declared_held_out_in_another_run_to_read_its_evaluation() -> None:
