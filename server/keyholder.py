@@ -545,7 +545,7 @@ class KeyHolder:
                 )
             try:
                 chunks = wire.parse_ckks_body(r.ciphertext)
-                decrypted = [_decrypt_slots(ctx, ts.ckks_vector_from(ctx, c)) for c in chunks]
+                decrypted = _decrypt_slots(ctx, [ts.ckks_vector_from(ctx, c) for c in chunks])
             except wire.WireError as e:
                 raise KeyHolderRefusedError(e.reason, e.detail) from None
             except Exception as e:  # TenSEAL raises plain exceptions on malformed ciphertexts
@@ -561,10 +561,7 @@ class KeyHolder:
                 "the decrypted sum is not what that many honest devices can produce; nothing is "
                 "released and the cohort is spent"
             )
-            if not all(
-                _only_copies(slots.real, size) and np.all(np.abs(slots.imag) <= CKKS_COPY_TOLERANCE)
-                for slots, size in decrypted
-            ):
+            if not all(_as_an_upload_fills(slots, size) for slots, size in decrypted):
                 # An upload fills the slots past its values with copies of them; values anywhere
                 # else were added by whoever summed the ciphertexts. Unread slots are not noised,
                 # yet they move what decrypts in the read ones: large ones pushed the decryption to
@@ -602,31 +599,41 @@ def _ckks_public_path(key_path: Path) -> Path:
     return key_path.with_name(key_path.name + ".ckks.pub")
 
 
-def _decrypt_slots(ctx: Any, vector: Any) -> tuple[np.ndarray, int]:
-    """Every slot of a one-ciphertext CKKS vector (TenSEAL decrypts only the first `size`), and
-    its size."""
+def _decrypt_slots(ctx: Any, vectors: list[Any]) -> list[tuple[np.ndarray, int]]:
+    """Every slot, complex, of each one-ciphertext CKKS vector (TenSEAL decrypts only the real
+    parts of the first `size`), with its size."""
     from tenseal import sealapi
 
-    (ciphertext,) = vector.ciphertext()
     seal = ctx.seal_context().data
-    # review 7: a product with a plaintext (or another ciphertext) decrypts to the same values at a
-    # larger scale, which moves the wrap point into the honest range; only what devices send passes.
-    if (
-        ciphertext.size() != 2
-        or ciphertext.scale != ctx.global_scale
-        or list(ciphertext.parms_id()) != list(seal.first_parms_id())
-    ):
-        raise ValueError("ciphertext is not at the devices' scale and level")
-    plain = sealapi.Plaintext()
-    sealapi.Decryptor(seal, ctx.secret_key().data).decrypt(ciphertext, plain)
-    # review 8: decode_double drops the imaginary parts, which the aggregator can fill (public key
-    # only) to put a coefficient on the wrap point; every upload's are ~0, so they are returned too.
-    return np.asarray(sealapi.CKKSEncoder(seal).decode_complex(plain)), int(vector.size())
+    decryptor, encoder = sealapi.Decryptor(seal, ctx.secret_key().data), sealapi.CKKSEncoder(seal)
+    out = []
+    for vector in vectors:
+        (ciphertext,) = vector.ciphertext()
+        # review 7: a product with a plaintext (or another ciphertext) decrypts to the same values
+        # at a larger scale, which moves the wrap point into the honest range; only what devices
+        # send passes.
+        if (
+            ciphertext.size() != 2
+            or ciphertext.scale != ctx.global_scale
+            or list(ciphertext.parms_id()) != list(seal.first_parms_id())
+        ):
+            raise ValueError("ciphertext is not at the devices' scale and level")
+        plain = sealapi.Plaintext()
+        decryptor.decrypt(ciphertext, plain)
+        # review 8: decode_double drops the imaginary parts, which the aggregator can fill (public
+        # key only) to put a coefficient on the wrap point; every upload's are ~0.
+        out.append((np.asarray(encoder.decode_complex(plain)), int(vector.size())))
+    return out
 
 
-def _only_copies(slots: np.ndarray, size: int) -> bool:
-    """The slots past the first `size` repeat them (what TenSEAL encrypts), to CKKS precision."""
-    return bool(np.allclose(slots, np.resize(slots[:size], slots.shape), rtol=0.0, atol=CKKS_COPY_TOLERANCE))
+def _as_an_upload_fills(slots: np.ndarray, size: int) -> bool:
+    """What a sum of uploads decrypts to, to CKKS precision: the slots past the first `size`
+    repeat them (TenSEAL repeats a vector across the slots) and every imaginary part is 0."""
+    copies = np.resize(slots.real[:size], slots.shape)
+    return bool(
+        np.allclose(slots.real, copies, rtol=0.0, atol=CKKS_COPY_TOLERANCE)
+        and np.all(np.abs(slots.imag) <= CKKS_COPY_TOLERANCE)
+    )
 
 
 def ckks_grid(params: ProtectionParams) -> float:
