@@ -20,11 +20,14 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
+
+if TYPE_CHECKING:
+    from fedchurn.shared.run_config import RunConfig
 
 Sampling = Literal["poisson", "fixed"]
 RDP_ORDERS: tuple[float, ...] = (
@@ -173,6 +176,20 @@ def calibrate_noise_multiplier(
         tol=1e-4,
     )
     return float(z)
+
+
+def run_noise_multiplier(cfg: RunConfig, n_train_devices: int) -> float:
+    """The noise multiplier a run's rounds carry: calibrated to its target epsilon under Poisson
+    sampling at its rate (the feature-mean round charged as one more round); 0.0 without DP."""
+    if not cfg.dp:
+        return 0.0
+    return calibrate_noise_multiplier(
+        cfg.target_epsilon,
+        cfg.delta,
+        sample_rate=cfg.sample_rate(n_train_devices),
+        rounds=cfg.num_server_rounds + (1 if cfg.centre_features else 0),
+        sampling="poisson",
+    )
 
 
 @dataclass

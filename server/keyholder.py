@@ -20,7 +20,6 @@ cohort and its seals whatever the outcome, so a refusal cannot be retried as an 
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import threading
@@ -37,11 +36,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from fedchurn.server.dp import discrete_gaussian
 from fedchurn.shared import wire
+from fedchurn.shared.ckks_release import (
+    ckks_grid,
+    ckks_noise_std,
+    ckks_release_problem,
+    ckks_rooms,
+)
 from fedchurn.shared.keyholder_pin import KeyHolderPin, KeyHolderPublic
 from fedchurn.shared.protection import (
     CKKS,
     CKKS_DEFAULT,
-    NOISE_TAIL_SIGMAS,
     SECAGG,
     ProtectionParams,
     Scheme,
@@ -49,15 +53,8 @@ from fedchurn.shared.protection import (
 )
 from fedchurn.shared.wire import Reason
 
-CKKS_GRID_BITS = 20  # decrypted CKKS sums are rounded to clip_norm / 2^20 before release (see privacy.md)
 KEY_FILE_MODE = 0o600
-# CKKS decryption error is ~1e-8 per coordinate (measured); the range check tolerates far more.
-CKKS_RANGE_SLACK = 1e-4
-# The finest grid a released CKKS sum may use whatever the clip: 2^-21 (the default clip 0.5's
-# grid), ~50x the decryption error at the pinned parameters (under 1e-8 in an attack on a 1e-12 clip).
-CKKS_MIN_GRID = 2.0**-21
-CKKS_MIN_NOISE_STEPS = 2**10  # noise, when there is any, spans at least this many grid steps
-CKKS_MAX_ROOM = 2.0**17  # the largest honest cohort sum (plus noise) per coordinate
+
 CKKS_COPY_TOLERANCE = 1e-3  # slots an upload repeats agree to ~1e-8; anything else is someone's
 
 _SCHEMA = """
@@ -513,25 +510,11 @@ class KeyHolder:
             raise KeyHolderRefusedError(
                 Reason.WRONG_CONFIG, "CKKS parameters differ from this key holder's context"
             )
+        problem = ckks_release_problem(p, r.n_params)
+        if problem is not None:
+            raise KeyHolderRefusedError(*problem)
         m = p.n_coords(r.n_params)
         grid, sigma = ckks_grid(p), ckks_noise_std(p, r.n_params)
-        if 0 < sigma < CKKS_MIN_NOISE_STEPS * grid:
-            # Noise below a grid step rounds away: with a clip of 1e-7 the release was the exact
-            # rounding of the sum, and an offset of half a step read its sign (review 4).
-            raise KeyHolderRefusedError(
-                Reason.DP_POLICY,
-                f"noise of std {sigma:.3g} is under {CKKS_MIN_NOISE_STEPS} steps of the release grid "
-                f"{grid:.3g}: raise the clip norm",
-            )
-        coord_max = p.honest_sum_bounds(r.n_params, p.max_cohort)[0] + NOISE_TAIL_SIGMAS * sigma
-        if coord_max > CKKS_MAX_ROOM:
-            # A sum this large could reach the decryption's wrap point inside the honest range,
-            # and whether it wrapped would depend on a device's update (review 6).
-            raise KeyHolderRefusedError(
-                Reason.BAD_REQUEST,
-                f"a cohort of {p.max_cohort} may reach {coord_max:.3g} per coordinate, above the "
-                f"{CKKS_MAX_ROOM:g} the masks leave room for: lower the clip norm",
-            )
         with self._lock:
             ctx = self._ckks()
             opened = self._open_seals(CKKS, r, k)
@@ -580,10 +563,7 @@ class KeyHolder:
             # free yes/no about it per cohort (the aggregator adds an offset of its choice to the
             # ciphertext), and the noise floor hid nothing from repeated threshold tests.
             released = (np.round(values / grid) + discrete_gaussian(sigma / grid, m)) * grid
-            coord_bound, l2_bound = p.honest_sum_bounds(r.n_params, n)
-            slack = CKKS_RANGE_SLACK * (1 + n * p.clip_norm)
-            coord_room = coord_bound + slack + NOISE_TAIL_SIGMAS * sigma
-            l2_room = l2_bound + slack + sigma * (math.sqrt(m) + NOISE_TAIL_SIGMAS)
+            coord_room, l2_room = ckks_rooms(p, r.n_params, n)
             worst = float(np.abs(released).max()) if m else 0.0
             if worst > coord_room or float(np.linalg.norm(released)) > l2_room:
                 # No figure of the sum in the message: it reaches the aggregator and the audit log.
@@ -634,26 +614,3 @@ def _as_an_upload_fills(slots: np.ndarray, size: int) -> bool:
         np.allclose(slots.real, copies, rtol=0.0, atol=CKKS_COPY_TOLERANCE)
         and np.all(np.abs(slots.imag) <= CKKS_COPY_TOLERANCE)
     )
-
-
-def ckks_grid(params: ProtectionParams) -> float:
-    """What a released CKKS sum is rounded to: clip_norm / 2^20, never finer than
-    `CKKS_MIN_GRID` (a tiny clip in the aggregator's request once released the decryption error
-    itself, unrounded)."""
-    clip = params.clip_norm if math.isfinite(params.clip_norm) else 0.0
-    return max(clip / 2**CKKS_GRID_BITS, CKKS_MIN_GRID)
-
-
-def ckks_noise_std(params: ProtectionParams, n_params: int) -> float:
-    """The noise a CKKS release carries: the multiplier times the clip plus what rounding to the
-    grid can add. The sum is rounded before the noise, so one device can move the rounded sum by
-    its clip plus up to one step per coordinate (the aggregator adds offsets that put a rounding
-    boundary in each): with a small clip, z * C alone let a device count for more than z allows
-    (review 5). At the default clip the term is 2^-21 * sqrt(m), ~5e-5 of it."""
-    m = params.n_coords(n_params)
-    return params.noise_multiplier * (params.clip_norm + math.sqrt(m) * ckks_grid(params))
-
-
-def ckks_noise_free_error(params: ProtectionParams) -> float:
-    """Largest error the grid rounding alone adds per coordinate (the CKKS tolerance tests use)."""
-    return ckks_grid(params) / 2

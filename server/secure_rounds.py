@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedchurn.server import secure_sum
-from fedchurn.server.dp import MECHANISM, PrivacyAccountant, calibrate_noise_multiplier
+from fedchurn.server.dp import MECHANISM, PrivacyAccountant, run_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.round_report import Refusal
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
@@ -102,13 +102,7 @@ class SecureRounds:
             # Poisson sampling at rate q (`server.sampling`), add-or-remove-one neighbours; the
             # feature-mean round is charged as one more round.
             rate = cfg.sample_rate(n_train_devices)
-            self.noise_multiplier = calibrate_noise_multiplier(
-                cfg.target_epsilon,
-                cfg.delta,
-                sample_rate=rate,
-                rounds=cfg.num_server_rounds + (1 if cfg.centre_features else 0),
-                sampling="poisson",
-            )
+            self.noise_multiplier = run_noise_multiplier(cfg, n_train_devices)
             self.accountant = PrivacyAccountant(self.noise_multiplier, rate, sampling="poisson")
             self.expected_devices = rate * n_train_devices
         else:
@@ -116,6 +110,7 @@ class SecureRounds:
         self.train_params = cfg.train_protection(self.noise_multiplier)
         self.eval_params = cfg.eval_protection()
         self.stats_params = cfg.stats_protection(self.noise_multiplier)
+        cfg.check_ckks(self.noise_multiplier)
         policy: dict[str, Any] = {
             "k_min": cfg.k_min,
             "min_noise_multiplier": self.noise_multiplier,

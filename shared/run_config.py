@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedchurn.shared import wire
+from fedchurn.shared.ckks_release import ckks_release_problem
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.feature_spec import BASE_FEATURES, N_FEATURES
 from fedchurn.shared.model_format import ModelSpec
@@ -120,9 +121,13 @@ class RunConfig:
             raise ValueError(f"--k-min {self.k_min} is above --max-cohort {self.max_cohort}")
         self.protocol()  # horizon, silence, cutoff, population, features, activity
 
+    def training_pool(self, n_devices: int) -> int:
+        """How many of a simulated population's devices train (those not held out)."""
+        return sum(1 for d in range(n_devices) if not is_eval_device(self.seed, d, self.eval_fraction))
+
     def check_pool(self, n_devices: int) -> None:
         """`per_round` against the devices that train (those not held out)."""
-        pool = sum(1 for d in range(n_devices) if not is_eval_device(self.seed, d, self.eval_fraction))
+        pool = self.training_pool(n_devices)
         if self.per_round > pool:
             raise ValueError(
                 f"--per-round {self.per_round} is above the {pool:,} training devices ({n_devices:,} "
@@ -198,6 +203,27 @@ class RunConfig:
                 last = e
         raise ValueError(f"no ring width fits these protection settings: {last}")
 
+    def check_ckks(self, noise_multiplier: float = 0.0) -> None:
+        """CKKS: refuse, before anything starts, settings under which the key holder would refuse
+        every request of some upload (`shared.ckks_release`), naming the upload and the rule."""
+        if not self.scheme.homomorphic:
+            return
+        spec = self.model_spec()
+        uploads = [
+            ("training", self.train_protection(noise_multiplier), spec.n_params),
+            ("evaluation", self.eval_protection(), histogram_length(self.outputs)),
+        ]
+        if self.centre_features:
+            uploads.append(("feature-mean", self.stats_protection(noise_multiplier), spec.n_features + 1))
+        for what, params, n in uploads:
+            problem = ckks_release_problem(params, n)
+            if problem is not None:
+                hint = "; or turn off --centre-features" if what == "feature-mean" else ""
+                raise ValueError(
+                    f"--protection ckks: the key holder would refuse every {what} upload under these "
+                    f"settings (noise multiplier {noise_multiplier:.3g}): {problem[1]}{hint}"
+                )
+
     def eval_protection(self) -> ProtectionParams:
         """Evaluation histograms: every coordinate, counts exact (7 ring units each), 12-bit ring."""
         n = histogram_length(self.outputs)
@@ -227,7 +253,11 @@ class RunConfig:
         n = self.model_spec().n_features + 1
         clip = STATS_BOUND * math.sqrt(n)
         if self.scheme.homomorphic:
-            return CKKS_DEFAULT.replace(clip_norm=clip, noise_multiplier=noise_multiplier, k_min=self.k_min)
+            # Per coordinate the features' own clip (not 3x it): the key holder's room is then far
+            # enough inside the masks that a device counted twice is refused (decision 140).
+            return CKKS_DEFAULT.replace(
+                clip_norm=clip, coord_clip_factor=1.0, noise_multiplier=noise_multiplier, k_min=self.k_min
+            )
         last: ValueError | None = None
         for ring in range(16, 33):
             try:

@@ -18,6 +18,7 @@ def preflight(cfg: RunConfig) -> None:
     `--per-round` against its training devices (a log's pool is known only once it is read)."""
     cfg.check()
     cfg.train_protection()  # settings no upload could meet
+    cfg.check_ckks()  # settings the CKKS key holder refuses
     if cfg.events_file:
         return
     try:
@@ -25,3 +26,8 @@ def preflight(cfg: RunConfig) -> None:
     except ScenarioError as e:
         raise ValueError(f"--scenario: {e}") from None
     cfg.check_pool(cfg.devices)
+    if cfg.dp and cfg.scheme.homomorphic:
+        # The noise decides the CKKS key holder's ranges; it costs the accountant's import (~1 s).
+        from fedchurn.server.dp import run_noise_multiplier
+
+        cfg.check_ckks(run_noise_multiplier(cfg, cfg.training_pool(cfg.devices)))

@@ -27,7 +27,7 @@ from inprocess_grid import InProcessGrid, device_pins, simulation_grid
 from fedchurn.server import keyholder as keyholder_module
 from fedchurn.server.sampling import simulation_roster
 from fedchurn.server.strategy import ChurnFedAvg, make_strategy
-from fedchurn.shared import wire
+from fedchurn.shared import ckks_release, wire
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.messages import (
     K_BLOBS,
@@ -923,7 +923,7 @@ def test_attack_a_small_clip_rounds_the_ckks_noise_away() -> None:
     params = RunConfig(protection="ckks", k_min=5, clip_norm=1e-7).train_protection(1.0)
     updates = np.random.default_rng(6).normal(size=(5, CKKS_N)) * 1e-9
     blobs, seed = _ckks_cohort(kh, params, updates, 9100)
-    grid = keyholder_module.ckks_grid(params)
+    grid = ckks_release.ckks_grid(params)
     try:
         answer = _ckks_ask(kh, params, blobs, seed, 9100, np.full(CKKS_N, grid / 2))
     except keyholder_module.KeyHolderRefusedError as e:
@@ -945,8 +945,8 @@ def test_attack_rounding_before_the_noise_lets_one_device_count_for_more_than_th
     could give more than 1024 / sqrt(m) = 21.4 (review 5). The noise now covers the rounding."""
     z = 4.0
     kh = keyholder_module.KeyHolder.generate(k_min=5, min_noise_multiplier=z, with_ckks=True)
-    grid = keyholder_module.CKKS_MIN_GRID
-    clip = keyholder_module.CKKS_MIN_NOISE_STEPS * grid / z  # the smallest clip accepted before
+    grid = ckks_release.CKKS_MIN_GRID
+    clip = ckks_release.CKKS_MIN_NOISE_STEPS * grid / z  # the smallest clip accepted before
     params = RunConfig(protection="ckks", k_min=5, clip_norm=clip).train_protection(z)
     updates = np.random.default_rng(7).normal(size=(5, CKKS_N)) * clip / 100
     blobs, seed = _ckks_cohort(kh, params, updates, 9200)
@@ -1073,7 +1073,7 @@ def test_attack_sybil_masks_and_an_honest_sum_reach_the_ckks_wrap_point() -> Non
     ctx = kh._ckks()
     q0 = ctx.seal_context().data.first_context_data().parms().coeff_modulus()[0].value()
     wrap = q0 / 2 ** (RunConfig(protection="ckks").train_protection(0.0).ckks_scale_bits + 1)
-    reach = wire.CKKS_MASK_SUM_BOUND + keyholder_module.CKKS_MAX_ROOM
+    reach = wire.CKKS_MASK_SUM_BOUND + ckks_release.CKKS_MAX_ROOM
     assert reach < wrap, f"masks and room reach {reach:g}, the decryption wraps at {wrap:g}"
     kh.close()
 
@@ -1177,3 +1177,50 @@ def test_a_ckks_clip_whose_honest_sums_could_reach_the_wrap_point_is_refused_bef
         _ckks_ask(kh, params, blobs, seed, 9400, np.zeros(CKKS_N))
     assert e.value.reason is wire.Reason.BAD_REQUEST and not kh.answered(9400, 0)
     kh.close()
+
+
+def test_attack_a_ckks_sum_counts_the_target_twice_and_only_its_mask_hides_it() -> None:
+    """The aggregator adds the target's ciphertext to its cohort's sum a second time (review 8's
+    k-fold sum, public operations only). The devices' scale and level are kept and the key holder
+    removes the target's mask once, so the release carries 2x + the mask: the noise floor no longer
+    bounds the target's reach, only the mask's width does. On 5d675e4 that release was answered
+    whenever the room of the range check was wide next to the masks (a large clip; the helper read
+    45 of 600 trials confidently). The key holder now refuses, before any seal opens, requests
+    whose range check would let a leftover mask through with odds above 2^-64."""
+    import tenseal as ts
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=2700.0).train_protection(0.0)
+    assert ckks_release.ckks_leftover_bits(params, CKKS_N) < ckks_release.CKKS_LEFTOVER_BITS
+    updates = np.zeros((5, CKKS_N))
+    updates[0, 0] = 0.3 * params.coord_clip(CKKS_N)  # the target
+    blobs, seed = _ckks_cohort(kh, params, updates, 9700)
+    ctx = ts.context_from(kh.ckks_public_context())
+    twice = _summed(ctx, blobs) + _summed(ctx, blobs[:1])
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        kh.ckks_decrypt_sum(_cohort_request(kh, params, blobs, seed, 9700, twice))
+    assert e.value.reason is wire.Reason.BAD_REQUEST, e.value
+    assert not kh.answered(9700, 0), "nothing is opened or spent for a request refused on its settings"
+    kh.close()
+
+
+def test_the_shipped_ckks_settings_refuse_a_leftover_mask_with_room_to_spare() -> None:
+    """Every CKKS upload fedchurn ships (training with and without noise, evaluation histograms,
+    the feature mean) passes the key holder's leftover-mask rule with room to spare; the feature
+    mean only since its per-coordinate bound is the features' own clip (it was 3x that, and its
+    requests would now be refused). A clip whose room nears the masks is refused."""
+    from fedchurn.shared.ckks_release import ckks_release_problem
+
+    for z in (0.0, 1.0):
+        cfg = RunConfig(protection="ckks")
+        spec = cfg.model_spec()
+        for params, n in (
+            (cfg.train_protection(z), spec.n_params),
+            (cfg.eval_protection(), histogram_length(cfg.outputs)),
+            (cfg.stats_protection(z), spec.n_features + 1),
+        ):
+            assert ckks_release_problem(params, n) is None
+            assert ckks_release.ckks_leftover_bits(params, n) > 1.3 * ckks_release.CKKS_LEFTOVER_BITS, (z, n)
+    wide = RunConfig(protection="ckks", clip_norm=100.0).train_protection(1.0)
+    assert ckks_release.ckks_leftover_bits(wide, N_PARAMS) == 0.0
+    assert ckks_release_problem(wide, N_PARAMS) is not None

@@ -7,8 +7,9 @@ import pytest
 
 from fedchurn.client.ckks import PrivateContextError, load_public_context
 from fedchurn.client.protect import protect_update, selected_clipped
-from fedchurn.server.keyholder import KeyHolder, ckks_noise_free_error
+from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
+from fedchurn.shared.ckks_release import ckks_noise_free_error
 from fedchurn.shared.protection import CKKS_DEFAULT
 from fedchurn.shared.wire import Reason
 

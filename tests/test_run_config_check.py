@@ -34,6 +34,9 @@ BAD = [
     ),
     ({"horizon": 14, "silence_days": 30}, "--silence-days: 30 days"),
     ({"features": "all"}, "--features: 'all': expected auto, base or extended"),
+    # decision 140: settings under which the CKKS key holder refuses every request of an upload
+    ({"protection": "ckks", "clip_norm": 1000.0}, "the key holder would refuse every training upload"),
+    ({"protection": "ckks", "target_epsilon": 1.0}, "would refuse every feature-mean upload"),
 ]
 
 
