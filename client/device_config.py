@@ -6,7 +6,8 @@ configuration of their own (only `partition-id`), so a simulation provisions its
 a TOML file named by `$FEDCHURN_DEVICE_CONFIG` (written by the runner, read on the device side);
 keys present in both must agree. The key holder's identity (`shared.keyholder_pin`) is read from
 here and only from here, and so is the device's upload budget (`max-uploads`): the aggregator
-decides neither.
+decides neither. Nor the reply floor (`reply-after`), which keeps how long the node takes
+from saying how much data its devices hold.
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ from fedchurn.shared.keyholder_pin import CKKS_PIN_KEY, KeyHolderPin, KeyHolderP
 __all__ = [
     "MAX_UPLOADS_KEY",
     "PROVISIONING_ENV",
+    "REPLY_AFTER_KEY",
     "device_settings",
     "pinned_keyholder",
+    "reply_floor",
     "trusted_keyholder",
     "upload_budget",
 ]
 
 PROVISIONING_ENV = "FEDCHURN_DEVICE_CONFIG"
 MAX_UPLOADS_KEY = "max-uploads"
+REPLY_AFTER_KEY = "reply-after"
+MAX_REPLY_AFTER = 3600.0  # seconds; a round waits for replies for at most its own timeout anyway
 
 
 @lru_cache(maxsize=4)
@@ -84,3 +89,27 @@ def upload_budget(node_config: Mapping[str, object]) -> int | None:
     if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
         raise PinError(f"{MAX_UPLOADS_KEY!r} in {where} must be a whole number of at least 1, got {raw!r}")
     return int(text)
+
+
+def reply_floor(node_config: Mapping[str, object]) -> float:
+    """Seconds this node waits, from a task's arrival, before it answers (0.0: not set).
+
+    How long a device takes grows with its labelled rows, and the aggregator, which picks the
+    epochs and the batch size, times the reply (with 150 epochs of batch 1 a helper read row counts
+    from latency, correlation 0.95: docs/privacy.md). A node that answers no earlier than a fixed
+    floor, set by its provisioner above its longest work, answers in the same time whatever its
+    devices hold."""
+    settings, where = device_settings(node_config)
+    raw = settings.get(REPLY_AFTER_KEY)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(str(raw)) if not isinstance(raw, bool) else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= MAX_REPLY_AFTER:  # also refuses nan
+        raise PinError(
+            f"{REPLY_AFTER_KEY!r} in {where} must be a number of seconds from 0 to {MAX_REPLY_AFTER:g}, "
+            f"got {raw!r}"
+        )
+    return value

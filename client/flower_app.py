@@ -28,7 +28,9 @@ generator (a simulated device's from its seed, so a simulation is reproducible).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -36,7 +38,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedchurn.client.contribution_ledger import ContributionLedger, role_of, scopes_of
-from fedchurn.client.device_config import trusted_keyholder, upload_budget
+from fedchurn.client.device_config import REPLY_AFTER_KEY, reply_floor, trusted_keyholder, upload_budget
 from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
@@ -53,6 +55,9 @@ __all__ = ["DeviceSource", "answer", "make_client_app", "simulated_entropy"]
 # of 8-byte values: a simulated node's final evaluation, ~5,000 devices x 2,400 histogram
 # coordinates, took ~0.9 GB in one batch (the 100,000-device run peaked above 4 GB), ~0.1 GB per 512.
 PROTECT_CHUNK = 512
+_LOG = logging.getLogger(__name__)
+_clock: Callable[[], float] = time.monotonic  # the reply floor's clock and wait (tests replace them)
+_sleep: Callable[[float], None] = time.sleep
 
 
 class DeviceSource(Protocol):
@@ -156,6 +161,28 @@ def _finite_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
+def answer_after_floor(msg: Message, context: Context, source: DeviceSource) -> Message:
+    """`answer`, returned (or its error raised) no earlier than the node's reply floor after the
+    task arrived (`client.device_config.reply_floor`; a simulated node has none). Work that
+    outlasts the floor is answered when done, with a warning: its latency then shows."""
+    start = _clock()
+    floor = reply_floor(context.node_config)
+    try:
+        return answer(msg, context, source)
+    finally:
+        left = start + floor - _clock()
+        if left > 0:
+            _sleep(left)
+        elif floor > 0:
+            _LOG.warning(
+                "a task took %.2f s, longer than this node's %s of %.2f s: raise it, or its reply "
+                "time shows how much its devices hold",
+                floor - left,
+                REPLY_AFTER_KEY,
+                floor,
+            )
+
+
 def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     """A node's whole answer to a round task. Devices that may not answer (out of role, not served
     here, already answered this round, over budget) are left out of the reply, decided from the
@@ -213,14 +240,14 @@ def make_client_app(source: DeviceSource) -> ClientApp:
 
     @app.query("feature_mean")
     def feature_mean(msg: Message, context: Context) -> Message:
-        return answer(msg, context, source)
+        return answer_after_floor(msg, context, source)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return answer(msg, context, source)
+        return answer_after_floor(msg, context, source)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return answer(msg, context, source)
+        return answer_after_floor(msg, context, source)
 
     return app

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedchurn.client.device_config import MAX_UPLOADS_KEY
+from fedchurn.client.device_config import MAX_REPLY_AFTER, MAX_UPLOADS_KEY, REPLY_AFTER_KEY
 from fedchurn.shared.run_config import OPTION_HELP, RunConfig
 
 app = typer.Typer(
@@ -40,11 +40,25 @@ MaxUploadsOpt = Annotated[
 ]
 
 
-def _node_extra(today: int | None, max_uploads: int | None) -> str:
+ReplyAfterOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=MAX_REPLY_AFTER,
+        help="Seconds the node waits from a task's arrival before it answers (pinned in its "
+        "--node-config), so that its reply time does not show how much data its devices hold; set "
+        "it above the node's longest task (0: answer at once).",
+    ),
+]
+DEFAULT_REPLY_AFTER = 2.0
+
+
+def _node_extra(today: int | None, max_uploads: int | None, reply_after: float = 0.0) -> str:
     """The SuperNode's own settings beside the store folder and the key holder's pin."""
     parts = ([f"today={today}"] if today is not None else []) + (
         [f"{MAX_UPLOADS_KEY}={max_uploads}"] if max_uploads is not None else []
     )
+    parts += [f"{REPLY_AFTER_KEY}={float(reply_after)!r}"] if reply_after > 0 else []
     return " ".join(parts)
 
 
@@ -198,6 +212,7 @@ def supernode(
     today: Annotated[int | None, typer.Option(help="Day number (default: the current UTC day).")] = None,
     runtime_port: Annotated[int, typer.Option(help="Local port of the node's runtime API.")] = 9094,
     max_uploads: MaxUploadsOpt = None,
+    reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
     `<certs>/pins/keyholder.toml`, running fedchurn's own ClientApp only (whatever app the
@@ -205,7 +220,7 @@ def supernode(
     from fedchurn.server.deploy import supernode_cmd, supernode_env
     from fedchurn.server.deploy_secrets import load_secrets
 
-    extra = _node_extra(today, max_uploads)
+    extra = _node_extra(today, max_uploads, reply_after)
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)
     os.execvpe(cmd[0], cmd, supernode_env(stores.resolve(), dict(os.environ)))
 
@@ -259,6 +274,7 @@ def local(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 2,
     k_min: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
     max_uploads: MaxUploadsOpt = None,
+    reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
     keep_api: Annotated[
         bool,
         typer.Option("--keep-api", help="Keep the federation and its API up after the run, until Ctrl-C."),
@@ -270,7 +286,7 @@ def local(
     out = out.resolve()
     dirs, today = population_stores(out / "stores", nodes, devices_per_node, days=60)
     audit = f"sqlite:///{out / 'audit.sqlite'}"
-    extra = _node_extra(today, max_uploads)
+    extra = _node_extra(today, max_uploads, reply_after)
     with local_federation(out / "fed", dirs, audit, k_min=k_min, extra_config=extra) as fed:
         console.print(f"SuperLink {fed.superlink_address}, key holder {fed.keyholder_url}, API {fed.api_url}")
         n_train = max(1, round(nodes * devices_per_node * (1 - RunConfig().eval_fraction)) - 1)

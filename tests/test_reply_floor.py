@@ -1,0 +1,132 @@
+"""A node answers no earlier than its provisioner's reply floor after a task arrives, so its reply
+time does not show how much data its devices hold (the timing channel of docs/privacy.md: with
+150 epochs of batch 1 a helper read row counts from latency, correlation 0.95). The floor's clock
+and wait are replaced here by a fake clock that says how long the work took: the test asserts
+the node waits exactly the rest of the floor, not that a wall clock agrees."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.common.config import parse_config_args
+from inprocess_grid import InProcessGrid, device_pins, simulation_grid
+
+from fedchurn.client import deploy_client, flower_app
+from fedchurn.client.deploy_client import list_stores
+from fedchurn.client.device_config import MAX_REPLY_AFTER, REPLY_AFTER_KEY, reply_floor
+from fedchurn.deploy_cli import DEFAULT_REPLY_AFTER, _node_extra
+from fedchurn.server.deploy import population_stores
+from fedchurn.server.strategy import make_strategy
+from fedchurn.shared.keyholder_pin import PinError
+from fedchurn.shared.messages import PARAMS_KEY, NodeReply
+from fedchurn.shared.model_format import init_params
+from fedchurn.shared.run_config import RunConfig
+
+WORK = 0.3  # what the fake clock says each task took
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
+
+
+class FakeClock:
+    """Each task reads the clock twice (arrival, answer ready): 0, then WORK later. Records waits."""
+
+    def __init__(self, work: float = WORK) -> None:
+        self.work, self.reads, self.waits = work, 0, list[float]()
+
+    def now(self) -> float:
+        self.reads += 1
+        return 100.0 + (self.work if self.reads % 2 == 0 else 0.0)
+
+    def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(flower_app, "_clock", fake.now)
+    monkeypatch.setattr(flower_app, "_sleep", fake.wait)
+    return fake
+
+
+def _store_round(tmp_path: Path, extra: dict[str, Any]) -> tuple[InProcessGrid, list[Any]]:
+    """Two store nodes of three devices with `extra` in their node configuration; one training round."""
+    dirs, today = population_stores(tmp_path / "stores", 2, 3, days=40)
+    roster = [(n + 1, d) for n, folder in enumerate(dirs) for d in list_stores(folder)]
+    cfg = RunConfig(per_round=len(roster), k_min=1, cohort_size=3, eval_fraction=0.0, days=40)
+    strategy = make_strategy(cfg, roster)
+    pins = device_pins(strategy)
+
+    def node_config(node: int) -> dict[str, Any]:
+        return {"store-dir": str(dirs[node - 1]), "today": today, **pins, **extra}
+
+    grid = InProcessGrid(deploy_client.app, node_config, cfg.to_flower(), run_id=5)
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    msgs = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]
+    return grid, grid.send_and_receive(msgs)
+
+
+def test_a_store_node_answers_no_earlier_than_its_reply_floor(tmp_path: Path, clock: FakeClock) -> None:
+    grid, replies = _store_round(tmp_path, {REPLY_AFTER_KEY: 5.0})
+    assert not grid.errors, grid.errors[:2]
+    assert sum(len(NodeReply.from_message(r).devices) for r in replies) == 6
+    assert clock.waits == pytest.approx([5.0 - WORK] * 2)  # each node waited out the rest of its floor
+
+
+def test_a_refused_task_is_answered_after_the_floor_too(tmp_path: Path, clock: FakeClock) -> None:
+    """A node pinned to another key holder refuses the task; its error also waits for the floor
+    (how fast a node fails says nothing either)."""
+    dirs, today = population_stores(tmp_path / "stores", 1, 3, days=40)
+    roster = [(1, d) for d in list_stores(dirs[0])]
+    cfg = RunConfig(per_round=3, k_min=1, cohort_size=3, eval_fraction=0.0, days=40)
+    strategy, stranger = make_strategy(cfg, roster), make_strategy(cfg, roster)
+    pins = device_pins(stranger)
+    grid = InProcessGrid(
+        deploy_client.app,
+        lambda node: {"store-dir": str(dirs[0]), "today": today, **pins, REPLY_AFTER_KEY: 2.0},
+        cfg.to_flower(),
+        run_id=6,
+    )
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    grid.send_and_receive(list(strategy.configure_train(1, start, ConfigRecord(), grid)))  # type: ignore[arg-type]
+    assert len(grid.errors) == 1 and "key" in grid.errors[0].lower(), grid.errors
+    assert clock.waits == pytest.approx([2.0 - WORK])
+
+
+def test_without_a_floor_a_node_answers_at_once(clock: FakeClock) -> None:
+    """A simulated node (no node configuration of its own) never waits."""
+    cfg = RunConfig(devices=60, per_round=20, k_min=5, days=40, sampling_source="seeded")
+    strategy = make_strategy(cfg, [(1 + d % 2, d) for d in range(cfg.devices)])
+    grid = simulation_grid(strategy, [1, 2])
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    grid.send_and_receive(list(strategy.configure_train(1, start, ConfigRecord(), grid)))  # type: ignore[arg-type]
+    assert not grid.errors and clock.reads >= 4 and clock.waits == []
+
+
+def test_work_longer_than_the_floor_is_answered_when_done_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeClock(work=7.5)
+    monkeypatch.setattr(flower_app, "_clock", fake.now)
+    monkeypatch.setattr(flower_app, "_sleep", fake.wait)
+    with caplog.at_level(logging.WARNING, logger=flower_app.__name__):
+        grid, _ = _store_round(tmp_path, {REPLY_AFTER_KEY: 5.0})
+    assert not grid.errors and fake.waits == []
+    assert f"longer than this node's {REPLY_AFTER_KEY} of 5.00 s" in caplog.text
+
+
+def test_deploy_writes_the_floor_into_the_node_configuration_and_the_node_reads_it() -> None:
+    written = _node_extra(today=5, max_uploads=None, reply_after=DEFAULT_REPLY_AFTER)
+    assert reply_floor(parse_config_args([f'store-dir="/s" {written}'])) == DEFAULT_REPLY_AFTER
+    assert reply_floor(parse_config_args([f'store-dir="/s" {_node_extra(5, None, 0.0)}'])) == 0.0
+    assert reply_floor({REPLY_AFTER_KEY: "1.5"}) == 1.5
+
+
+@pytest.mark.parametrize("bad", [-1, "x", math.nan, math.inf, True, MAX_REPLY_AFTER + 1])
+def test_a_malformed_floor_is_refused_naming_the_key_and_where(bad: object) -> None:
+    with pytest.raises(PinError, match=f"'{REPLY_AFTER_KEY}' in the node configuration must be a number"):
+        reply_floor({REPLY_AFTER_KEY: bad})
