@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fedchurn.shared import wire
@@ -208,6 +208,18 @@ class RunConfig:
         every request of some upload (`shared.ckks_release`), naming the upload and the rule."""
         if not self.scheme.homomorphic:
             return
+        limit = CKKS_DEFAULT.max_cohort
+        if noise_multiplier > 0 and self.round_cap() > limit:
+            # Under DP a round is one cohort (noise once per round); past the limit the aggregator
+            # would refuse the extra uploads one by one (`cohort_full`).
+            fits = max(
+                (p for p in range(1, limit + 1) if replace(self, per_round=p).round_cap() <= limit), default=1
+            )
+            raise ValueError(
+                f"--per-round {self.per_round}: under differential privacy a CKKS round is one cohort "
+                f"of up to {self.round_cap()} devices, and a CKKS cohort holds at most {limit}: use "
+                f"--per-round {fits} or less, or secagg"
+            )
         spec = self.model_spec()
         uploads = [
             ("training", self.train_protection(noise_multiplier), spec.n_params),

@@ -37,6 +37,10 @@ BAD = [
     # decision 140: settings under which the CKKS key holder refuses every request of an upload
     ({"protection": "ckks", "clip_norm": 1000.0}, "the key holder would refuse every training upload"),
     ({"protection": "ckks", "target_epsilon": 1.0}, "would refuse every feature-mean upload"),
+    (
+        {"protection": "ckks", "target_epsilon": 4.0, "per_round": 70},
+        "--per-round 70: under differential privacy a CKKS round is one cohort of up to 138 devices",
+    ),
 ]
 
 
