@@ -50,6 +50,7 @@ _ROUND = " round "  # in every round scope and no other: each upload claims exac
 
 
 Role = tuple[str, str]  # (the role a task asks of a device, the role that excludes it)
+_ANY_HOLDER = "any key holder"
 
 
 def _holder(run_id: int, keyholder_key: bytes | None) -> str:
@@ -70,6 +71,12 @@ def role_of(run_id: int, keyholder_key: bytes | None, evaluation: bool) -> Role:
     holder = _holder(run_id, keyholder_key)
     evaluates, trains = f"{holder} evaluates", f"{holder} trains"
     return (evaluates, trains) if evaluation else (trains, evaluates)
+
+
+def _excluding(role: Role) -> tuple[str, str]:
+    """The claims that rule a device out of `role`: the other role for this key holder, or for any
+    key holder (what the oldest ledgers' devices get: their evaluations name no key holder)."""
+    return role[1], f"{_ANY_HOLDER} {role[1].rsplit(' ', 1)[1]}"
 
 
 def _unique(devices: Sequence[int]) -> list[int]:
@@ -121,7 +128,7 @@ class MemoryLedger:
                 for d in _unique(devices)
                 if not any((s, d) in self._seen for s in scopes)
                 and (limit is None or self._uploads[d] < limit)
-                and (role is None or (role[1], d) not in self._seen)
+                and (role is None or not any((r, d) in self._seen for r in _excluding(role)))
             ]
             made = (*scopes, role[0]) if role else tuple(scopes)
             self._seen.update((s, d) for s in made for d in granted)
@@ -130,6 +137,7 @@ class MemoryLedger:
 
 
 _WITH_ROLES = 1  # the file's `user_version` once claims made before role claims have roles
+_WITH_OLDEST_ROLES = 2  # ... and once the oldest ledgers' evaluators are evaluators for any key holder
 
 
 def _give_legacy_claims_roles(conn: sqlite3.Connection) -> None:
@@ -164,6 +172,17 @@ def _give_legacy_claims_roles(conn: sqlite3.Connection) -> None:
     )
 
 
+def _give_oldest_claims_a_role(conn: sqlite3.Connection) -> None:
+    """The oldest ledgers held evaluations only, naming a run but no key holder ("legacy round of
+    run N"); the role migration could not tell for which key holder those devices evaluated, so
+    they had no role anyone's check read, and one could train after it had evaluated. Each is
+    now an evaluator for any key holder: it may evaluate again, and never trains."""
+    conn.execute(
+        f"INSERT OR IGNORE INTO claims SELECT DISTINCT '{_ANY_HOLDER} evaluates', device FROM claims "
+        f"WHERE scope LIKE 'legacy{_ROUND}of run %'"
+    )
+
+
 class FileLedger:
     """SQLite file (stdlib); the claims are committed before anything is computed. One immediate
     transaction per call, so two processes answering for the same device cannot both claim it.
@@ -194,9 +213,12 @@ class FileLedger:
                     f"SELECT 'legacy{_ROUND}of run ' || run_id, device FROM evaluated"
                 )
                 conn.execute("DROP TABLE evaluated")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < _WITH_ROLES:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < _WITH_ROLES:
                 _give_legacy_claims_roles(conn)
-                conn.execute(f"PRAGMA user_version = {_WITH_ROLES}")
+            if version < _WITH_OLDEST_ROLES:
+                _give_oldest_claims_a_role(conn)
+                conn.execute(f"PRAGMA user_version = {_WITH_OLDEST_ROLES}")
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -214,7 +236,7 @@ class FileLedger:
         role: Role | None = None,
     ) -> list[int]:
         wanted = _unique(devices)
-        refusing = (*scopes, role[1]) if role else tuple(scopes)
+        refusing = (*scopes, *_excluding(role)) if role else tuple(scopes)
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -201,3 +201,29 @@ def test_a_ledger_whose_round_claims_named_their_purpose_gets_roles_for_the_key_
     ledger = FileLedger(path)
     evaluate = role_of(6, KEY, evaluation=True)
     assert ledger.claim(scopes_of(9, 6, KEY, evaluation=True), [1, 2, 3], role=evaluate) == [3]
+
+
+@pytest.mark.parametrize("migrated_once", [False, True])
+def test_attack_a_device_of_the_oldest_ledger_that_evaluated_trains_afterwards(
+    tmp_path: Path, migrated_once: bool
+) -> None:
+    """The oldest ledger (`evaluated` table) named a run, not a key holder, so the role migration
+    gave its devices a role no check reads ("legacy evaluates"): one that had evaluated could then
+    be told to train (left open by decision 139). Such a device is now an evaluator for any key
+    holder, also in a file the first role migration already opened (`migrated_once`)."""
+    path = tmp_path / "claims.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE evaluated (run_id TEXT, device INTEGER, PRIMARY KEY (run_id, device))")
+        conn.execute("INSERT INTO evaluated VALUES ('7', 3)")
+    if migrated_once:
+        with sqlite3.connect(path) as conn:  # what the first migration made of it (user_version 1)
+            conn.execute("CREATE TABLE claims (scope TEXT, device INTEGER, PRIMARY KEY (scope, device))")
+            rows = [("evaluate run 7", 3), ("legacy round of run 7", 3), ("legacy evaluates", 3)]
+            conn.executemany("INSERT INTO claims VALUES (?, ?)", rows)
+            conn.execute("DROP TABLE evaluated")
+            conn.execute("PRAGMA user_version = 1")
+    ledger = FileLedger(path)
+    train, evaluate = role_of(8, KEY, evaluation=False), role_of(8, KEY, evaluation=True)
+    assert ledger.claim(scopes_of(10, 8, KEY, evaluation=False), [3, 4], role=train) == [4]
+    assert ledger.claim(scopes_of(11, 8, KEY, evaluation=True), [3], role=evaluate) == [3]
+    assert FileLedger(path).claim(scopes_of(12, 9, KEY, evaluation=False), [3], role=train) == []
