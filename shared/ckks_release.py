@@ -14,6 +14,7 @@ from fedchurn.shared.protection import NOISE_TAIL_SIGMAS, ProtectionParams
 from fedchurn.shared.wire import Reason
 
 __all__ = [
+    "CKKS_FLOOD_STD",
     "CKKS_GRID_BITS",
     "CKKS_LEFTOVER_BITS",
     "CKKS_MAX_ROOM",
@@ -26,6 +27,7 @@ __all__ = [
     "ckks_noise_free_error",
     "ckks_noise_std",
     "ckks_release_problem",
+    "ckks_release_std",
     "ckks_rooms",
 ]
 
@@ -37,8 +39,13 @@ CKKS_RANGE_SLACK = 1e-4
 CKKS_MIN_GRID = 2.0**-21
 CKKS_MIN_NOISE_STEPS = 2**10  # noise, when there is any, spans at least this many grid steps
 CKKS_MAX_ROOM = 2.0**17  # the largest honest cohort sum (plus noise) per coordinate
-# A sum counting some device other than once leaves its mask over; the range check must refuse
-# that with odds of at least 2^-64 against (`ckks_leftover_bits`).
+# Every release carries at least this much noise (review 9): an aggregator that adds a small
+# polynomial to a ciphertext's second part puts a multiple of the secret key in what decrypts, up
+# to the copy/imaginary tolerance (2^-20); with a std 2^16 times that, each release tells it
+# ~2^-33 nats per coordinate about the key, where the noise-free one gave the key in 2 requests.
+CKKS_FLOOD_STD = 2.0**-4
+# A sum counting some device other than once leaves its mask over; the range check must let
+# that through with chance at most 2^-64 (`ckks_leftover_bits`).
 CKKS_LEFTOVER_BITS = 64
 
 
@@ -60,11 +67,18 @@ def ckks_noise_std(params: ProtectionParams, n_params: int) -> float:
     return params.noise_multiplier * (params.clip_norm + math.sqrt(m) * ckks_grid(params))
 
 
+def ckks_release_std(params: ProtectionParams, n_params: int) -> float:
+    """The std of the noise every CKKS release carries: the DP noise, but never less than
+    `CKKS_FLOOD_STD` (whatever the request's multiplier, evaluations included) nor than 2^10
+    steps of the grid (noise under a step rounds away: review 4)."""
+    return max(ckks_noise_std(params, n_params), CKKS_FLOOD_STD, CKKS_MIN_NOISE_STEPS * ckks_grid(params))
+
+
 def ckks_rooms(params: ProtectionParams, n_params: int, n_devices: int) -> tuple[float, float]:
     """(per-coordinate, L2) bounds a released CKKS sum of `n_devices` may reach: the honest sum's
     bounds plus the decryption's slack plus 8 sigma of noise. Anything beyond is refused."""
     m = params.n_coords(n_params)
-    sigma = ckks_noise_std(params, n_params)
+    sigma = ckks_release_std(params, n_params)
     coord_bound, l2_bound = params.honest_sum_bounds(n_params, n_devices)
     slack = CKKS_RANGE_SLACK * (1 + n_devices * params.clip_norm)
     return (
@@ -123,7 +137,8 @@ def ckks_release_problem(params: ProtectionParams, n_params: int) -> tuple[Reaso
             f"noise of std {sigma:.3g} is under {CKKS_MIN_NOISE_STEPS} steps of the release grid "
             f"{grid:.3g}: raise the clip norm",
         )
-    coord_max = params.honest_sum_bounds(n_params, params.max_cohort)[0] + NOISE_TAIL_SIGMAS * sigma
+    tail = NOISE_TAIL_SIGMAS * ckks_release_std(params, n_params)
+    coord_max = params.honest_sum_bounds(n_params, params.max_cohort)[0] + tail
     if coord_max > CKKS_MAX_ROOM:
         # A sum this large could reach the decryption's wrap point inside the honest range,
         # and whether it wrapped would depend on a device's update (review 6).

@@ -9,8 +9,8 @@ from fedchurn.client.ckks import PrivateContextError, load_public_context
 from fedchurn.client.protect import protect_update, selected_clipped
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
-from fedchurn.shared.ckks_release import ckks_noise_free_error
-from fedchurn.shared.protection import CKKS_DEFAULT
+from fedchurn.shared.ckks_release import ckks_noise_free_error, ckks_release_std
+from fedchurn.shared.protection import CKKS_DEFAULT, NOISE_TAIL_SIGMAS
 from fedchurn.shared.wire import Reason
 
 P, SEED = 2286, 8
@@ -37,7 +37,10 @@ def test_ckks_sum_within_tolerance_and_once(kh: KeyHolder) -> None:
     agg, ups = _cohort(kh, 10, 1)
     res = agg.finalize(kh)
     ref = np.sum([selected_clipped(u, CKKS_DEFAULT, SEED) for u in ups], axis=0)
-    assert np.abs(res.sum - ref).max() < 1e-5 + ckks_noise_free_error(CKKS_DEFAULT)
+    # Within the release noise, which every CKKS release carries (review 9), and about that noise.
+    residual, sigma = res.sum - ref, ckks_release_std(CKKS_DEFAULT, P)
+    assert np.abs(residual).max() < NOISE_TAIL_SIGMAS * sigma + ckks_noise_free_error(CKKS_DEFAULT)
+    assert abs(float(residual.std()) / sigma - 1) < 0.1, (residual.std(), sigma)
     assert res.mode == "ckks" and "CKKS" in res.label
     again, _ = _cohort(kh, 10, 1)
     with pytest.raises(CohortRefusedError) as e:
