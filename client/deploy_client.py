@@ -19,12 +19,13 @@ cannot be read is left out of the reply; the server names it in the round's audi
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = ["StoreSource", "app", "list_stores", "node_secret", "store_index"]
 STORE_DIR_KEY, TODAY_KEY = "store-dir", "today"
 NODE_SECRET_FILE = ".node-secret"
 LEDGER_FILE = ".contributions.sqlite"
+TASK_LOCK_FILE = ".task.lock"  # held while the node answers one message (`StoreSource.serialised`)
 LEGACY_LEDGER_FILE = ".evaluations.sqlite"  # its name when it held evaluations only
 INDEX_BITS = 62  # Flower's config integers are signed 64-bit
 
@@ -140,6 +142,17 @@ class StoreSource:
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
         return None  # a real device: OS-seeded
+
+    @contextlib.contextmanager
+    def serialised(self, context: Context) -> Iterator[None]:
+        """An exclusive lock on `<store-dir>/.task.lock` (each message runs in its own process)."""
+        path = _store_dir(context) / TASK_LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 app = make_client_app(StoreSource())

@@ -21,10 +21,12 @@ from pathlib import Path
 from fedchurn.shared.keyholder_pin import CKKS_PIN_KEY, KeyHolderPin, KeyHolderPublic, PinError
 
 __all__ = [
+    "MAX_LOCAL_STEPS_KEY",
     "MAX_UPLOADS_KEY",
     "PROVISIONING_ENV",
     "REPLY_AFTER_KEY",
     "device_settings",
+    "local_steps_cap",
     "pinned_keyholder",
     "reply_floor",
     "trusted_keyholder",
@@ -33,6 +35,7 @@ __all__ = [
 
 PROVISIONING_ENV = "FEDCHURN_DEVICE_CONFIG"
 MAX_UPLOADS_KEY = "max-uploads"
+MAX_LOCAL_STEPS_KEY = "max-local-steps"
 REPLY_AFTER_KEY = "reply-after"
 MAX_REPLY_AFTER = 3600.0  # seconds; a round waits for replies for at most its own timeout anyway
 
@@ -75,20 +78,32 @@ def trusted_keyholder(
     return pin.trusted(offered_key, ckks, offered_context)
 
 
+def _whole_setting(node_config: Mapping[str, object], key: str) -> int | None:
+    """A whole-number setting of at least 1 (None when not set), refused naming key and where."""
+    settings, where = device_settings(node_config)
+    raw = settings.get(key)
+    if raw is None or raw == "":
+        return None
+    text = str(raw).strip()
+    if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
+        raise PinError(f"{key!r} in {where} must be a whole number of at least 1, got {raw!r}")
+    return int(text)
+
+
 def upload_budget(node_config: Mapping[str, object]) -> int | None:
     """The most uploads any one device of this node makes over the life of its ledger (None: no
     cap). A sum over k devices hides a device in one round, not across rounds the aggregator may
     repeat; with the key holder's noise floor z, N uploads bound what the aggregator can learn to
     the epsilon of N Gaussian releases (`server.dp.epsilon_without_sampling(z, delta, N, "poisson")`),
     whatever rounds it runs (docs/privacy.md)."""
-    settings, where = device_settings(node_config)
-    raw = settings.get(MAX_UPLOADS_KEY)
-    if raw is None or raw == "":
-        return None
-    text = str(raw).strip()
-    if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
-        raise PinError(f"{MAX_UPLOADS_KEY!r} in {where} must be a whole number of at least 1, got {raw!r}")
-    return int(text)
+    return _whole_setting(node_config, MAX_UPLOADS_KEY)
+
+
+def local_steps_cap(node_config: Mapping[str, object]) -> int | None:
+    """The most local SGD steps (epochs x minibatches of the largest device) a training task may
+    ask of this node (None: no cap). The aggregator picks the epochs and the batch size; work
+    without a bound outlasts any reply floor, and its time shows how many rows a device holds."""
+    return _whole_setting(node_config, MAX_LOCAL_STEPS_KEY)
 
 
 def reply_floor(node_config: Mapping[str, object]) -> float:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import numpy as np
@@ -38,7 +40,14 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedchurn.client.contribution_ledger import ContributionLedger, role_of, scopes_of
-from fedchurn.client.device_config import REPLY_AFTER_KEY, reply_floor, trusted_keyholder, upload_budget
+from fedchurn.client.device_config import (
+    MAX_LOCAL_STEPS_KEY,
+    REPLY_AFTER_KEY,
+    local_steps_cap,
+    reply_floor,
+    trusted_keyholder,
+    upload_budget,
+)
 from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
@@ -76,6 +85,10 @@ class DeviceSource(Protocol):
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
         """A device's stochastic-rounding generator: None (OS-seeded) on a real device."""
+
+    def serialised(self, context: Context) -> AbstractContextManager[None]:
+        """Held while the node answers one message, reply floor included: a node serving real
+        devices answers one at a time, so nothing it answers meanwhile shows how busy it is."""
 
 
 def device_seed(cfg: RunConfig, device: int, server_round: int) -> int:
@@ -161,26 +174,36 @@ def _finite_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def answer_after_floor(msg: Message, context: Context, source: DeviceSource) -> Message:
-    """`answer`, returned (or its error raised) no earlier than the node's reply floor after the
-    task arrived (`client.device_config.reply_floor`; a simulated node has none). Work that
-    outlasts the floor is answered when done, with a warning: its latency then shows."""
-    start = _clock()
-    floor = reply_floor(context.node_config)
-    try:
-        return answer(msg, context, source)
-    finally:
-        left = start + floor - _clock()
-        if left > 0:
-            _sleep(left)
-        elif floor > 0:
-            _LOG.warning(
-                "a task took %.2f s, longer than this node's %s of %.2f s: raise it, or its reply "
-                "time shows how much its devices hold",
-                floor - left,
-                REPLY_AFTER_KEY,
-                floor,
-            )
+def _wait_out_the_floor(start: float, floor: float) -> None:
+    """Wait until `floor` seconds after `start`; work that outlasted it is answered with a warning."""
+    left = start + floor - _clock()
+    if left > 0:
+        _sleep(left)
+    elif floor > 0:
+        _LOG.warning(
+            "a task took %.2f s, longer than this node's %s of %.2f s: raise it (or lower %s), or "
+            "its reply time shows how much its devices hold",
+            floor - left,
+            REPLY_AFTER_KEY,
+            floor,
+            MAX_LOCAL_STEPS_KEY,
+        )
+
+
+def _check_local_steps(node_config: Mapping[str, object], cfg: RunConfig, task: RoundTask) -> None:
+    """Refuse, before any store is read, a training task asking more local steps than the node's
+    cap (`max-local-steps`): epochs times the minibatches of a device with the most rows."""
+    cap = local_steps_cap(node_config)
+    if cap is None or task.purpose != "train":
+        return
+    from fedchurn.client.training import TrainConfig
+
+    steps = cfg.local_epochs * math.ceil(TrainConfig().max_examples / cfg.batch_size)
+    if steps > cap:
+        raise ValueError(
+            f"the run asks up to {steps} local steps per device ({cfg.local_epochs} epochs of batch "
+            f"{cfg.batch_size}), above this node's {MAX_LOCAL_STEPS_KEY} of {cap}"
+        )
 
 
 def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
@@ -191,6 +214,7 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     spec = cfg.model_spec()
     task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
     keyholder = keyholder_for(context.node_config, cfg, task)  # refuses before any work
+    _check_local_steps(context.node_config, cfg, task)
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
     in_role = [d for d in task.devices if _in_role(cfg, task.purpose, d)]
@@ -232,6 +256,20 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
 def make_client_app(source: DeviceSource) -> ClientApp:
     app = ClientApp()
 
+    @app.lifespan()
+    def one_message_at_a_time_answered_after_the_floor(context: Context) -> Iterator[None]:
+        """Around every message the node gets, whatever its type (a roster query, an action no
+        handler serves and Flower refuses, a task that fails): one at a time
+        (`DeviceSource.serialised`), and no earlier than the node's reply floor
+        (`client.device_config.reply_floor`; a simulated node has none). Timing only the tasks
+        let a roster query sent beside a task read, from how slowly it ran, how long the task
+        worked, and so how many rows the devices hold (review 9)."""
+        floor = reply_floor(context.node_config)
+        with source.serialised(context):
+            start = _clock()
+            yield
+            _wait_out_the_floor(start, floor)
+
     @app.query()
     def roster(msg: Message, context: Context) -> Message:
         """The indices of the devices this node serves (public pseudonyms the server samples from)."""
@@ -240,14 +278,14 @@ def make_client_app(source: DeviceSource) -> ClientApp:
 
     @app.query("feature_mean")
     def feature_mean(msg: Message, context: Context) -> Message:
-        return answer_after_floor(msg, context, source)
+        return answer(msg, context, source)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return answer_after_floor(msg, context, source)
+        return answer(msg, context, source)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return answer_after_floor(msg, context, source)
+        return answer(msg, context, source)
 
     return app

@@ -20,7 +20,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedchurn.client.device_config import MAX_REPLY_AFTER, MAX_UPLOADS_KEY, REPLY_AFTER_KEY
+from fedchurn.client.device_config import (
+    MAX_LOCAL_STEPS_KEY,
+    MAX_REPLY_AFTER,
+    MAX_UPLOADS_KEY,
+    REPLY_AFTER_KEY,
+)
 from fedchurn.shared.run_config import OPTION_HELP, RunConfig
 
 app = typer.Typer(
@@ -51,14 +56,27 @@ ReplyAfterOpt = Annotated[
     ),
 ]
 DEFAULT_REPLY_AFTER = 2.0
+MaxLocalStepsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Most local SGD steps (epochs x minibatches) a training task may ask of the node's "
+        "devices (pinned in its --node-config): the aggregator picks epochs and batch size, and "
+        "work without a bound outlasts any --reply-after.",
+    ),
+]
+DEFAULT_MAX_LOCAL_STEPS = 64  # the shipped recipe asks 1 (one full-batch epoch)
 
 
-def _node_extra(today: int | None, max_uploads: int | None, reply_after: float = 0.0) -> str:
+def _node_extra(
+    today: int | None, max_uploads: int | None, reply_after: float = 0.0, max_local_steps: int | None = None
+) -> str:
     """The SuperNode's own settings beside the store folder and the key holder's pin."""
     parts = ([f"today={today}"] if today is not None else []) + (
         [f"{MAX_UPLOADS_KEY}={max_uploads}"] if max_uploads is not None else []
     )
     parts += [f"{REPLY_AFTER_KEY}={float(reply_after)!r}"] if reply_after > 0 else []
+    parts += [f"{MAX_LOCAL_STEPS_KEY}={max_local_steps}"] if max_local_steps is not None else []
     return " ".join(parts)
 
 
@@ -213,6 +231,7 @@ def supernode(
     runtime_port: Annotated[int, typer.Option(help="Local port of the node's runtime API.")] = 9094,
     max_uploads: MaxUploadsOpt = None,
     reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
+    max_local_steps: MaxLocalStepsOpt = DEFAULT_MAX_LOCAL_STEPS,
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
     `<certs>/pins/keyholder.toml`, running fedchurn's own ClientApp only (whatever app the
@@ -220,7 +239,7 @@ def supernode(
     from fedchurn.server.deploy import supernode_cmd, supernode_env
     from fedchurn.server.deploy_secrets import load_secrets
 
-    extra = _node_extra(today, max_uploads, reply_after)
+    extra = _node_extra(today, max_uploads, reply_after, max_local_steps)
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)
     os.execvpe(cmd[0], cmd, supernode_env(stores.resolve(), dict(os.environ)))
 
@@ -275,6 +294,7 @@ def local(
     k_min: Annotated[int, typer.Option(help="Smallest cohort.")] = 3,
     max_uploads: MaxUploadsOpt = None,
     reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
+    max_local_steps: MaxLocalStepsOpt = DEFAULT_MAX_LOCAL_STEPS,
     keep_api: Annotated[
         bool,
         typer.Option("--keep-api", help="Keep the federation and its API up after the run, until Ctrl-C."),
@@ -286,7 +306,7 @@ def local(
     out = out.resolve()
     dirs, today = population_stores(out / "stores", nodes, devices_per_node, days=60)
     audit = f"sqlite:///{out / 'audit.sqlite'}"
-    extra = _node_extra(today, max_uploads, reply_after)
+    extra = _node_extra(today, max_uploads, reply_after, max_local_steps)
     with local_federation(out / "fed", dirs, audit, k_min=k_min, extra_config=extra) as fed:
         console.print(f"SuperLink {fed.superlink_address}, key holder {fed.keyholder_url}, API {fed.api_url}")
         n_train = max(1, round(nodes * devices_per_node * (1 - RunConfig().eval_fraction)) - 1)

@@ -18,10 +18,12 @@ specific to simulation. The key holder's pin comes from the provisioning file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from pathlib import Path
 
@@ -187,6 +189,9 @@ class SimulatedShard:
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
         return simulated_entropy(cfg, device, salt)
+
+    def serialised(self, context: Context) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # no network: nothing to time, and the engine runs nodes apart
 
 
 app = make_client_app(SimulatedShard())

@@ -6,20 +6,28 @@ the node waits exactly the rest of the floor, not that a wall clock agrees."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.config import parse_config_args
 from inprocess_grid import InProcessGrid, device_pins, simulation_grid
 
 from fedchurn.client import deploy_client, flower_app
-from fedchurn.client.deploy_client import list_stores
-from fedchurn.client.device_config import MAX_REPLY_AFTER, REPLY_AFTER_KEY, reply_floor
-from fedchurn.deploy_cli import DEFAULT_REPLY_AFTER, _node_extra
+from fedchurn.client.deploy_client import TASK_LOCK_FILE, list_stores
+from fedchurn.client.device_config import (
+    MAX_LOCAL_STEPS_KEY,
+    MAX_REPLY_AFTER,
+    REPLY_AFTER_KEY,
+    local_steps_cap,
+    reply_floor,
+)
+from fedchurn.deploy_cli import DEFAULT_MAX_LOCAL_STEPS, DEFAULT_REPLY_AFTER, _node_extra
 from fedchurn.server.deploy import population_stores
 from fedchurn.server.strategy import make_strategy
 from fedchurn.shared.keyholder_pin import PinError
@@ -53,25 +61,32 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-def _store_round(tmp_path: Path, extra: dict[str, Any]) -> tuple[InProcessGrid, list[Any]]:
-    """Two store nodes of three devices with `extra` in their node configuration; one training round."""
+def _store_grid(
+    tmp_path: Path, extra: dict[str, Any], **settings: Any
+) -> tuple[InProcessGrid, Any, list[Path]]:
+    """Two store nodes of three devices with `extra` in their node configuration."""
     dirs, today = population_stores(tmp_path / "stores", 2, 3, days=40)
     roster = [(n + 1, d) for n, folder in enumerate(dirs) for d in list_stores(folder)]
-    cfg = RunConfig(per_round=len(roster), k_min=1, cohort_size=3, eval_fraction=0.0, days=40)
+    cfg = RunConfig(per_round=len(roster), k_min=1, cohort_size=3, eval_fraction=0.0, days=40, **settings)
     strategy = make_strategy(cfg, roster)
     pins = device_pins(strategy)
 
     def node_config(node: int) -> dict[str, Any]:
         return {"store-dir": str(dirs[node - 1]), "today": today, **pins, **extra}
 
-    grid = InProcessGrid(deploy_client.app, node_config, cfg.to_flower(), run_id=5)
+    return InProcessGrid(deploy_client.app, node_config, cfg.to_flower(), run_id=5), strategy, dirs
+
+
+def _store_round(tmp_path: Path, extra: dict[str, Any], **settings: Any) -> tuple[InProcessGrid, list[Any]]:
+    """One training round of `_store_grid`'s nodes."""
+    grid, strategy, _ = _store_grid(tmp_path, extra, **settings)
     start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
-    msgs = list(strategy.configure_train(1, start, ConfigRecord(), grid))  # type: ignore[arg-type]
+    msgs = list(strategy.configure_train(1, start, ConfigRecord(), grid))
     return grid, grid.send_and_receive(msgs)
 
 
 def test_a_store_node_answers_no_earlier_than_its_reply_floor(tmp_path: Path, clock: FakeClock) -> None:
-    grid, replies = _store_round(tmp_path, {REPLY_AFTER_KEY: 5.0})
+    grid, replies = _store_round(tmp_path, {REPLY_AFTER_KEY: 5.0, MAX_LOCAL_STEPS_KEY: 64})
     assert not grid.errors, grid.errors[:2]
     assert sum(len(NodeReply.from_message(r).devices) for r in replies) == 6
     assert clock.waits == pytest.approx([5.0 - WORK] * 2)  # each node waited out the rest of its floor
@@ -130,3 +145,71 @@ def test_deploy_writes_the_floor_into_the_node_configuration_and_the_node_reads_
 def test_a_malformed_floor_is_refused_naming_the_key_and_where(bad: object) -> None:
     with pytest.raises(PinError, match=f"'{REPLY_AFTER_KEY}' in the node configuration must be a number"):
         reply_floor({REPLY_AFTER_KEY: bad})
+
+
+def test_a_roster_query_and_messages_no_handler_serves_wait_for_the_floor_too(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Review 9: only tasks waited, so a roster query (or an action Flower refuses before any
+    handler) answered at once, beside a running task, and its own slowness showed the task's work."""
+    grid, _, _ = _store_grid(tmp_path, {REPLY_AFTER_KEY: 5.0})
+    for kind in ("query", "query.zzz", "train.nothing"):
+        grid.deliver(Message(RecordDict(), dst_node_id=1, message_type=kind))
+    assert clock.waits == pytest.approx([5.0 - WORK] * 3)
+    assert any("No query function registered with name 'zzz'" in e for e in grid.errors), grid.errors
+
+
+def test_a_node_answers_one_message_at_a_time_floor_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a node waits out its floor it still holds its task lock, so a message sent beside
+    it runs after it, not alongside (each message runs in its own process on a SuperNode)."""
+    grid, _, dirs = _store_grid(tmp_path, {REPLY_AFTER_KEY: 5.0})
+    lock = dirs[0] / TASK_LOCK_FILE
+    tried: list[float] = []
+
+    def wait(seconds: float) -> None:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # another process's attempt, in effect
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        tried.append(seconds)
+
+    fake = FakeClock()
+    monkeypatch.setattr(flower_app, "_clock", fake.now)
+    monkeypatch.setattr(flower_app, "_sleep", wait)
+    grid.deliver(Message(RecordDict(), dst_node_id=1, message_type="query"))
+    assert tried == pytest.approx([5.0 - WORK])
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released once the reply is out
+    finally:
+        os.close(fd)
+
+
+def test_a_training_task_above_the_nodes_step_cap_is_refused_before_a_store_is_read(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator picks epochs and batch size; 150 epochs of batch 1 made one task take 2.4 s
+    (and its time followed the device's rows). A node refuses work above its `max-local-steps`."""
+
+    def no_store(*_: Any) -> None:
+        raise AssertionError("a store was opened for a task the node refuses")
+
+    monkeypatch.setattr(deploy_client, "EventStore", no_store)
+    grid, _ = _store_round(tmp_path, {MAX_LOCAL_STEPS_KEY: 64}, local_epochs=150, batch_size=1)
+    assert len(grid.errors) == 2 and all(
+        f"up to 18000 local steps per device (150 epochs of batch 1), above this node's "
+        f"{MAX_LOCAL_STEPS_KEY} of 64" in e
+        for e in grid.errors
+    ), grid.errors
+
+
+def test_deploy_pins_a_step_cap_the_node_reads() -> None:
+    written = _node_extra(5, None, DEFAULT_REPLY_AFTER, DEFAULT_MAX_LOCAL_STEPS)
+    assert local_steps_cap(parse_config_args([f'store-dir="/s" {written}'])) == DEFAULT_MAX_LOCAL_STEPS
+    assert local_steps_cap({}) is None
+    with pytest.raises(PinError, match=f"'{MAX_LOCAL_STEPS_KEY}' in the node configuration must be a whole"):
+        local_steps_cap({MAX_LOCAL_STEPS_KEY: "0"})
