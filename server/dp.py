@@ -17,6 +17,7 @@ rational arithmetic from `secrets` (the OS CSPRNG): no floating-point sampling a
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -357,3 +358,14 @@ def discrete_gaussian(sigma: float, size: int) -> np.ndarray:
     if sigma == 0:
         return np.zeros(size, dtype=np.int64)
     return np.fromiter((discrete_gaussian_one(sigma) for _ in range(size)), dtype=np.int64, count=size)
+
+
+def randomised_round(x: np.ndarray) -> np.ndarray:
+    """Each value rounded to one of its two neighbouring integers, up with probability equal to
+    its fractional part, on coins from the OS (`os.urandom`): unbiased, so a term far below one
+    step moves the result's mean by its own size only. Rounding to nearest turned a term of
+    2^-10 steps into a whole step on coordinates the aggregator had put on a half step (review 10)."""
+    x = np.asarray(x, dtype=np.float64)
+    low = np.floor(x)
+    coins = np.frombuffer(os.urandom(8 * x.size), dtype="<u8").reshape(x.shape) / 2.0**64
+    return low + (coins < x - low)

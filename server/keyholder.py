@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from fedchurn.server.dp import discrete_gaussian
+from fedchurn.server.dp import discrete_gaussian, randomised_round
 from fedchurn.shared import wire
 from fedchurn.shared.ckks_release import (
     ckks_grid,
@@ -59,10 +59,11 @@ KEY_FILE_MODE = 0o600
 # anything past ~20x that is someone's. At 1e-3 a multiple of the secret key fitted under it
 # (review 9); what fits now is drowned by the release noise (`CKKS_FLOOD_STD`).
 CKKS_COPY_TOLERANCE = 2.0**-20
-# Refusals after decryption a CKKS key gives before it decrypts no more: each is a noise-free bit
-# about what decrypted (the copy and imaginary checks must be exact to be tight), so the bits an
-# aggregator can draw about the key are bounded; honest cohorts are refused only when a device
-# sends garbage.
+# Refusals after decryption a CKKS key gives before it decrypts no more. The copy and imaginary
+# checks must be exact to be tight, so each outcome, released or refused, is a noise-free answer
+# about what decrypted; with at most 16 refusals, n requests answer at most log2 of sum_{i<=16}
+# C(n, i), ~16 log2(n / 16) + 23 bits (~275 at 10^6 requests, against a key of ~6,500; review
+# 10). Honest cohorts are refused only when a device sends garbage.
 CKKS_MAX_REFUSALS = 16
 
 _REFUSED = "ckks refused"  # an answered cohort's mode once it was refused after decryption
@@ -601,36 +602,40 @@ def _checked_release(
     """The release of a decrypted cohort sum: its members' masks removed, rounded to the grid,
     noised, and checked against what that many honest devices can produce (refused otherwise)."""
     m = p.n_coords(n_params)
-    # review 8: one reason and one message for every refusal after decryption, so which
-    # check failed (imaginary parts, copies, range) cannot tell a wrap from none.
-    spent = (
-        "the decrypted sum is not what that many honest devices can produce; nothing is "
-        "released and the cohort is spent"
-    )
-    if not all(_as_an_upload_fills(slots, size) for slots, size in decrypted):
-        # An upload fills the slots past its values with copies of them; values anywhere
-        # else were added by whoever summed the ciphertexts. Unread slots are not noised,
-        # yet they move what decrypts in the read ones: large ones pushed the decryption to
-        # its wrap point, where the target's update decided whether it wrapped (review 6).
-        raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, spent, opened.dropped)
+    # Every check's outcome is decided after the same work (masks, rounding, noise), so neither
+    # which check failed nor when says anything (review 8: one reason and one message; review
+    # 10: the copy check used to refuse in 4 ms, the range check after ~300 ms).
+    fills = all(_as_an_upload_fills(slots, size) for slots, size in decrypted)
+    # An upload fills the slots past its values with copies of them; values anywhere else were
+    # added by whoever summed the ciphertexts. Unread slots are not noised, yet they move what
+    # decrypts in the read ones: large ones pushed the decryption to its wrap point, where the
+    # target's update decided whether it wrapped (review 6).
     values = np.concatenate([slots.real[:size] for slots, size in decrypted])
-    if values.shape != (m,) or not np.all(np.isfinite(values)):
-        raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, spent, opened.dropped)
+    shaped = values.shape == (m,) and bool(np.all(np.isfinite(values)))
+    if not shaped:
+        values = np.zeros(m)
     for s in opened.seeds:
         values = values - wire.ckks_mask(s, m, p.ckks_mask_bound)
-    n = len(opened.seeds)
     # Never release a raw CKKS decryption (Li-Micciancio key recovery): round to a grid no finer
-    # than the decryption error (whatever clip the aggregator's request names), add the noise
-    # (never under CKKS_FLOOD_STD: review 9), and only then check the range. The check reads the
-    # noisy value, so refusing is part of the noisy release: a check on the exact sum answered a
-    # noise-free yes/no about it per cohort (the aggregator adds an offset of its choice to the
-    # ciphertext), and the noise floor hid nothing from repeated threshold tests.
-    released = (np.round(values / grid) + discrete_gaussian(sigma / grid, m)) * grid
-    coord_room, l2_room = ckks_rooms(p, n_params, n)
-    worst = float(np.abs(released).max()) if m else 0.0
-    if worst > coord_room or float(np.linalg.norm(released)) > l2_room:
+    # than the decryption error (whatever clip the aggregator's request names), randomly, on the
+    # key holder's own coins (review 10), add the noise (never under CKKS_FLOOD_STD: review 9),
+    # and only then check the range. The check reads the noisy value, so refusing is part of the
+    # noisy release: a check on the exact sum answered a noise-free yes/no about it per cohort
+    # (the aggregator adds an offset of its choice to the ciphertext), and the noise floor hid
+    # nothing from repeated threshold tests.
+    released = (randomised_round(values / grid) + discrete_gaussian(sigma / grid, m)) * grid
+    coord_room, l2_room = ckks_rooms(p, n_params, len(opened.seeds))
+    in_range = not m or (
+        float(np.abs(released).max()) <= coord_room and float(np.linalg.norm(released)) <= l2_room
+    )
+    if not (fills and shaped and in_range):
         # No figure of the sum in the message: it reaches the aggregator and the audit log.
-        raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, spent, opened.dropped)
+        raise KeyHolderRefusedError(
+            Reason.OUT_OF_RANGE,
+            "the decrypted sum is not what that many honest devices can produce; nothing is "
+            "released and the cohort is spent",
+            opened.dropped,
+        )
     return released
 
 
