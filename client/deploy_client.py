@@ -106,6 +106,10 @@ class StoreSource:
     def roster(self, context: Context, cfg: RunConfig) -> list[int]:
         return sorted(list_stores(_store_dir(context)))
 
+    def serves(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> list[int]:
+        stores = list_stores(_store_dir(context))  # file names only
+        return [d for d in devices if d in stores]
+
     def load(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> dict[int, DeviceData]:
         stores, today = list_stores(_store_dir(context)), _today(context)
         served = [d for d in devices if d in stores]

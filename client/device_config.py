@@ -25,10 +25,12 @@ __all__ = [
     "MAX_UPLOADS_KEY",
     "PROVISIONING_ENV",
     "REPLY_AFTER_KEY",
+    "REPLY_AFTER_PER_DEVICE_KEY",
     "device_settings",
     "local_steps_cap",
     "pinned_keyholder",
     "reply_floor",
+    "reply_floor_per_device",
     "trusted_keyholder",
     "upload_budget",
 ]
@@ -37,6 +39,7 @@ PROVISIONING_ENV = "FEDCHURN_DEVICE_CONFIG"
 MAX_UPLOADS_KEY = "max-uploads"
 MAX_LOCAL_STEPS_KEY = "max-local-steps"
 REPLY_AFTER_KEY = "reply-after"
+REPLY_AFTER_PER_DEVICE_KEY = "reply-after-per-device"
 MAX_REPLY_AFTER = 3600.0  # seconds; a round waits for replies for at most its own timeout anyway
 
 
@@ -106,6 +109,12 @@ def local_steps_cap(node_config: Mapping[str, object]) -> int | None:
     return _whole_setting(node_config, MAX_LOCAL_STEPS_KEY)
 
 
+def reply_floor_per_device(node_config: Mapping[str, object]) -> float:
+    """Seconds added to the reply floor per device a task lists (0.0: not set): a node serving
+    many stores works in proportion to them, past any fixed floor."""
+    return _seconds_setting(node_config, REPLY_AFTER_PER_DEVICE_KEY)
+
+
 def reply_floor(node_config: Mapping[str, object]) -> float:
     """Seconds this node waits, from a task's arrival, before it answers (0.0: not set).
 
@@ -114,8 +123,13 @@ def reply_floor(node_config: Mapping[str, object]) -> float:
     from latency, correlation 0.95: docs/privacy.md). A node that answers no earlier than a fixed
     floor, set by its provisioner above its longest work, answers in the same time whatever its
     devices hold."""
+    return _seconds_setting(node_config, REPLY_AFTER_KEY)
+
+
+def _seconds_setting(node_config: Mapping[str, object], key: str) -> float:
+    """A number of seconds from 0 to MAX_REPLY_AFTER (0.0 when not set), refused naming key and where."""
     settings, where = device_settings(node_config)
-    raw = settings.get(REPLY_AFTER_KEY)
+    raw = settings.get(key)
     if raw is None or raw == "":
         return 0.0
     try:
@@ -124,7 +138,6 @@ def reply_floor(node_config: Mapping[str, object]) -> float:
         value = float("nan")
     if not 0.0 <= value <= MAX_REPLY_AFTER:  # also refuses nan
         raise PinError(
-            f"{REPLY_AFTER_KEY!r} in {where} must be a number of seconds from 0 to {MAX_REPLY_AFTER:g}, "
-            f"got {raw!r}"
+            f"{key!r} in {where} must be a number of seconds from 0 to {MAX_REPLY_AFTER:g}, got {raw!r}"
         )
     return value

@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import Protocol
 
 import numpy as np
@@ -43,8 +44,10 @@ from fedchurn.client.contribution_ledger import ContributionLedger, role_of, sco
 from fedchurn.client.device_config import (
     MAX_LOCAL_STEPS_KEY,
     REPLY_AFTER_KEY,
+    REPLY_AFTER_PER_DEVICE_KEY,
     local_steps_cap,
     reply_floor,
+    reply_floor_per_device,
     trusted_keyholder,
     upload_budget,
 )
@@ -85,6 +88,9 @@ class DeviceSource(Protocol):
 
     def coins(self, cfg: RunConfig, device: int, salt: int) -> np.random.Generator | None:
         """A device's stochastic-rounding generator: None (OS-seeded) on a real device."""
+
+    def serves(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> list[int]:
+        """Those of `devices` this node serves, in order, known without reading their data."""
 
     def serialised(self, context: Context) -> AbstractContextManager[None]:
         """Held while the node answers one message, reply floor included: a node serving real
@@ -174,6 +180,21 @@ def _finite_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
+# The part of the current message's floor that grows with the devices it lists (set by `answer`,
+# read by the lifespan around it; None outside a message).
+_PER_DEVICE_FLOOR: ContextVar[list[float] | None] = ContextVar("per_device_floor", default=None)
+
+
+def _extend_the_floor(node_config: Mapping[str, object], n_listed: int) -> None:
+    """Lengthen this message's floor by the node's per-device share times the devices the task
+    lists (public: the aggregator wrote the list). A folder of many stores works in proportion
+    to the devices a task names, so a fixed floor is outgrown: 400 devices at the step cap took
+    3.3-3.7 s past a 2 s floor, and by then the time followed their data (review 10)."""
+    holder = _PER_DEVICE_FLOOR.get()
+    if holder is not None:
+        holder[0] = reply_floor_per_device(node_config) * n_listed
+
+
 def _wait_out_the_floor(start: float, floor: float) -> None:
     """Wait until `floor` seconds after `start`; work that outlasted it is answered with a warning."""
     left = start + floor - _clock()
@@ -181,11 +202,12 @@ def _wait_out_the_floor(start: float, floor: float) -> None:
         _sleep(left)
     elif floor > 0:
         _LOG.warning(
-            "a task took %.2f s, longer than this node's %s of %.2f s: raise it (or lower %s), or "
-            "its reply time shows how much its devices hold",
+            "a task took %.2f s, longer than this node's floor of %.2f s: raise %s or %s (or lower "
+            "%s), or its reply time shows how much its devices hold",
             floor - left,
-            REPLY_AFTER_KEY,
             floor,
+            REPLY_AFTER_KEY,
+            REPLY_AFTER_PER_DEVICE_KEY,
             MAX_LOCAL_STEPS_KEY,
         )
 
@@ -217,14 +239,19 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     _check_local_steps(context.node_config, cfg, task)
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
+    _extend_the_floor(context.node_config, len(task.devices))
     in_role = [d for d in task.devices if _in_role(cfg, task.purpose, d)]
-    loaded = source.load(context, cfg, in_role)  # reads the devices' own data; computes nothing
-    served = [d for d in in_role if d in loaded]
+    served = source.serves(context, cfg, in_role)  # reads no device's data
     holder = keyholder.x25519 if keyholder is not None else None
     evaluation = task.purpose == "evaluate"
     scopes = scopes_of(task.round_id, context.run_id, holder, evaluation)
     role = role_of(context.run_id, holder, evaluation)  # a device keeps its first role for a key holder
-    devices = source.ledger(context).claim(scopes, served, upload_budget(context.node_config), role)
+    granted = source.ledger(context).claim(scopes, served, upload_budget(context.node_config), role)
+    # Only now is any device's data read, and only the granted devices': a device refused (out of
+    # budget or role, already answered) costs no work, so the work, and its time, says nothing
+    # about it (review 10: stores of devices out of budget were still read).
+    loaded = source.load(context, cfg, granted)
+    devices = [d for d in granted if d in loaded]
     data = [loaded[d] for d in devices]
     position = {d: i for i, d in enumerate(task.devices)}
     cohorts = [task.cohorts[position[d]] for d in devices]
@@ -253,22 +280,33 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     return NodeReply(tuple(devices), tuple(blobs)).to_message(msg)
 
 
+def _answered_after_the_floor(context: Context, source: DeviceSource) -> Iterator[None]:
+    """Around every message the node gets, whatever its type (a roster query, an action no
+    handler serves and Flower refuses, a task that fails): one at a time
+    (`DeviceSource.serialised`), and no earlier than the node's reply floor
+    (`client.device_config.reply_floor`; a simulated node has none). Timing only the tasks
+    let a roster query sent beside a task read, from how slowly it ran, how long the task
+    worked, and so how many rows the devices hold (review 9)."""
+    # At module level: Ray pickles the ClientApp's nested functions by value, with the globals
+    # they name, and a context variable does not pickle.
+    floor = reply_floor(context.node_config)
+    per_device = [0.0]
+    token = _PER_DEVICE_FLOOR.set(per_device)
+    try:
+        with source.serialised(context):
+            start = _clock()
+            yield
+            _wait_out_the_floor(start, floor + per_device[0])
+    finally:
+        _PER_DEVICE_FLOOR.reset(token)
+
+
 def make_client_app(source: DeviceSource) -> ClientApp:
     app = ClientApp()
 
     @app.lifespan()
     def one_message_at_a_time_answered_after_the_floor(context: Context) -> Iterator[None]:
-        """Around every message the node gets, whatever its type (a roster query, an action no
-        handler serves and Flower refuses, a task that fails): one at a time
-        (`DeviceSource.serialised`), and no earlier than the node's reply floor
-        (`client.device_config.reply_floor`; a simulated node has none). Timing only the tasks
-        let a roster query sent beside a task read, from how slowly it ran, how long the task
-        worked, and so how many rows the devices hold (review 9)."""
-        floor = reply_floor(context.node_config)
-        with source.serialised(context):
-            start = _clock()
-            yield
-            _wait_out_the_floor(start, floor)
+        yield from _answered_after_the_floor(context, source)
 
     @app.query()
     def roster(msg: Message, context: Context) -> Message:

@@ -25,6 +25,7 @@ from fedchurn.client.device_config import (
     MAX_REPLY_AFTER,
     MAX_UPLOADS_KEY,
     REPLY_AFTER_KEY,
+    REPLY_AFTER_PER_DEVICE_KEY,
 )
 from fedchurn.shared.run_config import OPTION_HELP, RunConfig
 
@@ -56,6 +57,17 @@ ReplyAfterOpt = Annotated[
     ),
 ]
 DEFAULT_REPLY_AFTER = 2.0
+ReplyAfterPerDeviceOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=MAX_REPLY_AFTER,
+        help="Seconds added to --reply-after for each device a task lists (pinned in its "
+        "--node-config): a node serving many stores works in proportion to them. Set it above one "
+        "device's load and training at --max-local-steps.",
+    ),
+]
+DEFAULT_REPLY_AFTER_PER_DEVICE = 0.25  # one device at the step cap: 35-75 ms measured (decision 146)
 MaxLocalStepsOpt = Annotated[
     int,
     typer.Option(
@@ -69,13 +81,18 @@ DEFAULT_MAX_LOCAL_STEPS = 64  # the shipped recipe asks 1 (one full-batch epoch)
 
 
 def _node_extra(
-    today: int | None, max_uploads: int | None, reply_after: float = 0.0, max_local_steps: int | None = None
+    today: int | None,
+    max_uploads: int | None,
+    reply_after: float = 0.0,
+    max_local_steps: int | None = None,
+    per_device: float = 0.0,
 ) -> str:
     """The SuperNode's own settings beside the store folder and the key holder's pin."""
     parts = ([f"today={today}"] if today is not None else []) + (
         [f"{MAX_UPLOADS_KEY}={max_uploads}"] if max_uploads is not None else []
     )
     parts += [f"{REPLY_AFTER_KEY}={float(reply_after)!r}"] if reply_after > 0 else []
+    parts += [f"{REPLY_AFTER_PER_DEVICE_KEY}={float(per_device)!r}"] if per_device > 0 else []
     parts += [f"{MAX_LOCAL_STEPS_KEY}={max_local_steps}"] if max_local_steps is not None else []
     return " ".join(parts)
 
@@ -232,6 +249,7 @@ def supernode(
     max_uploads: MaxUploadsOpt = None,
     reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
     max_local_steps: MaxLocalStepsOpt = DEFAULT_MAX_LOCAL_STEPS,
+    reply_after_per_device: ReplyAfterPerDeviceOpt = DEFAULT_REPLY_AFTER_PER_DEVICE,
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
     `<certs>/pins/keyholder.toml`, running fedchurn's own ClientApp only (whatever app the
@@ -239,7 +257,7 @@ def supernode(
     from fedchurn.server.deploy import supernode_cmd, supernode_env
     from fedchurn.server.deploy_secrets import load_secrets
 
-    extra = _node_extra(today, max_uploads, reply_after, max_local_steps)
+    extra = _node_extra(today, max_uploads, reply_after, max_local_steps, reply_after_per_device)
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)
     os.execvpe(cmd[0], cmd, supernode_env(stores.resolve(), dict(os.environ)))
 
@@ -295,6 +313,7 @@ def local(
     max_uploads: MaxUploadsOpt = None,
     reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
     max_local_steps: MaxLocalStepsOpt = DEFAULT_MAX_LOCAL_STEPS,
+    reply_after_per_device: ReplyAfterPerDeviceOpt = DEFAULT_REPLY_AFTER_PER_DEVICE,
     keep_api: Annotated[
         bool,
         typer.Option("--keep-api", help="Keep the federation and its API up after the run, until Ctrl-C."),
@@ -306,7 +325,7 @@ def local(
     out = out.resolve()
     dirs, today = population_stores(out / "stores", nodes, devices_per_node, days=60)
     audit = f"sqlite:///{out / 'audit.sqlite'}"
-    extra = _node_extra(today, max_uploads, reply_after, max_local_steps)
+    extra = _node_extra(today, max_uploads, reply_after, max_local_steps, reply_after_per_device)
     with local_federation(out / "fed", dirs, audit, k_min=k_min, extra_config=extra) as fed:
         console.print(f"SuperLink {fed.superlink_address}, key holder {fed.keyholder_url}, API {fed.api_url}")
         n_train = max(1, round(nodes * devices_per_node * (1 - RunConfig().eval_fraction)) - 1)

@@ -112,9 +112,12 @@ class SimulatedShard:
                 store.get(mine[a : a + WARM_CHUNK], lambda ds: self._prepare(cfg, ds))
         return mine
 
-    def load(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> dict[int, DeviceData]:
+    def serves(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> list[int]:
         p, n = self._partition(context)
-        mine = [d for d in devices if d % n == p and 0 <= d < self._population(cfg)]
+        return [d for d in devices if d % n == p and 0 <= d < self._population(cfg)]
+
+    def load(self, context: Context, cfg: RunConfig, devices: Sequence[int]) -> dict[int, DeviceData]:
+        mine = self.serves(context, cfg, devices)
         store = self._store(context, cfg)
         if store is not None:
             return store.get(mine, lambda ds: self._prepare(cfg, ds))

@@ -23,7 +23,9 @@ from fedchurn.client.deploy_client import TASK_LOCK_FILE, list_stores
 from fedchurn.client.device_config import (
     MAX_LOCAL_STEPS_KEY,
     MAX_REPLY_AFTER,
+    MAX_UPLOADS_KEY,
     REPLY_AFTER_KEY,
+    REPLY_AFTER_PER_DEVICE_KEY,
     local_steps_cap,
     reply_floor,
 )
@@ -131,7 +133,7 @@ def test_work_longer_than_the_floor_is_answered_when_done_with_a_warning(
     with caplog.at_level(logging.WARNING, logger=flower_app.__name__):
         grid, _ = _store_round(tmp_path, {REPLY_AFTER_KEY: 5.0})
     assert not grid.errors and fake.waits == []
-    assert f"longer than this node's {REPLY_AFTER_KEY} of 5.00 s" in caplog.text
+    assert f"longer than this node's floor of 5.00 s: raise {REPLY_AFTER_KEY}" in caplog.text
 
 
 def test_deploy_writes_the_floor_into_the_node_configuration_and_the_node_reads_it() -> None:
@@ -213,3 +215,49 @@ def test_deploy_pins_a_step_cap_the_node_reads() -> None:
     assert local_steps_cap({}) is None
     with pytest.raises(PinError, match=f"'{MAX_LOCAL_STEPS_KEY}' in the node configuration must be a whole"):
         local_steps_cap({MAX_LOCAL_STEPS_KEY: "0"})
+
+
+def test_a_task_listing_more_devices_waits_longer(tmp_path: Path, clock: FakeClock) -> None:
+    """A folder of many stores works in proportion to the devices a task lists, past any fixed
+    floor: 400 devices at the step cap took 3.3-3.7 s against a 2 s floor, by then following their
+    data (review 10). The floor grows by the node's per-device share of the (public) list."""
+    grid, replies = _store_round(tmp_path, {REPLY_AFTER_KEY: 5.0, REPLY_AFTER_PER_DEVICE_KEY: 0.5})
+    assert not grid.errors, grid.errors[:2]
+    assert sum(len(NodeReply.from_message(r).devices) for r in replies) == 6  # three per node
+    assert clock.waits == pytest.approx([5.0 + 3 * 0.5 - WORK] * 2)
+
+
+def test_a_device_the_ledger_refuses_costs_no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node read every listed store before its ledger said which devices may answer, so a task
+    naming devices that had spent their upload budget still cost work in proportion to their
+    data (200 heavy stores: 0.98-1.20 s against 0.50 s for light ones, nobody answering: review
+    10). The ledger decides first; only granted devices' stores are opened."""
+    from fedchurn.client.store import EventStore
+
+    opened: list[str] = []
+
+    def recording(path: Any) -> Any:
+        opened.append(Path(path).name)
+        return EventStore(path)
+
+    monkeypatch.setattr(deploy_client, "EventStore", recording)
+    grid, strategy, _ = _store_grid(tmp_path, {MAX_UPLOADS_KEY: 1})
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    for server_round in (1, 2):
+        opened.clear()
+        msgs = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))
+        replies = grid.send_and_receive(msgs)
+        assert not grid.errors, grid.errors[:2]
+        answered = sum(len(NodeReply.from_message(r).devices) for r in replies)
+        assert (answered, len(opened)) == ((6, 6) if server_round == 1 else (0, 0)), (server_round, opened)
+
+
+def test_the_client_apps_pickle_as_the_simulation_engine_pickles_them() -> None:
+    """Ray pickles the ClientApp, its nested functions by value with every global they name: a
+    context variable named by the lifespan once stopped every simulated node (no device trained)."""
+    from ray import cloudpickle
+
+    from fedchurn.simulations.flower_client import app as simulation_app
+
+    for app in (deploy_client.app, simulation_app):
+        assert cloudpickle.loads(cloudpickle.dumps(app)) is not None  # type: ignore[no-untyped-call]
