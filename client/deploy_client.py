@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -46,6 +47,7 @@ LEDGER_FILE = ".contributions.sqlite"
 TASK_LOCK_FILE = ".task.lock"  # held while the node answers one message (`StoreSource.serialised`)
 LEGACY_LEDGER_FILE = ".evaluations.sqlite"  # its name when it held evaluations only
 INDEX_BITS = 62  # Flower's config integers are signed 64-bit
+_LOG = logging.getLogger(__name__)
 
 
 def node_secret(store_dir: Path) -> bytes:
@@ -116,12 +118,24 @@ class StoreSource:
         if not served:
             return {}
         chunks, rows, firsts = [], [], []
-        for j, d in enumerate(served):
-            with EventStore(stores[d]) as store:
-                events, first = store.events(), store.first_day()
+        read: list[int] = []
+        for d in served:
+            try:
+                with EventStore(stores[d]) as store:
+                    events, first = store.events(), store.first_day()
+            except Exception as e:
+                # One unreadable store (corrupt, another schema, an event this code does not know)
+                # leaves its device out, not the node's whole reply; and its text, which may name
+                # the store file (the user's name the HMAC index hides) or its contents, stays on
+                # the node: Flower sends an exception's text to the aggregator (review 11).
+                _LOG.error("device %d left out: its store could not be read (%s)", d, type(e).__name__)
+                continue
             chunks.append(events)
-            rows.append(np.full(len(events), j, dtype=np.int64))
+            rows.append(np.full(len(events), len(read), dtype=np.int64))
             firsts.append(first if first is not None else today)
+            read.append(d)
+        if not read:
+            return {}
         prepared = prepare_devices(
             np.concatenate(chunks),
             np.concatenate(rows),
@@ -129,7 +143,7 @@ class StoreSource:
             [max(today, f) for f in firsts],
             cfg.protocol(),
         )
-        return dict(zip(served, prepared, strict=True))
+        return dict(zip(read, prepared, strict=True))
 
     def ledger(self, context: Context) -> ContributionLedger:
         store_dir = _store_dir(context)

@@ -54,6 +54,10 @@ from fedchurn.client.device_config import (
 from fedchurn.client.device_data import DeviceData
 from fedchurn.client.feature_mean import centre_rows, feature_summary
 from fedchurn.client.protect import protect_batch
+
+# At import, not on a task's first use: a deployed node starts each message in a fresh process, and
+# torch's ~1.5 s of start-up inside the reply floor left little of it to hide the work (review 11).
+from fedchurn.client.training import DeviceRows, TrainConfig, train_devices
 from fedchurn.shared.evaluation import device_histogram, histogram_length
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.messages import NodeReply, RosterReply, RoundTask
@@ -122,8 +126,6 @@ def keyholder_for(
 
 def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Sequence[int]) -> np.ndarray:
     """Every training device's model delta, trained together (zero for a device without a labelled day)."""
-    from fedchurn.client.training import DeviceRows, TrainConfig, train_devices
-
     assert task.params is not None
     rows = []
     for d in data:
@@ -218,8 +220,6 @@ def _check_local_steps(node_config: Mapping[str, object], cfg: RunConfig, task: 
     cap = local_steps_cap(node_config)
     if cap is None or task.purpose != "train":
         return
-    from fedchurn.client.training import TrainConfig
-
     steps = cfg.local_epochs * math.ceil(TrainConfig().max_examples / cfg.batch_size)
     if steps > cap:
         raise ValueError(

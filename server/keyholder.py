@@ -20,6 +20,7 @@ cohort and its seals whatever the outcome, so a refusal cannot be retried as an 
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -66,6 +67,12 @@ CKKS_COPY_TOLERANCE = 2.0**-20
 # 10). Honest cohorts are refused only when a device sends garbage.
 CKKS_MAX_REFUSALS = 16
 
+# The one message of every refusal after decryption (no figure: it reaches the audit log).
+_NOT_HONEST = (
+    "the decrypted sum is not what that many honest devices can produce; nothing is released and "
+    "the cohort is spent"
+)
+_LOG = logging.getLogger(__name__)
 _REFUSED = "ckks refused"  # an answered cohort's mode once it was refused after decryption
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
@@ -580,6 +587,15 @@ class KeyHolder:
                 # Counted against the key: each refusal after decryption is a noise-free bit.
                 self._state.refuse(r.round_id, r.cohort_id)
                 raise
+            except Exception as e:
+                # Anything else raised after decryption would reach the aggregator as another
+                # answer (the service maps a ValueError to bad_request): it is the same refusal,
+                # counted the same (review 11). Only its type is logged, never its text.
+                self._state.refuse(r.round_id, r.cohort_id)
+                _LOG.error(
+                    "CKKS release failed after decryption (%s): refused as out_of_range", type(e).__name__
+                )
+                raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, _NOT_HONEST, opened.dropped) from None
         return CkksSumResponse(r.round_id, r.cohort_id, released, opened.included, opened.dropped, sigma)
 
 
@@ -630,12 +646,7 @@ def _checked_release(
     )
     if not (fills and shaped and in_range):
         # No figure of the sum in the message: it reaches the aggregator and the audit log.
-        raise KeyHolderRefusedError(
-            Reason.OUT_OF_RANGE,
-            "the decrypted sum is not what that many honest devices can produce; nothing is "
-            "released and the cohort is spent",
-            opened.dropped,
-        )
+        raise KeyHolderRefusedError(Reason.OUT_OF_RANGE, _NOT_HONEST, opened.dropped)
     return released
 
 

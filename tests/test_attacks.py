@@ -1405,3 +1405,22 @@ def test_a_refusal_after_decryption_comes_after_the_same_work_as_a_release(
     assert e.value.reason is wire.Reason.OUT_OF_RANGE
     assert drawn == [CKKS_N], "refused before the noise was drawn"
     kh.close()
+
+
+def test_any_failure_after_decryption_is_the_one_counted_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After decryption every outcome but a release must be the same refusal, counted against the
+    key: an exception of another kind would reach the aggregator as another answer (the service
+    answers a ValueError with bad_request), a bit outside the budget (review 11)."""
+
+    def failing(*_: Any) -> Any:
+        raise ValueError("a figure of the sum: 0.123")
+
+    monkeypatch.setattr(keyholder_module, "ckks_rooms", failing)
+    kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=13), 9970)
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as e:
+        _ckks_ask(kh, params, blobs, seed, 9970, np.zeros(CKKS_N))
+    assert e.value.reason is wire.Reason.OUT_OF_RANGE and "0.123" not in str(e.value)
+    assert kh._state.refusals() == 1
+    kh.close()

@@ -261,3 +261,21 @@ def test_the_client_apps_pickle_as_the_simulation_engine_pickles_them() -> None:
 
     for app in (deploy_client.app, simulation_app):
         assert cloudpickle.loads(cloudpickle.dumps(app)) is not None  # type: ignore[no-untyped-call]
+
+
+def test_an_unreadable_store_leaves_its_device_out_and_its_name_on_the_node(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One store that could not be read (here: not a database) failed the node's whole task, its
+    healthy devices included, and Flower sent the exception's text to the aggregator: for a store
+    of another schema that text named the store file, the user's name the HMAC index hides
+    (review 11). Now that device alone is left out, and only the error's type is logged."""
+    grid, strategy, dirs = _store_grid(tmp_path, {})
+    broken = sorted(dirs[0].glob("*.sqlite"))[0]
+    broken.write_bytes(b"not a database" * 100)
+    start = ArrayRecord({PARAMS_KEY: Array(init_params(0))})
+    with caplog.at_level(logging.ERROR):
+        replies = grid.send_and_receive(list(strategy.configure_train(1, start, ConfigRecord(), grid)))
+    assert not grid.errors, grid.errors
+    assert sum(len(NodeReply.from_message(r).devices) for r in replies) == 5
+    assert "could not be read (DatabaseError)" in caplog.text and broken.stem not in caplog.text
