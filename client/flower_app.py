@@ -57,7 +57,7 @@ from fedchurn.client.protect import protect_batch
 
 # At import, not on a task's first use: a deployed node starts each message in a fresh process, and
 # torch's ~1.5 s of start-up inside the reply floor left little of it to hide the work (review 11).
-from fedchurn.client.training import DeviceRows, TrainConfig, train_devices
+from fedchurn.client.training import DeviceRows, TrainConfig, check_train_config, train_devices
 from fedchurn.shared.evaluation import device_histogram, histogram_length
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.messages import NodeReply, RosterReply, RoundTask
@@ -134,7 +134,7 @@ def _train(cfg: RunConfig, task: RoundTask, data: list[DeviceData], devices: Seq
     res = train_devices(
         task.params,
         rows,
-        TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
+        _train_config(cfg),
         seeds=[device_seed(cfg, dev, task.server_round) for dev in devices],
         spec=cfg.model_spec(),
         with_loss=False,  # a local diagnostic the round never uses
@@ -214,11 +214,21 @@ def _wait_out_the_floor(start: float, floor: float) -> None:
         )
 
 
-def _check_local_steps(node_config: Mapping[str, object], cfg: RunConfig, task: RoundTask) -> None:
-    """Refuse, before any store is read, a training task asking more local steps than the node's
-    cap (`max-local-steps`): epochs times the minibatches of a device with the most rows."""
+def _train_config(cfg: RunConfig) -> TrainConfig:
+    """The local training a run asks of each device."""
+    return TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr)
+
+
+def _check_training(node_config: Mapping[str, object], cfg: RunConfig, task: RoundTask) -> None:
+    """Refuse, before any store is read, a training task the trainer cannot run (named as the
+    trainer names it: after the data is read every error is one fixed text) or asking more local
+    steps than the node's cap (`max-local-steps`): epochs times the minibatches of a device with
+    the most rows."""
+    if task.purpose != "train":
+        return
+    check_train_config(_train_config(cfg))
     cap = local_steps_cap(node_config)
-    if cap is None or task.purpose != "train":
+    if cap is None:
         return
     steps = cfg.local_epochs * math.ceil(TrainConfig().max_examples / cfg.batch_size)
     if steps > cap:
@@ -236,7 +246,7 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     spec = cfg.model_spec()
     task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
     keyholder = keyholder_for(context.node_config, cfg, task)  # refuses before any work
-    _check_local_steps(context.node_config, cfg, task)
+    _check_training(context.node_config, cfg, task)
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
     _extend_the_floor(context.node_config, len(task.devices))
@@ -247,6 +257,32 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     scopes = scopes_of(task.round_id, context.run_id, holder, evaluation)
     role = role_of(context.run_id, holder, evaluation)  # a device keeps its first role for a key holder
     granted = source.ledger(context).claim(scopes, served, upload_budget(context.node_config), role)
+    try:
+        return _answer_granted(msg, context, source, cfg, task, keyholder, granted)
+    except Exception as e:
+        # From here on the work reads the devices' data, so an error's text could carry it: a
+        # MemoryError named an array's shape, whose length was one device's account age in days
+        # (review 12). Flower sends an exception's type and text to the aggregator; it gets this
+        # one, and the node's own log the rest.
+        _LOG.error("a task failed after its devices were granted (%s)", type(e).__name__)
+        _LOG.debug("the failure", exc_info=True)
+        raise DeviceWorkError("this node's devices could not answer the task") from None
+
+
+class DeviceWorkError(RuntimeError):
+    """The one error a node sends once it has read its devices' data, whatever went wrong."""
+
+
+def _answer_granted(
+    msg: Message,
+    context: Context,
+    source: DeviceSource,
+    cfg: RunConfig,
+    task: RoundTask,
+    keyholder: KeyHolderPublic | None,
+    granted: list[int],
+) -> Message:
+    """The part of `answer` that reads and computes on the granted devices' data."""
     # Only now is any device's data read, and only the granted devices': a device refused (out of
     # budget or role, already answered) costs no work, so the work, and its time, says nothing
     # about it (review 10: stores of devices out of budget were still read).

@@ -130,7 +130,7 @@ def train_devices(
     """Train every device of the batch from `global_params`, device i with generator seed
     `seeds[i]`; each device's result is what it computes alone (see the module docstring).
     `with_loss=False` skips the last epoch's loss (reported as nan); the parameters are the same."""
-    _check_config(cfg)
+    check_train_config(cfg)
     p0 = np.asarray(global_params, dtype=np.float32)
     if p0.shape != (spec.n_params,):
         raise ValueError(f"expected {spec.n_params} global parameters, got shape {p0.shape}")
@@ -150,7 +150,8 @@ def train_devices(
     return BatchResult(params=params, n_examples=n, loss=loss)
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse a configuration the trainer cannot run, naming what is wrong."""
     if cfg.optimizer == "adam":
         raise ValueError("optimizer 'adam' is not supported: the device trainer runs plain SGD only")
     if cfg.optimizer != "sgd":

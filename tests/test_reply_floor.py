@@ -279,3 +279,21 @@ def test_an_unreadable_store_leaves_its_device_out_and_its_name_on_the_node(
     assert not grid.errors, grid.errors
     assert sum(len(NodeReply.from_message(r).devices) for r in replies) == 5
     assert "could not be read (DatabaseError)" in caplog.text and broken.stem not in caplog.text
+
+
+def test_an_error_once_the_devices_data_is_read_says_nothing_about_it(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flower sends an exception's type and text to the aggregator. Features are built over one
+    range of days for all of a task's devices, from the earliest account's first day, so one old
+    account made the allocation fail with "Unable to allocate 354. MiB for an array with shape
+    (200, 3651, 127)": 3,651 was that account's age in days (review 12). Every failure after the
+    devices' data is read now sends one fixed error."""
+
+    def out_of_memory(*_: Any, **__: Any) -> Any:
+        raise MemoryError("Unable to allocate 354. MiB for an array with shape (200, 3651, 127)")
+
+    monkeypatch.setattr(deploy_client, "prepare_devices", out_of_memory)
+    grid, _ = _store_round(tmp_path, {REPLY_AFTER_KEY: 2.0})
+    assert grid.errors == ["DeviceWorkError: this node's devices could not answer the task"] * 2, grid.errors
+    assert clock.waits == pytest.approx([2.0 - WORK] * 2)  # and after the floor, as any answer
