@@ -182,9 +182,9 @@ def _finite_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-# The part of the current message's floor that grows with the devices it lists (set by `answer`,
-# read by the lifespan around it; None outside a message).
-_PER_DEVICE_FLOOR: ContextVar[list[float] | None] = ContextVar("per_device_floor", default=None)
+# The part of the current message's floor that grows with the devices it lists: set by `answer`,
+# read by the lifespan around it (both run in the message's one context).
+_PER_DEVICE_FLOOR: ContextVar[float] = ContextVar("per_device_floor", default=0.0)
 
 
 def _extend_the_floor(node_config: Mapping[str, object], n_listed: int) -> None:
@@ -192,9 +192,7 @@ def _extend_the_floor(node_config: Mapping[str, object], n_listed: int) -> None:
     lists (public: the aggregator wrote the list). A folder of many stores works in proportion
     to the devices a task names, so a fixed floor is outgrown: 400 devices at the step cap took
     3.3-3.7 s past a 2 s floor, and by then the time followed their data (review 10)."""
-    holder = _PER_DEVICE_FLOOR.get()
-    if holder is not None:
-        holder[0] = reply_floor_per_device(node_config) * n_listed
+    _PER_DEVICE_FLOOR.set(reply_floor_per_device(node_config) * n_listed)
 
 
 def _wait_out_the_floor(start: float, floor: float) -> None:
@@ -326,13 +324,12 @@ def _answered_after_the_floor(context: Context, source: DeviceSource) -> Iterato
     # At module level: Ray pickles the ClientApp's nested functions by value, with the globals
     # they name, and a context variable does not pickle.
     floor = reply_floor(context.node_config)
-    per_device = [0.0]
-    token = _PER_DEVICE_FLOOR.set(per_device)
+    token = _PER_DEVICE_FLOOR.set(0.0)
     try:
         with source.serialised(context):
             start = _clock()
             yield
-            _wait_out_the_floor(start, floor + per_device[0])
+            _wait_out_the_floor(start, floor + _PER_DEVICE_FLOOR.get())
     finally:
         _PER_DEVICE_FLOOR.reset(token)
 
