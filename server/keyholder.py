@@ -556,8 +556,8 @@ class KeyHolder:
                 raise KeyHolderRefusedError(
                     Reason.MODE_DISABLED,
                     f"this key holder's CKKS key has been refused after decryption {CKKS_MAX_REFUSALS} "
-                    "times, each a bit about what it decrypts: it decrypts no more; provision a new "
-                    "CKKS key (docs/deploy.md)",
+                    "times, each an answer about what it decrypted: it decrypts no more; provision a "
+                    "new CKKS key (docs/deploy.md)",
                 )
             ctx = self._ckks()
             opened = self._open_seals(CKKS, r, k)
@@ -583,15 +583,14 @@ class KeyHolder:
             self._commit(r, CKKS, opened)
             try:
                 released = _checked_release(p, r.n_params, decrypted, opened, grid, sigma)
-            except KeyHolderRefusedError:
-                # Counted against the key: each refusal after decryption is a noise-free bit.
-                self._state.refuse(r.round_id, r.cohort_id)
-                raise
             except Exception as e:
-                # Anything else raised after decryption would reach the aggregator as another
-                # answer (the service maps a ValueError to bad_request): it is the same refusal,
-                # counted the same (review 11). Only its type is logged, never its text.
+                # Counted against the key: each refusal after decryption answers the noise-free
+                # checks. Anything else raised here would reach the aggregator as another answer
+                # (the service maps a ValueError to bad_request): it is the same refusal, counted
+                # the same (review 11), with only its type logged, never its text.
                 self._state.refuse(r.round_id, r.cohort_id)
+                if isinstance(e, KeyHolderRefusedError):
+                    raise
                 _LOG.error(
                     "CKKS release failed after decryption (%s): refused as out_of_range", type(e).__name__
                 )
