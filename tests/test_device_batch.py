@@ -9,10 +9,13 @@ including devices without a single usable day.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedchurn.client.device_data import DeviceData, prepare_device, prepare_devices
+from fedchurn.client import device_data
+from fedchurn.client.aggregates import daily_aggregates_batch
+from fedchurn.client.device_data import SPAN_WASTE, DeviceData, prepare_device, prepare_devices, span_groups
 from fedchurn.shared.feature_spec import N_FEATURES
 from fedchurn.shared.protocol import Protocol
 from fedchurn.simulations.population import generate_device, generate_devices
@@ -99,3 +102,40 @@ def test_a_device_whose_log_ends_long_before_the_cutoff_keeps_its_own_rows() -> 
     grid = [d for d in range(cutoff - 28, first - 1, -7) if d <= today]
     settled = [d for d in grid if d <= today - 28]
     assert 0 < len(settled) <= len(data.x) <= len(grid)
+
+
+def test_one_old_account_costs_its_own_days_not_every_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 12: features were built over one range of days for a whole batch, from its oldest
+    account's first day, so one account (or a clock reset to 1970) made every listed device cost
+    its age in time and memory, and a node's reply time showed that age. The batch's work now
+    follows the days each device owns (`SPAN_WASTE`), and each device is still prepared exactly
+    as alone."""
+    events, rows, starts, todays = generate_devices(5, np.arange(40), SCENARIO, 120)
+    starts = np.asarray(starts).copy()
+    starts[17] -= 3_650  # one account ten years older than the others
+    cells: list[int] = []
+    real = daily_aggregates_batch
+
+    def counted(ev: np.ndarray, dev: np.ndarray, n: int, start: int, n_days: int) -> np.ndarray:
+        cells.append(n * n_days)
+        return real(ev, dev, n, start, n_days)
+
+    monkeypatch.setattr(device_data, "daily_aggregates_batch", counted)
+    batch = prepare_devices(events, rows, starts, todays)
+    owned = int(np.sum(np.asarray(todays) - starts + 1))
+    assert sum(cells) <= device_data.SPAN_WASTE * owned, (sum(cells), owned)
+    monkeypatch.setattr(device_data, "daily_aggregates_batch", real)
+    for j in (0, 17, 39):
+        _same(batch[j], prepare_device(events[rows == j], int(starts[j]), int(todays[j])))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(-5_000, 5_000), st.integers(0, 400)), min_size=1, max_size=60))
+def test_span_groups_cover_every_device_once_within_the_bound(spans: list[tuple[int, int]]) -> None:
+    first = np.array([f for f, _ in spans], dtype=np.int64)
+    last = first + np.array([d for _, d in spans], dtype=np.int64)
+    groups = span_groups(first, last)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(spans)))
+    for g in groups:
+        cost = len(g) * (int(last[g].max()) - int(first[g].min()) + 1)
+        assert cost <= SPAN_WASTE * int(np.sum(last[g] - first[g] + 1))
