@@ -355,7 +355,9 @@ def protect_batch_with(
     seeds: Sequence[bytes],
     rngs: Sequence[np.random.Generator],
 ) -> list[bytes]:
-    """The uploads of D devices, with the given mask seeds and rounding generators.
+    """The uploads of D devices, with the given mask seeds and rounding generators. The first bit
+    of each seed is replaced by whether that device's selected, clipped values are not all zero
+    (`wire.with_data_bit`); the other 255 bits are the caller's.
 
     Upload i depends on row i alone (tested: a batch equals its rows one by one). Devices are
     grouped by round seed, which selects the coordinates and enters the config digest; selection
@@ -390,6 +392,11 @@ def protect_batch_with(
             digests[i] = digest
         idx = np.asarray(members, dtype=np.int64)
         sub[idx] = _selected_clipped_rows(x[idx], params, round_seed)
+    if scheme.private:
+        # What the device uploads decides the seed's data bit: values the aggregator could
+        # predict (all zero) do not count towards the key holder's k (`wire.with_data_bit`).
+        has_data = np.any(sub != 0.0, axis=1)
+        seeds = [wire.with_data_bit(s, bool(h)) for s, h in zip(seeds, has_data, strict=True)]
     batch = Batch(sub, n_params, heads, digests, seeds, rngs)
     return ENCODERS[scheme.name].encode(batch, params, keyholder)
 

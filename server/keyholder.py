@@ -426,7 +426,8 @@ class KeyHolder:
 
     def _open_seals(self, scheme: Scheme, r: MaskSumRequest | CkksSumRequest, k: int) -> _Opened:
         """Open every seal under this cohort's context (caller holds the lock); refuses answered
-        cohorts, oversized ones and cohorts with fewer than k seals that open."""
+        cohorts, oversized ones, cohorts with fewer than k seals that open and cohorts with fewer
+        than k seeds whose data bit is set (`wire.with_data_bit`)."""
         params, entries = r.params, r.entries
         if self._state.answered(r.round_id, r.cohort_id):
             raise KeyHolderRefusedError(Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}")
@@ -460,6 +461,13 @@ class KeyHolder:
         if len(seeds) < k:
             raise KeyHolderRefusedError(
                 Reason.COHORT_TOO_SMALL, f"{len(seeds)} valid devices < k={k}", dropped
+            )
+        if sum(wire.carries_data(s) for s in seeds) < k:
+            # Uploads of exact zeros (devices without data) are values the aggregator can
+            # predict: counted towards k, k-1 of them around one device released that device's
+            # upload alone (review 13). How many carried data is not said: only that too few did.
+            raise KeyHolderRefusedError(
+                Reason.COHORT_TOO_SMALL, f"fewer than k={k} of its valid devices sent data", dropped
             )
         return _Opened(seeds, seal_ids, tuple(included), tuple(dropped))
 

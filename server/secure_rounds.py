@@ -134,12 +134,16 @@ class SecureRounds:
             else None
         )
 
-    def cohorts(self, n_devices: int, params: ProtectionParams) -> int:
+    def cohorts(self, n_devices: int, params: ProtectionParams, largest: bool = False) -> int:
         """Cohorts of a round: one under DP noise (the key holder noises each cohort sum, so the
-        round carries the noise once), else about `cohort-size` devices each."""
+        round carries the noise once), else about `cohort-size` devices each, or as large as the
+        parameters allow with `largest` (evaluations: only held-out devices with a scored day
+        count towards k, and on a real log most have none — CDNOW: 1,256 of 7,100 — so cohorts
+        of 20 would be refused, decision 150)."""
         if params.noise_multiplier > 0:
             return 1
-        return cohort_count(n_devices, self.cfg.cohort_size, params.max_cohort, self.cfg.k_min)
+        target = params.max_cohort if largest else self.cfg.cohort_size
+        return cohort_count(n_devices, target, params.max_cohort, self.cfg.k_min)
 
     def open_round(
         self,

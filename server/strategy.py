@@ -140,7 +140,7 @@ class ChurnFedAvg(FedAvg):
             first[node] = min(device, first.get(node, device))
         # stable: the draw order within a node
         by_node = sorted(range(len(plan)), key=lambda i: (first[plan[i][0]], plan[i][0]))
-        n_cohorts = self.secure.cohorts(len(plan), params)
+        n_cohorts = self.secure.cohorts(len(plan), params, largest=purpose == "evaluate")
         global_params = None if arrays is None else arrays[PARAMS_KEY].numpy().astype(np.float32)
         offset = self.offset if purpose == "train" else None
         step = _Step(

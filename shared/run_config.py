@@ -364,7 +364,10 @@ OPTION_HELP: dict[str, str] = {
     "local_epochs": "Local epochs per round.",
     "batch_size": "Local batch size (≥ 120: one full-batch step per epoch).",
     "lr": "Local learning rate.",
-    "eval_per_round": "Held-out devices evaluated after each round (0: all at the end).",
+    "eval_per_round": (
+        "Held-out devices evaluated after each round (0: all at the end); only those with a scored "
+        "day count towards k, so sample several times --k-min."
+    ),
     "eval_fraction": "Share of devices held out for evaluation.",
     "protection": "secagg (default), ckks, or plaintext (baseline).",
     "delta": "Differential privacy δ.",

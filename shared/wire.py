@@ -29,6 +29,7 @@ __all__ = [
     "CKKS_MASK_SUM_BOUND",
     "CONFIG_LABEL",
     "CONFIG_TAG_LEN",
+    "DATA_BIT",
     "DIGEST_LEN",
     "HEADER_FORMAT",
     "HEADER_LEN",
@@ -48,6 +49,7 @@ __all__ = [
     "Reason",
     "WireError",
     "as_rows",
+    "carries_data",
     "chacha20_keystream",
     "ckks_mask",
     "fields_rows",
@@ -64,9 +66,12 @@ __all__ = [
     "sha256",
     "unpack_bits",
     "unpack_bits_rows",
+    "with_data_bit",
 ]
 
-WIRE_VERSION = 2  # v2: the seal no longer binds a payload digest; CKKS uploads carry a seal too
+# v2: the seal no longer binds a payload digest; CKKS uploads carry a seal too.
+# v3: the mask seed's first bit says whether the upload carries anything (`with_data_bit`).
+WIRE_VERSION = 3
 MAGIC = b"FC"
 HEADER_FORMAT = "<2sBBIII4s"  # magic, version, mode, round id, cohort id, model version, config tag
 HEADER_LEN = struct.calcsize(HEADER_FORMAT)  # 20
@@ -187,6 +192,30 @@ class Header:
         except ValueError:
             raise WireError(Reason.WRONG_MODE, f"unknown mode byte {mode}") from None
         return cls(parsed_mode, round_id, cohort_id, model_version, tag, version)
+
+
+DATA_BIT = 0x80  # in the mask seed's first byte: set when the upload's selected values are not all 0
+
+
+def with_data_bit(seed: bytes, has_data: bool) -> bytes:
+    """The mask seed with its first bit saying whether the upload carries anything (version 3).
+
+    A device without data (too new to have a labelled day, held out with no scored day, a crafted
+    model's non-finite output) uploads exact zeros, which the aggregator can predict: a cohort of
+    such devices around one target was the target's update alone, with every check passed
+    (review 13). The bit travels inside the seal, so only the key holder reads it, and it counts
+    only seeds with the bit towards a cohort's k. The other 255 bits stay the device's random
+    seed; the mask is derived from all 256, bit included, on both sides.
+    """
+    if len(seed) != SEED_LEN:
+        raise ValueError(f"mask seed must be {SEED_LEN} bytes")
+    first = (seed[0] & ~DATA_BIT & 0xFF) | (DATA_BIT if has_data else 0)
+    return bytes([first]) + seed[1:]
+
+
+def carries_data(seed: bytes) -> bool:
+    """Whether an opened mask seed says its upload carries anything (`with_data_bit`)."""
+    return bool(seed[0] & DATA_BIT)
 
 
 def sha256(data: bytes) -> bytes:

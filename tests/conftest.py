@@ -48,7 +48,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
                 num_server_rounds=3,
                 devices=400,  # ~190 held-out devices: ~70 left for the final evaluation
                 per_round=30,
-                eval_per_round=10,
+                # ~2/3 of a sample has a scored day, and only those count towards k (10)
+                eval_per_round=30,
                 eval_fraction=0.5,
                 seed=11,
                 sampling_source="seeded",

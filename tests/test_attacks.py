@@ -26,7 +26,7 @@ from inprocess_grid import InProcessGrid, device_pins, simulation_grid
 
 from fedchurn.server import keyholder as keyholder_module
 from fedchurn.server.sampling import simulation_roster
-from fedchurn.server.strategy import ChurnFedAvg, make_strategy
+from fedchurn.server.strategy import EVAL_COHORTS, ChurnFedAvg, make_strategy
 from fedchurn.shared import ckks_release, wire
 from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.messages import (
@@ -293,13 +293,22 @@ def test_attack_ckks_single_device_scaled_into_a_fake_cohort() -> None:
     (reply,) = grid.send_and_receive(msgs)
     assert not reply.has_error(), grid.errors
     task, got = _task(msgs[0]), NodeReply.from_message(reply)
-    blob = got.blobs[0]
-    where = task.devices.index(got.devices[0])
-    seed, cohort = (
-        task.bound_round_seeds(cfg.digest())[where],
-        task.cohorts[where],
-    )  # what the device sealed under
     params = cfg.train_protection(0.0)
+
+    def sealed_under(i: int) -> tuple[bytes, int, bytes]:
+        """Reply i's round seed and cohort (what its device sealed under), and its opened seed."""
+        where = task.devices.index(got.devices[i])
+        seed, cohort = task.bound_round_seeds(cfg.digest())[where], task.cohorts[where]
+        head = got.blobs[i][: wire.HEADER_LEN]
+        entry = keyholder_module.SealedEntry(
+            "x", got.blobs[i][wire.HEADER_LEN : wire.HEADER_LEN + wire.SEAL_LEN]
+        )
+        return seed, cohort, kh._open(entry, wire.seal_info(head, params.config_digest(seed, N_PARAMS)))
+
+    # The victim: a device with a labelled day (one without uploads zeros, which count for nothing).
+    victim_at = next(i for i in range(len(got.devices)) if wire.carries_data(sealed_under(i)[2]))
+    blob = got.blobs[victim_at]
+    seed, cohort, _ = sealed_under(victim_at)
     k = cfg.k_min
     ctx = kh._ckks()
     chunks = [
@@ -319,7 +328,8 @@ def test_attack_ckks_single_device_scaled_into_a_fake_cohort() -> None:
     info = wire.seal_info(head.pack(), params.config_digest(seed, N_PARAMS))
     sybils = [
         keyholder_module.SealedEntry(
-            f"sybil-{i}", wire.SEAL_SUITE.encrypt(os.urandom(32), _pub(kh), info=info)
+            f"sybil-{i}",
+            wire.SEAL_SUITE.encrypt(wire.with_data_bit(os.urandom(32), True), _pub(kh), info=info),
         )
         for i in range(k - 1)
     ]
@@ -380,7 +390,7 @@ def test_attack_one_device_wraps_the_ring_to_move_the_model() -> None:
     head = honest[: wire.HEADER_LEN]
     seed = task.bound_round_seeds(cfg.digest())[0]  # the malicious device follows the protocol otherwise
     m, bits = params.n_coords(N_PARAMS), params.ring_bits
-    mask_seed = os.urandom(32)
+    mask_seed = wire.with_data_bit(os.urandom(32), True)  # its upload says it carries data
     extreme = np.full(m, (1 << (bits - 1)) - 1, dtype=np.uint64)
     payload = wire.pack_bits(
         (extreme + wire.mask_stream(mask_seed, m, bits)) & np.uint64((1 << bits) - 1), bits
@@ -709,9 +719,9 @@ def test_attack_a_crafted_model_reads_a_devices_data_from_its_error_reply() -> N
     assert not grid.errors and all(not r.has_error() for r in replies)
     for msg, reply in zip(msgs, replies, strict=True):  # every device uploaded
         assert NodeReply.from_message(reply).devices == _task(msg).devices
-    # The held-out devices answered too, each with a zero histogram (its score was not a number),
-    # and the cohorts were released: no device, no positive.
-    assert evaluation == {"devices": 0.0, "positives": 0.0}
+    # The held-out devices answered too, each with a zero histogram (its score was not a number):
+    # uploads that carry nothing do not count towards k (decision 150), so no cohort was released.
+    assert evaluation == {}
 
 
 def test_attack_repeated_rounds_difference_out_one_devices_update_unless_its_uploads_are_capped(
@@ -792,6 +802,13 @@ def _ckks_cohort(
     seed, n = os.urandom(32), len(updates)
     public = KeyHolderPublic(kh.public_key(), kh.ckks_public_context())
     return protect_batch(updates, params, public, round_id, [0] * n, 1, [seed] * n, [None] * n), seed
+
+
+def _sybil_updates(n: int) -> np.ndarray:
+    """Sybil devices' CKKS updates: nothing a release can show (1e-12, far below CKKS's own
+    error), yet not all zero, so their seeds say they carry data and count towards k (an
+    aggregator writing its own Sybils would set that bit directly, decision 150)."""
+    return np.full((n, CKKS_N), 1e-12)
 
 
 def _ckks_ask(
@@ -1297,7 +1314,7 @@ def test_attack_a_multiple_of_the_secret_key_in_a_released_ckks_sum_gives_the_ke
     n_poly = params.ckks_poly_modulus
 
     def ask(power: int, c: int, round_id: int) -> np.ndarray:
-        blobs, seed = _ckks_cohort(kh, params, np.zeros((5, CKKS_N)), round_id)  # Sybils
+        blobs, seed = _ckks_cohort(kh, params, _sybil_updates(5), round_id)  # Sybils
         total = _summed(ctx, blobs)
         (ct,) = total.ciphertext()
         total = _vector_of(ctx, total, _with_key_multiple(ctx, ct, power, c))
@@ -1363,7 +1380,7 @@ def test_attack_rounding_to_nearest_turns_a_sub_grid_term_into_a_whole_step(
     grid = ckks_release.ckks_grid(params)
     ups = []
     for round_id, offset in ((9950, 0.75), (9951, 0.25)):  # half a step plus or minus a quarter
-        blobs, seed = _ckks_cohort(kh, params, np.zeros((5, CKKS_N)), round_id)  # Sybils
+        blobs, seed = _ckks_cohort(kh, params, _sybil_updates(5), round_id)  # Sybils
         got = _ckks_ask(kh, params, blobs, seed, round_id, np.full(CKKS_N, offset * grid))
         steps = np.asarray(got.values) / grid
         assert np.all(np.isin(np.round(steps, 3), [0.0, 1.0])), steps[:4]
@@ -1424,3 +1441,95 @@ def test_any_failure_after_decryption_is_the_one_counted_refusal(monkeypatch: py
     assert e.value.reason is wire.Reason.OUT_OF_RANGE and "0.123" not in str(e.value)
     assert kh._state.refusals() == 1
     kh.close()
+
+
+def _store_node(
+    tmp_path: Path, kh: Any, cfg: RunConfig, extra: dict[str, Any]
+) -> tuple[InProcessGrid, Path, int]:
+    """One deployed node of 200 stores (the real ClientApp, `StoreSource`, `FileLedger`)."""
+    from fedchurn.client import deploy_client
+    from fedchurn.server.deploy import population_stores
+
+    (store_dir,), today = population_stores(tmp_path / "stores", 1, 200, days=120)
+    conf = {"store-dir": str(store_dir), "today": today, **extra, **dict(kh.pin().to_node_config())}
+    grid = InProcessGrid(deploy_client.app, lambda node: dict(conf), cfg.to_flower(), run_id=7)
+    return grid, store_dir, today
+
+
+def _enrol(store_dir: Path, today: int, n: int) -> None:
+    """`n` users who installed the app 8 days ago: too new for a labelled or a scored day."""
+    from fedchurn.client.store import EventStore
+    from fedchurn.shared.events import SECONDS_PER_DAY
+    from fedchurn.simulations.population import generate_device
+    from fedchurn.simulations.scenario import load_scenario
+
+    scenario = load_scenario("default")
+    for j in range(n):
+        ev = generate_device(0, 500 + j, scenario, 120).events
+        day = (ev["ts"] + ev["tz_min"].astype(np.int64) * 60) // SECONDS_PER_DAY
+        with EventStore(store_dir / f"new-{j:03d}.sqlite") as store:
+            store.append(ev[day >= today - 8])
+
+
+@pytest.mark.parametrize("purpose", ["train", "evaluate"])
+def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
+    tmp_path: Path, purpose: Purpose
+) -> None:
+    """Review 13: a device without data (for its first 27 days no labelled and no scored day)
+    uploads exact zeros under any honest model, and the aggregator sees devices enrol (a node's
+    roster grows). One old device and k-1 new ones, each in its role, sent the same honest task,
+    passed every rule; on 402d6ea the key holder released the cohort, which was the old device's
+    update (training) or its score bin and churn outcome (evaluation, exempt from any noise
+    floor) alone. Uploads that carry nothing no longer count towards k (decision 150)."""
+    from fedchurn.client.deploy_client import StoreSource
+    from fedchurn.shared.messages import RosterReply, roster_query
+
+    cfg = RunConfig(days=120, k_min=10)
+    k, n_params = cfg.k_min, cfg.model_spec().n_params
+    kh = keyholder_module.KeyHolder.generate(k_min=k)
+    grid, store_dir, today = _store_node(tmp_path, kh, cfg, {})
+    before = set(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
+    _enrol(store_dir, today, 80)
+    new = sorted(set(RosterReply.from_message(grid.deliver(roster_query(1))).devices) - before)
+    held = purpose == "evaluate"
+    fillers = [d for d in new if is_eval_device(cfg.seed, d, cfg.eval_fraction) == held][: k - 1]
+    truth = StoreSource().load(grid.context(1), cfg, sorted(before))  # to pick a target, only
+    target = next(
+        d
+        for d in sorted(before)
+        if is_eval_device(cfg.seed, d, cfg.eval_fraction) == held
+        and (truth[d].eval_x is not None if held else len(truth[d].x) > 0)
+    )
+    assert len(fillers) == k - 1
+    devices = (target, *fillers)
+    cohort = EVAL_COHORTS if held else 0
+    task = RoundTask(
+        purpose, 1, 1, 1, 0.0, devices, (cohort,) * k, (bytes(32),) * k, init_params(0), kh.public_key()
+    )
+    reply = NodeReply.from_message(grid.deliver(task.to_message(1)))
+    assert not grid.errors and reply.devices == devices  # every device answered, in its role
+    params = cfg.eval_protection() if held else cfg.train_protection(0.0)
+    n = histogram_length(cfg.outputs) if held else n_params
+    cut = wire.HEADER_LEN + wire.SEAL_LEN
+    head = wire.Header.parse(reply.blobs[0])
+    entries = tuple(
+        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : cut]) for i, b in enumerate(reply.blobs)
+    )
+    seed = task.bound_round_seeds(cfg.digest())[0]
+    request = keyholder_module.MaskSumRequest(
+        head.round_id, head.cohort_id, head.model_version, seed, n, params, entries
+    )
+    try:
+        resp = kh.mask_sum(request)
+    except keyholder_module.KeyHolderRefusedError as e:
+        assert e.reason is wire.Reason.COHORT_TOO_SMALL and str(k) in str(e)
+        return
+    m, bits = params.n_coords(n), params.ring_bits
+    total = sum(wire.unpack_bits(b[cut:], bits, m).astype(np.int64) for b in reply.blobs)
+    ring = (total - resp.mask_sum.astype(np.int64)) % (1 << bits)
+    nonzero = int(np.count_nonzero(ring))
+    pytest.fail(
+        f"{purpose}: the key holder released a cohort of {len(resp.included)} (k={k}) in which "
+        f"{k - 1} devices enrolled 8 days ago uploaded zeros: the release is device {target}'s "
+        f"upload alone ({nonzero} non-zero of {m} values)"
+    )

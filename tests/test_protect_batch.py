@@ -98,8 +98,9 @@ def _same_upload(
     assert batched[: wire.HEADER_LEN] == single[: wire.HEADER_LEN]
     assert batched[cut:] == single[cut:]
     info = wire.seal_info(batched[: wire.HEADER_LEN], p.config_digest(round_seed, n_params))
-    for blob in (batched, single):
-        assert wire.SEAL_SUITE.decrypt(blob[wire.HEADER_LEN : cut], SK, info=info) == seed
+    opened = [wire.SEAL_SUITE.decrypt(b[wire.HEADER_LEN : cut], SK, info=info) for b in (batched, single)]
+    # the same seed, its first bit (version 3's data bit) set by the device's values
+    assert opened[0] == opened[1] == wire.with_data_bit(seed, wire.carries_data(opened[0]))
 
 
 def _check_batch(
@@ -572,8 +573,9 @@ def test_key_holder_mask_sum_is_the_sum_of_every_seeds_mask(p: ProtectionParams,
     resp = KeyHolder(SK, k_min=p.k_min).mask_sum(request)
     m = p.n_coords(n_params)
     exact = [0] * m
-    for s in seeds:  # Python integers: no overflow whatever the width
-        exact = [a + int(b) for a, b in zip(exact, wire.mask_stream(s, m, p.ring_bits), strict=True)]
+    for s, row in zip(seeds, x, strict=True):  # Python integers: no overflow whatever the width
+        mask = wire.mask_stream(wire.with_data_bit(s, bool(np.any(row != 0))), m, p.ring_bits)
+        exact = [a + int(b) for a, b in zip(exact, mask, strict=True)]
     assert resp.mask_sum.dtype == np.uint64
     assert [int(v) for v in resp.mask_sum] == [v % (1 << p.ring_bits) for v in exact]
     assert len(resp.included) == n and not resp.dropped
@@ -598,3 +600,33 @@ def test_the_shipped_scale_bench_reports_both_sizes() -> None:
     for key in ("aggregate_1000_s", "aggregate_10000_s", "protect_batch_ms_per_device", "hpke_open_us"):
         assert out[key] > 0, key
     assert out["aggregate_measured"].keys() == {"20", "200"} and "scaled linearly" in out["aggregate_note"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=wire.SEED_LEN, max_size=wire.SEED_LEN), st.booleans())
+def test_the_data_bit_is_the_seeds_first_bit_and_nothing_else(seed: bytes, has_data: bool) -> None:
+    marked = wire.with_data_bit(seed, has_data)
+    assert wire.carries_data(marked) is has_data
+    assert marked[0] & 0x7F == seed[0] & 0x7F and marked[1:] == seed[1:]
+    assert wire.with_data_bit(marked, has_data) == marked
+
+
+@pytest.mark.parametrize(("p", "n_params"), SECAGG_CASES[:3], ids=CASE_IDS[:3])
+def test_a_device_says_in_its_seal_whether_its_upload_carries_anything(
+    p: ProtectionParams, n_params: int
+) -> None:
+    """Decision 150: a row whose selected, clipped values are all zero (a device without data)
+    seals a seed with the data bit clear, any other row with it set, whatever seed it was given."""
+    n = 6
+    x = np.random.default_rng(5).normal(size=(n, n_params)) * 0.01
+    x[0] = 0.0
+    x[1, :] = 0.0
+    x[1, 3] = 1e-9  # one tiny value: carries data only if the cohort's coordinates pick it
+    seeds = [bytes([0x80 if i % 2 else 0x00]) + os.urandom(wire.SEED_LEN - 1) for i in range(n)]
+    blobs = protect_batch_with(x, p, PK, ROUND, [COHORT] * n, MODEL, [SEED] * n, seeds, _rngs(list(range(n))))
+    info = wire.seal_info(blobs[0][: wire.HEADER_LEN], p.config_digest(SEED, n_params))
+    cut = wire.HEADER_LEN + wire.SEAL_LEN
+    opened = [wire.SEAL_SUITE.decrypt(b[wire.HEADER_LEN : cut], SK, info=info) for b in blobs]
+    picked = 3 in select_coordinates(p, SEED, n_params).tolist()
+    assert [wire.carries_data(s) for s in opened] == [False, picked, True, True, True, True]
+    assert all(o[1:] == s[1:] for o, s in zip(opened, seeds, strict=True))

@@ -67,6 +67,7 @@ def test_upload_vector_deterministic_bytes(path: Path) -> None:
     ring = (q % (1 << p.ring_bits)).astype(np.uint64)
     assert ring.tolist() == v["ring_values"]
     mask_seed = bytes.fromhex(v["mask_seed_hex"])
+    assert wire.carries_data(mask_seed) == any(x != 0 for x in v["clipped_selected"])  # version 3
     assert wire.mask_stream(mask_seed, ring.size, p.ring_bits).tolist() == v["mask"]
     header = wire.Header(
         p.wire_mode, v["round_id"], v["cohort_id"], v["model_version"], p.config_tag(seed, n)
@@ -81,7 +82,7 @@ def test_upload_vector_deterministic_bytes(path: Path) -> None:
     assert len(upload) == v["upload_len"] == p.upload_bytes(n)
     info = wire.seal_info(header.pack(), p.config_digest(seed, n))
     assert info.hex() == v["seal_info_hex"]
-    assert bytes.fromhex(v["upload_hex"])[2] == wire.WIRE_VERSION == 2
+    assert bytes.fromhex(v["upload_hex"])[2] == wire.WIRE_VERSION == 3
 
 
 @pytest.mark.parametrize("path", UPLOADS, ids=lambda p: p.stem)
