@@ -30,6 +30,9 @@ def _serve_tls(app: Any, host: str, port: int, certfile: Path, keyfile: Path) ->
     )
 
 
+EXEMPT_CUTOFF = "2000-01-01"  # any date: only whether a run has a cutoff shapes its evaluation
+
+
 def evaluation_exemptions(horizon: int, k_min: int) -> list[tuple[ProtectionParams, int]]:
     """The evaluation uploads of runs with this horizon (both schemes), as the key holder's noise
     floor exempts them: (protection, histogram length). The histogram has one row per hazard bin
@@ -38,8 +41,14 @@ def evaluation_exemptions(horizon: int, k_min: int) -> list[tuple[ProtectionPara
     key holder with a floor refused every one."""
     from fedchurn.shared.evaluation import histogram_length
 
-    runs = [RunConfig(horizon=horizon, k_min=k_min, protection=m) for m in ("secagg", "ckks")]
-    return [(cfg.eval_protection(), histogram_length(cfg.outputs)) for cfg in runs]
+    # Both protocols: a `cutoff` run's model has one output, so its histogram is shorter (the
+    # cutoff's date changes nothing else); missing it refused every such evaluation under a floor.
+    runs = [
+        RunConfig(horizon=horizon, k_min=k_min, protection=m, cutoff=cutoff)
+        for m in ("secagg", "ckks")
+        for cutoff in ("", EXEMPT_CUTOFF)
+    ]
+    return list(dict.fromkeys((cfg.eval_protection(), histogram_length(cfg.outputs)) for cfg in runs))
 
 
 def serve_keyholder(

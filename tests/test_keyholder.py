@@ -157,10 +157,11 @@ def test_a_deployed_key_holder_exempts_the_evaluations_a_run_of_its_horizon_send
     from fedchurn.shared.run_config import RunConfig
 
     for protection in ("secagg", "ckks"):
-        cfg = RunConfig(horizon=horizon, k_min=10, protection=protection)
-        in_process = SecureRounds(cfg, 100).keyholder  # exempts what this run's evaluations send
-        assert isinstance(in_process, KeyHolder)
-        assert set(in_process.noise_exempt) <= set(evaluation_exemptions(horizon, 10))
+        for cutoff in ("", "2024-11-25"):  # review 13: a cutoff run's histogram is shorter
+            cfg = RunConfig(horizon=horizon, k_min=10, protection=protection, cutoff=cutoff)
+            in_process = SecureRounds(cfg, 100).keyholder  # exempts what this run's evaluations send
+            assert isinstance(in_process, KeyHolder)
+            assert set(in_process.noise_exempt) <= set(evaluation_exemptions(horizon, 10))
 
 
 def test_key_holder_drops_lead_to_aggregator_dropping_the_masked_vector() -> None:
