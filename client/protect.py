@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from fedchurn.shared import wire
+from fedchurn.shared.ckks_release import ckks_grid
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.protection import (
     CKKS,
@@ -285,6 +286,12 @@ class Batch:
     rngs: Sequence[np.random.Generator]
 
 
+def _with_data_bits(seeds: Sequence[bytes], has_data: np.ndarray) -> list[bytes]:
+    """Each seed with its data bit (`wire.with_data_bit`): the key holder counts towards k only
+    uploads that carry something, since zeros are values the aggregator can predict (review 13)."""
+    return [wire.with_data_bit(s, bool(h)) for s, h in zip(seeds, has_data, strict=True)]
+
+
 class Encoder(Protocol):
     """A protection scheme's last step on the device: a batch's clipped coordinates to uploads."""
 
@@ -313,15 +320,18 @@ class SecAggEncoder:
     ) -> list[bytes]:
         keyholder = _pinned(params, keyholder)
         bits = params.ring_bits
-        ring = to_ring(quantise_rows(batch.sub, params, batch.n_params, batch.rngs), bits)
-        masked = (ring + wire.mask_streams(batch.seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
+        q = quantise_rows(batch.sub, params, batch.n_params, batch.rngs)
+        # The data bit follows the rounded integers the device uploads, not the floats before
+        # rounding: a crafted model gave devices values of 1e-33, which set a bit computed from
+        # the floats and then rounded to exact zeros the aggregator could predict (review 14).
+        seeds = _with_data_bits(batch.seeds, np.any(q != 0, axis=1))
+        ring = to_ring(q, bits)
+        masked = (ring + wire.mask_streams(seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
         payloads = wire.pack_bits_rows(masked, bits)
         pk = X25519PublicKey.from_public_bytes(keyholder.x25519)  # parsed once for every seal
         return [
             head + seal_seed(seed, pk, wire.seal_info(head, digest)) + payload
-            for head, digest, seed, payload in zip(
-                batch.heads, batch.digests, batch.seeds, payloads, strict=True
-            )
+            for head, digest, seed, payload in zip(batch.heads, batch.digests, seeds, payloads, strict=True)
         ]
 
 
@@ -334,7 +344,11 @@ class CkksEncoder:
     ) -> list[bytes]:
         from fedchurn.client.ckks import encrypt_rows
 
-        return encrypt_rows(batch, params, _pinned(params, keyholder))
+        # CKKS encrypts the floats themselves: a value below the release grid is lost in the
+        # decryption's error and the key holder's rounding, so it carries nothing (review 14).
+        has_data = np.any(np.abs(batch.sub) >= ckks_grid(params), axis=1)
+        flagged = replace(batch, seeds=_with_data_bits(batch.seeds, has_data))
+        return encrypt_rows(flagged, params, _pinned(params, keyholder))
 
 
 ENCODERS: dict[str, Encoder] = {
@@ -356,8 +370,8 @@ def protect_batch_with(
     rngs: Sequence[np.random.Generator],
 ) -> list[bytes]:
     """The uploads of D devices, with the given mask seeds and rounding generators. The first bit
-    of each seed is replaced by whether that device's selected, clipped values are not all zero
-    (`wire.with_data_bit`); the other 255 bits are the caller's.
+    of each seed is replaced by whether what that device uploads is not all zero (the encoder
+    decides: `wire.with_data_bit`); the other 255 bits are the caller's.
 
     Upload i depends on row i alone (tested: a batch equals its rows one by one). Devices are
     grouped by round seed, which selects the coordinates and enters the config digest; selection
@@ -392,11 +406,6 @@ def protect_batch_with(
             digests[i] = digest
         idx = np.asarray(members, dtype=np.int64)
         sub[idx] = _selected_clipped_rows(x[idx], params, round_seed)
-    if scheme.private:
-        # What the device uploads decides the seed's data bit: values the aggregator could
-        # predict (all zero) do not count towards the key holder's k (`wire.with_data_bit`).
-        has_data = np.any(sub != 0.0, axis=1)
-        seeds = [wire.with_data_bit(s, bool(h)) for s, h in zip(seeds, has_data, strict=True)]
     batch = Batch(sub, n_params, heads, digests, seeds, rngs)
     return ENCODERS[scheme.name].encode(batch, params, keyholder)
 

@@ -74,6 +74,7 @@ _NOT_HONEST = (
 )
 _LOG = logging.getLogger(__name__)
 _REFUSED = "ckks refused"  # an answered cohort's mode once it was refused after decryption
+_NO_DATA = "refused: too few carried data"  # a cohort consumed by its refusal (decision 150)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
     round_id INTEGER NOT NULL,
@@ -466,6 +467,10 @@ class KeyHolder:
             # Uploads of exact zeros (devices without data) are values the aggregator can
             # predict: counted towards k, k-1 of them around one device released that device's
             # upload alone (review 13). How many carried data is not said: only that too few did.
+            # The refusal consumes the cohort and its seals as an answer would: refusals that
+            # consumed nothing let the aggregator ask again with subsets of the same seals and
+            # read whether one device carried data, in one round (review 14).
+            self._state.commit(r.round_id, r.cohort_id, _NO_DATA, len(seeds), seal_ids)
             raise KeyHolderRefusedError(
                 Reason.COHORT_TOO_SMALL, f"fewer than k={k} of its valid devices sent data", dropped
             )

@@ -48,6 +48,7 @@ pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 NODES = list(range(101, 104))  # 3 simulation nodes, each a shard of the population
 N_PARAMS = DEFAULT_SPEC.n_params
+ROUND_SEED = bytes(range(32))  # a public round seed for cohorts the tests build themselves
 # One cohort of 12 from 40 devices, sampled from the seed (so every node gets a device).
 ONE_COHORT = RunConfig(
     devices=40, per_round=12, cohort_size=12, k_min=5, strategy="fedavg", days=60, sampling_source="seeded"
@@ -804,11 +805,20 @@ def _ckks_cohort(
     return protect_batch(updates, params, public, round_id, [0] * n, 1, [seed] * n, [None] * n), seed
 
 
-def _sybil_updates(n: int) -> np.ndarray:
-    """Sybil devices' CKKS updates: nothing a release can show (1e-12, far below CKKS's own
-    error), yet not all zero, so their seeds say they carry data and count towards k (an
-    aggregator writing its own Sybils would set that bit directly, decision 150)."""
-    return np.full((n, CKKS_N), 1e-12)
+def _sybil_cohort(
+    kh: Any, params: ProtectionParams, updates: np.ndarray, round_id: int
+) -> tuple[list[bytes], bytes]:
+    """`_ckks_cohort` for devices the aggregator runs itself: the device's code, except that every
+    seed carries the data bit whatever the values (its own code would set it; decision 150)."""
+    from unittest import mock
+
+    from fedchurn.client import protect
+
+    def all_set(seeds: list[bytes], has_data: np.ndarray) -> list[bytes]:
+        return [wire.with_data_bit(s, True) for s in seeds]
+
+    with mock.patch.object(protect, "_with_data_bits", all_set):
+        return _ckks_cohort(kh, params, updates, round_id)
 
 
 def _ckks_ask(
@@ -925,7 +935,9 @@ def test_attack_a_tiny_clip_in_the_request_releases_the_raw_ckks_decryption() ->
     kh = keyholder_module.KeyHolder.generate(k_min=5, with_ckks=True)
     params = RunConfig(protection="ckks", k_min=5, clip_norm=1e-12).train_protection(0.0)
     updates = np.random.default_rng(5).normal(size=(5, CKKS_N)) * 0.01
-    blobs, seed = _ckks_cohort(kh, params, updates, 9000)
+    # Honest devices clipped to 1e-12 upload nothing above the grid and say so (decision 150): the
+    # aggregator's own devices, which set the data bit, are what would reach the release.
+    blobs, seed = _sybil_cohort(kh, params, updates, 9000)
     values = np.asarray(_ckks_ask(kh, params, blobs, seed, 9000, np.zeros(CKKS_N)).values)
     steps = values / 2.0**-21
     assert np.array_equal(steps, np.round(steps)), (
@@ -1314,7 +1326,7 @@ def test_attack_a_multiple_of_the_secret_key_in_a_released_ckks_sum_gives_the_ke
     n_poly = params.ckks_poly_modulus
 
     def ask(power: int, c: int, round_id: int) -> np.ndarray:
-        blobs, seed = _ckks_cohort(kh, params, _sybil_updates(5), round_id)  # Sybils
+        blobs, seed = _sybil_cohort(kh, params, np.zeros((5, CKKS_N)), round_id)  # Sybils
         total = _summed(ctx, blobs)
         (ct,) = total.ciphertext()
         total = _vector_of(ctx, total, _with_key_multiple(ctx, ct, power, c))
@@ -1380,7 +1392,7 @@ def test_attack_rounding_to_nearest_turns_a_sub_grid_term_into_a_whole_step(
     grid = ckks_release.ckks_grid(params)
     ups = []
     for round_id, offset in ((9950, 0.75), (9951, 0.25)):  # half a step plus or minus a quarter
-        blobs, seed = _ckks_cohort(kh, params, _sybil_updates(5), round_id)  # Sybils
+        blobs, seed = _sybil_cohort(kh, params, np.zeros((5, CKKS_N)), round_id)  # Sybils
         got = _ckks_ask(kh, params, blobs, seed, round_id, np.full(CKKS_N, offset * grid))
         steps = np.asarray(got.values) / grid
         assert np.all(np.isin(np.round(steps, 3), [0.0, 1.0])), steps[:4]
@@ -1532,4 +1544,78 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
         f"{purpose}: the key holder released a cohort of {len(resp.included)} (k={k}) in which "
         f"{k - 1} devices enrolled 8 days ago uploaded zeros: the release is device {target}'s "
         f"upload alone ({nonzero} non-zero of {m} values)"
+    )
+
+
+def _cohort_uploads(kh: Any, params: ProtectionParams, updates: np.ndarray, round_id: int) -> list[bytes]:
+    """The devices' own uploads of `updates` (one cohort, cohort id 0), secagg or CKKS."""
+    from fedchurn.client.protect import protect_batch
+    from fedchurn.shared.keyholder_pin import KeyHolderPublic
+
+    ctx = kh.ckks_public_context() if params.scheme.homomorphic else None
+    public = KeyHolderPublic(kh.public_key(), ctx)
+    n = len(updates)
+    return protect_batch(updates, params, public, round_id, [0] * n, 1, [ROUND_SEED] * n, [None] * n)
+
+
+def _opened_seeds(kh: Any, params: ProtectionParams, blobs: list[bytes], n_params: int) -> list[bytes]:
+    """What the key holder reads in each upload's seal (the test plays the key holder)."""
+    cut = wire.HEADER_LEN + wire.SEAL_LEN
+    info = wire.seal_info(blobs[0][: wire.HEADER_LEN], params.config_digest(ROUND_SEED, n_params))
+    return [kh._open(keyholder_module.SealedEntry("x", b[wire.HEADER_LEN : cut]), info) for b in blobs]
+
+
+@pytest.mark.parametrize("protection", ["secagg", "ckks"])
+def test_attack_a_crafted_model_makes_devices_set_the_data_bit_yet_upload_nothing(protection: Any) -> None:
+    """Review 14: the data bit was set from the clipped values before rounding. A crafted model
+    (a unit alive on every device at 1e-12) gave devices with data updates of ~3e-33: the bit
+    was set, and stochastic rounding made the upload exact zeros, which the aggregator predicts;
+    nine such devices around one target released its update alone (in CKKS, plus only the flood
+    noise). The bit now follows what is uploaded: the rounded integers (secagg), values at or
+    above the release grid (CKKS)."""
+    ckks = protection == "ckks"
+    kh = keyholder_module.KeyHolder.generate(k_min=2, with_ckks=ckks)
+    params = RunConfig(protection=protection, k_min=2).train_protection(0.0)
+    n = CKKS_N if ckks else N_PARAMS
+    updates = np.full((3, n), 3e-33)
+    updates[2] = np.random.default_rng(3).normal(size=n) * 0.01  # an honest update
+    blobs = _cohort_uploads(kh, params, updates, 9800 + ckks)
+    bits = [wire.carries_data(s) for s in _opened_seeds(kh, params, blobs, n)]
+    if bits[:2] != [False, False]:
+        pytest.fail(
+            f"{protection}: devices whose values were 3e-33 set the data bit ({bits[:2]}), yet what "
+            "they uploaded is nothing the release can show: they count towards k as fillers"
+        )
+    assert bits[2]
+
+
+def test_attack_a_cohort_refused_for_want_of_data_is_asked_again_with_a_subset() -> None:
+    """Review 14: a refusal for too few devices with data consumed nothing, so the aggregator could
+    ask again for the same round and cohort with subsets of its seals: the first subset that is
+    released says whether the one device added last carries data (a held-out user with no scored
+    day has churned), in one round, without Sybils and whatever `max-uploads` is. The refusal now
+    consumes the cohort and its seals as an answer would."""
+    kh = keyholder_module.KeyHolder.generate(k_min=10)
+    params = RunConfig().train_protection(0.0)
+    updates = np.random.default_rng(4).normal(size=(20, N_PARAMS)) * 0.01
+    updates[10:] = 0.0  # ten devices without data
+    blobs = _cohort_uploads(kh, params, updates, 9900)
+    cut = wire.HEADER_LEN + wire.SEAL_LEN
+    entries = [keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : cut]) for i, b in enumerate(blobs)]
+
+    def ask(members: list[int]) -> Any:
+        chosen = tuple(entries[i] for i in members)
+        return kh.mask_sum(keyholder_module.MaskSumRequest(9900, 0, 1, ROUND_SEED, N_PARAMS, params, chosen))
+
+    with pytest.raises(keyholder_module.KeyHolderRefusedError) as first:
+        ask([0, *range(11, 20)])  # one device with data and nine without
+    assert first.value.reason is wire.Reason.COHORT_TOO_SMALL
+    try:
+        answer = ask(list(range(10)))  # the ten with data, same round and cohort
+    except keyholder_module.KeyHolderRefusedError as second:
+        assert second.reason is wire.Reason.ALREADY_ANSWERED
+        return
+    pytest.fail(
+        f"after a refusal for want of data, the same cohort was asked again and released "
+        f"({len(answer.included)} devices): subsets of one cohort's seals read one device's data bit"
     )

@@ -67,7 +67,7 @@ def test_upload_vector_deterministic_bytes(path: Path) -> None:
     ring = (q % (1 << p.ring_bits)).astype(np.uint64)
     assert ring.tolist() == v["ring_values"]
     mask_seed = bytes.fromhex(v["mask_seed_hex"])
-    assert wire.carries_data(mask_seed) == any(x != 0 for x in v["clipped_selected"])  # version 3
+    assert wire.carries_data(mask_seed) == any(x != 0 for x in v["quantised"])  # version 3: the data bit
     assert wire.mask_stream(mask_seed, ring.size, p.ring_bits).tolist() == v["mask"]
     header = wire.Header(
         p.wire_mode, v["round_id"], v["cohort_id"], v["model_version"], p.config_tag(seed, n)

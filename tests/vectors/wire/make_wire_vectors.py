@@ -99,7 +99,7 @@ def upload_case(name: str, c: dict[str, Any], seal: bytes | None) -> dict[str, A
     sub = selected_clipped(update, p, c["round_seed"])
     quantised = quantise(sub, p, n, rng)
     ring = to_ring(quantised, p.ring_bits)
-    seed = wire.with_data_bit(mask_seed(name), bool(np.any(sub != 0)))  # version 3's data bit
+    seed = wire.with_data_bit(mask_seed(name), bool(np.any(quantised != 0)))  # version 3: the data bit
     mask = wire.mask_stream(seed, ring.size, p.ring_bits)
     masked = (ring + mask) & np.uint64((1 << p.ring_bits) - 1)
     header = wire.Header(
