@@ -194,18 +194,19 @@ class Header:
         return cls(parsed_mode, round_id, cohort_id, model_version, tag, version)
 
 
-DATA_BIT = 0x80  # in the mask seed's first byte: set when the upload's selected values are not all 0
+DATA_BIT = 0x80  # in the mask seed's first byte: set when what the upload carries is not all zero
 
 
 def with_data_bit(seed: bytes, has_data: bool) -> bytes:
     """The mask seed with its first bit saying whether the upload carries anything (version 3).
 
     A device without data (too new to have a labelled day, held out with no scored day, a crafted
-    model's non-finite output) uploads exact zeros, which the aggregator can predict: a cohort of
-    such devices around one target was the target's update alone, with every check passed
-    (review 13). The bit travels inside the seal, so only the key holder reads it, and it counts
-    only seeds with the bit towards a cohort's k. The other 255 bits stay the device's random
-    seed; the mask is derived from all 256, bit included, on both sides.
+    model's non-finite output, values that round to nothing) uploads exact zeros, which the
+    aggregator can predict: a cohort of such devices around one target was the target's update
+    alone, with every check passed (review 13). The bit travels inside the seal, so only the key
+    holder reads it, and it counts only seeds with the bit towards a cohort's k. The other 255
+    bits stay the device's random seed; the mask is derived from all 256, bit included, on both
+    sides.
     """
     if len(seed) != SEED_LEN:
         raise ValueError(f"mask seed must be {SEED_LEN} bytes")

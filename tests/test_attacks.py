@@ -796,13 +796,9 @@ CKKS_N = 64  # a small vector: the key holder's exact discrete Gaussian costs ~0
 def _ckks_cohort(
     kh: Any, params: ProtectionParams, updates: np.ndarray, round_id: int
 ) -> tuple[list[bytes], bytes]:
-    """Devices' CKKS uploads of `updates` for one cohort, made by the devices' own code."""
-    from fedchurn.client.protect import protect_batch
-    from fedchurn.shared.keyholder_pin import KeyHolderPublic
-
-    seed, n = os.urandom(32), len(updates)
-    public = KeyHolderPublic(kh.public_key(), kh.ckks_public_context())
-    return protect_batch(updates, params, public, round_id, [0] * n, 1, [seed] * n, [None] * n), seed
+    """Devices' CKKS uploads of `updates` for one cohort under a fresh round seed (`_cohort_uploads`)."""
+    seed = os.urandom(32)
+    return _cohort_uploads(kh, params, updates, round_id, seed), seed
 
 
 def _sybil_cohort(
@@ -1455,15 +1451,13 @@ def test_any_failure_after_decryption_is_the_one_counted_refusal(monkeypatch: py
     kh.close()
 
 
-def _store_node(
-    tmp_path: Path, kh: Any, cfg: RunConfig, extra: dict[str, Any]
-) -> tuple[InProcessGrid, Path, int]:
+def _store_node(tmp_path: Path, kh: Any, cfg: RunConfig) -> tuple[InProcessGrid, Path, int]:
     """One deployed node of 200 stores (the real ClientApp, `StoreSource`, `FileLedger`)."""
     from fedchurn.client import deploy_client
     from fedchurn.server.deploy import population_stores
 
     (store_dir,), today = population_stores(tmp_path / "stores", 1, 200, days=120)
-    conf = {"store-dir": str(store_dir), "today": today, **extra, **dict(kh.pin().to_node_config())}
+    conf = {"store-dir": str(store_dir), "today": today, **dict(kh.pin().to_node_config())}
     grid = InProcessGrid(deploy_client.app, lambda node: dict(conf), cfg.to_flower(), run_id=7)
     return grid, store_dir, today
 
@@ -1499,7 +1493,7 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
     cfg = RunConfig(days=120, k_min=10)
     k, n_params = cfg.k_min, cfg.model_spec().n_params
     kh = keyholder_module.KeyHolder.generate(k_min=k)
-    grid, store_dir, today = _store_node(tmp_path, kh, cfg, {})
+    grid, store_dir, today = _store_node(tmp_path, kh, cfg)
     before = set(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
     _enrol(store_dir, today, 80)
     new = sorted(set(RosterReply.from_message(grid.deliver(roster_query(1))).devices) - before)
@@ -1547,7 +1541,9 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
     )
 
 
-def _cohort_uploads(kh: Any, params: ProtectionParams, updates: np.ndarray, round_id: int) -> list[bytes]:
+def _cohort_uploads(
+    kh: Any, params: ProtectionParams, updates: np.ndarray, round_id: int, round_seed: bytes = ROUND_SEED
+) -> list[bytes]:
     """The devices' own uploads of `updates` (one cohort, cohort id 0), secagg or CKKS."""
     from fedchurn.client.protect import protect_batch
     from fedchurn.shared.keyholder_pin import KeyHolderPublic
@@ -1555,7 +1551,7 @@ def _cohort_uploads(kh: Any, params: ProtectionParams, updates: np.ndarray, roun
     ctx = kh.ckks_public_context() if params.scheme.homomorphic else None
     public = KeyHolderPublic(kh.public_key(), ctx)
     n = len(updates)
-    return protect_batch(updates, params, public, round_id, [0] * n, 1, [ROUND_SEED] * n, [None] * n)
+    return protect_batch(updates, params, public, round_id, [0] * n, 1, [round_seed] * n, [None] * n)
 
 
 def _opened_seeds(kh: Any, params: ProtectionParams, blobs: list[bytes], n_params: int) -> list[bytes]:
