@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -368,20 +369,43 @@ def test_attack_the_aggregator_ships_its_own_clientapp_code_to_the_supernodes(de
     assert all(FOREIGN_APP in e and "evil/client.py" in e for e in result["errors"]), result
 
 
+def _evaluators(store_dir: Path) -> set[int]:
+    """The devices of a node that evaluated in an earlier run of this module: a device keeps its
+    first role for a key holder (`client.contribution_ledger`), so these refuse to train."""
+    from fedchurn.client.deploy_client import LEDGER_FILE
+
+    path = store_dir / LEDGER_FILE
+    if not path.exists():
+        return set()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT DISTINCT device FROM claims WHERE scope LIKE '% evaluates'").fetchall()
+    finally:
+        conn.close()
+    return {int(d) for (d,) in rows}
+
+
 def _victim(d: Deployment, cfg: RunConfig) -> tuple[RunConfig, int, set[int]]:
     """The run, the SuperNode to kill and its training devices: a node none of whose devices is
     held out, so that the final evaluation sends it nothing and the run does not wait out a second
-    round timeout on the dead node after the round this test is about. A node's device indices
+    round timeout on the dead node after the round this test is about. The other nodes must still
+    upload at least k devices that carry data: their devices that evaluated in an earlier run of this
+    module refuse to train, and one account per node is too young for a labelled day (population
+    seed 0), whose upload carries no data and does not count towards k (decision 150); a CI run
+    whose live node had three earlier evaluators had its round refused. A node's device indices
     are HMACs under its own secret (random per federation) and the run's seed decides which are
     held out, so the run takes the first seed from `cfg.seed` on that leaves such a node."""
     from fedchurn.client.deploy_client import list_stores
 
     devices = [set(list_stores(s)) for s in d.stores]
+    trainers = [ds - _evaluators(s) for ds, s in zip(devices, d.stores, strict=True)]
     for seed in range(cfg.seed, cfg.seed + 100):
         for n, ds in enumerate(devices):
-            if not any(is_eval_device(seed, i, cfg.eval_fraction) for i in ds):
+            held_out = {i for i in set().union(*devices) if is_eval_device(seed, i, cfg.eval_fraction)}
+            live = set().union(*(t for m, t in enumerate(trainers) if m != n)) - held_out
+            if len(live) >= K_MIN + len(devices) - 1 and not ds & held_out:
                 return replace(cfg, seed=seed), n, ds
-    raise AssertionError(f"every seed from {cfg.seed} holds out a device on every node")
+    raise AssertionError(f"no seed from {cfg.seed} suits these nodes' devices that may train: {trainers}")
 
 
 def test_a_supernode_killed_mid_round_leaves_the_round_complete(deployment: Deployment) -> None:
