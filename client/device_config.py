@@ -7,7 +7,8 @@ a TOML file named by `$FEDCHURN_DEVICE_CONFIG` (written by the runner, read on t
 keys present in both must agree. The key holder's identity (`shared.keyholder_pin`) is read from
 here and only from here, and so is the device's upload budget (`max-uploads`): the aggregator
 decides neither. Nor the reply floor (`reply-after`), which keeps how long the node takes
-from saying how much data its devices hold.
+from saying how much data its devices hold, nor the least noise any of its uploads may be released
+with (`min-noise`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from fedchurn.shared.keyholder_pin import CKKS_PIN_KEY, KeyHolderPin, KeyHolderP
 __all__ = [
     "MAX_LOCAL_STEPS_KEY",
     "MAX_UPLOADS_KEY",
+    "MIN_NOISE_KEY",
     "PROVISIONING_ENV",
     "REPLY_AFTER_KEY",
     "REPLY_AFTER_PER_DEVICE_KEY",
     "device_settings",
     "local_steps_cap",
+    "noise_floor",
     "pinned_keyholder",
     "reply_floor",
     "reply_floor_per_device",
@@ -38,6 +41,8 @@ __all__ = [
 PROVISIONING_ENV = "FEDCHURN_DEVICE_CONFIG"
 MAX_UPLOADS_KEY = "max-uploads"
 MAX_LOCAL_STEPS_KEY = "max-local-steps"
+MIN_NOISE_KEY = "min-noise"
+MAX_MIN_NOISE = 100.0  # far above any useful multiplier; a larger pin is a typo
 REPLY_AFTER_KEY = "reply-after"
 REPLY_AFTER_PER_DEVICE_KEY = "reply-after-per-device"
 MAX_REPLY_AFTER = 3600.0  # seconds; a round waits for replies for at most its own timeout anyway
@@ -127,7 +132,12 @@ def reply_floor(node_config: Mapping[str, object]) -> float:
 
 
 def _seconds_setting(node_config: Mapping[str, object], key: str) -> float:
-    """A number of seconds from 0 to MAX_REPLY_AFTER (0.0 when not set), refused naming key and where."""
+    """A number of seconds from 0 to MAX_REPLY_AFTER (0.0 when not set)."""
+    return _number_setting(node_config, key, MAX_REPLY_AFTER, "a number of seconds")
+
+
+def _number_setting(node_config: Mapping[str, object], key: str, most: float, what: str) -> float:
+    """A number from 0 to `most` (0.0 when not set), refused naming key and where."""
     settings, where = device_settings(node_config)
     raw = settings.get(key)
     if raw is None or raw == "":
@@ -136,8 +146,18 @@ def _seconds_setting(node_config: Mapping[str, object], key: str) -> float:
         value = float(str(raw)) if not isinstance(raw, bool) else float("nan")
     except ValueError:
         value = float("nan")
-    if not 0.0 <= value <= MAX_REPLY_AFTER:  # also refuses nan
-        raise PinError(
-            f"{key!r} in {where} must be a number of seconds from 0 to {MAX_REPLY_AFTER:g}, got {raw!r}"
-        )
+    if not 0.0 <= value <= most:  # also refuses nan
+        raise PinError(f"{key!r} in {where} must be {what} from 0 to {most:g}, got {raw!r}")
     return value
+
+
+def noise_floor(node_config: Mapping[str, object]) -> float:
+    """The least noise multiplier this node's devices let any upload of theirs be released with
+    (0.0: not set): a training or feature-mean round's DP noise, an evaluation's `eval-noise`.
+
+    A sum over k devices does not hide a device from a model crafted so that the others' uploads
+    are predictable (docs/privacy.md, review 15); only the key holder's noise bounds that, and the
+    key holder's own floor exempts exact evaluations and is its operator's choice. A device that
+    pins a floor answers no task whose parameters, bound into its seal and honoured by the key
+    holder it pins, carry less."""
+    return _number_setting(node_config, MIN_NOISE_KEY, MAX_MIN_NOISE, "a noise multiplier")

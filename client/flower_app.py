@@ -43,9 +43,11 @@ from flwr.clientapp import ClientApp
 from fedchurn.client.contribution_ledger import ContributionLedger, role_of, scopes_of
 from fedchurn.client.device_config import (
     MAX_LOCAL_STEPS_KEY,
+    MIN_NOISE_KEY,
     REPLY_AFTER_KEY,
     REPLY_AFTER_PER_DEVICE_KEY,
     local_steps_cap,
+    noise_floor,
     reply_floor,
     reply_floor_per_device,
     trusted_keyholder,
@@ -58,7 +60,7 @@ from fedchurn.client.protect import protect_batch
 # At import, not on a task's first use: a deployed node starts each message in a fresh process, and
 # torch's ~1.5 s of start-up inside the reply floor left little of it to hide the work (review 11).
 from fedchurn.client.training import DeviceRows, TrainConfig, check_train_config, train_devices
-from fedchurn.shared.evaluation import device_histogram, histogram_length
+from fedchurn.shared.evaluation import device_histogram
 from fedchurn.shared.keyholder_pin import KeyHolderPublic
 from fedchurn.shared.messages import NodeReply, RosterReply, RoundTask
 from fedchurn.shared.model_format import churn_probability
@@ -149,14 +151,16 @@ def _histograms(cfg: RunConfig, task: RoundTask, data: list[DeviceData]) -> np.n
     answer would tell the aggregator that it had churned."""
     assert task.params is not None
     spec = cfg.model_spec()
-    out = np.zeros((len(data), histogram_length(spec.outputs)))
+    out = np.zeros((len(data), cfg.eval_length))
     held = [i for i, d in enumerate(data) if d.eval_x is not None]
     if held:
         x = np.stack([data[i].eval_x for i in held])  # type: ignore[misc]
         probs = np.atleast_1d(churn_probability(task.params, x, spec))
         for i, p in zip(held, probs, strict=True):
             if np.isfinite(p):
-                out[i] = device_histogram(float(p), data[i].eval_time, data[i].eval_event, spec.outputs)
+                # Under eval-noise the outcome is only "churned within the horizon" (day 1 stands for it).
+                t, event = min(data[i].eval_time, cfg.eval_outcomes), data[i].eval_event
+                out[i] = device_histogram(float(p), t, event, cfg.eval_outcomes, cfg.eval_bins)
     return out
 
 
@@ -236,6 +240,32 @@ def _check_training(node_config: Mapping[str, object], cfg: RunConfig, task: Rou
         )
 
 
+def _upload_params(cfg: RunConfig, task: RoundTask) -> tuple[ProtectionParams, int]:
+    """What the task's uploads are protected with (both sides build it from the run config and
+    the task), and the salt of the devices' rounding coins for that purpose."""
+    if task.purpose == "train":
+        return cfg.train_protection(task.noise_multiplier), task.server_round
+    if task.purpose == "evaluate":
+        return cfg.eval_protection(), -1
+    return cfg.stats_protection(task.noise_multiplier), -2
+
+
+def _check_noise(node_config: Mapping[str, object], cfg: RunConfig, task: RoundTask) -> None:
+    """Refuse, before any claim or store read, a task whose release would carry less noise than
+    the node's devices pin (`min-noise`): review 15 read a held-out device's churn day exactly
+    through a crafted model, because evaluations are exact and exempt from the key holder's floor."""
+    floor = noise_floor(node_config)
+    if floor <= 0:
+        return
+    z = _upload_params(cfg, task)[0].noise_multiplier if cfg.scheme.private else 0.0
+    if z < floor:
+        what = "eval-noise" if task.purpose == "evaluate" else "its noise multiplier"
+        raise ValueError(
+            f"the {task.purpose} task's release carries noise multiplier {z:g} ({what}), below this "
+            f"node's {MIN_NOISE_KEY} of {floor:g}"
+        )
+
+
 def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     """A node's whole answer to a round task. Devices that may not answer (out of role, not served
     here, already answered this round, over budget) are left out of the reply, decided from the
@@ -245,6 +275,7 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
     keyholder = keyholder_for(context.node_config, cfg, task)  # refuses before any work
     _check_training(context.node_config, cfg, task)
+    _check_noise(context.node_config, cfg, task)
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
     _extend_the_floor(context.node_config, len(task.devices))
@@ -293,16 +324,13 @@ def _answer_granted(
     seeds = [bound[position[d]] for d in devices]
     if not devices:
         return NodeReply((), ()).to_message(msg)
-    params: ProtectionParams
+    params, salt = _upload_params(cfg, task)
     if task.purpose == "train":
         vectors = _train(cfg, task, data, devices)
-        params, salt = cfg.train_protection(task.noise_multiplier), task.server_round
     elif task.purpose == "evaluate":
         vectors = _histograms(cfg, task, data)
-        params, salt = cfg.eval_protection(), -1
     else:
         vectors = _summaries(cfg, data)
-        params, salt = cfg.stats_protection(task.noise_multiplier), -2
     rngs = [source.coins(cfg, d, salt * 1_000_003 + c) for d, c in zip(devices, cohorts, strict=True)]
     vectors = _finite_rows(vectors)
     blobs: list[bytes] = []

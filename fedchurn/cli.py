@@ -283,6 +283,7 @@ SIMULATE_SETTINGS = (
     "lr",
     "eval_per_round",
     "eval_fraction",
+    "eval_noise",
     "protection",
     "delta",
     "clip_norm",
@@ -401,6 +402,12 @@ def _print_privacy(summary: dict[str, Any], con: Console) -> None:
         ([f"wall {wall:.0f} s"] if wall is not None else []) + ([f"peak memory {mem:,.0f} MB"] if mem else [])
     )
     rel = p.get("release", {})
+    ev = p.get("evaluation") or {}
+    if ev.get("epsilon_per_run") is not None:
+        con.print(
+            f"evaluation: noise z = {ev['noise_multiplier']:g} on every cell ({ev['score_bins']} score bins, "
+            f"churned within the horizon or not), ε = {ev['epsilon_per_run']:.2f} per held-out device per run"
+        )
     if not p.get("dp"):
         con.print("[bold yellow]no differential privacy[/]" + (f"; {tail}" if tail else ""))
         return

@@ -22,8 +22,10 @@ from rich.console import Console
 
 from fedchurn.client.device_config import (
     MAX_LOCAL_STEPS_KEY,
+    MAX_MIN_NOISE,
     MAX_REPLY_AFTER,
     MAX_UPLOADS_KEY,
+    MIN_NOISE_KEY,
     REPLY_AFTER_KEY,
     REPLY_AFTER_PER_DEVICE_KEY,
 )
@@ -78,6 +80,16 @@ MaxLocalStepsOpt = Annotated[
     ),
 ]
 DEFAULT_MAX_LOCAL_STEPS = 64  # the shipped recipe asks 1 (one full-batch epoch)
+MinNoiseOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=MAX_MIN_NOISE,
+        help="Least noise multiplier the node's devices let any upload be released with (pinned in "
+        "its --node-config): training rounds need DP at least this strong, evaluations --eval-noise "
+        "at least this (0: not pinned; exact evaluations are answered). docs/privacy.md.",
+    ),
+]
 
 
 def _node_extra(
@@ -86,6 +98,7 @@ def _node_extra(
     reply_after: float = 0.0,
     max_local_steps: int | None = None,
     per_device: float = 0.0,
+    min_noise: float = 0.0,
 ) -> str:
     """The SuperNode's own settings beside the store folder and the key holder's pin."""
     parts = ([f"today={today}"] if today is not None else []) + (
@@ -94,6 +107,7 @@ def _node_extra(
     parts += [f"{REPLY_AFTER_KEY}={float(reply_after)!r}"] if reply_after > 0 else []
     parts += [f"{REPLY_AFTER_PER_DEVICE_KEY}={float(per_device)!r}"] if per_device > 0 else []
     parts += [f"{MAX_LOCAL_STEPS_KEY}={max_local_steps}"] if max_local_steps is not None else []
+    parts += [f"{MIN_NOISE_KEY}={float(min_noise)!r}"] if min_noise > 0 else []
     return " ".join(parts)
 
 
@@ -136,12 +150,16 @@ def keyholder(
     horizon: Annotated[
         int, typer.Option(help="The runs' horizon: their evaluation histograms are exempt from the floor.")
     ] = RunConfig().horizon,
+    eval_noise: Annotated[
+        float,
+        typer.Option(min=0.0, help="The runs' --eval-noise: evaluation histograms noised so are exempt."),
+    ] = RunConfig().eval_noise,
 ) -> None:
     """Run the key holder service over HTTPS (operated by the other, non-colluding party)."""
     from fedchurn.server.deploy_services import serve_keyholder
 
     state.parent.mkdir(parents=True, exist_ok=True)
-    serve_keyholder(host, port, directory, state, k_min, min_noise_multiplier, horizon)
+    serve_keyholder(host, port, directory, state, k_min, min_noise_multiplier, horizon, eval_noise)
 
 
 @app.command()
@@ -250,6 +268,7 @@ def supernode(
     reply_after: ReplyAfterOpt = DEFAULT_REPLY_AFTER,
     max_local_steps: MaxLocalStepsOpt = DEFAULT_MAX_LOCAL_STEPS,
     reply_after_per_device: ReplyAfterPerDeviceOpt = DEFAULT_REPLY_AFTER_PER_DEVICE,
+    min_noise: MinNoiseOpt = 0.0,
 ) -> None:
     """Exec `flower-supernode` serving one folder of device stores, pinned to the key holder of
     `<certs>/pins/keyholder.toml`, running fedchurn's own ClientApp only (whatever app the
@@ -257,7 +276,7 @@ def supernode(
     from fedchurn.server.deploy import supernode_cmd, supernode_env
     from fedchurn.server.deploy_secrets import load_secrets
 
-    extra = _node_extra(today, max_uploads, reply_after, max_local_steps, reply_after_per_device)
+    extra = _node_extra(today, max_uploads, reply_after, max_local_steps, reply_after_per_device, min_noise)
     cmd = supernode_cmd(load_secrets(certs), node, superlink, stores.resolve(), extra, runtime_port)
     os.execvpe(cmd[0], cmd, supernode_env(stores.resolve(), dict(os.environ)))
 
@@ -271,6 +290,7 @@ def run(
     per_round: Annotated[int, typer.Option(help=OPTION_HELP["per_round"])] = RunConfig().per_round,
     k_min: Annotated[int, typer.Option(help=OPTION_HELP["k_min"])] = RunConfig().k_min,
     target_epsilon: Annotated[float, typer.Option(help="DP target ε (0: no DP).")] = 0.0,
+    eval_noise: Annotated[float, typer.Option(help=OPTION_HELP["eval_noise"])] = RunConfig().eval_noise,
     round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 600.0,
     run_name: Annotated[str, typer.Option(help="Identity a restarted run resumes under.")] = "",
     work: Annotated[Path, typer.Option(help="Where the app folder and run config are written.")] = Path(
@@ -289,6 +309,7 @@ def run(
         per_round=per_round,
         k_min=k_min,
         target_epsilon=target_epsilon,
+        eval_noise=eval_noise,
         round_timeout=round_timeout,
         run_name=run_name,
     )

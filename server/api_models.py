@@ -540,6 +540,16 @@ class PrivacyBudget(BaseModel):
     noise_multiplier: float | None
     clip_norm: float | None
     rounds_counted: int
+    evaluation_noise_multiplier: float | None = Field(
+        default=None,
+        description="The key holder's noise on each evaluation release, as a multiplier of one device's "
+        "bound (0: exact counts; null: not recorded).",
+    )
+    evaluation_epsilon_per_run: float | None = Field(
+        default=None,
+        description="ε of each held-out device's one evaluation in this run (replace-one neighbours, RDP); "
+        "null when evaluations are exact.",
+    )
 
 
 class PolicyRule(BaseModel):

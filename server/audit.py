@@ -731,6 +731,8 @@ class AuditStore:
             "noise_multiplier": run.dp.get("noise_multiplier"),
             "clip_norm": run.dp.get("clip_norm"),
             "rounds_counted": int(counted or 0),
+            "evaluation_noise_multiplier": run.dp.get("evaluation_noise_multiplier"),
+            "evaluation_epsilon_per_run": run.dp.get("evaluation_epsilon_per_run"),
         }
 
     def latest_model_card(self) -> tuple[RunRecord, dict[str, Any]] | None:

@@ -33,22 +33,23 @@ def _serve_tls(app: Any, host: str, port: int, certfile: Path, keyfile: Path) ->
 EXEMPT_CUTOFF = "2000-01-01"  # any date: only whether a run has a cutoff shapes its evaluation
 
 
-def evaluation_exemptions(horizon: int, k_min: int) -> list[tuple[ProtectionParams, int]]:
-    """The evaluation uploads of runs with this horizon (both schemes), as the key holder's noise
-    floor exempts them: (protection, histogram length). The histogram has one row per hazard bin
-    of the run's model (`RunConfig.outputs`), not per day: from a 15-day horizon on, bins are
-    wider than a day, and pairing the day count with the parameters matched no evaluation, so a
-    key holder with a floor refused every one."""
-    from fedchurn.shared.evaluation import histogram_length
-
+def evaluation_exemptions(
+    horizon: int, k_min: int, eval_noise: float = 0.0
+) -> list[tuple[ProtectionParams, int]]:
+    """The evaluation uploads of runs with this horizon and `eval-noise` (both schemes), as the key
+    holder's noise floor exempts them: (protection, histogram length). Only the noise its operator
+    names is exempt: an aggregator cannot pick a weaker one under the floor. The histogram has one
+    row per hazard bin of the run's model (`RunConfig.outputs`), not per day: from a 15-day horizon
+    on, bins are wider than a day, and pairing the day count with the parameters matched no
+    evaluation, so a key holder with a floor refused every one."""
     # Both protocols: a `cutoff` run's model has one output, so its histogram is shorter (the
     # cutoff's date changes nothing else); missing it refused every such evaluation under a floor.
     runs = [
-        RunConfig(horizon=horizon, k_min=k_min, protection=m, cutoff=cutoff)
+        RunConfig(horizon=horizon, k_min=k_min, protection=m, cutoff=cutoff, eval_noise=eval_noise)
         for m in ("secagg", "ckks")
         for cutoff in ("", EXEMPT_CUTOFF)
     ]
-    return list(dict.fromkeys((cfg.eval_protection(), histogram_length(cfg.outputs)) for cfg in runs))
+    return list(dict.fromkeys((cfg.eval_protection(), cfg.eval_length) for cfg in runs))
 
 
 def serve_keyholder(
@@ -59,17 +60,18 @@ def serve_keyholder(
     k_min: int = 10,
     min_noise_multiplier: float = 0.0,
     horizon: int = 14,
+    eval_noise: float = 0.0,
 ) -> None:
     """Run the key holder service over HTTPS from its own folder (`Secrets.keyholder`'s: TLS key
     and certificate, provisioned X25519 key and CKKS contexts, the SHA-256 of the aggregator's
     token); its once-only state persists across restarts in `state_path`.
 
-    Evaluation histograms of runs with this `horizon` are answered below the noise floor (they are
-    not model updates; see docs/privacy.md)."""
+    Evaluation histograms of runs with this `horizon` and `eval_noise` are answered below the noise
+    floor (they are not model updates; see docs/privacy.md)."""
 
     from fedchurn.server.keyholder_service import create_app
 
-    exempt = evaluation_exemptions(horizon, k_min)
+    exempt = evaluation_exemptions(horizon, k_min, eval_noise)
     kh = KeyHolder.open(
         directory / "keyholder.key",
         state_path,
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--k-min", type=int, default=10)
     k.add_argument("--min-noise-multiplier", type=float, default=0.0)
     k.add_argument("--horizon", type=int, default=14, help="runs' horizon (evaluation histograms)")
+    k.add_argument("--eval-noise", type=float, default=0.0, help="runs' eval-noise (evaluation histograms)")
     a = sub.add_parser("api", help="the transparency API (HTTPS, read-only)")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8444)
@@ -139,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.what == "keyholder":
         serve_keyholder(
-            args.host, args.port, args.dir, args.state, args.k_min, args.min_noise_multiplier, args.horizon
+            args.host,
+            args.port,
+            args.dir,
+            args.state,
+            args.k_min,
+            args.min_noise_multiplier,
+            args.horizon,
+            args.eval_noise,
         )
     else:
         serve_api(

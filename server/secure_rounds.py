@@ -16,12 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedchurn.server import secure_sum
-from fedchurn.server.dp import MECHANISM, PrivacyAccountant, run_noise_multiplier
+from fedchurn.server.dp import MECHANISM, PrivacyAccountant, epsilon_without_sampling, run_noise_multiplier
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.server.round_report import Refusal
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.server.settings import AggregatorSettings
-from fedchurn.shared.evaluation import histogram_length
 from fedchurn.shared.protection import ProtectionParams, bind_round_seed
 from fedchurn.shared.run_config import RunConfig, cohort_count, round_seed
 
@@ -114,7 +113,7 @@ class SecureRounds:
         policy: dict[str, Any] = {
             "k_min": cfg.k_min,
             "min_noise_multiplier": self.noise_multiplier,
-            "noise_exempt": [(self.eval_params, histogram_length(cfg.outputs))],
+            "noise_exempt": [(self.eval_params, cfg.eval_length)],
         }
         self.keyholder: KeyHolderClient | None = None  # the plaintext baseline has none
         if not cfg.scheme.private:
@@ -187,6 +186,22 @@ class SecureRounds:
             "rounds_charged": self.accountant.rounds,
             "rounds_run": rounds_run,
             "release": release,
+            "evaluation": self.evaluation_report(),
+        }
+
+    def evaluation_report(self) -> dict[str, Any]:
+        """What an evaluation release tells the aggregator about one held-out device. A device
+        evaluates once per run (its ledger); with `eval-noise` z its histogram is one Gaussian
+        release, and changing its outcome and score moves the sum by up to twice its bound, so
+        epsilon is that of one release at z / 2 (replace-one neighbours, dp-accounting's RDP)."""
+        z, cfg = self.cfg.eval_noise, self.cfg
+        return {
+            "noise_multiplier": z,
+            "score_bins": cfg.eval_bins,
+            "upload_bytes": self.eval_params.upload_bytes(cfg.eval_length) if cfg.scheme.ring else None,
+            "epsilon_per_run": epsilon_without_sampling(z, cfg.delta, 1, "fixed") if z > 0 else None,
+            "delta": cfg.delta,
+            "counts": "noised" if z > 0 else "exact",
         }
 
     def dp_record(self) -> dict[str, Any]:
@@ -197,6 +212,8 @@ class SecureRounds:
             "mechanism": MECHANISM if self.accountant.enabled else "none",
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.cfg.clip_norm,
+            "evaluation_noise_multiplier": self.cfg.eval_noise,
+            "evaluation_epsilon_per_run": self.evaluation_report()["epsilon_per_run"],
         }
 
 

@@ -38,7 +38,7 @@ from fedchurn.server.grid_polling import PromptGrid
 from fedchurn.server.round_report import MALFORMED_REPLY, NO_UPLOAD, UNEXPECTED_DEVICE, Refusal, RoundStats
 from fedchurn.server.sampling import Pair, Sampler
 from fedchurn.server.secure_rounds import CohortSum, KeyHolderClient, RoundSum, SecureRounds
-from fedchurn.shared.evaluation import histogram_length, metrics_from_histogram
+from fedchurn.shared.evaluation import metrics_from_histogram
 from fedchurn.shared.messages import PARAMS_KEY, MessageError, NodeReply, Purpose, RoundTask
 from fedchurn.shared.model_format import fold_input_offset
 from fedchurn.shared.protection import ProtectionParams, task_digest
@@ -345,8 +345,11 @@ class ChurnFedAvg(FedAvg):
     def _eval_args(
         self, server_round: int, arrays: ArrayRecord
     ) -> tuple[ProtectionParams, int, ArrayRecord, int]:
-        n = histogram_length(self.cfg.outputs)
-        return self.secure.eval_params, server_round, self.exported(arrays), n
+        return self.secure.eval_params, server_round, self.exported(arrays), self.cfg.eval_length
+
+    def _metrics(self, summed: np.ndarray) -> dict[str, Any]:
+        cfg = self.cfg
+        return metrics_from_histogram(summed, cfg.eval_outcomes, cfg.eval_bins, noised=cfg.eval_noise > 0)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         if server_round <= self.done_rounds:
@@ -354,7 +357,7 @@ class ChurnFedAvg(FedAvg):
         summed = self._sum_eval(replies)
         if summed is None:
             return None
-        m = metrics_from_histogram(summed, self.cfg.outputs)
+        m = self._metrics(summed)
         self.stats.evaluation = m
         return MetricRecord({k: v for k, v in m.items() if not isinstance(v, list)})
 
@@ -370,7 +373,7 @@ class ChurnFedAvg(FedAvg):
             return {}
         msgs = self._send(grid, plan, "evaluate", *self._eval_args(server_round, arrays), EVAL_COHORTS)
         summed = self._sum_eval(grid.send_and_receive(msgs, timeout=timeout))
-        return {} if summed is None else metrics_from_histogram(summed, self.cfg.outputs)
+        return {} if summed is None else self._metrics(summed)
 
 
 class ChurnFedAdam(FedAdam, ChurnFedAvg):

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedchurn.shared import wire
 from fedchurn.shared.ckks_release import ckks_release_problem
-from fedchurn.shared.evaluation import histogram_length
+from fedchurn.shared.evaluation import N_BINS, NOISY_BINS, histogram_length
 from fedchurn.shared.feature_spec import BASE_FEATURES, N_FEATURES
 from fedchurn.shared.model_format import ModelSpec
 from fedchurn.shared.protection import (
@@ -53,6 +53,9 @@ class RunConfig:
     per_round: int = 10  # devices sampled per training round
     eval_per_round: int = 0  # devices sampled for evaluation after each round (0: final only)
     eval_fraction: float = 0.2  # share of devices held out for evaluation
+    # The key holder's noise on each evaluation histogram, as a multiplier of one device's bound
+    # (0: exact counts). Devices that pin `min-noise` answer only evaluations noised at least so.
+    eval_noise: float = 0.0
     seed: int = 0
     scenario: str = "default"
     days: int = 120
@@ -223,7 +226,7 @@ class RunConfig:
         spec = self.model_spec()
         uploads = [
             ("training", self.train_protection(noise_multiplier), spec.n_params),
-            ("evaluation", self.eval_protection(), histogram_length(self.outputs)),
+            ("evaluation", self.eval_protection(), self.eval_length),
         ]
         if self.centre_features:
             uploads.append(("feature-mean", self.stats_protection(noise_multiplier), spec.n_features + 1))
@@ -236,25 +239,59 @@ class RunConfig:
                     f"settings (noise multiplier {noise_multiplier:.3g}): {problem[1]}{hint}"
                 )
 
+    @property
+    def eval_bins(self) -> int:
+        """Score bins of an evaluation histogram: fewer under noise (`shared.evaluation.NOISY_BINS`)."""
+        return NOISY_BINS if self.eval_noise > 0 else N_BINS
+
+    @property
+    def eval_outcomes(self) -> int:
+        """Outcome columns of an evaluation histogram beside "no churn": one per hazard bin of the
+        model, or under noise one ("churned within the horizon"), so that a bin's churners carry
+        one cell's noise, not one per churn day (and the churn day is not released)."""
+        return self.outputs if self.eval_noise == 0 else 1
+
+    @property
+    def eval_length(self) -> int:
+        """Values in one evaluation upload: counts and score sums per (score bin, outcome)."""
+        return histogram_length(self.eval_outcomes, self.eval_bins)
+
     def eval_protection(self) -> ProtectionParams:
-        """Evaluation histograms: every coordinate, counts exact (7 ring units each), 12-bit ring."""
-        n = histogram_length(self.outputs)
+        """Evaluation histograms: every coordinate, counts exact (7 ring units each); a 12-bit ring,
+        wider when the key holder adds `eval_noise` (until the largest cohort plus the noise's tail
+        fits, as for the feature mean)."""
+        n = self.eval_length
         clip = 1.5  # a device's histogram holds one count and one score in [0, 1]: norm <= sqrt(2)
+        # Each coordinate clipped to 1, a count's own size (both schemes): CKKS used its default
+        # factor, 3 x clip / sqrt(n) = 0.09 per coordinate, so every count of 1 arrived as 0.09 and a
+        # release of 99 devices read as 8 (decision 151).
+        per_coord = math.sqrt(n) / clip
         if self.scheme.homomorphic:
-            return CKKS_DEFAULT.replace(clip_norm=clip, k_min=self.k_min)
-        return _sized(
-            DEFAULT.replace(
+            return CKKS_DEFAULT.replace(
+                clip_norm=clip,
+                coord_clip_factor=per_coord,
+                noise_multiplier=self.eval_noise,
+                k_min=self.k_min,
+            )
+        last: ValueError | None = None
+        for ring in range(12, 33):
+            params = DEFAULT.replace(
                 mode=self.protection,
                 coords_per_round=None,
                 quant_bits=4,
-                ring_bits=12,
+                ring_bits=ring,
                 clip_norm=clip,
-                coord_clip_factor=math.sqrt(n) / clip,
+                coord_clip_factor=per_coord,
+                noise_multiplier=self.eval_noise,
                 k_min=self.k_min,
-                max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, 12),
-            ),
-            n,
-        )
+                max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
+            )
+            try:
+                params.check_ring(n)
+                return _sized(params, n)
+            except ValueError as e:
+                last = e
+        raise ValueError(f"--eval-noise {self.eval_noise:g}: no ring width fits an evaluation upload: {last}")
 
     def stats_protection(self, noise_multiplier: float = 0.0) -> ProtectionParams:
         """The feature-mean upload: every coordinate, 8-bit levels, the count coordinate exact.
@@ -369,6 +406,10 @@ OPTION_HELP: dict[str, str] = {
         "day count towards k, so sample several times --k-min."
     ),
     "eval_fraction": "Share of devices held out for evaluation.",
+    "eval_noise": "Noise the key holder adds to each evaluation histogram, as a multiplier of one "
+    "device's bound (0: exact counts). Above 0 the histogram has 40 score bins and only whether a "
+    "device churned within the horizon, and the report gives the held-out devices' epsilon; devices "
+    "that pin min-noise need at least theirs.",
     "protection": "secagg (default), ckks, or plaintext (baseline).",
     "delta": "Differential privacy δ.",
     "clip_norm": "L2 bound of each device's update.",
@@ -407,6 +448,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("per_round", lambda v: v >= 1, "a whole number of devices >= 1"),
     ("eval_per_round", lambda v: v >= 0, "a whole number >= 0"),
     ("eval_fraction", lambda v: 0 < v < 1, "a share strictly between 0 and 1"),
+    ("eval_noise", lambda v: 0 <= v <= 100, "a number from 0 (exact counts) to 100"),
     ("days", lambda v: v >= 1, "a whole number of days >= 1"),
     ("local_epochs", lambda v: v >= 1, "a whole number of epochs >= 1"),
     ("batch_size", lambda v: v >= 1, "a whole number >= 1"),

@@ -40,6 +40,8 @@ DP: dict[str, Any] = {
     "accountant": "rdp",
     "noise_multiplier": 1.1,
     "clip_norm": 1.0,
+    "evaluation_noise_multiplier": 2.0,
+    "evaluation_epsilon_per_run": 4.73,
 }
 MODEL: dict[str, Any] = {
     "name": "churn-survival-mlp",
@@ -204,6 +206,7 @@ def test_readers_filter_paginate_and_account_the_budget(store: AuditStore) -> No
         and budget["remaining_epsilon"] == 3.5
         and budget["rounds_counted"] == 3
     )
+    assert (budget["evaluation_noise_multiplier"], budget["evaluation_epsilon_per_run"]) == (2.0, 4.73)
     run_a = store.get_run(a)
     assert run_a is not None and (run_a.epsilon_spent, run_a.epsilon_aggregator) == (4.5, 12.0)
     latest = store.privacy_budget()

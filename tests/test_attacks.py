@@ -1314,7 +1314,10 @@ def test_attack_a_multiple_of_the_secret_key_in_a_released_ckks_sum_gives_the_ke
     import tenseal as ts
 
     cfg = RunConfig(protection="ckks", k_min=5)
-    params = cfg.eval_protection()
+    # An evaluation's parameters for a histogram of CKKS_N values: each coordinate clipped to 1.
+    params = cfg.eval_protection().replace(
+        coord_clip_factor=math.sqrt(CKKS_N) / cfg.eval_protection().clip_norm
+    )
     kh = keyholder_module.KeyHolder.generate(
         k_min=5, min_noise_multiplier=4.0, with_ckks=True, noise_exempt=[(params, CKKS_N)]
     )
@@ -1451,15 +1454,33 @@ def test_any_failure_after_decryption_is_the_one_counted_refusal(monkeypatch: py
     kh.close()
 
 
-def _store_node(tmp_path: Path, kh: Any, cfg: RunConfig) -> tuple[InProcessGrid, Path, int]:
-    """One deployed node of 200 stores (the real ClientApp, `StoreSource`, `FileLedger`)."""
+def _store_node(
+    tmp_path: Path, kh: Any, cfg: RunConfig, pinned: dict[str, object] | None = None
+) -> tuple[InProcessGrid, Path, int]:
+    """One deployed node of 200 stores (the real ClientApp, `StoreSource`, `FileLedger`), with
+    `pinned` settings in its node configuration."""
     from fedchurn.client import deploy_client
     from fedchurn.server.deploy import population_stores
 
     (store_dir,), today = population_stores(tmp_path / "stores", 1, 200, days=120)
-    conf = {"store-dir": str(store_dir), "today": today, **dict(kh.pin().to_node_config())}
+    conf = {"store-dir": str(store_dir), "today": today, **dict(kh.pin().to_node_config()), **(pinned or {})}
     grid = InProcessGrid(deploy_client.app, lambda node: dict(conf), cfg.to_flower(), run_id=7)
     return grid, store_dir, today
+
+
+def _mask_sum_request(
+    cfg: RunConfig, task: RoundTask, blobs: tuple[bytes, ...], params: ProtectionParams, n: int
+) -> Any:
+    """The aggregator's request for one cohort a node's reply uploaded (every blob, one cohort)."""
+    cut = wire.HEADER_LEN + wire.SEAL_LEN
+    head = wire.Header.parse(blobs[0])
+    entries = tuple(
+        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : cut]) for i, b in enumerate(blobs)
+    )
+    seed = task.bound_round_seeds(cfg.digest())[0]
+    return keyholder_module.MaskSumRequest(
+        head.round_id, head.cohort_id, head.model_version, seed, n, params, entries
+    )
 
 
 def _enrol(store_dir: Path, today: int, n: int) -> None:
@@ -1517,14 +1538,7 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
     params = cfg.eval_protection() if held else cfg.train_protection(0.0)
     n = histogram_length(cfg.outputs) if held else n_params
     cut = wire.HEADER_LEN + wire.SEAL_LEN
-    head = wire.Header.parse(reply.blobs[0])
-    entries = tuple(
-        keyholder_module.SealedEntry(f"d{i}", b[wire.HEADER_LEN : cut]) for i, b in enumerate(reply.blobs)
-    )
-    seed = task.bound_round_seeds(cfg.digest())[0]
-    request = keyholder_module.MaskSumRequest(
-        head.round_id, head.cohort_id, head.model_version, seed, n, params, entries
-    )
+    request = _mask_sum_request(cfg, task, reply.blobs, params, n)
     try:
         resp = kh.mask_sum(request)
     except keyholder_module.KeyHolderRefusedError as e:
@@ -1615,3 +1629,66 @@ def test_attack_a_cohort_refused_for_want_of_data_is_asked_again_with_a_subset()
         f"after a refusal for want of data, the same cohort was asked again and released "
         f"({len(answer.included)} devices): subsets of one cohort's seals read one device's data bit"
     )
+
+
+def test_attack_an_exact_evaluation_shows_a_held_out_device_alone_in_its_score_bin(tmp_path: Path) -> None:
+    """Review 15: an evaluation histogram is released exact (counts must be), and evaluations are
+    exempt from the key holder's noise floor; a model crafted so that one held-out device scores
+    alone in a bin showed its churn day in that bin's row, even with a floor of z = 4 and
+    `max-uploads = 1`. A node whose devices pin `min-noise` now refuses an exact evaluation before
+    anything is claimed or read; with `eval-noise` at its pin it answers, and the key holder's
+    release carries that noise on every cell (decision 151)."""
+    from fedchurn.client.deploy_client import LEDGER_FILE, StoreSource
+    from fedchurn.client.device_config import MIN_NOISE_KEY
+    from fedchurn.client.flower_app import _histograms
+    from fedchurn.shared.messages import RosterReply, roster_query
+
+    exact = RunConfig(days=120, k_min=10)
+    noised = replace(exact, eval_noise=1.0)
+    exempt = [(c.eval_protection(), c.eval_length) for c in (exact, noised)]  # the floor spares both
+    kh = keyholder_module.KeyHolder.generate(k_min=exact.k_min, min_noise_multiplier=4.0, noise_exempt=exempt)
+    grid, store_dir, _ = _store_node(tmp_path, kh, exact, {MIN_NOISE_KEY: 1.0})
+    roster = sorted(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
+    held = [d for d in roster if is_eval_device(exact.seed, d, exact.eval_fraction)]
+    data = StoreSource().load(grid.context(1), exact, held)  # the test's own look, to pick scored devices
+    devices = tuple(d for d in held if data[d].eval_x is not None)[: exact.k_min]
+    assert len(devices) == exact.k_min
+    k = len(devices)
+
+    def ask(cfg: RunConfig, round_id: int) -> RoundTask:
+        task = RoundTask(
+            "evaluate", 1, round_id, 1, 0.0, devices, (EVAL_COHORTS,) * k, (bytes(32),) * k,
+            init_params(0), kh.public_key(),
+        )  # fmt: skip
+        grid.run_config, grid.contexts = cfg.to_flower(), {}  # the run's configuration, as Flower gives it
+        return task
+
+    task = ask(exact, 1)
+    reply = grid.deliver(task.to_message(1))
+    if not reply.has_error():
+        pytest.fail(f"a node pinning {MIN_NOISE_KEY}=1 answered an exact evaluation of {k} held-out devices")
+    reason = reply.error.reason or ""
+    assert MIN_NOISE_KEY in reason and "eval-noise" in reason
+    ledger = store_dir / LEDGER_FILE
+    if ledger.exists():  # nothing claimed: the devices may still evaluate once in this run
+        import sqlite3
+
+        with sqlite3.connect(ledger) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+
+    task = ask(noised, 2)
+    answered = NodeReply.from_message(grid.deliver(task.to_message(1)))
+    assert answered.devices == devices
+    params, n = noised.eval_protection(), noised.eval_length
+    cut = wire.HEADER_LEN + wire.SEAL_LEN
+    resp = kh.mask_sum(_mask_sum_request(noised, task, answered.blobs, params, n))
+    bits = params.ring_bits
+    total = sum(wire.unpack_bits(b[cut:], bits, n).astype(np.int64) for b in answered.blobs)
+    release = _signed(((total - resp.mask_sum.astype(np.int64)) % (1 << bits)).astype(np.uint64), bits)
+    truth = _histograms(noised, task, [data[d] for d in devices]).sum(axis=0)
+    # Before the noise a count is the level times the devices in its cell, a score sum the level
+    # times their scores give or take one rounding step per device: what remains is the noise.
+    noise = release - params.level * truth
+    expected = params.noise_std_int(n)
+    assert noise.std() == pytest.approx(expected, rel=0.25)  # 160 cells: ~4.5 standard errors
+    assert abs(noise.mean()) < 5 * expected / math.sqrt(n)

@@ -148,8 +148,10 @@ def test_dp_floor_exempts_only_evaluation_histograms_of_their_length() -> None:
         assert e.value.reason is Reason.DP_POLICY
 
 
-@pytest.mark.parametrize("horizon", [14, 30, 90])
-def test_a_deployed_key_holder_exempts_the_evaluations_a_run_of_its_horizon_sends(horizon: int) -> None:
+@pytest.mark.parametrize(("horizon", "eval_noise"), [(14, 0.0), (30, 0.0), (90, 0.0), (14, 1.5)])
+def test_a_deployed_key_holder_exempts_the_evaluations_a_run_of_its_horizon_sends(
+    horizon: int, eval_noise: float
+) -> None:
     """`fedchurn deploy keyholder --horizon H` must exempt what the aggregator asks for a run of
     horizon H (`SecureRounds`): from 15 days on the histogram's rows are hazard bins, not days."""
     from fedchurn.server.deploy_services import evaluation_exemptions
@@ -158,10 +160,15 @@ def test_a_deployed_key_holder_exempts_the_evaluations_a_run_of_its_horizon_send
 
     for protection in ("secagg", "ckks"):
         for cutoff in ("", "2024-11-25"):  # review 13: a cutoff run's histogram is shorter
-            cfg = RunConfig(horizon=horizon, k_min=10, protection=protection, cutoff=cutoff)
+            cfg = RunConfig(
+                horizon=horizon, k_min=10, protection=protection, cutoff=cutoff, eval_noise=eval_noise
+            )
             in_process = SecureRounds(cfg, 100).keyholder  # exempts what this run's evaluations send
             assert isinstance(in_process, KeyHolder)
-            assert set(in_process.noise_exempt) <= set(evaluation_exemptions(horizon, 10))
+            exempt = set(evaluation_exemptions(horizon, 10, eval_noise))
+            assert set(in_process.noise_exempt) <= exempt
+            if eval_noise > 0:  # only the operator's noise: an exact evaluation is not exempt
+                assert not exempt & set(evaluation_exemptions(horizon, 10))
 
 
 def test_key_holder_drops_lead_to_aggregator_dropping_the_masked_vector() -> None:
