@@ -456,10 +456,13 @@ def _print_summary(summary: dict[str, Any], con: Console) -> None:
     _print_privacy(summary, con)
     fed = summary["federated"].get("final_evaluation", {})
     if "devices" in fed:
-        n, pos = int(fed["devices"]), int(fed.get("positives", 0))
-        labels = RunConfig(**summary["config"]).protocol().describe() if "config" in summary else ""
+        n, pos = max(0, round(fed["devices"])), max(0, round(fed.get("positives", 0)))
+        cfg = RunConfig(**summary["config"]) if "config" in summary else None
+        labels = cfg.protocol().describe() if cfg else ""
+        about = "about " if cfg and cfg.eval_noise > 0 else ""  # counts read from a noised release
+        share = pos / max(n, 1)
         con.print(
-            f"{n:,} held-out devices, {pos:,} churned within the horizon ({pos / max(n, 1):.1%})"
+            f"{about}{n:,} held-out devices, {about}{pos:,} churned within the horizon ({share:.1%})"
             + (f"; labels: {labels}" if labels else "")
         )
 

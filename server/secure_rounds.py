@@ -138,8 +138,9 @@ class SecureRounds:
         round carries the noise once), else about `cohort-size` devices each, or as large as the
         parameters allow with `largest` (evaluations: only held-out devices with a scored day
         count towards k, and on a real log most have none — CDNOW: 1,256 of 7,100 — so cohorts
-        of 20 would be refused, decision 150)."""
-        if params.noise_multiplier > 0:
+        of 20 would be refused, decision 150; a noised evaluation's parameters allow 16,384, so
+        its noise is added once for all but the largest runs' held-out devices, decision 151)."""
+        if params.noise_multiplier > 0 and not largest:
             return 1
         target = params.max_cohort if largest else self.cfg.cohort_size
         return cohort_count(n_devices, target, params.max_cohort, self.cfg.k_min)

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "NOISY_BINS",
+    "NOISY_MAX_COHORT",
     "N_BINS",
     "average_precision",
     "device_histogram",
@@ -39,6 +40,10 @@ LOGIT_LO, LOGIT_HI = -9.0, 9.0
 # At z = 1 a cell's noise is ~1.85 devices; on 2,000 scores (AUC ~0.81) 40 bins read ROC-AUC within
 # 0.003 +- 0.010 of the exact 80-bin histogram, 20 bins 0.017 below it, 80 bins +- 0.022 (decision 151).
 NOISY_BINS = 40
+# The largest cohort of a noised evaluation (secagg): each release carries its own noise, so the
+# held-out devices of a run are summed in as few cohorts as the ring allows (one up to 16,384:
+# an 18-bit ring up to z = 8, 460-byte uploads), not in cohorts of 128 whose noises would add up.
+NOISY_MAX_COHORT = 2**14
 
 
 def score_bin(prob: float, n_bins: int = N_BINS) -> int:
@@ -86,7 +91,8 @@ def metrics_from_histogram(
         return out
     # ROC-AUC with ties inside a bin counted half (Mann-Whitney).
     neg_below = np.cumsum(neg_raw) - neg_raw
-    out["roc_auc"] = float((pos_raw * (neg_below + 0.5 * neg_raw)).sum() / (P_raw * N_raw))
+    auc = float((pos_raw * (neg_below + 0.5 * neg_raw)).sum() / (P_raw * N_raw))
+    out["roc_auc"] = min(max(auc, 0.0), 1.0)  # noise on few churners can push the estimate outside
     if P >= 2 and N >= 2 and not noised:
         out["roc_auc_ci95"] = list(roc_auc_interval(pos, neg))
     # PR-AUC (average precision) sweeping thresholds from the top bin down.

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedchurn.shared import wire
 from fedchurn.shared.ckks_release import ckks_release_problem
-from fedchurn.shared.evaluation import N_BINS, NOISY_BINS, histogram_length
+from fedchurn.shared.evaluation import N_BINS, NOISY_BINS, NOISY_MAX_COHORT, histogram_length
 from fedchurn.shared.feature_spec import BASE_FEATURES, N_FEATURES
 from fedchurn.shared.model_format import ModelSpec
 from fedchurn.shared.protection import (
@@ -283,6 +283,7 @@ class RunConfig:
                 clip_norm=clip,
                 coord_clip_factor=per_coord,
                 noise_multiplier=self.eval_noise,
+                max_cohort=NOISY_MAX_COHORT if self.eval_noise > 0 else DEFAULT.max_cohort,
                 k_min=self.k_min,
                 max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
             )

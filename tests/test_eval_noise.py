@@ -18,7 +18,13 @@ from fedchurn.client.device_config import MIN_NOISE_KEY, noise_floor
 from fedchurn.client.flower_app import _check_noise
 from fedchurn.server.sampling import simulation_roster
 from fedchurn.server.strategy import make_strategy
-from fedchurn.shared.evaluation import N_BINS, NOISY_BINS, device_histogram, metrics_from_histogram
+from fedchurn.shared.evaluation import (
+    N_BINS,
+    NOISY_BINS,
+    NOISY_MAX_COHORT,
+    device_histogram,
+    metrics_from_histogram,
+)
 from fedchurn.shared.keyholder_pin import PinError
 from fedchurn.shared.messages import PARAMS_KEY, RoundTask
 from fedchurn.shared.model_format import init_params
@@ -153,6 +159,29 @@ def test_a_node_pinning_min_noise_refuses_a_release_noised_less(
     else:
         _check_noise(pinned, cfg, task)
     _check_noise({}, cfg, task)  # not pinned: every release is answered
+
+
+def test_a_runs_held_out_devices_carry_the_noise_once() -> None:
+    """Each release is noised, so a noised evaluation is summed in one cohort where the ring allows
+    (secagg: up to 16,384 devices); exact evaluations keep cohorts of 128. A first version of
+    decision 151 kept the one-cohort rule of DP training, whose cohort of 128 left all but 128 of a
+    default run's 1,474 held-out devices out of the final evaluation."""
+    from fedchurn.server.secure_rounds import SecureRounds
+
+    noised, exact = RunConfig(eval_noise=1.0, k_min=10), RunConfig(k_min=10)
+    assert SecureRounds(noised, 100).cohorts(2000, noised.eval_protection(), largest=True) == 1
+    assert SecureRounds(noised, 100).cohorts(20_000, noised.eval_protection(), largest=True) == 2
+    assert SecureRounds(exact, 100).cohorts(2000, exact.eval_protection(), largest=True) == 16
+    assert noised.eval_protection().max_cohort == NOISY_MAX_COHORT
+
+
+def test_noise_on_a_few_churners_never_reads_as_an_auc_outside_0_to_1() -> None:
+    rng = np.random.default_rng(4)
+    prob, day, event = _population(60, seed=5)
+    clean = _histogram(prob, day, event, NOISY_BINS, 1)
+    for _ in range(200):
+        m = metrics_from_histogram(clean + rng.normal(0, 4.0, size=len(clean)), 1, NOISY_BINS, noised=True)
+        assert "roc_auc" not in m or 0.0 <= m["roc_auc"] <= 1.0
 
 
 def test_eval_noise_is_checked_with_the_other_settings() -> None:
