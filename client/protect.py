@@ -286,9 +286,18 @@ class Batch:
     rngs: Sequence[np.random.Generator]
 
 
-def _with_data_bits(seeds: Sequence[bytes], has_data: np.ndarray) -> list[bytes]:
+def _with_data_bits(seeds: Sequence[bytes], has_data: np.ndarray, params: ProtectionParams) -> list[bytes]:
     """Each seed with its data bit (`wire.with_data_bit`): the key holder counts towards k only
-    uploads that carry something, since zeros are values the aggregator can predict (review 13)."""
+    uploads that carry something, since zeros are values the aggregator can predict (review 13).
+
+    Under noise (the parameters' multiplier above 0) every seed carries the bit: the key holder's
+    noise, calibrated to one device, protects the release whoever else is in the cohort, while its
+    refusal for want of data is an answer without noise. Beside k − 1 Sybil seals that carry data,
+    the refusal gave away whether a held-out device had a scored day, and with a model crafted to
+    give a NaN score (zeros) above a feature threshold, any threshold of its features: 16 of 16
+    right through a node pinning `min-noise` (review 16)."""
+    if params.noise_multiplier > 0:
+        has_data = np.ones(len(seeds), dtype=bool)
     return [wire.with_data_bit(s, bool(h)) for s, h in zip(seeds, has_data, strict=True)]
 
 
@@ -324,7 +333,7 @@ class SecAggEncoder:
         # The data bit follows the rounded integers the device uploads, not the floats before
         # rounding: a crafted model gave devices values of 1e-33, which set a bit computed from
         # the floats and then rounded to exact zeros the aggregator could predict (review 14).
-        seeds = _with_data_bits(batch.seeds, np.any(q != 0, axis=1))
+        seeds = _with_data_bits(batch.seeds, np.any(q != 0, axis=1), params)
         ring = to_ring(q, bits)
         masked = (ring + wire.mask_streams(seeds, ring.shape[1], bits)) & np.uint64((1 << bits) - 1)
         payloads = wire.pack_bits_rows(masked, bits)
@@ -347,7 +356,7 @@ class CkksEncoder:
         # CKKS encrypts the floats themselves: a value below the release grid is lost in the
         # decryption's error and the key holder's rounding, so it carries nothing (review 14).
         has_data = np.any(np.abs(batch.sub) >= ckks_grid(params), axis=1)
-        flagged = replace(batch, seeds=_with_data_bits(batch.seeds, has_data))
+        flagged = replace(batch, seeds=_with_data_bits(batch.seeds, has_data, params))
         return encrypt_rows(flagged, params, _pinned(params, keyholder))
 
 

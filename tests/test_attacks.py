@@ -810,7 +810,7 @@ def _sybil_cohort(
 
     from fedchurn.client import protect
 
-    def all_set(seeds: list[bytes], has_data: np.ndarray) -> list[bytes]:
+    def all_set(seeds: list[bytes], has_data: np.ndarray, params: ProtectionParams) -> list[bytes]:
         return [wire.with_data_bit(s, True) for s in seeds]
 
     with mock.patch.object(protect, "_with_data_bits", all_set):
@@ -1692,3 +1692,63 @@ def test_attack_an_exact_evaluation_shows_a_held_out_device_alone_in_its_score_b
     expected = params.noise_std_int(n)
     assert noise.std() == pytest.approx(expected, rel=0.25)  # 160 cells: ~4.5 standard errors
     assert abs(noise.mean()) < 5 * expected / math.sqrt(n)
+
+
+def test_attack_sybils_read_whether_a_held_out_device_has_data_from_a_refusal_under_noise(
+    tmp_path: Path,
+) -> None:
+    """Review 16: under `eval-noise` (or DP training) the key holder's noise protects a release
+    whoever else is in the cohort, but its refusal for want of data (decision 150) is an answer
+    without noise. One target's real upload beside k − 1 seals the aggregator made itself (it knows
+    the key holder's key), each carrying data: released if the target had a scored day, refused if
+    not: 17 of 17 targets, through a node pinning `min-noise` = 1; with a model crafted to give a
+    NaN score (zeros) above a feature threshold, any threshold (16 of 16). Under noise every seed
+    now carries the data bit, so the answer no longer depends on the target's data."""
+    from fedchurn.client.deploy_client import StoreSource
+    from fedchurn.client.device_config import MIN_NOISE_KEY
+    from fedchurn.client.protect import protect_batch
+    from fedchurn.shared.evaluation import device_histogram
+    from fedchurn.shared.keyholder_pin import KeyHolderPublic
+    from fedchurn.shared.messages import RosterReply, roster_query
+
+    cfg = RunConfig(days=120, k_min=10, eval_noise=1.0)
+    params, n = cfg.eval_protection(), cfg.eval_length
+    kh = keyholder_module.KeyHolder.generate(
+        k_min=cfg.k_min, min_noise_multiplier=1.0, noise_exempt=[(params, n)]
+    )
+    grid, store_dir, today = _store_node(tmp_path, kh, cfg, {MIN_NOISE_KEY: 1.0})
+    _enrol(store_dir, today, 20)  # installed 8 days ago: no scored day
+    roster = sorted(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
+    held = [d for d in roster if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+    data = StoreSource().load(grid.context(1), cfg, held)  # the test's own look, to pick targets
+    with_day = next(d for d in held if data[d].eval_x is not None)
+    without = next(d for d in held if data[d].eval_x is None)
+    sybil_rows = np.tile(
+        device_histogram(0.5, 0, False, cfg.eval_outcomes, cfg.eval_bins), (cfg.k_min - 1, 1)
+    )
+    answers = {}
+    for round_id, target in enumerate((with_day, without), start=1):
+        task = RoundTask(
+            "evaluate", 1, round_id, 1, 0.0, (target,), (EVAL_COHORTS,), (bytes(32),), init_params(0),
+            kh.public_key(),
+        )  # fmt: skip
+        reply = NodeReply.from_message(grid.deliver(task.to_message(1)))
+        assert reply.devices == (target,)
+        bound = task.bound_round_seeds(cfg.digest())[0]
+        k = len(sybil_rows)
+        sybils = protect_batch(
+            sybil_rows, params, KeyHolderPublic(kh.public_key(), None), round_id, [EVAL_COHORTS] * k, 1,
+            [bound] * k, [None] * k,
+        )  # fmt: skip
+        try:
+            kh.mask_sum(_mask_sum_request(cfg, task, (*reply.blobs, *sybils), params, n))
+            answers[target] = "released"
+        except keyholder_module.KeyHolderRefusedError as e:
+            answers[target] = e.reason.value
+    if answers[without] != answers[with_day]:
+        pytest.fail(
+            f"beside {cfg.k_min - 1} Sybil seals the key holder answered {answers[with_day]!r} for a "
+            f"held-out device with a scored day and {answers[without]!r} for one without: a "
+            "noise-free bit of its data"
+        )
+    assert answers[with_day] == "released"
