@@ -145,6 +145,17 @@ def epsilon_without_sampling(
     return float(acc.get_epsilon(delta))
 
 
+def one_release_epsilon(multiplier: float, delta: float) -> float:
+    """epsilon of one Gaussian release whose noise std is `multiplier` times the most one device
+    can move it (under whichever neighbouring relation that bound was taken), with the RDP
+    accountant; inf without noise."""
+    if multiplier <= 0:
+        return math.inf
+    acc = rdp.RdpAccountant(list(RDP_ORDERS))
+    acc.compose(dp_accounting.GaussianDpEvent(multiplier))
+    return float(acc.get_epsilon(delta))
+
+
 def pld_epsilon(event: dp_accounting.DpEvent, sampling: Sampling, delta: float) -> float | None:
     """The same event through dp-accounting's PLD accountant (tighter than RDP); None where PLD
     does not support the event (sampling without replacement)."""
