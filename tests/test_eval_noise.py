@@ -207,3 +207,15 @@ def test_eval_noise_is_checked_with_the_other_settings() -> None:
         cfg = RunConfig(eval_noise=z)
         cfg.check()
         cfg.eval_protection().check_ring(cfg.eval_length)
+
+
+def test_deploy_pins_min_noise_and_the_node_reads_it() -> None:
+    """`fedchurn deploy supernode --min-noise Z` writes the pin into the node's configuration, where
+    the node reads it (Flower's own parser), and writes nothing when not asked."""
+    from flwr.common.config import parse_config_args
+
+    from fedchurn.deploy_cli import DEFAULT_REPLY_AFTER, _node_extra
+
+    written = _node_extra(5, None, DEFAULT_REPLY_AFTER, None, 0.0, 2.5)
+    assert noise_floor(parse_config_args([f'store-dir="/s" {written}'])) == 2.5
+    assert MIN_NOISE_KEY not in _node_extra(5, None, DEFAULT_REPLY_AFTER)
