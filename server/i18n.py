@@ -144,6 +144,8 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "budget.noise": "Noise multiplier",
         "budget.clip": "Clipping norm",
         "budget.rounds": "Rounds counted",
+        "budget.eval_noise": "Noise on evaluations (multiplier; 0: exact counts)",
+        "budget.eval_epsilon": "ε per held-out device per run (evaluation)",
         # audit
         "audit.heading": "Audit log of training rounds",
         "audit.none": "No training round has been recorded yet.",
@@ -346,6 +348,8 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "budget.noise": "噪声乘数",
         "budget.clip": "裁剪范数",
         "budget.rounds": "计入的轮次",
+        "budget.eval_noise": "评估的噪声（乘数；0 表示精确计数）",
+        "budget.eval_epsilon": "每个留出设备每次运行的 ε（评估）",
         "audit.heading": "训练轮次审计日志",
         "audit.none": "尚未记录任何训练轮次。",
         "audit.lead": "运行 {run}（{status}）；显示 {total} 轮中的 {shown} 轮。完整日志：{api}。",

@@ -227,6 +227,8 @@ def _budget(d: ReviewerData, lang: Lang) -> str:
             ("budget.noise", _num(b.noise_multiplier)),
             ("budget.clip", _num(b.clip_norm)),
             ("budget.rounds", _num(b.rounds_counted)),
+            ("budget.eval_noise", _num(b.evaluation_noise_multiplier)),
+            ("budget.eval_epsilon", _num(b.evaluation_epsilon_per_run)),
         ]
         out += "<dl>" + "".join(f"<dt>{_e(t(lang, k))}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
         out += f"<p class='small'>{_e(t(lang, 'budget.two_epsilons'))}</p>"

@@ -33,7 +33,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     rid = s.start_run(
         {},
         {"mode": "plaintext", "upload_bytes": 9144, "aggregator_learns": "every update <in the clear>"},
-        {"accountant": "rdp", "mechanism": "one Gaussian per round <sum>"},
+        {
+            "accountant": "rdp",
+            "mechanism": "one Gaussian per round <sum>",
+            "evaluation_noise_multiplier": 2.0,
+            "evaluation_epsilon_per_run": 2.37,
+        },
         {"name": "churn-survival-mlp", "version": "0.1.0", "n_params": 2286},
     )
     t0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
@@ -100,6 +105,9 @@ def test_chromium_shows_all_17_categories(base: str, lang: i18n.Lang, tmp_path: 
         assert i18n.t(lang, key) in dom, key  # both ε, in the page's language
     assert "<dd>1.25</dd>" in dom and "<dd>7.5</dd>" in dom
     assert i18n.t(lang, "budget.mechanism") in dom and "one Gaussian per round <sum>" in dom  # the mechanism
+    # a noised evaluation's ε per held-out device, beside its noise (decision 151)
+    assert f"<dt>{i18n.t(lang, 'budget.eval_epsilon')}</dt><dd>2.37</dd>" in dom
+    assert f"<dt>{i18n.t(lang, 'budget.eval_noise')}</dt><dd>2</dd>" in dom
 
 
 def test_page_language_caching_and_escaping(base: str) -> None:
