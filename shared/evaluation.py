@@ -87,7 +87,7 @@ def metrics_from_histogram(
     out: dict[str, Any] = {"devices": P_raw + N_raw, "positives": P_raw}
     pos, neg = np.clip(pos_raw, 0, None), np.clip(neg_raw, 0, None)
     P, N = pos.sum(), neg.sum()
-    if P_raw <= 0 or N_raw <= 0 or P <= 0 or N <= 0:
+    if P_raw <= 0 or N_raw <= 0:  # then P >= P_raw > 0 and N >= N_raw > 0 as well
         return out
     # ROC-AUC with ties inside a bin counted half (Mann-Whitney).
     neg_below = np.cumsum(neg_raw) - neg_raw

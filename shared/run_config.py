@@ -273,26 +273,14 @@ class RunConfig:
                 noise_multiplier=self.eval_noise,
                 k_min=self.k_min,
             )
-        last: ValueError | None = None
-        for ring in range(12, 33):
-            params = DEFAULT.replace(
-                mode=self.protection,
-                coords_per_round=None,
-                quant_bits=4,
-                ring_bits=ring,
-                clip_norm=clip,
-                coord_clip_factor=per_coord,
-                noise_multiplier=self.eval_noise,
-                max_cohort=NOISY_MAX_COHORT if self.eval_noise > 0 else DEFAULT.max_cohort,
-                k_min=self.k_min,
-                max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
-            )
-            try:
-                params.check_ring(n)
-                return _sized(params, n)
-            except ValueError as e:
-                last = e
-        raise ValueError(f"--eval-noise {self.eval_noise:g}: no ring width fits an evaluation upload: {last}")
+        fields = {
+            "quant_bits": 4,
+            "clip_norm": clip,
+            "coord_clip_factor": per_coord,
+            "noise_multiplier": self.eval_noise,
+            "max_cohort": NOISY_MAX_COHORT if self.eval_noise > 0 else DEFAULT.max_cohort,
+        }
+        return self._full_upload(n, 12, f"an evaluation upload (--eval-noise {self.eval_noise:g})", fields)
 
     def stats_protection(self, noise_multiplier: float = 0.0) -> ProtectionParams:
         """The feature-mean upload: every coordinate, 8-bit levels, the count coordinate exact.
@@ -308,26 +296,35 @@ class RunConfig:
             return CKKS_DEFAULT.replace(
                 clip_norm=clip, coord_clip_factor=1.0, noise_multiplier=noise_multiplier, k_min=self.k_min
             )
+        fields = {
+            "quant_bits": 8,
+            "clip_norm": clip,
+            "coord_clip_factor": 1.0,
+            "noise_multiplier": noise_multiplier,
+            "max_cohort": self.cohort_limit(noise_multiplier),
+        }
+        return self._full_upload(n, 16, "the feature-mean upload", fields)
+
+    def _full_upload(self, n: int, first_ring: int, what: str, fields: dict[str, Any]) -> ProtectionParams:
+        """Secagg parameters for an upload of all `n` coordinates (evaluation, feature mean): the
+        narrowest ring from `first_ring` bits on that holds the largest cohort plus the noise's
+        tail, its upload sized for that ring."""
         last: ValueError | None = None
-        for ring in range(16, 33):
+        for ring in range(first_ring, 33):
             try:
                 params = DEFAULT.replace(
                     mode=self.protection,
                     coords_per_round=None,
-                    quant_bits=8,
                     ring_bits=ring,
-                    clip_norm=clip,
-                    coord_clip_factor=1.0,
-                    noise_multiplier=noise_multiplier,
-                    max_cohort=self.cohort_limit(noise_multiplier),
                     k_min=self.k_min,
                     max_upload_bytes=wire.HEADER_LEN + wire.SEAL_LEN + wire.packed_len(n, ring),
+                    **fields,
                 )
                 params.check_ring(n)
                 return _sized(params, n)
             except ValueError as e:
                 last = e
-        raise ValueError(f"no ring width fits the feature-mean upload: {last}")
+        raise ValueError(f"no ring width fits {what}: {last}")
 
     def server_lr_at(self, server_round: int) -> float:
         """FedAdam's eta for a round: constant, or cosine-decayed from server-lr to 5 % of it."""
