@@ -1483,15 +1483,16 @@ def _mask_sum_request(
     )
 
 
-def _enrol(store_dir: Path, today: int, n: int) -> None:
-    """`n` users who installed the app 8 days ago: too new for a labelled or a scored day."""
+def _enrol(store_dir: Path, today: int, n: int, first: int = 0) -> None:
+    """`n` users who installed the app 8 days ago: too new for a labelled or a scored day (stores
+    new-<first>.. onwards)."""
     from fedchurn.client.store import EventStore
     from fedchurn.shared.events import SECONDS_PER_DAY
     from fedchurn.simulations.population import generate_device
     from fedchurn.simulations.scenario import load_scenario
 
     scenario = load_scenario("default")
-    for j in range(n):
+    for j in range(first, first + n):
         ev = generate_device(0, 500 + j, scenario, 120).events
         day = (ev["ts"] + ev["tz_min"].astype(np.int64) * 60) // SECONDS_PER_DAY
         with EventStore(store_dir / f"new-{j:03d}.sqlite") as store:
@@ -1516,10 +1517,14 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
     kh = keyholder_module.KeyHolder.generate(k_min=k)
     grid, store_dir, today = _store_node(tmp_path, kh, cfg)
     before = set(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
-    _enrol(store_dir, today, 80)
-    new = sorted(set(RosterReply.from_message(grid.deliver(roster_query(1))).devices) - before)
     held = purpose == "evaluate"
-    fillers = [d for d in new if is_eval_device(cfg.seed, d, cfg.eval_fraction) == held][: k - 1]
+    fillers: list[int] = []
+    for first in range(0, 400, 40):  # which new devices are held out is a hash of their keyed index
+        if len(fillers) >= k - 1:
+            break
+        _enrol(store_dir, today, 40, first)
+        new = sorted(set(RosterReply.from_message(grid.deliver(roster_query(1))).devices) - before)
+        fillers = [d for d in new if is_eval_device(cfg.seed, d, cfg.eval_fraction) == held][: k - 1]
     truth = StoreSource().load(grid.context(1), cfg, sorted(before))  # to pick a target, only
     target = next(
         d
@@ -1717,10 +1722,13 @@ def test_attack_sybils_read_whether_a_held_out_device_has_data_from_a_refusal_un
         k_min=cfg.k_min, min_noise_multiplier=1.0, noise_exempt=[(params, n)]
     )
     grid, store_dir, today = _store_node(tmp_path, kh, cfg, {MIN_NOISE_KEY: 1.0})
-    _enrol(store_dir, today, 20)  # installed 8 days ago: no scored day
-    roster = sorted(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
-    held = [d for d in roster if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
-    data = StoreSource().load(grid.context(1), cfg, held)  # the test's own look, to pick targets
+    for first in range(0, 200, 20):  # new users (no scored day) until one of them is held out
+        _enrol(store_dir, today, 20, first)
+        roster = sorted(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
+        held = [d for d in roster if is_eval_device(cfg.seed, d, cfg.eval_fraction)]
+        data = StoreSource().load(grid.context(1), cfg, held)  # the test's own look, to pick targets
+        if any(data[d].eval_x is None for d in held):
+            break
     with_day = next(d for d in held if data[d].eval_x is not None)
     without = next(d for d in held if data[d].eval_x is None)
     sybil_rows = np.tile(
