@@ -250,14 +250,16 @@ def _upload_params(cfg: RunConfig, task: RoundTask) -> tuple[ProtectionParams, i
     return cfg.stats_protection(task.noise_multiplier), -2
 
 
-def _check_noise(node_config: Mapping[str, object], cfg: RunConfig, task: RoundTask) -> None:
+def _check_noise(
+    node_config: Mapping[str, object], cfg: RunConfig, task: RoundTask, params: ProtectionParams
+) -> None:
     """Refuse, before any claim or store read, a task whose release would carry less noise than
     the node's devices pin (`min-noise`): review 15 read a held-out device's churn day exactly
     through a crafted model, because evaluations are exact and exempt from the key holder's floor."""
     floor = noise_floor(node_config)
     if floor <= 0:
         return
-    z = _upload_params(cfg, task)[0].noise_multiplier if cfg.scheme.private else 0.0
+    z = params.noise_multiplier if cfg.scheme.private else 0.0
     if z < floor:
         what = "eval-noise" if task.purpose == "evaluate" else "its noise multiplier"
         raise ValueError(
@@ -275,7 +277,11 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     task = RoundTask.from_message(msg, spec.n_params, spec.n_features)
     keyholder = keyholder_for(context.node_config, cfg, task)  # refuses before any work
     _check_training(context.node_config, cfg, task)
-    _check_noise(context.node_config, cfg, task)
+    # Settings no upload can be protected with are refused here, before any claim: built after it,
+    # they spent a round and an upload of each device's budget on a task that could never be
+    # released (review 18).
+    params, salt = _upload_params(cfg, task)
+    _check_noise(context.node_config, cfg, task, params)
     if keyholder is None and not source.plaintext_allowed:
         raise ValueError("this node serves real devices: it refuses the plaintext baseline")
     _extend_the_floor(context.node_config, len(task.devices))
@@ -287,7 +293,7 @@ def answer(msg: Message, context: Context, source: DeviceSource) -> Message:
     role = role_of(context.run_id, holder, evaluation)  # a device keeps its first role for a key holder
     granted = source.ledger(context).claim(scopes, served, upload_budget(context.node_config), role)
     try:
-        return _answer_granted(msg, context, source, cfg, task, keyholder, granted)
+        return _answer_granted(msg, context, source, cfg, task, keyholder, (params, salt), granted)
     except Exception as e:
         # From here on the work reads the devices' data, so an error's text could carry it: a
         # MemoryError named an array's shape, whose length was one device's account age in days
@@ -309,9 +315,11 @@ def _answer_granted(
     cfg: RunConfig,
     task: RoundTask,
     keyholder: KeyHolderPublic | None,
+    protection: tuple[ProtectionParams, int],
     granted: list[int],
 ) -> Message:
-    """The part of `answer` that reads and computes on the granted devices' data."""
+    """The part of `answer` that reads and computes on the granted devices' data, protected with
+    `protection` (`_upload_params`)."""
     # Only now is any device's data read, and only the granted devices': a device refused (out of
     # budget or role, already answered) costs no work, so the work, and its time, says nothing
     # about it (review 10: stores of devices out of budget were still read).
@@ -324,7 +332,7 @@ def _answer_granted(
     seeds = [bound[position[d]] for d in devices]
     if not devices:
         return NodeReply((), ()).to_message(msg)
-    params, salt = _upload_params(cfg, task)
+    params, salt = protection
     if task.purpose == "train":
         vectors = _train(cfg, task, data, devices)
     elif task.purpose == "evaluate":

@@ -290,13 +290,17 @@ def _with_data_bits(seeds: Sequence[bytes], has_data: np.ndarray, params: Protec
     """Each seed with its data bit (`wire.with_data_bit`): the key holder counts towards k only
     uploads that carry something, since zeros are values the aggregator can predict (review 13).
 
-    Under noise (the parameters' multiplier above 0) every seed carries the bit: the key holder's
-    noise, calibrated to one device, protects the release whoever else is in the cohort, while its
-    refusal for want of data is an answer without noise. Beside k − 1 Sybil seals that carry data,
-    the refusal gave away whether a held-out device had a scored day, and with a model crafted to
-    give a NaN score (zeros) above a feature threshold, any threshold of its features: 16 of 16
-    right through a node pinning `min-noise` (review 16)."""
-    if params.noise_multiplier > 0:
+    Under noise that protects one device (`ProtectionParams.noise_protects_one`: a multiplier of
+    at least `PROTECTIVE_NOISE`) every seed carries the bit: the key holder's noise, calibrated to
+    one device, protects the release whoever else is in the cohort, while its refusal for want of
+    data is an answer without noise. Beside k − 1 Sybil seals that carry data, the refusal gave
+    away whether a held-out device had a scored day, and with a model crafted to give a NaN score
+    (zeros) above a feature threshold, any threshold of its features: 16 of 16 right through a
+    node pinning `min-noise` (review 16). Below that multiplier the bit follows the upload: the
+    multiplier is the aggregator's to name, and at 1e-300 (any value above 0 once forced every
+    bit) the key holder drew exact zeros, so k − 1 new devices with nothing to upload released one
+    old device's update, feature means or churn outcome alone (review 18)."""
+    if params.noise_protects_one:
         has_data = np.ones(len(seeds), dtype=bool)
     return [wire.with_data_bit(s, bool(h)) for s, h in zip(seeds, has_data, strict=True)]
 

@@ -32,6 +32,7 @@ __all__ = [
     "PARTY_VIEWS",
     "PLAINTEXT",
     "PLAINTEXT_DEFAULT",
+    "PROTECTIVE_NOISE",
     "ROUNDING_BETA",
     "SCHEMES",
     "SECAGG",
@@ -50,6 +51,13 @@ ModeName = Literal["secagg", "ckks", "plaintext"]
 
 # A discrete Gaussian exceeds 8 standard deviations with probability < 1e-15 per coordinate.
 NOISE_TAIL_SIGMAS = 8.0
+# The smallest noise multiplier at which the key holder's noise alone protects one device's release
+# (one Gaussian release: epsilon 5.2 at delta = 1e-5 for a secagg evaluation, 4.7 for training).
+# From it on, every upload counts towards k whatever it carries (review 16: a refusal for want of
+# data is an answer without noise); below it the data bit follows the upload, as without noise
+# (review 18: at a multiplier of 1e-300 the key holder drew exact zeros, and k - 1 new devices
+# with nothing to upload released one old device's update alone).
+PROTECTIVE_NOISE = 1.0
 # Conditional stochastic rounding (Kairouz, Liu, Steinke 2021, "The Distributed Discrete Gaussian
 # Mechanism"): the norm bound holds for each draw with probability >= 1 - beta, beta = exp(-1/2).
 ROUNDING_BETA = math.exp(-0.5)
@@ -201,6 +209,11 @@ class ProtectionParams:
             raise ValueError("CKKS parameters out of range (each bit count 1..255, at most 255 moduli)")
         if self.scheme.ring and self.coords_per_round is not None:
             self.check_ring(self.coords_per_round)
+
+    @property
+    def noise_protects_one(self) -> bool:
+        """Whether the key holder's noise alone protects one device's release (`PROTECTIVE_NOISE`)."""
+        return self.noise_multiplier >= PROTECTIVE_NOISE
 
     @property
     def scheme(self) -> Scheme:

@@ -1499,25 +1499,32 @@ def _enrol(store_dir: Path, today: int, n: int, first: int = 0) -> None:
             store.append(ev[day >= today - 8])
 
 
-@pytest.mark.parametrize("purpose", ["train", "evaluate"])
+@pytest.mark.parametrize(
+    ("purpose", "noise"),
+    [("train", 0.0), ("evaluate", 0.0), ("train", 1e-300), ("stats", 1e-300), ("evaluate", 1e-300)],
+)
 def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
-    tmp_path: Path, purpose: Purpose
+    tmp_path: Path, purpose: Purpose, noise: float
 ) -> None:
     """Review 13: a device without data (for its first 27 days no labelled and no scored day)
     uploads exact zeros under any honest model, and the aggregator sees devices enrol (a node's
     roster grows). One old device and k-1 new ones, each in its role, sent the same honest task,
     passed every rule; on 402d6ea the key holder released the cohort, which was the old device's
     update (training) or its score bin and churn outcome (evaluation, exempt from any noise
-    floor) alone. Uploads that carry nothing no longer count towards k (decision 150)."""
+    floor) alone. Uploads that carry nothing no longer count towards k (decision 150).
+    Review 18: the same with a noise multiplier of 1e-300 (the task's, or the run's eval-noise),
+    which the key holder draws as exact zeros, once made every device set its data bit (review
+    16's rule under noise): the release was the old device's update, feature means or outcome,
+    in the default deployment. Only noise that protects one device now sets every bit."""
     from fedchurn.client.deploy_client import StoreSource
     from fedchurn.shared.messages import RosterReply, roster_query
 
-    cfg = RunConfig(days=120, k_min=10)
+    held = purpose == "evaluate"
+    cfg = RunConfig(days=120, k_min=10, eval_noise=noise if held else 0.0)
     k, n_params = cfg.k_min, cfg.model_spec().n_params
     kh = keyholder_module.KeyHolder.generate(k_min=k)
     grid, store_dir, today = _store_node(tmp_path, kh, cfg)
     before = set(RosterReply.from_message(grid.deliver(roster_query(1))).devices)
-    held = purpose == "evaluate"
     fillers: list[int] = []
     for first in range(0, 400, 40):  # which new devices are held out is a hash of their keyed index
         if len(fillers) >= k - 1:
@@ -1535,13 +1542,19 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
     assert len(fillers) == k - 1
     devices = (target, *fillers)
     cohort = EVAL_COHORTS if held else 0
+    stats = purpose == "stats"
     task = RoundTask(
-        purpose, 1, 1, 1, 0.0, devices, (cohort,) * k, (bytes(32),) * k, init_params(0), kh.public_key()
-    )
+        purpose, 1, 1, 1, 0.0 if held else noise, devices, (cohort,) * k, (bytes(32),) * k,
+        None if stats else init_params(0), kh.public_key(),
+    )  # fmt: skip
     reply = NodeReply.from_message(grid.deliver(task.to_message(1)))
     assert not grid.errors and reply.devices == devices  # every device answered, in its role
-    params = cfg.eval_protection() if held else cfg.train_protection(0.0)
-    n = histogram_length(cfg.outputs) if held else n_params
+    if held:
+        params, n = cfg.eval_protection(), cfg.eval_length
+    elif stats:
+        params, n = cfg.stats_protection(noise), cfg.model_spec().n_features + 1
+    else:
+        params, n = cfg.train_protection(noise), n_params
     cut = wire.HEADER_LEN + wire.SEAL_LEN
     request = _mask_sum_request(cfg, task, reply.blobs, params, n)
     try:
@@ -1554,9 +1567,41 @@ def test_attack_newly_enrolled_devices_fill_a_cohort_around_one_device(
     ring = (total - resp.mask_sum.astype(np.int64)) % (1 << bits)
     nonzero = int(np.count_nonzero(ring))
     pytest.fail(
-        f"{purpose}: the key holder released a cohort of {len(resp.included)} (k={k}) in which "
+        f"{purpose} at noise {noise:g} (std {resp.noise_std_int:g}): the key holder released a "
+        f"cohort of {len(resp.included)} (k={k}) in which "
         f"{k - 1} devices enrolled 8 days ago uploaded zeros: the release is device {target}'s "
         f"upload alone ({nonzero} non-zero of {m} values)"
+    )
+
+
+def test_a_task_no_upload_can_be_protected_for_is_refused_before_it_spends_a_budget(tmp_path: Path) -> None:
+    """Review 18: a run configuration under which no upload can be protected (a 40-bit ring, or
+    k-min above max-cohort) was refused only after each listed device's claim, so it spent a round
+    and an upload of every device's `max-uploads` on a task that could never be released. Its
+    protection is now built before the claim."""
+    from fedchurn.client.device_config import MAX_UPLOADS_KEY
+    from fedchurn.shared.messages import RosterReply, roster_query
+
+    cfg = RunConfig(days=120, k_min=10)
+    kh = keyholder_module.KeyHolder.generate(k_min=cfg.k_min)
+    grid, _, _ = _store_node(tmp_path, kh, cfg, {MAX_UPLOADS_KEY: 1})
+    roster = RosterReply.from_message(grid.deliver(roster_query(1))).devices
+    trainers = tuple(d for d in roster if not is_eval_device(cfg.seed, d, cfg.eval_fraction))[:3]
+
+    def train(run: RunConfig, round_id: int) -> Message:
+        grid.contexts.clear()
+        grid.run_config = run.to_flower()
+        cohorts, seeds, model = (0,) * 3, (bytes(32),) * 3, init_params(0)
+        task = RoundTask("train", 1, round_id, 1, 0.0, trainers, cohorts, seeds, model, kh.public_key())
+        return grid.deliver(task.to_message(1))
+
+    for round_id, bad in enumerate((replace(cfg, ring_bits=40), replace(cfg, k_min=1000)), start=1):
+        train(bad, round_id)
+        assert grid.errors[-1].startswith("ValueError"), grid.errors[-1]  # named, not the fixed error
+    answered = NodeReply.from_message(train(cfg, 3)).devices
+    assert answered == trainers, (
+        f"after two tasks no upload could be protected for, {len(answered)} of 3 devices pinning "
+        f"{MAX_UPLOADS_KEY}=1 could still answer: the refused tasks spent their budget"
     )
 
 

@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord
 from inprocess_grid import simulation_grid
 
 from fedchurn.client.device_config import MIN_NOISE_KEY, noise_floor
-from fedchurn.client.flower_app import _check_noise
+from fedchurn.client.flower_app import _check_noise, _upload_params
 from fedchurn.server.sampling import simulation_roster
 from fedchurn.server.strategy import make_strategy
 from fedchurn.shared.evaluation import (
@@ -167,12 +167,13 @@ def test_a_node_pinning_min_noise_refuses_a_release_noised_less(
 ) -> None:
     task = RoundTask(purpose, 1, 1, 1, z, (7,), (0,), (bytes(32),), init_params(0), None)  # type: ignore[arg-type]
     pinned = {MIN_NOISE_KEY: "1.0"}
+    params = _upload_params(cfg, task)[0]
     if refused:
         with pytest.raises(ValueError, match=MIN_NOISE_KEY):
-            _check_noise(pinned, cfg, task)
+            _check_noise(pinned, cfg, task, params)
     else:
-        _check_noise(pinned, cfg, task)
-    _check_noise({}, cfg, task)  # not pinned: every release is answered
+        _check_noise(pinned, cfg, task, params)
+    _check_noise({}, cfg, task, params)  # not pinned: every release is answered
 
 
 def test_a_runs_held_out_devices_carry_the_noise_once() -> None:

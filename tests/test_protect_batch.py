@@ -36,6 +36,7 @@ from fedchurn.shared.protection import (
     CKKS_DEFAULT,
     DEFAULT,
     PLAINTEXT_DEFAULT,
+    PROTECTIVE_NOISE,
     ProtectionParams,
     round_seed_bytes,
     select_coordinates,
@@ -615,14 +616,19 @@ def test_the_data_bit_is_the_seeds_first_bit_and_nothing_else(seed: bytes, has_d
     assert wire.with_data_bit(marked, has_data) == marked
 
 
-@pytest.mark.parametrize(("p", "n_params"), SECAGG_CASES[:3], ids=CASE_IDS[:3])
+@pytest.mark.parametrize(
+    ("p", "n_params"),
+    [*SECAGG_CASES[:3], (RunConfig().train_protection(1e-300), P)],
+    ids=[*CASE_IDS[:3], "negligible-noise"],
+)
 def test_a_device_says_in_its_seal_whether_its_upload_carries_anything(
     p: ProtectionParams, n_params: int
 ) -> None:
     """Decision 150: a row whose rounded values are all zero (a device without data, or values
     far below a quantisation step) seals a seed with the data bit clear, any other row with it
-    set, whatever seed it was given; under noise every row sets it (review 16: the key holder's
-    refusal for want of data is an answer without noise)."""
+    set, whatever seed it was given; under noise that protects one device every row sets it
+    (review 16: the key holder's refusal for want of data is an answer without noise), under less
+    the bit follows the row (review 18: a multiplier of 1e-300 drew exact zeros)."""
     n = 6
     x = np.random.default_rng(5).normal(size=(n, n_params)) * 0.01
     x[0] = 0.0
@@ -633,6 +639,7 @@ def test_a_device_says_in_its_seal_whether_its_upload_carries_anything(
     info = wire.seal_info(blobs[0][: wire.HEADER_LEN], p.config_digest(SEED, n_params))
     cut = wire.HEADER_LEN + wire.SEAL_LEN
     opened = [wire.SEAL_SUITE.decrypt(b[wire.HEADER_LEN : cut], SK, info=info) for b in blobs]
-    expected = [True] * n if p.noise_multiplier > 0 else [False, False, True, True, True, True]
+    forced = p.noise_multiplier >= PROTECTIVE_NOISE
+    expected = [True] * n if forced else [False, False, True, True, True, True]
     assert [wire.carries_data(s) for s in opened] == expected
     assert all(o[1:] == s[1:] for o, s in zip(opened, seeds, strict=True))
