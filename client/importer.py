@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -96,6 +97,11 @@ class ColumnMapping:
             kwargs[key] = _source(key, rhs.strip()) if rhs.strip() else None
         if any(k in kwargs and kwargs[k] is None for k in ("user", "timestamp", "category", "action")):
             raise ValueError("--map: user, timestamp, category and action cannot be empty")
+        if default_tz_min is not None:
+            try:
+                check_tz_offset(default_tz_min)
+            except EventError as e:
+                raise ValueError(f"--tz: {str(e).partition(': ')[2]}") from None
         return cls(**kwargs)
 
 
@@ -161,7 +167,11 @@ def _parse_ts(raw: Any, default_tz: int | None) -> tuple[int, int | None]:
     off = dt.utcoffset()
     if off is None:
         if default_tz is None:
-            raise EventError("timestamp", f"{dt.isoformat()} has no UTC offset (give --tz or a tz column)")
+            raise EventError(
+                "timestamp",
+                f"{dt.isoformat()} has no UTC offset (give --tz, or name the log's offset column "
+                "with --map tz=COLUMN)",
+            )
         # Naive local time: interpret it in the default offset.
         naive_utc = int((dt.replace(tzinfo=None) - datetime(1970, 1, 1)).total_seconds())
         return naive_utc - default_tz * 60, default_tz
@@ -211,10 +221,22 @@ def log_format(path: Path) -> str:
 
 
 def read_table(path: Path) -> pa.Table:
+    """The log as a table of text cells; what cannot be read (a corrupt archive, text that is not
+    UTF-8, two columns of one name) is a ValueError naming the file."""
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (expected a header row and events)")
-    if log_format(path) == "parquet":
-        return pq.read_table(path)
+    try:
+        table = pq.read_table(path) if log_format(path) == "parquet" else _read_csv(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: cannot be read as a {log_format(path)} log: {e}") from None
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{path.name}: the header names {', '.join(map(repr, twice))} more than once")
+    return table
+
+
+def _read_csv(path: Path) -> pa.Table:
     bad: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -374,9 +396,20 @@ def import_log(path: str | Path, store_dir: str | Path, mapping: ColumnMapping |
     per_user = read_log(path, mapping)
     store_dir = Path(store_dir)
     store_dir.mkdir(parents=True, exist_ok=True)
-    names = {store_path(store_dir, u) for u in per_user}
-    if len(names) != len(per_user):
-        raise ValueError("two user ids map to the same store file name; rename users to plain ASCII")
+    users_of: dict[Path, list[str]] = {}
+    for u in per_user:
+        users_of.setdefault(store_path(store_dir, u), []).append(u)
+    clashes = [users for users in users_of.values() if len(users) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(repr(u) for u in users) for users in clashes[:3])
+        raise ValueError(f"user ids map to the same store file name ({shown}); rename users to plain ASCII")
+    # Every store is opened once before any is written: a file that is no store (or of another
+    # schema) is named here, not after the stores before it took their rows (review 19).
+    for path in filter(Path.exists, users_of):
+        try:
+            EventStore(path).close()
+        except (sqlite3.DatabaseError, RuntimeError) as e:
+            raise ValueError(f"{path}: not an event store this code can write ({e})") from None
     inserted = duplicates = rows = 0
     for user, events in per_user.items():
         with EventStore(store_path(store_dir, user)) as store:

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import sys
-from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -15,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedchurn.output_paths import check_out_dir, check_out_file
+from fedchurn.server import DATABASE_URL_ENV
 from fedchurn.shared.run_config import (
     OPTION_HELP,
     SIMULATE_DEFAULTS,
@@ -66,12 +67,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def iso_day(day: int) -> str:
-    return (date(1970, 1, 1) + timedelta(days=int(day))).isoformat()
+def _out_dir(path: Path, option: str) -> None:
+    """Refuse, before any work, a folder the command could not write (`output_paths`)."""
+    try:
+        check_out_dir(path, option)
+    except ValueError as e:
+        _fail(str(e))
 
 
-def day_number(text: str) -> int:
-    return (date.fromisoformat(text) - date(1970, 1, 1)).days
+def _out_file(path: Path, option: str) -> None:
+    """Refuse, before any work, a file the command could not write (`output_paths`)."""
+    try:
+        check_out_file(path, option)
+    except ValueError as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -134,9 +143,12 @@ def features(
     from fedchurn.client.importer import ColumnMapping, read_log
     from fedchurn.client.pipeline import device_features
     from fedchurn.client.signals import signals
+    from fedchurn.shared.events import local_day
     from fedchurn.shared.feature_spec import FEATURE_NAMES, FEATURES
+    from fedchurn.shared.protocol import day_number, day_text
 
     try:
+        last_day = day_number(today, "--today") if today else None
         per_user = read_log(events, ColumnMapping.parse(mapping, tz))
     except ValueError as e:
         _fail(str(e))
@@ -151,13 +163,16 @@ def features(
         user = next(iter(per_user))
     if user not in per_user:
         _fail(f"user {user!r} is not in {events.name}")
-    res = device_features(per_user[user], today=day_number(today) if today else None)
+    first = int(local_day(per_user[user]["ts"], per_user[user]["tz_min"]).min())
+    if last_day is not None and last_day < first:
+        _fail(f"--today {today}: before {user}'s first event ({day_text(first)}); no day to describe")
+    res = device_features(per_user[user], today=last_day)
     sig = signals(res.features) if with_signals else {}
     if as_json:
         rows: list[dict[str, Any]] = []
         for i, d in enumerate(res.days):
             row: dict[str, Any] = {
-                "date": iso_day(d),
+                "date": day_text(d),
                 "features": [round(float(v), 6) for v in res.features[i]],
             }
             if with_signals:
@@ -165,13 +180,13 @@ def features(
             rows.append(row)
         doc = {
             "user": user,
-            "first_day": iso_day(res.first_day),
+            "first_day": day_text(res.first_day),
             "feature_names": list(FEATURE_NAMES),
             "days": rows,
         }
         sys.stdout.write(json.dumps(doc) + "\n")
         return
-    title = f"{user}: features on {iso_day(res.days[-1])} ({_days(len(res.days))} of history)"
+    title = f"{user}: features on {day_text(res.days[-1])} ({_days(len(res.days))} of history)"
     table = Table(title=title)
     table.add_column("feature")
     table.add_column("model input", justify="right")
@@ -198,6 +213,7 @@ def import_(
     """Replay a real event log onto per-device stores; a bad row rejects the whole import."""
     from fedchurn.client.importer import ColumnMapping, import_log
 
+    _out_dir(stores, "--stores")
     try:
         rep = import_log(events, stores, ColumnMapping.parse(mapping, tz))
     except ValueError as e:
@@ -231,6 +247,9 @@ def bench(
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         _fail(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    _out_dir(work_dir, "--work-dir")
+    if json_out is not None:
+        _out_file(json_out, "--json")
     figures = run_bench(
         quick=quick,
         console=console,
@@ -334,8 +353,27 @@ def simulate(**options: Any) -> None:
     """Train the churn model with Flower's simulation engine and report it beside baselines."""
     events, tz, cutoff = options["events_file"], options["events_tz"], options["cutoff"]
     out = options["out"]
-    if events is None and (cutoff or tz is not None):
-        _fail("--cutoff and --tz apply to a real log: give --events too")
+    if events is None and (cutoff or tz is not None or options["events_map"]):
+        _fail("--cutoff, --tz and --map apply to a real log: give --events too")
+    if events is not None:
+        # A log brings its own devices and days: these would be ignored without a word.
+        ignored = [option_name(k) for k in ("devices", "scenario", "days") if options[k] != getattr(_SIM, k)]
+        if ignored:
+            _fail(f"{', '.join(ignored)} describe a simulated population; the log (--events) has its own")
+    if options["audit_db"]:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            password = make_url(options["audit_db"]).password
+        except ArgumentError:
+            _fail(f"--audit-db {options['audit_db']!r} is not a database URL (e.g. sqlite:///audit.sqlite)")
+        if password is not None:  # every local user reads a command line (ps, /proc)
+            _fail(
+                "--audit-db: a password on the command line is refused; give the URL without it and "
+                "let the driver read it (PostgreSQL: PGPASSWORD or ~/.pgpass)"
+            )
+    _out_dir(out, "--out")
     cfg = RunConfig(
         **{name: options[name] for name in SIMULATE_SETTINGS},
         events_file=str(events.resolve()) if events else "",
@@ -492,7 +530,7 @@ def score(
     from fedchurn.server.run_output import load_model
     from fedchurn.shared.events import local_day
     from fedchurn.shared.model_format import ModelSpec
-    from fedchurn.shared.protocol import day_number
+    from fedchurn.shared.protocol import day_number, day_text
 
     try:
         day = day_number(as_of, "--as-of") if as_of is not None else None
@@ -502,8 +540,17 @@ def score(
         _fail(str(e))
     if not per_user:
         _fail(f"{events.name}: the log holds no events")
+    first = min(int(local_day(a["ts"], a["tz_min"]).min()) for a in per_user.values())
+    last = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in per_user.values())
     if day is None:
-        day = max(int(local_day(a["ts"], a["tz_min"]).max()) for a in per_user.values())
+        day = last
+    elif day < first:
+        _fail(f"--as-of {as_of}: before the log's first event ({day_text(first)}); no user to score")
+    elif day > last:
+        err_console.print(
+            f"[dim]--as-of {as_of} is {_days(day - last)} after the log's last event: every user is "
+            "scored on that silence[/]"
+        )
     spec = ModelSpec.from_dict(meta["spec"])
     results = []
     for u, ev in sorted(per_user.items()):
@@ -527,12 +574,17 @@ def score(
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     database_url: Annotated[
         str,
         typer.Option(
-            "--database-url", help="SQLAlchemy URL of the audit database (SQLite file or PostgreSQL)."
+            "--database-url",
+            envvar=DATABASE_URL_ENV,
+            show_envvar=True,
+            help="SQLAlchemy URL of the audit database (SQLite file or PostgreSQL); a URL with a "
+            f"password goes in ${DATABASE_URL_ENV}, never on the command line.",
         ),
     ] = "sqlite:///fedchurn-audit.sqlite",
     writable: Annotated[
@@ -552,9 +604,11 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the transparency API and the reviewer page (read-only unless --writable)."""
+    from click.core import ParameterSource
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+    from fedchurn.server.audit import AuditError, AuditStore
     from fedchurn.server.serve_cli import ServeError
     from fedchurn.server.serve_cli import serve as run_server
 
@@ -562,6 +616,10 @@ def serve(
         url = make_url(database_url)
     except ArgumentError:
         _fail(f"--database-url {database_url!r} is not a database URL (e.g. sqlite:///audit.sqlite)")
+    shown = url.render_as_string(hide_password=True)
+    if url.password is not None and ctx.get_parameter_source("database_url") is ParameterSource.COMMANDLINE:
+        # Every user of the machine reads a command line (ps, /proc); the environment is the process's.
+        _fail(f"--database-url {shown}: a password on the command line is refused; set ${DATABASE_URL_ENV}")
     path = url.database if url.get_backend_name() == "sqlite" else None
     if path not in (None, "", ":memory:") and not Path(str(path)).exists() and not create:
         # A typo would otherwise serve an empty log as if no run had ever happened.
@@ -569,7 +627,10 @@ def serve(
             f"--database-url names {path}, which does not exist; a run writes it with --audit-db, "
             "or pass --create to start an empty audit database there"
         )
-
+    try:  # the database is opened (and its schema brought up to date) before the server starts
+        AuditStore(database_url).close()
+    except (AuditError, SQLAlchemyError, OSError, ValueError) as e:
+        _fail(f"--database-url {shown}: {type(e).__name__}: {e}")
     try:
         run_server(host, port, database_url, write_token_env, writable=writable, token_file=write_token_file)
     except ServeError as e:
@@ -584,6 +645,7 @@ def export_onnx_cmd(
     """Write the model as ONNX: input `features` \\[batch, 127]; hazards, survival, churn probability out."""
     from fedchurn.server.onnx_export import export_run_model
 
+    _out_file(out, "--out")
     try:
         path = export_run_model(model, out)
     except (ValueError, FileNotFoundError) as e:
@@ -593,13 +655,19 @@ def export_onnx_cmd(
 
 @app.command("bench-policy")
 def bench_policy(
-    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 100_000,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 100_000,
     days: Annotated[int, typer.Option(help="Days of history.")] = 120,
     seed: Annotated[int, typer.Option(help="Population seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write the JSON here too.")] = None,
 ) -> None:
     """Scoring speed and what the retention policy does over a whole simulated population."""
     from fedchurn.simulations.policy_bench import bench_scoring_policy
+    from fedchurn.simulations.scenario import MAX_DAYS, MIN_DAYS
+
+    if not MIN_DAYS <= days <= MAX_DAYS:
+        _fail(f"--days must be in {MIN_DAYS}..{MAX_DAYS}, got {days}")
+    if out is not None:
+        _out_file(out, "--out")
 
     res = bench_scoring_policy(devices, days, seed)
     text = json.dumps(res, indent=2)
@@ -610,14 +678,21 @@ def bench_policy(
 
 @app.command("spec-doc")
 def spec_doc(
-    path: Annotated[Path, typer.Argument(help="The client spec to update.")] = Path("docs/client-spec.md"),
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="The client spec to update.")
+    ] = Path("docs/client-spec.md"),
     check: Annotated[bool, typer.Option("--check", help="Fail if the document is out of date.")] = False,
 ) -> None:
     """Regenerate the tables of docs/client-spec.md from the code's declarations."""
     from fedchurn import spec_doc as sd
 
+    try:
+        text = path.read_text()
+        rendered = sd.render(text)  # every section's markers, checked before anything is written
+    except (ValueError, OSError) as e:
+        _fail(f"{path}: {e}")
     if check:
-        if sd.render(path.read_text()) != path.read_text():
+        if rendered != text:
             _fail(f"{path} is out of date: run `fedchurn spec-doc`", code=1)
         console.print(f"{path} is up to date")
         return

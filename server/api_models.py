@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from fedchurn.server.problem_details import ProblemBody
 from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
@@ -61,6 +61,16 @@ def parse_timestamp(value: Any) -> Any:
 
 
 Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware UTC; a naive time is taken as UTC; times beyond the representable range are clamped."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year < 2 else datetime.max).replace(tzinfo=UTC)
 
 
 def json_int(value: Any) -> Any:
@@ -340,7 +350,9 @@ class RoundIn(_Strict):
     started_at: Timestamp
     finished_at: Timestamp
     sampled: Count = Field(ge=0, le=MAX_COUNT, description="Cohort size: devices asked for an update.")
-    received: Count = Field(ge=0, le=MAX_COUNT, description="Updates accepted into the sum.")
+    received: Count = Field(
+        ge=0, le=MAX_COUNT, description="Updates accepted into the sum; at most `sampled`."
+    )
     refused: list[RefusalIn] = Field(
         default_factory=list,
         max_length=100_000,
@@ -357,7 +369,42 @@ class RoundIn(_Strict):
     )
     metrics: dict[str, Any] = Field(default_factory=dict)
     skipped: bool = False
-    skip_reason: str | None = Field(default=None, max_length=2000)
+    skip_reason: str | None = Field(
+        default=None, max_length=2000, description="Why the round was skipped; only on a skipped round."
+    )
+
+    # Invariants between fields (docs/api.md, "What a round record must satisfy"). Each is checked
+    # on the later field, so the error's location names it; a field that failed its own check is
+    # missing from `info.data` and the comparison is left out. The run's protection mode is checked
+    # by the store, which knows the run.
+
+    @field_validator("finished_at")
+    @classmethod
+    def _finished_after_start(cls, v: datetime, info: ValidationInfo) -> datetime:
+        started = info.data.get("started_at")
+        if started is not None and to_utc(v) < to_utc(started):
+            raise ValueError(
+                f"finished_at ({to_utc(v).isoformat()}) is before started_at ({to_utc(started).isoformat()})"
+            )
+        return v
+
+    @field_validator("received")
+    @classmethod
+    def _received_at_most_sampled(cls, v: int, info: ValidationInfo) -> int:
+        sampled = info.data.get("sampled")
+        if sampled is not None and v > sampled:
+            raise ValueError(
+                f"received ({v}) is more than sampled ({sampled}): a round takes at most one update "
+                "from each device it sampled"
+            )
+        return v
+
+    @field_validator("skip_reason")
+    @classmethod
+    def _reason_only_when_skipped(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("skipped") is False:
+            raise ValueError("skip_reason is given but skipped is false: only a skipped round has one")
+        return v
 
 
 class RunFinishIn(_Strict):

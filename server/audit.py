@@ -11,6 +11,9 @@ Rules the store enforces, because crash recovery and reviewers rely on them:
 - a finished run takes no more rounds and cannot be finished twice;
 - every input passes the same pydantic models as the HTTP API (`api_models`), so the Python
   path and the HTTP path accept exactly the same records.
+- a round whose fields contradict each other (more received than sampled, finished before it
+  started, a skip reason on a round not skipped, another protection mode than its run's) is
+  refused whole (`InvalidRecordError` naming the field; docs/api.md lists the rules).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from fedchurn.server.api_models import (
     ProtectionIn,
     RoundIn,
     RunFinishIn,
+    to_utc,
 )
 from fedchurn.shared.wire import Reason
 
@@ -90,7 +94,12 @@ class AuditError(Exception):
 
 
 class InvalidRecordError(AuditError, ValueError):
-    """A record does not match the contract (the message names the field)."""
+    """A record does not match the contract (the message names the field; `field`, when set, is
+    the field of the record that breaks it)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownRunError(AuditError, LookupError):
@@ -249,16 +258,6 @@ class RoundFilters:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def to_utc(value: datetime) -> datetime:
-    """Aware UTC; a naive time is taken as UTC; times beyond the representable range are clamped."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        return (datetime.min if value.year < 2 else datetime.max).replace(tzinfo=UTC)
-
-
 def _refusal(r: Any) -> Any:
     """A refusal without its device id: the audit log keeps reasons and counts, never devices."""
     if isinstance(r, Mapping):
@@ -387,7 +386,9 @@ def make_engine(database_url: str) -> Engine:
     except (NoSuchModuleError, ModuleNotFoundError) as e:
         raise AuditDatabaseError(
             f"no driver for {url.drivername!r}: {e}. For PostgreSQL install a driver, e.g. "
-            "`pip install psycopg[binary]`, and use postgresql+psycopg://user:password@host/db"
+            "`pip install psycopg[binary]`, and use a URL such as postgresql+psycopg://user@host/db "
+            "(for `fedchurn serve`: in $FEDCHURN_DATABASE_URL); the password goes in PGPASSWORD or "
+            "~/.pgpass, never on a command line"
         ) from None
     if url.get_backend_name() == "sqlite":
 
@@ -548,6 +549,12 @@ class AuditStore:
         try:
             with self._session() as s:
                 run = self._run_row(s, run_id)
+                if rec.protection_mode != run.protection_mode:
+                    raise InvalidRecordError(
+                        f"invalid round {rec.round} of run {run_id}: protection_mode: "
+                        f"{rec.protection_mode!r} is not the run's protection mode {run.protection_mode!r}",
+                        field="protection_mode",
+                    )
                 if run.status != "running":
                     raise RunFinishedError(f"run {run_id} ended ({run.status}); it takes no more rounds")
                 exists = s.scalar(

@@ -76,6 +76,8 @@ def supernode_cmd(
 ) -> list[str]:
     """`flower-supernode` number i: verifies the SuperLink's certificate, signs in with its key, and
     pins the key holder (public values only: the pin is what makes the node trust nothing else)."""
+    if not 0 <= i < len(sec.node_keys):
+        raise DeployError(f"node {i}: {sec.dir / 'nodes'} holds the keys of {len(sec.node_keys)} SuperNodes")
     private, _ = sec.node_keys[i]
     node_config = f'store-dir="{store_dir}" {sec.keyholder_pin().node_config_arg()}'
     node_config += f" {extra_config}" if extra_config else ""
@@ -108,12 +110,14 @@ def supernode_env(store_dir: Path, base: dict[str, str]) -> dict[str, str]:
 
 
 def write_flwr_config(home: Path, superlink: str, ca_cert: Path) -> Path:
-    """The `flwr` CLI's connection to the SuperLink (FLWR_HOME/config.toml), TLS with our CA."""
+    """The `flwr` CLI's connection to the SuperLink (FLWR_HOME/config.toml), TLS with our CA (by its
+    absolute path: `flwr` resolves none against the folder it was written from)."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
-    path.write_text(
+    path.write_text(  # TOML basic strings: JSON's escapes are TOML's
         '[superlink]\ndefault = "fedchurn"\n\n'
-        f'[superlink.fedchurn]\naddress = "{superlink}"\nroot-certificates = "{ca_cert}"\n'
+        f"[superlink.fedchurn]\naddress = {json.dumps(superlink)}\n"
+        f"root-certificates = {json.dumps(str(ca_cert.resolve()))}\n"
     )
     return path
 

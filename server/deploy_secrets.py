@@ -16,9 +16,10 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,64 @@ from fedchurn.shared.keyholder_pin import KeyHolderPin
 SECRET_MODE = 0o600
 KEYHOLDER_TOKEN_ENV = "FEDCHURN_KEYHOLDER_TOKEN"
 CERT_DAYS = 365
+# Every file `make_secrets` writes whatever its options (node keys and CKKS contexts vary): a folder
+# holding any of them is a deployment's, and writing into it again would replace its keys.
+PROVISIONED_FILES = (
+    "ca/ca.pem",
+    "superlink/tls.pem",
+    "superlink/tls.key",
+    "keyholder/tls.pem",
+    "keyholder/tls.key",
+    "keyholder/keyholder.key",
+    "keyholder/aggregator-token.sha256",
+    "api/tls.pem",
+    "api/tls.key",
+    "api/write.token",
+    "aggregator/keyholder.token",
+    "pins/keyholder.toml",
+)
+
+
+class SecretsFolderError(ValueError):
+    """A folder is not a provisioned secrets folder where one is needed, or already is one where
+    `make_secrets` would write a new deployment's."""
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(name: str) -> str:
+    """`name` if it is an IP address or a DNS host name (RFC 1123: dot-separated labels of letters,
+    digits and inner hyphens, at most 253 characters, not all-digit at the end), else ValueError."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(name)
+        return name
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ValueError(
+            f"{name!r} is neither an IP address nor a host name (letters, digits, hyphens and dots, "
+            "e.g. superlink.example.org)"
+        )
+    return name
+
+
+def existing_secrets(directory: Path) -> list[Path]:
+    """The files of a deployment's secrets `directory` already holds (none for a new folder)."""
+    found = [directory / name for name in PROVISIONED_FILES if (directory / name).exists()]
+    nodes = directory / "nodes"
+    return found + (sorted(nodes.glob("node-*")) if nodes.is_dir() else [])
+
+
+def require_files(directory: Path, names: Iterable[str]) -> None:
+    """Refuse (SecretsFolderError, naming the first missing file) a folder that lacks any of
+    `names`: what `fedchurn deploy certs` writes and a command needs."""
+    if not directory.is_dir():
+        raise SecretsFolderError(f"{directory} is not a folder (`fedchurn deploy certs --out` writes it)")
+    for name in names:
+        if not (directory / name).is_file():
+            raise SecretsFolderError(
+                f"{directory / name} is missing: {directory} is not a folder `fedchurn deploy certs` wrote"
+            )
 
 
 def write_secret(path: Path, data: bytes) -> Path:
@@ -218,20 +277,43 @@ def make_secrets(
     keyholder_hosts: Sequence[str] | None = None,
     api_hosts: Sequence[str] | None = None,
     with_ckks: bool = True,
+    on_node_key: Callable[[], None] | None = None,
 ) -> Secrets:
     """Write a deployment's CA, each service's own TLS certificate, SuperNode keys, the key holder's
-    keys and pin, and bearer tokens, one folder per party (see `Secrets`)."""
+    keys and pin, and bearer tokens, one folder per party (see `Secrets`); `on_node_key` is called
+    after each SuperNode key pair (a progress bar).
+
+    Every input is checked before anything is written, and a folder that already holds a
+    deployment's secrets is refused (SecretsFolderError): writing again would replace every key
+    (and the key holder's is created once), so rotating means a new folder."""
+    if n_nodes < 0:
+        raise ValueError(f"{n_nodes} SuperNodes: give 0 or more")
+    if not hosts:
+        raise ValueError("give at least one host name or IP address for the SuperLink")
+    for h in (*hosts, *(keyholder_hosts or ()), *(api_hosts or ())):
+        check_host(h)
+    if directory.exists() and not directory.is_dir():
+        raise SecretsFolderError(f"{directory} is a file, not a folder")
+    if found := existing_secrets(directory):
+        raise SecretsFolderError(
+            f"{directory} already holds a deployment's secrets ({found[0]}, {len(found)} files in all): "
+            "writing again would replace every key. Give a new folder (to rotate, then hand out the "
+            "new one), or move this one away; nothing was changed"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = make_ca()
     (directory / "ca").mkdir(exist_ok=True)
     ca_path = directory / "ca" / "ca.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    # The CA's private key is not kept: nothing else gets signed (re-run to rotate everything).
+    # The CA's private key is not kept: nothing else gets signed (run again into a new folder to
+    # rotate everything).
     _tls(directory / "superlink", ca_key, ca_cert, hosts)
     _tls(directory / "keyholder", ca_key, ca_cert, keyholder_hosts or hosts)
     _tls(directory / "api", ca_key, ca_cert, api_hosts or hosts)
     for i in range(n_nodes):
         make_node_key(directory / "nodes", f"node-{i}")
+        if on_node_key is not None:
+            on_node_key()
     token = secrets.token_urlsafe(32)
     write_secret(directory / "aggregator" / "keyholder.token", token.encode())
     token_hash = directory / "keyholder" / "aggregator-token.sha256"
@@ -247,7 +329,10 @@ def make_secrets(
 
 def load_secrets(directory: Path) -> Secrets:
     """The `Secrets` of a folder `make_secrets` filled earlier."""
-    pubs = sorted((directory / "nodes").glob("node-*.pub"), key=lambda p: int(p.stem.split("-")[1]))
+    pubs = sorted(
+        (p for p in (directory / "nodes").glob("node-*.pub") if p.stem.split("-", 1)[1].isdigit()),
+        key=lambda p: int(p.stem.split("-", 1)[1]),
+    )
 
     def tls(party: str) -> PartyTLS:
         return PartyTLS(directory / party / "tls.pem", directory / party / "tls.key")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedchurn.server import DATABASE_URL_ENV
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig
@@ -81,7 +82,20 @@ def serve_keyholder(
     )
     token_sha256 = bytes.fromhex((directory / "aggregator-token.sha256").read_text().strip())
     app = create_app(kh, token_sha256=token_sha256)
+    floor = f"k-min {k_min}, noise floor {min_noise_multiplier:g}"
+    announce(f"key holder listening on {https_url(host, port)} ({floor})")
     _serve_tls(app, host, port, directory / "tls.pem", directory / "tls.key")
+
+
+def https_url(host: str, port: int) -> str:
+    """https://host:port, an IPv6 address in brackets."""
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def announce(line: str) -> None:
+    """Say where a service listens, on stderr (uvicorn's own start-up lines are below its log
+    level); never a secret, a database URL or a secret file's path."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def serve_api(
@@ -93,10 +107,11 @@ def serve_api(
     from fedchurn.server.serve_cli import resolve_write_token
 
     token = resolve_write_token(token_file is not None, token_file=token_file)
-    _serve_tls(create_app(database_url, token), host, port, certfile, keyfile)
+    app = create_app(database_url, token)
+    announce(f"transparency API listening on {https_url(host, port)}" + (" (writable)" if token else ""))
+    _serve_tls(app, host, port, certfile, keyfile)
 
 
-DATABASE_URL_ENV = "FEDCHURN_DATABASE_URL"
 
 
 def database_url_from(argument: str | None, where: str = "--database-url") -> str:
@@ -104,8 +119,15 @@ def database_url_from(argument: str | None, where: str = "--database-url") -> st
     a command line) or else from $FEDCHURN_DATABASE_URL."""
     if argument:
         from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
 
-        if make_url(argument).password:
+        try:
+            password = make_url(argument).password
+        except ArgumentError:  # not echoed: a malformed URL may still hold a password
+            raise SystemExit(
+                f"{where} is not a SQLAlchemy database URL (e.g. sqlite:///audit.sqlite)"
+            ) from None
+        if password:
             raise SystemExit(
                 f"{where} holds a password, which any local user could read on the command line: "
                 f"pass the URL in ${DATABASE_URL_ENV} instead"
@@ -117,6 +139,22 @@ def database_url_from(argument: str | None, where: str = "--database-url") -> st
     return url
 
 
+MAX_PORT = 65535
+
+
+def _port(text: str) -> int:
+    """A TCP port to listen on, 1..65535 (a larger number would wrap round to another port)."""
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"a TCP port is a whole number from 1 to {MAX_PORT}, got {text!r}")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -124,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="what", required=True)
     k = sub.add_parser("keyholder", help="the key holder service (HTTPS)")
     k.add_argument("--host", default="127.0.0.1")
-    k.add_argument("--port", type=int, default=8443)
+    k.add_argument("--port", type=_port, default=8443)
     k.add_argument(
         "--dir", type=Path, required=True, help="the key holder's folder from `fedchurn deploy certs`"
     )
@@ -135,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--eval-noise", type=float, default=0.0, help="runs' eval-noise (evaluation histograms)")
     a = sub.add_parser("api", help="the transparency API (HTTPS, read-only)")
     a.add_argument("--host", default="127.0.0.1")
-    a.add_argument("--port", type=int, default=8444)
+    a.add_argument("--port", type=_port, default=8444)
     a.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
     a.add_argument("--dir", type=Path, required=True, help="the API's folder from `fedchurn deploy certs`")
     a.add_argument("--writable", action="store_true", help="accept the aggregator's writes (write.token)")

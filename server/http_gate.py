@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fedchurn.server.bearer import bearer_refusal
+
 __all__ = ["KEYHOLDER_MAX_BODY_BYTES", "ProblemBody", "RequestGate"]
 
 # The key holder's biggest legitimate request lists the largest cohort its request models accept,
@@ -117,14 +119,13 @@ class RequestGate:
             if self._digest is None:
                 return 403, "this server was started without a write token; writes are disabled", {}
             auth = next((v for k, v in headers if k == b"authorization"), None)
-            if auth is None:
-                return 401, "a bearer token is required", {"www-authenticate": self._challenge}
-            scheme, _, given = auth.partition(b" ")
+            scheme, _, given = (auth or b"").partition(b" ")
             digest = hashlib.sha256(given).digest()
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(digest, self._digest):
-                sep = ", " if " " in self._challenge else " "
-                invalid = f'{self._challenge}{sep}error="invalid_token"'
-                return 401, "the bearer token is not valid", {"www-authenticate": invalid}
+            if auth is None or scheme.lower() != b"bearer" or not hmac.compare_digest(digest, self._digest):
+                # What was wrong, as RFC 6750 says it: no bearer credentials, none given, or not valid.
+                text = None if auth is None else auth.decode("latin-1")
+                detail, challenge = bearer_refusal(text, self._challenge)
+                return 401, detail, {"www-authenticate": challenge}
         lengths = {v.strip() for k, v in headers if k == b"content-length"}
         if len(lengths) > 1 or any(_DIGITS.fullmatch(v) is None for v in lengths):
             return 400, "the Content-Length header is not one decimal length", {}

@@ -98,11 +98,16 @@ def build_model(
 def export_onnx(params: np.ndarray, path: Path, model_version: int = 0) -> Path:
     """Write the model with these parameters to `path` (.onnx); returns the path."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the .onnx file's name")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = build_model(np.asarray(params, dtype=np.float32), model_version=model_version)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(model.SerializeToString())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # written and moved, or a failure left it half-written
     return path
 
 

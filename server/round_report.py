@@ -162,7 +162,9 @@ class RoundStats:
     ) -> RoundReport:
         """The round as it ended (now). The feature-mean round (`feature_mean`) counts the bytes of
         its statistics uploads and records that it was one, in place of an evaluation."""
-        finished = time.time()
+        # Wall-clock times: a clock stepped back mid-round must not give a round that ends before
+        # it starts, which the audit store refuses (api_models.RoundIn).
+        finished = max(time.time(), self.started)
         return RoundReport(
             round=server_round,
             protection=protection,

@@ -72,13 +72,25 @@ def load_model(model_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
     meta_path = d / "model.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{model_dir}: no model.json (is this a run folder?)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path}: model format {meta.get('format_version')}, expected {MODEL_FORMAT_VERSION}"
-        )
-    params = np.load(d / "params.npy")
-    spec = ModelSpec.from_dict(meta["spec"])
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path}: not a model description (JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != MODEL_FORMAT_VERSION:
+        found = meta.get("format_version") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: model format {found}, expected {MODEL_FORMAT_VERSION}")
+    missing = [k for k in ("model_version", "spec", "high_risk", "medium_risk") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path}: missing {', '.join(missing)}")
+    try:
+        params = np.load(d / "params.npy", allow_pickle=False)
+        spec = ModelSpec.from_dict(meta["spec"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{d}: not a readable model ({type(e).__name__}: {e})") from None
     if params.shape != (spec.n_params,):
         raise ValueError(f"{d}: params.npy has shape {params.shape}, the spec says {spec.n_params}")
+    if not np.all(np.isfinite(params)):
+        # A device would score NaN (and an ONNX export would carry it): refuse it by name.
+        bad = int(np.count_nonzero(~np.isfinite(params)))
+        raise ValueError(f"{d}/params.npy: {bad} of {params.size} parameters are not finite numbers")
     return params, meta

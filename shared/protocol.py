@@ -138,5 +138,5 @@ class Protocol:
             )
         return (
             f"cutoff {day_text(self.cutoff_day)}: churn = no activity in the {self.horizon} days after; "
-            f"{who} the cutoff"
+            f"{who if self.population_days is not None else 'all users with events by'} the cutoff"
         )

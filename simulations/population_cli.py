@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedchurn.simulations.scenario import ScenarioError, known_scenarios, load_scenario
+from fedchurn.output_paths import check_out_dir
+from fedchurn.simulations.scenario import MAX_DAYS, MIN_DAYS, ScenarioError, known_scenarios, load_scenario
 
 app = typer.Typer(
     help="Simulated device populations: behaviour histories in the event schema, ground truth kept apart.",
@@ -24,7 +25,7 @@ def population(
     ctx: typer.Context,
     devices: int = typer.Option(10_000, "--devices", "-n", min=1, help="Number of devices (0..N-1)."),
     days: int | None = typer.Option(
-        None, "--days", "-d", min=14, help="Days of history (default: the scenario's)."
+        None, "--days", "-d", min=MIN_DAYS, max=MAX_DAYS, help="Days of history (default: the scenario's)."
     ),
     out: Path = typer.Option(Path("results/population"), "--out", "-o", help="Output folder."),
     seed: int = typer.Option(0, "--seed", min=0, help="Population seed."),
@@ -44,6 +45,11 @@ def population(
     try:
         sc = load_scenario(scenario)
     except ScenarioError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=2) from None
+    try:
+        check_out_dir(out, "--out")
+    except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None
     n_days = days or sc.days

@@ -22,9 +22,13 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.events_file:
         return
     try:
-        load_scenario(cfg.scenario)
+        scenario = load_scenario(cfg.scenario)
     except ScenarioError as e:
         raise ValueError(f"--scenario: {e}") from None
+    try:
+        scenario.with_days(cfg.days)
+    except ScenarioError as e:
+        raise ValueError(f"--days: {e}") from None
     cfg.check_pool(cfg.devices)
     if cfg.dp and cfg.scheme.homomorphic:
         # The noise decides the CKKS key holder's ranges; it costs the accountant's import (~1 s).

@@ -18,6 +18,8 @@ from typing import Any
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 SEGMENTS: tuple[str, ...] = ("price_sensitive", "content_dependent", "social", "utility")
+# Days of history a population may span: two weeks for one churn horizon, ten years at most.
+MIN_DAYS, MAX_DAYS = 14, 3650
 
 
 class ScenarioError(ValueError):
@@ -178,6 +180,8 @@ class Scenario:
         return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
 
     def with_days(self, days: int | None) -> Scenario:
+        if days is not None:
+            _check_days(days)
         return self if days is None or days == self.days else dataclasses.replace(self, days=days)
 
 
@@ -194,8 +198,12 @@ def _check(cond: bool, msg: str) -> None:
         raise ScenarioError(msg)
 
 
+def _check_days(days: int) -> None:
+    _check(MIN_DAYS <= days <= MAX_DAYS, f"days must be in {MIN_DAYS}..{MAX_DAYS}, got {days}")
+
+
 def _validate(s: Scenario) -> None:
-    _check(14 <= s.days <= 3650, f"days must be in 14..3650, got {s.days}")
+    _check_days(s.days)
     try:
         dt.date.fromisoformat(s.start_date)
     except ValueError:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import resource
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +33,61 @@ from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
 from fedchurn.simulations.report import write_report
 from fedchurn.simulations.scenario import load_scenario
+
+# What a run writes into its folder and reads back as its result. A run into a folder that holds an
+# earlier run's starts by removing them, so that a run that fails cannot be read as a success with
+# the earlier run's model and figures (review 19: a failed run exited 0 with the previous results).
+PREVIOUS_RUN = (
+    "rounds.jsonl",
+    "federated.json",
+    "progress.json",
+    "metrics.json",
+    "central_net_params.npy",
+    "model",
+    "checkpoints",
+)
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove what an earlier run left in `out` (`PREVIOUS_RUN`); other files stay."""
+    for name in PREVIOUS_RUN:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def last_error(log: Path) -> str:
+    """The last exception line ("SomeError: message") Flower wrote to the run's log, or ""."""
+    if not log.is_file():
+        return ""
+    found = ""
+    with log.open(errors="replace") as f:
+        for line in f:
+            m = _ERROR_LINE.match(line.strip())
+            if m:
+                found = f"{m.group(1)}: {m.group(2)}"
+    return found
+
+
+def check_audit_db(url: str) -> None:
+    """Open (and create or migrate) the audit database before anything starts: a bad URL or a
+    file that is no database is named here, not in the aggregator's log after Flower started."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from fedchurn.server.audit import AuditError, AuditStore
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise ValueError(f"--audit-db {url!r} is not a database URL (e.g. sqlite:///audit.sqlite)") from None
+    try:
+        AuditStore(url).close()
+    except (AuditError, SQLAlchemyError, OSError) as e:
+        raise ValueError(f"--audit-db {shown}: {type(e).__name__}: {e}") from None
 
 
 def population_dataset(cfg: RunConfig) -> Dataset:
@@ -147,10 +204,12 @@ def simulate(
     if cfg.events_file:
         data = log_dataset(cfg)  # the log fixes its own device count
         check_log_setup(cfg, data)
+    if audit_db:
+        check_audit_db(audit_db)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = replace(cfg, devices=n_devices)
-    (out / "rounds.jsonl").unlink(missing_ok=True)
+    clear_previous_run(out)
     provisioned = provision_simulation(cfg, out, audit_db)
     (out / "config.json").write_text(
         json.dumps({"run": asdict(cfg), "model": cfg.model_spec().to_dict()}, indent=2)
@@ -213,7 +272,9 @@ def simulate(
     fed_path = out / "federated.json"
     fed = json.loads(fed_path.read_text()) if fed_path.exists() else {}
     if fed.get("status") != "finished":
-        raise RuntimeError(f"the federated run did not finish; see {out / 'flower' / 'flower.log'}")
+        log = out / "flower" / "flower.log"
+        reason = last_error(log)
+        raise RuntimeError(f"the federated run did not finish{f': {reason}' if reason else ''}; see {log}")
     params, _meta = load_model(out)
     summary: dict[str, Any] = {
         "config": asdict(cfg),

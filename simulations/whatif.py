@@ -54,7 +54,7 @@ from fedchurn.shared.model_format import DEFAULT_SPEC, ModelSpec, churn_probabil
 from fedchurn.simulations.blocks import map_blocks
 from fedchurn.simulations.population import device_keys, generate_devices_with_truth, lab_uniforms
 from fedchurn.simulations.response import NO_CHURN, PREFERRED_CONTENT, Draw, ResponseModel
-from fedchurn.simulations.scenario import Scenario, load_scenario, read_named_toml
+from fedchurn.simulations.scenario import MAX_DAYS, Scenario, load_scenario, read_named_toml
 
 __all__ = [
     "BLOCK",
@@ -543,6 +543,8 @@ def run_whatif(
         raise WhatIfError(f"--devices must be >= 1, got {devices}")
     if days < WARMUP_DAYS + HORIZONS[0] + 1:
         raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
+    if days > MAX_DAYS:
+        raise WhatIfError(f"--days must be <= {MAX_DAYS}, got {days}")
     if params is None:
         from fedchurn.simulations.policy_bench import reference_params
 

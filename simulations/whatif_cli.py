@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedchurn.output_paths import check_out_dir
 from fedchurn.simulations.whatif import (
     WhatIfError,
     known_policies,
@@ -67,6 +68,10 @@ def whatif(
         _fail(str(e))
     if workers < 1:
         _fail(f"--workers must be >= 1, got {workers}")
+    try:
+        check_out_dir(out, "--out")
+    except ValueError as e:
+        _fail(str(e))
     params = spec = None
     source = ""
     if model is not None:

@@ -324,7 +324,7 @@ def _round_body(n: int) -> dict[str, Any]:
     return {
         "round": n,
         "started_at": "2026-01-05T09:00:00Z",
-        "finished_at": "2026-01-05T09:00:03.5+01:00",
+        "finished_at": "2026-01-05T10:00:03.5+01:00",
         "sampled": 4,
         "received": 4,
         "refused": [],
@@ -362,7 +362,7 @@ def test_writes_need_the_token_and_never_count_a_round_twice(base: str) -> None:
     rid = r.json()["run_id"]
     assert r.headers["location"] == f"/v1/runs/{rid}"
     ok = httpx.post(f"{base}/v1/runs/{rid}/rounds", json=_round_body(1), headers=auth)
-    assert ok.status_code == 201 and ok.json()["duration_s"] == -3596.5  # offsets are honoured
+    assert ok.status_code == 201 and ok.json()["duration_s"] == 3.5  # offsets are honoured
     dup = _problem(httpx.post(f"{base}/v1/runs/{rid}/rounds", json=_round_body(1), headers=auth), 409)
     assert dup["type"].endswith("round-already-recorded")
     bad_body = {**_round_body(2), "sampled": True}

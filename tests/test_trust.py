@@ -181,7 +181,7 @@ def test_a_devices_error_message_never_reaches_the_public_audit_log(tmp_path: Pa
 
     url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
     cfg = RunConfig()
-    audit = RunAudit(cfg, url, None, {"accountant": "none", "delta": cfg.delta})
+    audit = RunAudit(cfg, url, cfg.train_protection(), {"accountant": "none", "delta": cfg.delta})
     flower_reason = (
         "client error: <class 'fedchurn.x.AlreadyEvaluatedError'>:<'device 4711 already uploaded'>"
     )

@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from fedchurn import __version__
 from fedchurn.server.api.constants import MAX_WRITE_BODY_BYTES, PREFIX
+from fedchurn.server.api.deps import reject_unknown_query
 from fedchurn.server.api.problems import fix_problem_media_types, gate_problem, install_problem_handlers
 from fedchurn.server.api.routers import audit, catalogue, meta, reviewer, writes
 from fedchurn.server.api.views import static_bodies
@@ -69,6 +70,7 @@ def create_app(
         docs_url=f"{PREFIX}/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        dependencies=[Depends(reject_unknown_query)],  # every route: an unknown query parameter is a 422
     )
     app.state.store = audit_store
     app.state.write_token = token

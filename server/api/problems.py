@@ -164,7 +164,11 @@ def install_problem_handlers(app: FastAPI) -> None:
                 if status >= 500:  # the cause names tables, SQL or the database file: the log only
                     log.error("%s %s: %s", request.method, request.url.path, exc)
                     return problem_response(request, status, DATABASE_UNAVAILABLE, type_=type_, title=title)
-                return problem_response(request, status, str(exc), type_=type_, title=title)
+                errors = None
+                if isinstance(exc, InvalidRecordError) and exc.field is not None:
+                    # A record the store refused for what the body says: located like a 422 of the edge.
+                    errors = [{"loc": ["body", exc.field], "msg": str(exc), "type": "invalid_record"}]
+                return problem_response(request, status, str(exc), type_=type_, title=title, errors=errors)
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return problem_response(request, 500, "audit store error; the operator's log has the cause")
 

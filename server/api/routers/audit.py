@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from fedchurn.server.api.constants import DYNAMIC_CACHE, PREFIX
-from fedchurn.server.api.deps import Limit, Offset, RunIdPath, RunIdQuery, Store
+from fedchurn.server.api.deps import Limit, Offset, RunIdPath, RunIdQuery, Store, reject_inverted_range
 from fedchurn.server.api.problems import problem_responses
 from fedchurn.server.api.views import (
     build_model_card,
@@ -135,16 +135,25 @@ def audit_rounds(
     protection_mode: Annotated[ProtectionMode | None, Query(description="Only this mode.")] = None,
     skipped: Annotated[bool | None, Query(description="Only skipped (true) or run (false) rounds.")] = None,
     with_refusals: Annotated[bool | None, Query(description="Only rounds with refused devices.")] = None,
-    min_round: Annotated[int | None, Query(ge=0, le=10**9)] = None,
-    max_round: Annotated[int | None, Query(ge=0, le=10**9)] = None,
+    min_round: Annotated[
+        int | None, Query(ge=0, le=10**9, description="Only rounds numbered this or more.")
+    ] = None,
+    max_round: Annotated[
+        int | None, Query(ge=0, le=10**9, description="Only rounds numbered this or less (≥ min_round).")
+    ] = None,
     since: Annotated[Timestamp | None, Query(description="Finished at or after (RFC 3339).")] = None,
-    until: Annotated[Timestamp | None, Query(description="Finished before (RFC 3339).")] = None,
+    until: Annotated[
+        Timestamp | None, Query(description="Finished before (RFC 3339; later than since).")
+    ] = None,
     offset: Offset = 0,
     limit: Limit = 50,
 ) -> AuditRoundPage:
     """Time, cohort size, devices refused counted by reason (never named), bytes received,
     protection mode, DP noise and ε spent so far (against outsiders and against the
-    aggregator), per round; in run order then round order."""
+    aggregator), per round; in run order then round order. Unknown parameters and ranges
+    that hold nothing (`min_round` above `max_round`, `since` not before `until`) are 422."""
+    reject_inverted_range("min_round", min_round, "max_round", max_round)
+    reject_inverted_range("since", since, "until", until, exclusive=True)
     filters = RoundFilters(
         run_id=run_id,
         protection_mode=protection_mode,
