@@ -52,7 +52,9 @@ ModeName = Literal["secagg", "ckks", "plaintext"]
 # A discrete Gaussian exceeds 8 standard deviations with probability < 1e-15 per coordinate.
 NOISE_TAIL_SIGMAS = 8.0
 # The smallest noise multiplier at which the key holder's noise alone protects one device's release
-# (one Gaussian release: epsilon 5.2 at delta = 1e-5 for a secagg evaluation, 4.7 for training).
+# (one Gaussian release at delta = 1e-5: epsilon 5.2 for a secagg evaluation; for a training or
+# feature-mean upload 4.7 against adding or removing it, 10.7 against replacing it, which is what a
+# release beside devices without data, or beside the aggregator's own seals, shows: review 20).
 # From it on, every upload counts towards k whatever it carries (review 16: a refusal for want of
 # data is an answer without noise); below it the data bit follows the upload, as without noise
 # (review 18: at a multiplier of 1e-300 the key holder drew exact zeros, and k - 1 new devices
