@@ -6,9 +6,11 @@ import with its row number and reason and every store is left as it was.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -377,9 +379,21 @@ def read_log_devices(path: str, mapping: str, tz: str = "") -> tuple[tuple[np.nd
     return arrays, today
 
 
+MAX_STORE_NAME_BYTES = 120  # of the readable part; file systems allow 255 bytes a name
+
+
 def store_path(store_dir: Path, user: str) -> Path:
-    """One SQLite file per user; the name is made file-system safe and stays readable."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", user)
+    """One SQLite file per user; the name is made file-system safe and stays readable.
+
+    Letters and digits of any script are kept (`李雷` is `李雷.sqlite`); an id that had to change
+    (a path separator, a leading dot, which hides the file from the SuperNode's listing, a name
+    too long) gets a hash of itself appended, so that two ids never share a file: review 21 found
+    `../../evil` stored as the hidden `.._.._evil.sqlite` and two Chinese names refused as one."""
+    safe = re.sub(r"[^\w.-]", "_", user)
+    safe = "_" + safe[1:] if safe.startswith(".") else safe
+    if safe != user or len(safe.encode()) > MAX_STORE_NAME_BYTES:
+        tag = hashlib.sha256(user.encode()).hexdigest()[:12]
+        safe = f"{safe.encode()[:MAX_STORE_NAME_BYTES].decode(errors='ignore')}-{tag}"
     return store_dir / f"{safe}.sqlite"
 
 
@@ -391,8 +405,14 @@ class ImportReport:
     duplicates: int
 
 
-def import_log(path: str | Path, store_dir: str | Path, mapping: ColumnMapping | None = None) -> ImportReport:
-    """Validate the whole log, then append each user's events to that user's store."""
+def import_log(
+    path: str | Path,
+    store_dir: str | Path,
+    mapping: ColumnMapping | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Validate the whole log, then append each user's events to that user's store
+    (`progress(done, users)` after each store)."""
     per_user = read_log(path, mapping)
     store_dir = Path(store_dir)
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -411,10 +431,12 @@ def import_log(path: str | Path, store_dir: str | Path, mapping: ColumnMapping |
         except (sqlite3.DatabaseError, RuntimeError) as e:
             raise ValueError(f"{path}: not an event store this code can write ({e})") from None
     inserted = duplicates = rows = 0
-    for user, events in per_user.items():
+    for done, (user, events) in enumerate(per_user.items(), start=1):
         with EventStore(store_path(store_dir, user)) as store:
             res = store.append(events)
         inserted += res.inserted
         duplicates += res.duplicates
         rows += len(events)
+        if progress is not None:
+            progress(done, len(per_user))
     return ImportReport(users=len(per_user), rows=rows, inserted=inserted, duplicates=duplicates)

@@ -7,15 +7,18 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedchurn.output_paths import check_out_dir, check_out_file
-from fedchurn.server import DATABASE_URL_ENV
+from fedchurn.server.database_url import DATABASE_URL_ENV
 from fedchurn.shared.run_config import (
     OPTION_HELP,
     SIMULATE_DEFAULTS,
@@ -65,6 +68,20 @@ def _options(
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+@contextmanager
+def _bar(what: str) -> Iterator[tuple[Progress, TaskID]]:
+    """A progress bar on stderr (stdout may carry JSON), gone when the work is done."""
+    with Progress(
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        yield bar, bar.add_task(what, total=None)
 
 
 def _out_dir(path: Path, option: str) -> None:
@@ -215,7 +232,13 @@ def import_(
 
     _out_dir(stores, "--stores")
     try:
-        rep = import_log(events, stores, ColumnMapping.parse(mapping, tz))
+        with _bar("reading and checking the log, then writing stores") as (bar, task):
+            rep = import_log(
+                events,
+                stores,
+                ColumnMapping.parse(mapping, tz),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     except ValueError as e:
         _fail(f"{e}\nnothing was written")
     console.print(
@@ -361,14 +384,13 @@ def simulate(**options: Any) -> None:
         if ignored:
             _fail(f"{', '.join(ignored)} describe a simulated population; the log (--events) has its own")
     if options["audit_db"]:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from fedchurn.server.database_url import carries_password, parse
 
         try:
-            password = make_url(options["audit_db"]).password
-        except ArgumentError:
-            _fail(f"--audit-db {options['audit_db']!r} is not a database URL (e.g. sqlite:///audit.sqlite)")
-        if password is not None:  # every local user reads a command line (ps, /proc)
+            secret = carries_password(parse(options["audit_db"], "--audit-db"))
+        except ValueError as e:
+            _fail(str(e))
+        if secret:  # every local user reads a command line (ps, /proc)
             _fail(
                 "--audit-db: a password on the command line is refused; give the URL without it and "
                 "let the driver read it (PostgreSQL: PGPASSWORD or ~/.pgpass)"
@@ -384,7 +406,7 @@ def simulate(**options: Any) -> None:
     from fedchurn.simulations.preflight import preflight
 
     try:  # refuse a bad value before torch, scikit-learn and Flower load (seconds of imports)
-        preflight(cfg)
+        preflight(cfg, out.resolve())
     except ValueError as e:
         _fail(str(e))
     from fedchurn.simulations.simulate import simulate as run
@@ -553,10 +575,13 @@ def score(
         )
     spec = ModelSpec.from_dict(meta["spec"])
     results = []
-    for u, ev in sorted(per_user.items()):
-        r = score_device(params, ev, meta["high_risk"], meta["medium_risk"], spec, as_of=day)
-        if r is not None:
-            results.append({"user": u, **r})
+    with _bar("scoring users") as (bar, task):
+        bar.update(task, total=len(per_user))
+        for u, ev in sorted(per_user.items()):
+            r = score_device(params, ev, meta["high_risk"], meta["medium_risk"], spec, as_of=day)
+            if r is not None:
+                results.append({"user": u, **r})
+            bar.advance(task)
     if as_json:
         doc = {"model_version": meta["model_version"], "horizon_days": spec.horizon_days, "devices": results}
         sys.stdout.write(json.dumps(doc) + "\n")
@@ -605,33 +630,21 @@ def serve(
 ) -> None:
     """Serve the transparency API and the reviewer page (read-only unless --writable)."""
     from click.core import ParameterSource
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-    from fedchurn.server.audit import AuditError, AuditStore
-    from fedchurn.server.serve_cli import ServeError
+    from fedchurn.server.deploy_secrets import check_host
+    from fedchurn.server.serve_cli import DEFAULT_TOKEN_ENV, ServeError, check_database, resolve_write_token
     from fedchurn.server.serve_cli import serve as run_server
 
     try:
-        url = make_url(database_url)
-    except ArgumentError:
-        _fail(f"--database-url {database_url!r} is not a database URL (e.g. sqlite:///audit.sqlite)")
-    shown = url.render_as_string(hide_password=True)
-    if url.password is not None and ctx.get_parameter_source("database_url") is ParameterSource.COMMANDLINE:
-        # Every user of the machine reads a command line (ps, /proc); the environment is the process's.
-        _fail(f"--database-url {shown}: a password on the command line is refused; set ${DATABASE_URL_ENV}")
-    path = url.database if url.get_backend_name() == "sqlite" else None
-    if path not in (None, "", ":memory:") and not Path(str(path)).exists() and not create:
-        # A typo would otherwise serve an empty log as if no run had ever happened.
-        _fail(
-            f"--database-url names {path}, which does not exist; a run writes it with --audit-db, "
-            "or pass --create to start an empty audit database there"
-        )
-    try:  # the database is opened (and its schema brought up to date) before the server starts
-        AuditStore(database_url).close()
-    except (AuditError, SQLAlchemyError, OSError, ValueError) as e:
-        _fail(f"--database-url {shown}: {type(e).__name__}: {e}")
+        check_host(host)
+    except ValueError as e:
+        _fail(f"--host: {e}")
+    if not writable and (write_token_file is not None or write_token_env != DEFAULT_TOKEN_ENV):
+        _fail("--write-token-file and --write-token-env apply to a writable server: add --writable")
+    on_command_line = ctx.get_parameter_source("database_url") is ParameterSource.COMMANDLINE
     try:
+        resolve_write_token(writable, write_token_env, token_file=write_token_file)
+        check_database(database_url, on_command_line=on_command_line, create=create)
         run_server(host, port, database_url, write_token_env, writable=writable, token_file=write_token_file)
     except ServeError as e:
         _fail(str(e))
@@ -649,7 +662,9 @@ def export_onnx_cmd(
     try:
         path = export_run_model(model, out)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        _fail(f"--model: {e}")
+    except OSError as e:  # the model was read; writing the file failed
+        _fail(f"--out {out}: {e.strerror or e}")
     console.print(f"wrote {path}")
 
 
@@ -669,7 +684,10 @@ def bench_policy(
     if out is not None:
         _out_file(out, "--out")
 
-    res = bench_scoring_policy(devices, days, seed)
+    with _bar("generating, scoring and replaying the policy") as (bar, task):
+        res = bench_scoring_policy(
+            devices, days, seed, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     text = json.dumps(res, indent=2)
     sys.stdout.write(text + "\n")
     if out:

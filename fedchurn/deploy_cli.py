@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -166,10 +167,32 @@ def _secrets(certs: Path, *needed: str, option: str = "--certs") -> Secrets:
     return load_secrets(certs)
 
 
+def _party_dir(directory: Path, party: str, *needed: str) -> None:
+    """--dir of `deploy keyholder` or `deploy api`: the party's own folder of the secrets, refused
+    (naming the first missing file) unless it holds `needed`; the whole secrets folder is refused
+    with the sub-folder to give instead."""
+    from fedchurn.server.deploy_secrets import SecretsFolderError, require_files
+
+    try:
+        require_files(directory, needed)
+    except SecretsFolderError as e:
+        if all((directory / party / name).is_file() for name in needed):
+            _fail(
+                f"--dir {directory} is the whole secrets folder `fedchurn deploy certs` wrote; this "
+                f"command needs only its {party}/ sub-folder: --dir {directory / party}"
+            )
+        _fail(f"--dir: {e}")
+
+
 def _checked_run(cfg: RunConfig) -> RunConfig:
     """A run's settings, checked as `fedchurn simulate` checks its own (RunConfig's rules, each
     refusal naming its option) before anything starts: a bad value used to reach the SuperLink and
     surface in its log only."""
+    if cfg.k_min > cfg.max_cohort:  # RunConfig names --max-cohort, which no deploy command has
+        _fail(
+            f"--k-min {cfg.k_min} is above the largest cohort, {cfg.max_cohort}: no cohort could ever "
+            f"reach it (give 2 to {cfg.max_cohort})"
+        )
     try:
         cfg.check()
         cfg.train_protection()  # settings no upload could meet
@@ -244,6 +267,11 @@ def certs(
             "writing again would replace every key. Give a new folder (to rotate them, then hand out "
             "the new one), or move this one away; nothing was changed"
         )
+    if out.is_dir() and (first := min(out.iterdir(), default=None)) is not None:
+        _fail(
+            f"--out {out} is not empty ({first.name} is in it; a folder of an earlier deployment?): "
+            "give a new or empty folder; nothing was changed"
+        )
     with Progress(console=console, transient=True, disable=nodes < PROGRESS_FROM_NODES) as progress:
         task = progress.add_task("SuperNode keys", total=nodes)
         try:
@@ -294,14 +322,18 @@ def keyholder(
     ] = RunConfig().eval_noise,
 ) -> None:
     """Run the key holder service over HTTPS (operated by the other, non-colluding party)."""
-    from fedchurn.server.deploy_services import serve_keyholder
+    from fedchurn.server.deploy_services import check_keyholder_state, serve_keyholder
 
     _host("--host", host)
     _finite("--min-noise-multiplier", min_noise_multiplier)
     # The runs' settings it must agree with, under RunConfig's own rules (they name the options).
     _checked_run(RunConfig(k_min=k_min, horizon=horizon, eval_noise=eval_noise))
-    _secrets(directory, "keyholder.key", "aggregator-token.sha256", "tls.pem", "tls.key", option="--dir")
+    _party_dir(directory, "keyholder", "keyholder.key", "aggregator-token.sha256", "tls.pem", "tls.key")
     _writable_dir("--state", state.parent, state)
+    try:
+        check_keyholder_state(state)
+    except ValueError as e:
+        _fail(f"--state: {e}")
     state.parent.mkdir(parents=True, exist_ok=True)
     serve_keyholder(host, port, directory, state, k_min, min_noise_multiplier, horizon, eval_noise)
 
@@ -314,14 +346,20 @@ def api(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (host name or IP).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=MAX_PORT, help="TCP port to listen on (1-65535).")] = 8444,
+    create: Annotated[
+        bool, typer.Option("--create", help="Start an empty SQLite audit database if the file is missing.")
+    ] = False,
 ) -> None:
     """Run the transparency API over HTTPS, read-only."""
     from fedchurn.server.deploy_services import database_url_from, serve_api
 
     _host("--host", host)
-    _secrets(directory, "tls.pem", "tls.key", option="--dir")
-
-    serve_api(host, port, database_url_from(database_url), directory / "tls.pem", directory / "tls.key")
+    _party_dir(directory, "api", "tls.pem", "tls.key")
+    try:  # parsed, no password on the command line, opened (the last check: --create writes it)
+        url = database_url_from(database_url, create=create)
+    except ValueError as e:
+        _fail(str(e))
+    serve_api(host, port, url, directory / "tls.pem", directory / "tls.key")
 
 
 @app.command("aggregator-settings")
@@ -336,25 +374,17 @@ def aggregator_settings(
 ) -> None:
     """Write the aggregator's private settings (`<certs>/aggregator/aggregator.toml`, 0600); start the
     SuperLink with them (`deploy superlink`). Passwords: PGPASSWORD or ~/.pgpass, or edit the file."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     from fedchurn.server.settings import AggregatorSettings
 
     _keyholder_url(keyholder_url)
-    for name, url in (("--state-db", state_db), ("--audit-db", audit_db)):
-        try:
-            password = make_url(url).password
-        except ArgumentError:  # the value is not echoed: a malformed URL may still hold a password
-            _fail(f"{name} is not a SQLAlchemy database URL (e.g. sqlite:////var/lib/fedchurn/state.sqlite)")
-        if password:
-            _fail(f"{name} holds a password; a command line is readable by every local user")
+    state_url = _settings_database("--state-db", state_db, "the run checkpoints' database")
+    audit_url = _settings_database("--audit-db", audit_db, "an audit database")
     _writable_dir("--results", results)
     sec = _secrets(certs, "ca/ca.pem", "aggregator/keyholder.token")
     path = AggregatorSettings(
         out_root=str(results.resolve()),
-        audit_db=audit_db,
-        state_db=state_db,
+        audit_db=audit_url,
+        state_db=state_url,
         keyholder_url=keyholder_url,
         keyholder_ca=str(sec.ca_cert.resolve()),
         keyholder_token_file=str(sec.aggregator_token.resolve()),
@@ -362,8 +392,38 @@ def aggregator_settings(
     console.print(f"wrote {path}")
 
 
+def _settings_database(option: str, text: str, what: str) -> str:
+    """A database URL for the aggregator's settings: parsed, without a password (user part or query
+    string: a command line is readable by every local user), a SQLite file that exists must be a
+    SQLite database, and a relative SQLite path made absolute (a SuperLink started from another
+    folder would open another file). Nothing is connected to: the password may come later."""
+    from fedchurn.server.database_url import carries_password, parse
+    from fedchurn.server.deploy_services import check_sqlite_file
+
+    try:
+        url = parse(text, option)  # the value is not echoed: a malformed URL may still hold a password
+    except ValueError as e:
+        _fail(str(e))
+    if carries_password(url):
+        _fail(
+            f"{option} holds a password (in its user part or its query string); a command line is "
+            "readable by every local user: use PGPASSWORD or ~/.pgpass, or add it to aggregator.toml"
+        )
+    db = url.database if url.get_backend_name() == "sqlite" else None
+    if db in (None, "", ":memory:") or str(db).startswith("file:"):
+        return text
+    path = Path(str(db))
+    try:
+        check_sqlite_file(path, what)
+    except ValueError as e:
+        _fail(f"{option}: {e}")
+    if path.is_absolute():
+        return text
+    return url.set(database=str(path.resolve())).render_as_string(hide_password=False)
+
+
 def _keyholder_url(url: str) -> None:
-    """--keyholder-url: https://host[:port] (a path is allowed, credentials are not)."""
+    """--keyholder-url: https://host[:port] (no path, query, fragment or credentials)."""
     from urllib.parse import urlsplit
 
     shape = "must be https://host[:port] (the key holder's address"
@@ -381,6 +441,9 @@ def _keyholder_url(url: str) -> None:
         _fail("--keyholder-url holds a user name or password; the aggregator's token is read from its file")
     if not parts.hostname or port == 0:
         _fail(f"--keyholder-url {shape}), got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in url or "#" in url:
+        # Not echoed: a query string may carry a credential. The address alone is safe by now.
+        _fail(f"--keyholder-url {shape}, without a path, query or fragment): give https://{parts.netloc}")
     _host("--keyholder-url", parts.hostname)
 
 
@@ -449,7 +512,10 @@ def supernode(
             "it); a missing one is refused unless --create-stores.",
         ),
     ],
-    today: Annotated[int | None, typer.Option(help="Day number (default: the current UTC day).")] = None,
+    today: Annotated[
+        int | None,
+        typer.Option(help="Day number: days since 1970-01-01, UTC (default: the current UTC day)."),
+    ] = None,
     runtime_port: Annotated[
         int, typer.Option(min=1, max=MAX_PORT, help="Local port of the node's runtime API (1-65535).")
     ] = 9094,
@@ -471,6 +537,13 @@ def supernode(
     from fedchurn.server.deploy import supernode_cmd, supernode_env
 
     _address("--superlink", superlink)
+    if today is not None and today < 0:
+        from fedchurn.shared.events import SECONDS_PER_DAY
+
+        _fail(
+            f"--today {today}: a day number counts days since 1970-01-01 (UTC), so it cannot be "
+            f"negative (today is {int(time.time() // SECONDS_PER_DAY)})"
+        )
     _check_node_settings(reply_after, reply_after_per_device, min_noise)
     sec = _secrets(certs, "ca/ca.pem", "pins/keyholder.toml")
     if node >= len(sec.node_keys):

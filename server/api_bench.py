@@ -37,7 +37,8 @@ LOOPBACK = "127.0.0.1"
 def live_server(
     database_url: str, write_token: str | None = None, *, host: str = LOOPBACK, timeout: float = 30.0
 ) -> Iterator[str]:
-    """Run `serve` in a subprocess on a free port; yields the base URL once /v1/health answers."""
+    """Run `serve` in a subprocess on a free port; yields the base URL once /v1/health answers. A
+    SQLite database that does not exist yet is created (`--create`): the callers write through it."""
     port = free_port(host)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("FEDCHURN_WRITE_TOKEN", None)
@@ -51,6 +52,7 @@ def live_server(
         str(port),
         "--database-url",
         database_url,
+        "--create",
         "--log-level",
         "warning",
         "--no-access-log",

@@ -7,11 +7,21 @@ Examples are derived from the catalogue and feature specification, never typed i
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from fedchurn.server.problem_details import ProblemBody
 from fedchurn.shared.catalogue import CATALOGUE_VERSION, CATEGORIES, as_dict
@@ -407,6 +417,30 @@ class RoundIn(_Strict):
         return v
 
 
+def finite_metric(value: Any) -> float | int | None:
+    """A final metric is a finite number or null: the model card shows numbers, so a string such as
+    `"high"` or a non-finite value would be stored and then shown as null (review 21). The aggregator's
+    own metrics pass: it drops the list-valued ones (calibration curves, intervals) before it writes,
+    and the store turns its NaN (e.g. an undefined lift) into null first."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"a metric must be a finite number or null, got {value}")
+        return value
+    raise ValueError(f"a metric must be a finite number or null, got {type(value).__name__} {value!r:.80}")
+
+
+METRIC_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+Metric = Annotated[Any, AfterValidator(finite_metric), WithJsonSchema(METRIC_SCHEMA)]
+Metrics = dict[str, Metric]
+CARD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "metrics": {"anyOf": [{"type": "object", "additionalProperties": METRIC_SCHEMA}, {"type": "null"}]}
+    },
+    "additionalProperties": True,
+}
+
+
 class RunFinishIn(_Strict):
     model_config = ConfigDict(
         extra="forbid",
@@ -429,8 +463,28 @@ class RunFinishIn(_Strict):
     )
 
     status: RunEndState
-    final_metrics: dict[str, Any] = Field(default_factory=dict)
-    model_card: dict[str, Any] = Field(default_factory=dict)
+    final_metrics: Metrics = Field(
+        default_factory=dict, description="Metric name -> a finite number or null (else 422 naming it)."
+    )
+    model_card: Annotated[dict[str, Any], WithJsonSchema(CARD_SCHEMA)] = Field(
+        default_factory=dict,
+        description="Its `metrics`, when given, are a finite number or null each, as `final_metrics`.",
+    )
+
+    @field_validator("model_card")
+    @classmethod
+    def _card_metrics_are_numbers(cls, card: dict[str, Any]) -> dict[str, Any]:
+        metrics = card.get("metrics")
+        if metrics is None:
+            return card
+        if not isinstance(metrics, dict):
+            raise ValueError(f"model_card.metrics must be an object of metric -> number, got {metrics!r:.80}")
+        for name, value in metrics.items():
+            try:
+                finite_metric(value)
+            except ValueError as e:
+                raise ValueError(f"model_card.metrics.{name}: {e}") from None
+        return card
 
 
 # --- audit log: outputs --------------------------------------------------------------------------
@@ -556,11 +610,18 @@ class UploadSpec(BaseModel):
     protection_mode: ProtectionMode | None
     upload_bytes: int | None = Field(description="Bytes one device uploads per round (declared by the run).")
     observed_bytes_per_device: float | None = Field(
-        description="bytes_received / received over the run's recorded rounds (measured)."
+        description="bytes_received / received over the run's training rounds (round 1 on, not skipped; "
+        "measured). The feature-mean round 0 of `centre-features`, whose uploads are smaller, is left "
+        "out; null until a training round is recorded."
     )
     params: dict[str, Any] = Field(description="Cryptographic parameters of the protection mode.")
-    aggregator_learns: str | None
-    keyholder_learns: str | None
+    aggregator_learns: str | None = Field(
+        description="What the aggregator learns in this run: its protection mode and whether DP noise is "
+        "added (the run's own declaration is in /v1/runs/{run_id} `protection`)."
+    )
+    keyholder_learns: str | None = Field(
+        description="What the key holder learns in this run, by the same rule as `aggregator_learns`."
+    )
     extra: dict[str, Any] = Field(description="Further protection details recorded by the run.")
     model_n_params: int | None = Field(description="Length of the model vector an update refers to.")
     modes: list[ModeExplanation] = Field(description="What each protection mode reveals, and to whom.")

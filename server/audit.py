@@ -711,6 +711,18 @@ class AuditStore:
             ).all()
             return Page(int(total), offset, limit, [_round_record(r) for r in rows])
 
+    def training_uploads(self, run_id: str) -> tuple[int, int]:
+        """(uploads received, bytes received) over a run's training rounds: round 1 on, not skipped.
+        Round 0 is the feature-mean round of `centre-features`, whose uploads are smaller."""
+        with self._session() as s:
+            received, got = s.execute(
+                select(
+                    func.coalesce(func.sum(RoundRow.received), 0),
+                    func.coalesce(func.sum(RoundRow.bytes_received), 0),
+                ).where(RoundRow.run_id == run_id, RoundRow.round >= 1, RoundRow.skipped.is_(False))
+            ).one()
+        return int(received), int(got)
+
     def privacy_budget(self, run_id: str | None = None) -> dict[str, Any] | None:
         """ε spent so far (last recorded round's value; against outsiders and against the
         aggregator), δ and accountant of a run (default: latest)."""
@@ -725,6 +737,17 @@ class AuditStore:
             )
         target = run.dp.get("target_epsilon")
         spent = run.epsilon_spent
+        # δ belongs to an ε: a run without DP (no accountant or no noise in training, exact
+        # evaluations, no ε recorded) has none, whatever default its configuration carried.
+        noised = str(run.dp.get("accountant") or "none").lower() != "none" and bool(
+            run.dp.get("noise_multiplier")
+        )
+        dp_used = (
+            noised
+            or bool(run.dp.get("evaluation_noise_multiplier"))
+            or spent is not None
+            or run.epsilon_aggregator is not None
+        )
         return {
             "run_id": run.run_id,
             "run_status": run.status,
@@ -732,7 +755,7 @@ class AuditStore:
             "epsilon_aggregator_spent": run.epsilon_aggregator,
             "target_epsilon": target,
             "remaining_epsilon": None if target is None or spent is None else max(0.0, target - spent),
-            "delta": run.dp.get("delta"),
+            "delta": run.dp.get("delta") if dp_used else None,
             "accountant": run.dp.get("accountant"),
             "mechanism": run.dp.get("mechanism"),
             "noise_multiplier": run.dp.get("noise_multiplier"),

@@ -31,8 +31,8 @@ from fedchurn.client.pinned_app import CLIENTAPP as DEPLOY_CLIENTAPP
 from fedchurn.client.pinned_app import shim_dir
 from fedchurn.server import app_package
 from fedchurn.server.app_package import flower_bin, free_port
+from fedchurn.server.database_url import DATABASE_URL_ENV
 from fedchurn.server.deploy_secrets import Secrets, make_secrets
-from fedchurn.server.deploy_services import DATABASE_URL_ENV
 from fedchurn.server.settings import SETTINGS_ENV, AggregatorSettings
 from fedchurn.shared.run_config import RunConfig
 
@@ -367,6 +367,7 @@ class Federation:
                 str(self.api_port),
                 "--dir",
                 str(self.secrets.api.cert.parent),
+                "--create",  # the run writes the audit database after the API has started
             ],
             env={**self.env, DATABASE_URL_ENV: self.audit_db},
         )

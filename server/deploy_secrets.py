@@ -284,8 +284,8 @@ def make_secrets(
     after each SuperNode key pair (a progress bar).
 
     Every input is checked before anything is written, and a folder that already holds a
-    deployment's secrets is refused (SecretsFolderError): writing again would replace every key
-    (and the key holder's is created once), so rotating means a new folder."""
+    deployment's secrets, or anything else, is refused (SecretsFolderError): writing again would
+    replace every key (and the key holder's is created once), so rotating means a new folder."""
     if n_nodes < 0:
         raise ValueError(f"{n_nodes} SuperNodes: give 0 or more")
     if not hosts:
@@ -299,6 +299,13 @@ def make_secrets(
             f"{directory} already holds a deployment's secrets ({found[0]}, {len(found)} files in all): "
             "writing again would replace every key. Give a new folder (to rotate, then hand out the "
             "new one), or move this one away; nothing was changed"
+        )
+    first = min(directory.iterdir(), default=None) if directory.is_dir() else None
+    if first is not None:
+        # A sub-folder of an earlier deployment (its nodes/, say) would get a second one's keys.
+        raise SecretsFolderError(
+            f"{directory} is not empty ({first.name} is in it): give a new or empty folder; nothing was "
+            "changed"
         )
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = make_ca()

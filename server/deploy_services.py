@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedchurn.server import DATABASE_URL_ENV
+from fedchurn.server.database_url import DATABASE_URL_ENV, carries_password, parse, shown
 from fedchurn.server.keyholder import KeyHolder
 from fedchurn.shared.protection import ProtectionParams
 from fedchurn.shared.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 def _serve_tls(app: Any, host: str, port: int, certfile: Path, keyfile: Path) -> None:
@@ -112,31 +115,106 @@ def serve_api(
     _serve_tls(app, host, port, certfile, keyfile)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+KEYHOLDER_TABLES = frozenset({"answered", "used_seals"})  # `keyholder._SCHEMA`
 
 
-def database_url_from(argument: str | None, where: str = "--database-url") -> str:
-    """A database URL from the command line (no password allowed there: every local user can read
-    a command line) or else from $FEDCHURN_DATABASE_URL."""
-    if argument:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+def check_sqlite_file(path: Path, what: str) -> None:
+    """Refuse (ValueError naming `path` and `what` it is for) an existing file that is not a SQLite
+    database: a missing or empty file is a new database, anything else would only fail (or be
+    overwritten) once the service runs."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not {what} (a SQLite file)")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e}), so it cannot be {what}") from None
+    if head and head != SQLITE_HEADER:
+        raise ValueError(f"{path} is not a SQLite database, so it cannot be {what}; give another file")
 
+
+def check_keyholder_state(path: Path) -> None:
+    """Refuse (ValueError) a --state that is not the key holder's own SQLite database: a file of
+    another kind would fail at start-up, and another database (an audit log, say) would get the key
+    holder's tables written into it."""
+    what = "the key holder's once-only state"
+    check_sqlite_file(path, what)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            password = make_url(argument).password
-        except ArgumentError:  # not echoed: a malformed URL may still hold a password
-            raise SystemExit(
-                f"{where} is not a SQLAlchemy database URL (e.g. sqlite:///audit.sqlite)"
-            ) from None
-        if password:
-            raise SystemExit(
-                f"{where} holds a password, which any local user could read on the command line: "
-                f"pass the URL in ${DATABASE_URL_ENV} instead"
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise ValueError(
+            f"{path} cannot be opened as a SQLite database ({e}), so it cannot be {what}"
+        ) from None
+    if other := sorted(t for t in tables if t not in KEYHOLDER_TABLES and not t.startswith("sqlite_")):
+        raise ValueError(
+            f"{path} is another SQLite database (tables {', '.join(other[:3])}), not {what}: give the key "
+            "holder a file of its own"
+        )
+
+
+def _scrubbed(text: str, url: URL) -> str:
+    """`text` without any of the URL's passwords (a driver's message may quote the URL)."""
+    secrets = [str(url.password)] if url.password is not None else []
+    for key, value in url.query.items():
+        if carries_password(url.set(password=None, query={key: value})):
+            secrets += [value] if isinstance(value, str) else list(value)
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***")
+    return text
+
+
+def database_url_from(argument: str | None, where: str = "--database-url", create: bool = False) -> str:
+    """The audit database's URL from the command line (no password allowed there: every local user
+    can read a command line) or else from $FEDCHURN_DATABASE_URL, checked and opened (its schema
+    brought up to date) before anything is served; ValueError naming where it came from, the URL
+    never echoed with a password. A SQLite file that does not exist is refused unless `create`:
+    a typo would otherwise serve an empty log as if no run had ever happened."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fedchurn.server.audit import AuditError, AuditStore
+
+    if argument:
+        url = parse(argument, where)
+        if carries_password(url):
+            raise ValueError(
+                f"{where} holds a password (in its user part or its query string), which any local "
+                f"user could read on the command line: pass the URL in ${DATABASE_URL_ENV} instead"
             )
-        return argument
-    url = os.environ.get(DATABASE_URL_ENV, "")
-    if not url:
-        raise SystemExit(f"no database: give {where} or set ${DATABASE_URL_ENV}")
-    return url
+        text = argument
+    else:
+        text = os.environ.get(DATABASE_URL_ENV, "")
+        if not text:
+            raise ValueError(f"no database: give {where} or set ${DATABASE_URL_ENV}")
+        where = f"${DATABASE_URL_ENV}"
+        url = parse(text, where)
+    path = url.database if url.get_backend_name() == "sqlite" else None
+    if path not in (None, "", ":memory:") and not str(path).startswith("file:"):
+        db = Path(str(path))
+        if not db.exists() and not create:
+            raise ValueError(
+                f"{where} names {db}, which does not exist; a run writes it (`deploy aggregator-settings "
+                "--audit-db`), or pass --create to start an empty audit database there"
+            )
+        try:
+            check_sqlite_file(db, "an audit database")
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    try:
+        AuditStore(text).close()
+    except (AuditError, SQLAlchemyError, OSError, ValueError) as e:
+        raise ValueError(f"{where} {shown(url)}: {type(e).__name__}: {_scrubbed(str(e), url)}") from None
+    return text
 
 
 MAX_PORT = 65535
@@ -177,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
     a.add_argument("--dir", type=Path, required=True, help="the API's folder from `fedchurn deploy certs`")
     a.add_argument("--writable", action="store_true", help="accept the aggregator's writes (write.token)")
+    a.add_argument("--create", action="store_true", help="start an empty SQLite audit database if missing")
     args = p.parse_args(argv)
+    try:  # every input checked before anything starts: `error: ...`, exit 2
+        if args.what == "keyholder":
+            check_keyholder_state(args.state)
+        else:
+            database_url = database_url_from(args.database_url, create=args.create)
+    except ValueError as e:
+        p.error(f"--state: {e}" if args.what == "keyholder" else str(e))
     if args.what == "keyholder":
         serve_keyholder(
             args.host,
@@ -193,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_api(
             args.host,
             args.port,
-            database_url_from(args.database_url),
+            database_url,
             args.dir / "tls.pem",
             args.dir / "tls.key",
             args.dir / "write.token" if args.writable else None,

@@ -113,6 +113,18 @@ STRINGS: dict[Lang, dict[str, str]] = {
         "mode.plaintext.summary": "Baselines and debugging only: updates are sent unprotected.",
         "mode.plaintext.aggregator": "Every device's clipped model update, in the clear.",
         "mode.plaintext.keyholder": "Nothing: there is no key holder in this mode.",
+        # what a run's noise adds to the mode's text (`views.party_views`)
+        "noise.aggregator.noised": (
+            "The cohort sums it learns carry DP noise, added by the key holder (noise multiplier {z}). "
+            "It also sees who took part and how many bytes they sent."
+        ),
+        "noise.aggregator.exact": (
+            "This run adds no DP noise (noise multiplier 0): the cohort sums it learns are exact. "
+            "It also sees who took part and how many bytes they sent."
+        ),
+        "noise.secagg.keyholder.noised": "It adds the DP noise to each cohort sum (noise multiplier {z}).",
+        "noise.ckks.keyholder.noised": "It sees that sum before it adds the DP noise (noise multiplier {z}).",
+        "noise.keyholder.exact": "This run adds no DP noise (noise multiplier 0).",
         # server
         "server.heading": "What the server can learn",
         "server.aggregator": "The aggregator learns",
@@ -318,6 +330,17 @@ STRINGS: dict[Lang, dict[str, str]] = {
             "大。"
         ),
         "mode.ckks.aggregator": "只有密文；无法解密任何单个更新。",
+        "noise.aggregator.noised": (
+            "它获知的批次之和带有密钥持有方加入的差分隐私噪声（噪声乘数 {z}）。"
+            "它还能看到哪些设备参与及其发送的字节数。"
+        ),
+        "noise.aggregator.exact": (
+            "本次运行未加入差分隐私噪声（噪声乘数 0）：它获知的批次之和是精确的。"
+            "它还能看到哪些设备参与及其发送的字节数。"
+        ),
+        "noise.secagg.keyholder.noised": "它为每个批次之和加入差分隐私噪声（噪声乘数 {z}）。",
+        "noise.ckks.keyholder.noised": "它在加入差分隐私噪声（噪声乘数 {z}）之前看到该和。",
+        "noise.keyholder.exact": "本次运行未加入差分隐私噪声（噪声乘数 0）。",
         "mode.ckks.keyholder": "只有解密后的批次之和（从不接收单个密文）。",
         "mode.plaintext.summary": "仅用于基线和调试：更新未受保护地发送。",
         "mode.plaintext.aggregator": "每台设备裁剪后的模型更新明文。",

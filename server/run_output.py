@@ -68,6 +68,9 @@ class RunOutput:
 
 def load_model(model_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a model folder (a run folder or its `model/` subfolder)."""
+    if not model_dir.is_dir():
+        what = "does not exist" if not model_dir.exists() else "is a file, not a run folder"
+        raise FileNotFoundError(f"{model_dir} {what}")
     d = model_dir / "model" if (model_dir / "model" / "model.json").exists() else model_dir
     meta_path = d / "model.json"
     if not meta_path.exists():
@@ -82,11 +85,22 @@ def load_model(model_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
     missing = [k for k in ("model_version", "spec", "high_risk", "medium_risk") if k not in meta]
     if missing:
         raise ValueError(f"{meta_path}: missing {', '.join(missing)}")
+    if not isinstance(meta["spec"], dict):
+        raise ValueError(f"{meta_path}: spec must be an object, got {type(meta['spec']).__name__}")
+    high, medium = meta["high_risk"], meta["medium_risk"]
+    if not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in (high, medium)
+    ):
+        raise ValueError(f"{meta_path}: high_risk and medium_risk must be numbers in [0, 1]")
+    if medium > high:  # a device would tier a lower probability "high" than a higher one
+        raise ValueError(f"{meta_path}: medium_risk {medium} is above high_risk {high}")
     try:
         params = np.load(d / "params.npy", allow_pickle=False)
         spec = ModelSpec.from_dict(meta["spec"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{d}: not a readable model ({type(e).__name__}: {e})") from None
+    if params.dtype.kind not in "fiu":
+        raise ValueError(f"{d}/params.npy: holds {params.dtype} values, not numbers")
     if params.shape != (spec.n_params,):
         raise ValueError(f"{d}: params.npy has shape {params.shape}, the spec says {spec.n_params}")
     if not np.all(np.isfinite(params)):

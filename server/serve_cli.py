@@ -56,6 +56,39 @@ def resolve_write_token(
     return token
 
 
+def check_database(database_url: str, *, on_command_line: bool, create: bool = False) -> str:
+    """Refuse (ServeError naming --database-url), before the server starts, a URL that does not
+    parse, carries a password while it came on a command line (every local user reads one; it
+    belongs in `$FEDCHURN_DATABASE_URL`), names a SQLite file that does not exist (a typo would
+    serve an empty log as if no run had ever happened) unless `create`, or does not open as an
+    audit database. Opening it brings its schema up to date. Returns the URL as it may be shown."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fedchurn.server.audit import AuditError, AuditStore
+    from fedchurn.server.database_url import DATABASE_URL_ENV, carries_password, parse, shown
+
+    try:
+        url = parse(database_url, "--database-url")
+    except ValueError as e:
+        raise ServeError(str(e)) from None
+    text = shown(url)
+    if on_command_line and carries_password(url):
+        raise ServeError(
+            f"--database-url {text}: a password on the command line is refused; set ${DATABASE_URL_ENV}"
+        )
+    path = url.database if url.get_backend_name() == "sqlite" else None
+    if path not in (None, "", ":memory:") and not Path(str(path)).exists() and not create:
+        raise ServeError(
+            f"--database-url names {path}, which does not exist; a run writes it with --audit-db, "
+            "or pass --create to start an empty audit database there"
+        )
+    try:
+        AuditStore(database_url).close()
+    except (AuditError, SQLAlchemyError, OSError, ValueError) as e:
+        raise ServeError(f"--database-url {text}: {type(e).__name__}: {e}") from None
+    return text
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -74,30 +107,41 @@ def serve(
     throughput with a ~1 s p99 (some connections starve), asyncio ~50 ms (docs/benchmarks.md).
     """
     import uvicorn
-    from sqlalchemy.engine import make_url
 
     from fedchurn.server.api import PREFIX, create_app
+    from fedchurn.server.database_url import parse, shown
 
     token = resolve_write_token(writable, write_token_env, token_file=token_file)
     try:
         app = create_app(database_url, token)
     except AuditDatabaseError as e:
         raise ServeError(str(e)) from None
-    shown = make_url(database_url).render_as_string(hide_password=True)
     mode = "writable (bearer token required)" if token else "read-only"
+    where = shown(parse(database_url, "--database-url"))
     print(
-        f"fedchurn transparency API: http://{host}:{port}{PREFIX}/reviewer ({mode}); audit database {shown}",
+        f"fedchurn transparency API: http://{host}:{port}{PREFIX}/reviewer ({mode}); audit database {where}",
         file=sys.stderr,
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, loop=loop)
 
 
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is a whole number from 1 to 65535, got {text!r}")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`fedchurn serve` without the CLI's dependencies, with the same checks (a bench starts it)."""
+    from fedchurn.server.database_url import DATABASE_URL_ENV
+
     p = argparse.ArgumentParser(prog="python -m fedchurn.server.serve_cli", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
+    p.add_argument("--create", action="store_true", help="start an empty SQLite audit database if missing")
     p.add_argument("--writable", action="store_true", help="accept authenticated writes")
     p.add_argument("--write-token-env", default=DEFAULT_TOKEN_ENV)
     p.add_argument("--write-token-file", type=Path, default=None)
@@ -105,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--loop", choices=("asyncio", "uvloop", "auto"), default="asyncio")
     a = p.parse_args(argv)
+    url = a.database_url or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
     try:
+        resolve_write_token(a.writable, a.write_token_env, token_file=a.write_token_file)
+        check_database(url, on_command_line=a.database_url is not None, create=a.create)
         serve(
             a.host,
             a.port,
-            a.database_url,
+            url,
             a.write_token_env,
             writable=a.writable,
             token_file=a.write_token_file,

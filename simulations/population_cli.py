@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 import typer
+from click.core import ParameterSource
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,6 +20,13 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    """An error on stderr, exit code 2 (a usage error: nothing was done)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
 
 
 @app.callback(invoke_without_command=True)
@@ -39,19 +48,31 @@ def population(
 ) -> None:
     """Generate N devices x D days of events (Parquet) plus ground truth, reproducible by seed."""
     if ctx.invoked_subcommand is not None:
+        # These options generate a population; a subcommand would ignore them (review 21).
+        given = [
+            "/".join(p.opts)
+            for p in ctx.command.params
+            if p.name and ctx.get_parameter_source(p.name) not in (ParameterSource.DEFAULT, None)
+        ]
+        if given:
+            sub = ctx.invoked_subcommand
+            raise _fail(
+                f"{', '.join(given)} given before `{sub}`: they generate a population and `{sub}` "
+                f"would ignore them; give `{sub}`'s own options after it (see `population {sub} --help`)"
+            )
         return
     from fedchurn.simulations.population import generate_population, write_population
 
     try:
         sc = load_scenario(scenario)
     except ScenarioError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(code=2) from None
+        raise _fail(str(err)) from None
     try:
         check_out_dir(out, "--out")
+        if report:
+            check_out_dir(out / "report", "--report")
     except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(code=2) from None
+        raise _fail(str(err)) from None
     n_days = days or sc.days
     console.print(f"scenario [bold]{sc.name}[/bold], seed {seed}: {devices:,} devices x {n_days} days")
     t0 = time.perf_counter()
@@ -85,20 +106,27 @@ def report_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: POP_DIR/report)."),
 ) -> None:
     """Calibration report: each pre-churn signal against the brief's target, churn, segments, silences."""
-    missing = [n for n in ("events.parquet", "truth.parquet", "scenario.json") if not (pop_dir / n).is_file()]
-    if missing:
-        console.print(
-            f"[red]error:[/red] {pop_dir} is not a population folder (missing {', '.join(missing)})"
-        )
-        raise typer.Exit(code=2)
+    from fedchurn.simulations.population_report import check_population
+
+    try:  # both before any work: the report takes a while on a large population
+        check_population(pop_dir)
+        if out is not None:
+            check_out_dir(out, "--out")
+        else:
+            check_out_dir(pop_dir / "report", "--out (default POP_DIR/report)")
+    except ValueError as err:  # PopulationInputError names the file and what is wrong
+        raise _fail(str(err)) from None
     _print_report(pop_dir, out)
 
 
 def _print_report(pop_dir: Path, out: Path | None) -> None:
-    from fedchurn.simulations.population_report import FAIL_MEANS, write_report
+    from fedchurn.simulations.population_report import FAIL_MEANS, PopulationInputError, write_report
 
-    with console.status("computing calibration report"):
-        rep = write_report(pop_dir, out)
+    try:
+        with console.status("computing calibration report"):
+            rep = write_report(pop_dir, out)
+    except PopulationInputError as err:  # data that read wrong past the checks (a damaged page)
+        raise _fail(str(err)) from None
     table = Table(title="calibration against the brief")
     for col in ("check", "target", "measured", ""):
         table.add_column(col, overflow="fold")  # a check's name is read whole, even at 80 columns

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedchurn.output_paths import check_out_dir
 from fedchurn.shared.catalogue import CATEGORY_IDS
 
 Array = np.ndarray
@@ -66,13 +67,145 @@ def _dict_codes(col: Any) -> tuple[Array, list[str]]:
     return arr.indices.to_numpy(zero_copy_only=False), [str(x) for x in arr.dictionary.to_pylist()]
 
 
-def _load(pop_dir: Path) -> _Data:
+class PopulationInputError(ValueError):
+    """A population folder the report cannot read; the message names the file and what is wrong."""
+
+
+POPULATION_FILES = ("events.parquet", "truth.parquet", "scenario.json")
+# Columns the report reads, each with the kinds of Arrow type it can use.
+EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "device": ("integer",),
+    "ts": ("integer",),
+    "tz_min": ("integer",),
+    "category": ("string",),
+    "action": ("string",),
+    "value": ("integer", "floating"),
+}
+TRUTH_READ: dict[str, tuple[str, ...]] = {
+    "device": ("integer",),
+    "segment": ("string",),
+    "cause": ("string",),
+    "churn_day": ("integer", "floating"),
+    "start_day": ("integer",),
+    "no_warning": ("boolean",),
+    "new_user": ("boolean",),
+    "quiet_kind": ("list",),
+    "quiet_start": ("list",),
+}
+META_INTS = ("seed", "n_devices", "days", "start_day", "today")
+DECAY_NUMBERS = (
+    "window_days",
+    "content_threshold",
+    "content_days",
+    "cart_abandon_streak",
+    "private_messages_drop",
+    "profile_updates_drop",
+)
+
+
+def _kind(t: Any) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    for kind, test in (
+        ("boolean", pa.types.is_boolean),
+        ("integer", pa.types.is_integer),
+        ("floating", pa.types.is_floating),
+        ("string", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)),
+        ("list", lambda x: pa.types.is_list(x) or pa.types.is_large_list(x)),
+    ):
+        if test(t):
+            return kind
+    return str(t)
+
+
+def _check_parquet(path: Path, wanted: dict[str, tuple[str, ...]]) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = json.loads((pop_dir / "scenario.json").read_text(encoding="utf-8"))
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise PopulationInputError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise PopulationInputError(
+            f"{path}: missing column(s) {', '.join(missing)} (it has: {', '.join(schema.names) or 'none'})"
+        )
+    wrong = [
+        f"{c} is {schema.field(c).type}, not {' or '.join(kinds)}"
+        for c, kinds in wanted.items()
+        if _kind(schema.field(c).type) not in kinds
+    ]
+    if wrong:
+        raise PopulationInputError(f"{path}: wrong column type(s): {'; '.join(wrong)}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def check_population(pop_dir: Path) -> dict[str, Any]:
+    """Read what the report needs of a population folder before any work: the three files exist,
+    scenario.json is the JSON object `write_population` writes, and both Parquet files are
+    readable with the columns (and column types) the report reads. Returns scenario.json's content;
+    PopulationInputError names the file and what is wrong."""
+    pop_dir = Path(pop_dir)
+    if not pop_dir.is_dir():
+        raise PopulationInputError(f"{pop_dir} is not a population folder (no such folder)")
+    missing = [n for n in POPULATION_FILES if not (pop_dir / n).is_file()]
+    if missing:
+        raise PopulationInputError(f"{pop_dir} is not a population folder (missing {', '.join(missing)})")
+    path = pop_dir / "scenario.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PopulationInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise PopulationInputError(
+            f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})"
+        ) from None
+    except OSError as e:
+        raise PopulationInputError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(meta, dict):
+        raise PopulationInputError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    bad = [k for k in META_INTS if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool)]
+    sc = meta.get("scenario")
+    dec = sc.get("decay") if isinstance(sc, dict) else None
+    if not isinstance(sc, dict):
+        bad.append("scenario (an object)")
+    elif not isinstance(dec, dict):
+        bad.append("scenario.decay (an object)")
+    else:
+        bad += [f"scenario.decay.{k}" for k in DECAY_NUMBERS if not _is_number(dec.get(k))]
+        if not isinstance(sc.get("segments"), dict):
+            bad.append("scenario.segments (an object)")
+    if bad:
+        raise PopulationInputError(f"{path}: missing or wrong key(s): {', '.join(bad)} (numbers unless said)")
+    if meta["days"] < 1:
+        raise PopulationInputError(f"{path}: days is {meta['days']}; a population has at least one day")
+    _check_parquet(pop_dir / "truth.parquet", TRUTH_READ)
+    _check_parquet(pop_dir / "events.parquet", EVENT_COLUMNS)
+    return meta
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> Any:
+    """A Parquet file whose footer read but whose data does not is named as well."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise PopulationInputError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def _load(pop_dir: Path) -> _Data:
+    meta = check_population(pop_dir)
     days = int(meta["days"])
     first_day = int(meta["start_day"])
-    truth = pq.read_table(pop_dir / "truth.parquet")
+    truth = _read_table(pop_dir / "truth.parquet")
     dev_t = truth["device"].to_numpy()
     n = len(dev_t)
     seg, seg_names = _dict_codes(truth["segment"])
@@ -86,9 +219,7 @@ def _load(pop_dir: Path) -> _Data:
     churn = np.where(churn_day >= 0, churn_day - first_day, -1)
     start = truth["start_day"].to_numpy() - first_day
 
-    ev = pq.read_table(
-        pop_dir / "events.parquet", columns=["device", "ts", "tz_min", "category", "action", "value"]
-    )
+    ev = _read_table(pop_dir / "events.parquet", columns=list(EVENT_COLUMNS))
     dev = ev["device"].to_numpy()
     row = np.searchsorted(dev_t, dev)
     day = (ev["ts"].to_numpy() + ev["tz_min"].to_numpy().astype(np.int64) * 60) // 86_400 - first_day
@@ -700,8 +831,10 @@ def write_report(pop_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
     """Compute the calibration figures of a written population; write calibration.json and PNG plots."""
     pop_dir = Path(pop_dir)
     out = Path(out_dir) if out_dir is not None else pop_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    check_population(pop_dir)  # both before any work
+    check_out_dir(out, "--out" if out_dir is not None else "--out (default POP_DIR/report)")
     report, arrays = compute_calibration(pop_dir)
+    out.mkdir(parents=True, exist_ok=True)
     report["plots"] = _plots(report, arrays, out)
     (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["out_dir"] = str(out)

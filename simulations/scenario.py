@@ -333,6 +333,8 @@ def read_named_toml(name_or_path: str | Path, folder: Path, kind: str) -> tuple[
         return path, tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: invalid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
 
 
 def load_scenario(name_or_path: str | Path = "default") -> Scenario:

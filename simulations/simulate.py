@@ -28,29 +28,18 @@ from fedchurn.shared.run_config import SIMULATION_NODES, RunConfig, is_final_eva
 from fedchurn.simulations.dataset import Dataset, Examples, build_dataset
 from fedchurn.simulations.flower_runner import run_flower
 from fedchurn.simulations.population import PARALLEL_FROM, generate_population
-from fedchurn.simulations.preflight import preflight
+from fedchurn.simulations.preflight import PREVIOUS_RUN, preflight
 from fedchurn.simulations.process_memory import ProcessTreeMemory
 from fedchurn.simulations.provision import provision_simulation
 from fedchurn.simulations.report import write_report
 from fedchurn.simulations.scenario import load_scenario
 
-# What a run writes into its folder and reads back as its result. A run into a folder that holds an
-# earlier run's starts by removing them, so that a run that fails cannot be read as a success with
-# the earlier run's model and figures (review 19: a failed run exited 0 with the previous results).
-PREVIOUS_RUN = (
-    "rounds.jsonl",
-    "federated.json",
-    "progress.json",
-    "metrics.json",
-    "central_net_params.npy",
-    "model",
-    "checkpoints",
-)
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
 def clear_previous_run(out: Path) -> None:
-    """Remove what an earlier run left in `out` (`PREVIOUS_RUN`); other files stay."""
+    """Remove what an earlier run left in `out` (`PREVIOUS_RUN`; `check_out_folder` has made sure
+    it is a run's folder); other files stay."""
     for name in PREVIOUS_RUN:
         path = out / name
         if path.is_dir() and not path.is_symlink():
@@ -75,19 +64,16 @@ def last_error(log: Path) -> str:
 def check_audit_db(url: str) -> None:
     """Open (and create or migrate) the audit database before anything starts: a bad URL or a
     file that is no database is named here, not in the aggregator's log after Flower started."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import SQLAlchemyError
 
     from fedchurn.server.audit import AuditError, AuditStore
+    from fedchurn.server.database_url import parse, shown
 
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        raise ValueError(f"--audit-db {url!r} is not a database URL (e.g. sqlite:///audit.sqlite)") from None
+    where = shown(parse(url, "--audit-db"))
     try:
         AuditStore(url).close()
     except (AuditError, SQLAlchemyError, OSError) as e:
-        raise ValueError(f"--audit-db {shown}: {type(e).__name__}: {e}") from None
+        raise ValueError(f"--audit-db {where}: {type(e).__name__}: {e}") from None
 
 
 def population_dataset(cfg: RunConfig) -> Dataset:
@@ -195,7 +181,7 @@ def simulate(
 ) -> dict[str, Any]:
     """One federated run on Flower's simulation engine: `nodes` simulation nodes, each a shard of
     the population (device d on node d mod nodes), then the central baselines and the report."""
-    preflight(cfg)  # every value, with its option named, before anything starts
+    preflight(cfg, out.resolve())  # every value, with its option named, before anything starts
     spec = cfg.model_spec()
     # A bad log, or a protocol it cannot answer, is named before anything is written.
     n_devices = len(_read_log(cfg)) if cfg.events_file else cfg.devices

@@ -519,19 +519,8 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def run_whatif(
-    arms: Sequence[Arm],
-    devices: int,
-    days: int,
-    seed: int = 0,
-    params: np.ndarray | None = None,
-    spec: ModelSpec = DEFAULT_SPEC,
-    model_source: str = "",
-    response: ResponseModel | None = None,
-    workers: int = 1,
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Run every arm over the same population; the report as a JSON-able dict (plus curves)."""
+def check_lab(arms: Sequence[Arm], devices: int, days: int) -> None:
+    """The lab's arguments, refused (WhatIfError naming the option) before any work starts."""
     if not arms:
         raise WhatIfError("--policy: give at least one policy")
     names = [a.name for a in arms]
@@ -545,6 +534,22 @@ def run_whatif(
         raise WhatIfError(f"--days must be >= {WARMUP_DAYS + HORIZONS[0] + 1} (28 warm-up + 30), got {days}")
     if days > MAX_DAYS:
         raise WhatIfError(f"--days must be <= {MAX_DAYS}, got {days}")
+
+
+def run_whatif(
+    arms: Sequence[Arm],
+    devices: int,
+    days: int,
+    seed: int = 0,
+    params: np.ndarray | None = None,
+    spec: ModelSpec = DEFAULT_SPEC,
+    model_source: str = "",
+    response: ResponseModel | None = None,
+    workers: int = 1,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run every arm over the same population; the report as a JSON-able dict (plus curves)."""
+    check_lab(arms, devices, days)
     if params is None:
         from fedchurn.simulations.policy_bench import reference_params
 

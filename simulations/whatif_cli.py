@@ -14,6 +14,7 @@ from rich.table import Table
 from fedchurn.output_paths import check_out_dir
 from fedchurn.simulations.whatif import (
     WhatIfError,
+    check_lab,
     known_policies,
     load_arm,
     run_whatif,
@@ -64,6 +65,7 @@ def whatif(
     per policy, and compare retention, uplift, recalls, opt-outs and complaints."""
     try:
         arms = [load_arm(p) for p in policy]
+        check_lab(arms, devices, days)  # before the model loads and the bar starts
     except WhatIfError as e:
         _fail(str(e))
     if workers < 1:

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +106,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 1 if item.get_closest_marker("integration") else 2
 
     items.sort(key=rank)
+
+
+API_TOKEN = "inputs-token-" + "x" * 16  # the write token of the `api` fixture's app
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """The transparency API in process (TestClient, writable with `API_TOKEN`) over a fresh audit
+    store, and the store."""
+    from fastapi.testclient import TestClient
+
+    from fedchurn.server.api import create_app
+    from fedchurn.server.audit import AuditStore
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    with TestClient(create_app(store.database_url, API_TOKEN, store=store)) as client:
+        yield client, store
+    store.close()

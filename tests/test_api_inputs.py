@@ -6,15 +6,14 @@ parameter, before anything is stored or looked up; the API runs in-process (Test
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import API_TOKEN
 from fastapi.testclient import TestClient
 from test_api_store import DP, MODEL, PROTECTION, _round
 
-from fedchurn.server.api import create_app
 from fedchurn.server.api.constants import MAX_WRITE_BODY_BYTES
 from fedchurn.server.api.deps import MAX_OFFSET
 from fedchurn.server.audit import MAX_PAGE, AuditDatabaseError, AuditStore, InvalidRecordError, make_engine
@@ -23,7 +22,7 @@ from fedchurn.server.round_report import NO_UPLOAD, UNEXPECTED_DEVICE, Refusal, 
 from fedchurn.server.run_audit import RunAudit
 from fedchurn.shared.run_config import RunConfig
 
-TOKEN = "inputs-token-" + "x" * 16
+TOKEN = API_TOKEN  # the `api` fixture's (conftest)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROBLEM = "application/problem+json"
 API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
@@ -49,14 +48,6 @@ CONTRADICTIONS = [
     ("protection_mode", {"protection_mode": "ckks"}),  # in a secagg run
     ("skip_reason", {"skip_reason": "cohort below k"}),  # on a round that says it was not skipped
 ]
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[TestClient, AuditStore]]:
-    store = AuditStore(f"sqlite:///{tmp_path / 'audit.sqlite'}")
-    with TestClient(create_app(store.database_url, TOKEN, store=store)) as client:
-        yield client, store
-    store.close()
 
 
 def _problem(r: Any, status: int) -> dict[str, Any]:

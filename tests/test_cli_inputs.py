@@ -60,6 +60,7 @@ def test_a_failed_run_into_a_folder_of_an_earlier_run_is_reported_as_failed(
 
     out = tmp_path / "run"
     (out / "model").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"run": {}, "model": {}}))  # an earlier run's folder
     (out / "federated.json").write_text(json.dumps({"status": "finished"}))
     (out / "model" / "params.npy").write_bytes(b"an earlier run's model")
     (out / "notes.txt").write_text("the user's own file")
@@ -80,9 +81,29 @@ def test_a_failed_run_into_a_folder_of_an_earlier_run_is_reported_as_failed(
     assert (out / "notes.txt").read_text() == "the user's own file"
 
 
+def test_a_folder_of_the_users_own_files_is_not_cleared_as_an_earlier_run(tmp_path: Path) -> None:
+    """Review 21: a run cleared `model/`, `metrics.json` and `checkpoints/` from any `--out` (a
+    user's own notes went), then crashed on a file named `private`. Only a folder holding an earlier
+    run's `config.json` is cleared; the others are refused before anything is written."""
+    out = tmp_path / "proj"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "notes.txt").write_text("notes")
+    (out / "metrics.json").write_text("{}")
+    before = _digest(out)
+    code, text = _run("simulate", "--devices", "60", "--per-round", "10", "--out", str(out))
+    assert code == 2 and _folded("holds metrics.json, model but no earlier run") in text, text
+    assert _digest(out) == before
+    (out / "config.json").write_text('{"run": {}, "model": {}}')
+    (out / "private").write_text("a file")
+    code, text = _run("simulate", "--devices", "60", "--per-round", "10", "--out", str(out))
+    assert code == 2 and _folded("private is a file where a run writes a folder") in text, text
+    assert (out / "model" / "notes.txt").read_text() == "notes"
+
+
 def test_a_bad_audit_database_is_named_before_anything_starts(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
+    (out / "config.json").write_text('{"run": {}, "model": {}}')
     (out / "federated.json").write_text('{"status": "finished"}')
     not_a_db = tmp_path / "audit.sqlite"
     not_a_db.write_text("not a database")
@@ -301,3 +322,133 @@ def test_spec_doc_names_a_document_without_its_markers(tmp_path: Path) -> None:
     code, text = _run("spec-doc", str(doc))
     assert code == 2 and _folded(f"{doc}: section") in text and _folded("markers are missing") in text, text
     assert doc.read_text() == "# a spec without generated sections\n"
+
+
+# --- review 21 -------------------------------------------------------------------------------
+
+
+def test_export_onnx_never_replaces_a_link_or_a_device(tmp_path: Path) -> None:
+    """`--out /dev/null` (as root) turned the device into a regular file: the .onnx is written
+    beside the target and renamed onto it. A target that is not a regular file is refused."""
+    from fedchurn.shared.model_format import init_params
+
+    run = _model(tmp_path / "run", init_params(0))
+    kept = tmp_path / "kept.txt"
+    kept.write_text("keep")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(kept)
+    code, text = _run("export-onnx", "--model", str(run), "--out", str(link))
+    assert code == 2 and _folded("is not a regular file") in text, text
+    assert link.is_symlink() and kept.read_text() == "keep"
+
+
+def test_out_paths_that_cannot_be_folders_are_named(tmp_path: Path, log: Path) -> None:
+    dangling = tmp_path / "dangle"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, text = _run("import", "--events", str(log), "--stores", str(dangling))
+    assert code == 2 and _folded("which does not exist") in text, text
+    too_long = tmp_path / ("x" * 300)
+    code, text = _run("import", "--events", str(log), "--stores", str(too_long))
+    assert code == 2 and "--stores" in text and _folded("a name of 300 bytes; at most 255") in text, text
+
+
+def test_import_keeps_every_user_apart_and_visible(tmp_path: Path) -> None:
+    """Two Chinese names were refused as one store; `../../evil` became the hidden
+    `.._.._evil.sqlite`, which a SuperNode's listing skips (the device was silently lost)."""
+    from fedchurn.client.deploy_client import list_stores
+
+    users = ["李雷", "韩梅", "../../evil", "a/b", "a_b"]
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "user_id,timestamp,category,action,value\n"
+        + "".join(f"{u},2026-01-0{i + 1}T09:00:00Z,sessions,session,60\n" for i, u in enumerate(users))
+    )
+    stores = tmp_path / "stores"
+    code, text = _run("import", "--events", str(path), "--stores", str(stores))
+    assert code == 0, text
+    assert len(list_stores(stores)) == len(users)
+    assert (stores / "李雷.sqlite").exists() and (stores / "a_b.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("meta", "said"),
+    [
+        ({"high_risk": "x"}, "must be numbers in [0, 1]"),
+        ({"high_risk": float("nan")}, "must be numbers in [0, 1]"),
+        ({"high_risk": 0.1, "medium_risk": 0.9}, "medium_risk 0.9 is above high_risk 0.1"),
+        ({"spec": [1, 2]}, "spec must be an object"),
+    ],
+)
+def test_a_model_description_that_would_score_wrongly_is_refused(
+    tmp_path: Path, log: Path, meta: dict[str, object], said: str
+) -> None:
+    """Review 21: a threshold "x" crashed `score`, NaN put every user in "low", thresholds the wrong
+    way round put 0.239 in "high", and a spec that is not an object read as the default spec."""
+    from fedchurn.shared.model_format import init_params
+
+    run = _model(tmp_path / "run", init_params(0))
+    doc = json.loads((run / "model" / "model.json").read_text())
+    (run / "model" / "model.json").write_text(json.dumps({**doc, **meta}))
+    for args in (("score", "--events", str(log)), ("export-onnx", "--out", str(tmp_path / "m.onnx"))):
+        code, text = _run(args[0], "--model", str(run), *args[1:])
+        assert code == 2 and _folded(said) in text, text
+
+
+def test_a_model_of_strings_or_no_folder_is_named(tmp_path: Path, log: Path) -> None:
+    from fedchurn.shared.model_format import init_params
+
+    run = _model(tmp_path / "run", init_params(0))
+    np.save(run / "model" / "params.npy", np.array(["a"] * 2286))
+    code, text = _run("score", "--model", str(run), "--events", str(log))
+    assert code == 2 and _folded("holds <U1 values, not numbers") in text, text
+    code, text = _run("score", "--model", str(tmp_path / "nope"), "--events", str(log))
+    assert code == 2 and _folded("nope does not exist") in text, text
+    code, text = _run("score", "--model", str(log), "--events", str(log))
+    assert code == 2 and _folded("is a file, not a run folder") in text, text
+
+
+def test_serve_checks_its_host_and_write_token_options(tmp_path: Path) -> None:
+    code, text = _run("serve", "--host", "bad host!!", "--database-url", "sqlite://")
+    assert code == 2 and "--host" in text, text
+    code, text = _run("serve", "--write-token-file", str(tmp_path / "t"), "--database-url", "sqlite://")
+    assert code == 2 and _folded("add --writable") in text, text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg://u:Sup3rSecretPW@db/x", "postgresql+psycopg://u@db/x?password=Sup3rSecretPW"],
+)
+def test_a_password_anywhere_in_a_database_url_stays_off_the_command_line(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 21: `?password=` passed every check and was printed in full; and `python -m
+    fedchurn.server.serve_cli` (docs: "the same, without the CLI") took a password on its command
+    line, created missing SQLite files and ignored $FEDCHURN_DATABASE_URL."""
+    from fedchurn.server import serve_cli
+
+    for args in (("serve", "--database-url", url), ("simulate", "--audit-db", url)):
+        code, text = _run(*args)
+        assert code == 2 and _folded("on the command line is refused") in text and "Sup3r" not in text, text
+    assert serve_cli.main(["--database-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "on the command line is refused" in err and "Sup3r" not in err
+
+
+def test_the_module_server_refuses_a_missing_sqlite_file_unless_told_to_create_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedchurn.server import serve_cli
+
+    missing = tmp_path / "nope.sqlite"
+    assert serve_cli.main(["--database-url", f"sqlite:///{missing}", "--port", "8000"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.exists()
+    with pytest.raises(SystemExit):
+        serve_cli.main(["--port", "99999"])
+    assert "from 1 to 65535" in capsys.readouterr().err
+
+
+def test_a_policy_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "p.toml"
+    bad.write_bytes(b"\xff\xfe name")
+    code, text = _run("whatif", "--policy", str(bad), "--devices", "5")
+    assert code == 2 and _folded(f"{bad}: not UTF-8 text") in text, text

@@ -4,6 +4,7 @@ here: every exec, server and `flwr` call the commands would make is replaced by 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -160,7 +161,7 @@ def home(tmp_path: Path) -> Path:
         (("--target-epsilon", "nan"), "--target-epsilon"),
         (("--eval-noise", "-2"), "--eval-noise"),
         (("--k-min", "0"), "--k-min"),
-        (("--k-min", "100"), "--k-min 100 is above --max-cohort 32"),
+        (("--k-min", "100"), "--k-min 100 is above the largest cohort, 32"),
         (("--round-timeout", "-1"), "--round-timeout"),
         (("--rounds", "0"), "--rounds"),
         (("--per-round", "-1"), "--per-round"),
@@ -198,7 +199,8 @@ def test_run_with_good_settings_writes_its_config_and_calls_flwr(
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (("--k-min", "100"), "--k-min 100 is above --max-cohort 32"),
+        (("--k-min", "100"), "--k-min 100 is above the largest cohort, 32"),
+        (("--k-min", "50"), "--k-min 50 is above the largest cohort, 32"),
         (("--k-min", "20"), "--k-min 20 is above the 9 devices a round trains"),
         (("--rounds", "0"), "--rounds"),
         (("--nodes", "0"), "--nodes"),
@@ -252,8 +254,8 @@ def test_every_deploy_command_refuses_a_port_outside_1_to_65535(
 def test_api_refuses_a_database_url_that_does_not_parse_without_echoing_it(
     provisioned: Path, started: list[str]
 ) -> None:
-    code, text = invoke("api", "--dir", str(provisioned / "api"), "--database-url", "notaurl")
-    assert code == 1 and "--database-url is not a SQLAlchemy database URL" in text and "notaurl" not in text
+    text = refused("api", "--dir", str(provisioned / "api"), "--database-url", "notaurl")
+    assert "error: --database-url is not a database URL" in text and "notaurl" not in text
     assert started == []
 
 
@@ -401,3 +403,262 @@ def test_aggregator_settings_refuses_bad_urls_folders_and_results(tmp_path: Path
         assert not settings.exists() and not (tmp_path / "nosuch").exists()
     code, text = invoke(*args())
     assert code == 0 and settings.exists(), text
+
+
+# --- review 21: passwords in a query string, files that are no database, folders of the wrong level
+
+
+SECRET = "Sup3rSecretPW"
+
+
+@pytest.fixture
+def no_database_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedchurn.server.database_url import DATABASE_URL_ENV
+
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+
+
+@pytest.fixture
+def not_a_database(tmp_path: Path) -> Path:
+    path = tmp_path / "log.csv"
+    path.write_text("user,timestamp\n1,2026-01-01\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://agg@db.example/fedchurn?password={SECRET}",
+        f"postgresql+psycopg://agg@db.example/fedchurn?sslmode=require&PASSWORD={SECRET}",
+        f"postgresql://agg:{SECRET}@db.example/fedchurn",
+    ],
+)
+def test_api_refuses_a_password_anywhere_in_its_database_url_without_echoing_it(
+    provisioned: Path, started: list[str], no_database_env: None, url: str
+) -> None:
+    text = refused("api", "--dir", str(provisioned / "api"), "--database-url", url)
+    assert "error: --database-url holds a password" in text and "FEDCHURN_DATABASE_URL" in text
+    assert SECRET not in text and started == []
+
+
+@pytest.mark.parametrize("option", ["--state-db", "--audit-db"])
+def test_aggregator_settings_refuses_a_password_in_a_query_string_and_writes_nothing(
+    tmp_path: Path, provisioned: Path, option: str
+) -> None:
+    certs = tmp_path / "sec"
+    shutil.copytree(provisioned, certs)
+    dbs = {"--state-db": "sqlite:///state.sqlite", "--audit-db": "sqlite:///audit.sqlite"}
+    dbs[option] = f"postgresql://agg@db.example/fedchurn?password={SECRET}"
+    text = refused(
+        "aggregator-settings",
+        *("--certs", str(certs), "--keyholder-url", "https://kh.example:8443"),
+        *("--results", str(tmp_path / "runs")),
+        *(x for kv in dbs.items() for x in kv),
+    )
+    assert f"{option} holds a password" in text and SECRET not in text
+    assert not (certs / "aggregator" / "aggregator.toml").exists()
+
+
+def test_api_refuses_no_database_or_one_from_the_environment_that_does_not_parse(
+    provisioned: Path, started: list[str], monkeypatch: pytest.MonkeyPatch, no_database_env: None
+) -> None:
+    from fedchurn.server.database_url import DATABASE_URL_ENV
+
+    text = refused("api", "--dir", str(provisioned / "api"))
+    assert "error: no database: give --database-url or set $FEDCHURN_DATABASE_URL" in text
+    monkeypatch.setenv(DATABASE_URL_ENV, f"::not a url {SECRET}")
+    text = refused("api", "--dir", str(provisioned / "api"))
+    assert "error: $FEDCHURN_DATABASE_URL is not a database URL" in text and SECRET not in text
+    assert started == []
+
+
+def test_api_refuses_a_file_that_is_no_database_and_changes_nothing(
+    provisioned: Path, started: list[str], not_a_database: Path, no_database_env: None
+) -> None:
+    before = not_a_database.read_bytes()
+    text = refused("api", "--dir", str(provisioned / "api"), "--database-url", f"sqlite:///{not_a_database}")
+    assert "error: --database-url" in text and f"{not_a_database} is not a SQLite database" in text
+    assert not_a_database.read_bytes() == before and started == []
+
+
+def test_api_refuses_a_missing_sqlite_file_unless_told_to_create_it(
+    tmp_path: Path, provisioned: Path, started: list[str], no_database_env: None
+) -> None:
+    missing = tmp_path / "nope.sqlite"
+    args = ("api", "--dir", str(provisioned / "api"), "--database-url", f"sqlite:///{missing}")
+    text = refused(*args)
+    assert f"--database-url names {missing}, which does not exist" in text and "--create" in text
+    assert not missing.exists() and started == []
+    code, text = invoke(*args, "--create")
+    assert code == 0 and missing.is_file() and started == ["serve"], text
+    code, text = invoke(*args)  # now it exists: served without --create
+    assert code == 0 and started == ["serve", "serve"], text
+
+
+def test_the_api_module_refuses_a_missing_database_and_a_key_holder_state_that_is_no_database(
+    tmp_path: Path, provisioned: Path, started: list[str], not_a_database: Path, no_database_env: None
+) -> None:
+    from fedchurn.server.deploy_services import main
+
+    api = ["api", "--dir", str(provisioned / "api"), "--database-url", f"sqlite:///{tmp_path / 'no.sqlite'}"]
+    with pytest.raises(SystemExit) as exit_:
+        main(api)
+    assert exit_.value.code == 2 and not (tmp_path / "no.sqlite").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["keyholder", "--dir", str(provisioned / "keyholder"), "--state", str(not_a_database)])
+    assert exit_.value.code == 2 and started == []
+
+
+def test_keyholder_refuses_a_state_that_is_no_database_or_another_one(
+    tmp_path: Path, provisioned: Path, started: list[str], not_a_database: Path
+) -> None:
+    import sqlite3
+
+    kh = ("keyholder", "--dir", str(provisioned / "keyholder"), "--state")
+    before = not_a_database.read_bytes()
+    text = refused(*kh, str(not_a_database))
+    assert f"--state: {not_a_database} is not a SQLite database" in text
+    assert not_a_database.read_bytes() == before
+    other = tmp_path / "audit.sqlite"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER)")
+    text = refused(*kh, str(other))
+    assert f"--state: {other} is another SQLite database (tables runs)" in text
+    assert started == []
+
+
+def test_keyholder_starts_again_on_its_own_state(
+    tmp_path: Path, provisioned: Path, started: list[str]
+) -> None:
+    state = tmp_path / "state.sqlite"
+    kh = ("keyholder", "--dir", str(provisioned / "keyholder"), "--state", str(state))
+    assert invoke(*kh)[0] == 0 and state.stat().st_size > 0
+    code, text = invoke(*kh)
+    assert code == 0 and started == ["serve", "serve"], text
+
+
+@pytest.mark.parametrize(("command", "party"), [("keyholder", "keyholder"), ("api", "api")])
+def test_keyholder_and_api_given_the_whole_secrets_folder_name_their_sub_folder(
+    tmp_path: Path, provisioned: Path, started: list[str], command: str, party: str
+) -> None:
+    args = [command, "--dir", str(provisioned), "--database-url", "sqlite://"]
+    if command == "keyholder":
+        args[-2:] = ["--state", str(tmp_path / "ks.sqlite")]
+    text = refused(*args)
+    assert f"needs only its {party}/ sub-folder: --dir {provisioned / party}" in text
+    assert "is not a folder `fedchurn deploy certs` wrote" not in text and started == []
+
+
+def test_keyholder_names_the_largest_cohort_not_an_option_it_does_not_have(
+    tmp_path: Path, provisioned: Path, started: list[str]
+) -> None:
+    state = tmp_path / "ks.sqlite"
+    text = refused(
+        "keyholder", "--dir", str(provisioned / "keyholder"), "--state", str(state), "--k-min", "33"
+    )
+    assert "--k-min 33 is above the largest cohort, 32" in text and "--max-cohort" not in text
+    assert started == [] and not state.exists()
+
+
+def test_supernode_refuses_a_negative_day(tmp_path: Path, provisioned: Path, started: list[str]) -> None:
+    base = ("supernode", "--certs", str(provisioned), "--node", "0", "--superlink", "127.0.0.1:9093")
+    text = refused(*base, "--stores", str(tmp_path), "--today", "-5")
+    assert "--today -5" in text and "days since 1970-01-01 (UTC)" in text and started == []
+    code, text = invoke(*base, "--stores", str(tmp_path), "--today", "20500")
+    assert code == 1 and started == ["exec"], text  # the recorder's exception
+
+
+def test_certs_refuses_a_folder_that_is_not_empty_and_changes_nothing(
+    tmp_path: Path, provisioned: Path
+) -> None:
+    sec = tmp_path / "sec"
+    shutil.copytree(provisioned, sec)
+    before = digests(sec)
+    text = refused("certs", "--out", str(sec / "nodes"), "--nodes", "1")
+    assert f"--out {sec / 'nodes'} is not empty" in text and "nothing was changed" in text
+    assert digests(sec) == before
+    (tmp_path / "empty").mkdir()
+    code, text = invoke("certs", "--out", str(tmp_path / "empty"), "--nodes", "1", "--no-ckks")
+    assert code == 0, text
+
+
+def test_make_secrets_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    from fedchurn.server.deploy_secrets import SecretsFolderError
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(SecretsFolderError, match="is not empty"):
+        make_secrets(tmp_path, 1, with_ckks=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.fixture
+def settings_args(tmp_path: Path, provisioned: Path) -> dict[str, str]:
+    certs = tmp_path / "sec"
+    shutil.copytree(provisioned, certs)
+    return {
+        "--certs": str(certs),
+        "--keyholder-url": "https://kh.example:8443",
+        "--results": str(tmp_path / "runs"),
+        "--state-db": "sqlite:///state.sqlite",
+        "--audit-db": "sqlite:///audit.sqlite",
+    }
+
+
+def settings(args: dict[str, str], **change: str) -> list[str]:
+    both = {**args, **{f"--{k.replace('_', '-')}": v for k, v in change.items()}}
+    return ["aggregator-settings", *(x for kv in both.items() for x in kv)]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:8443/path?q=1",
+        "https://kh.example:8443/v1",
+        "https://kh.example:8443?q=1",
+        "https://kh.example:8443/#top",
+        "https://kh.example:8443?",
+    ],
+)
+def test_aggregator_settings_refuses_a_keyholder_url_with_a_path_query_or_fragment(
+    settings_args: dict[str, str], url: str
+) -> None:
+    text = refused(*settings(settings_args, keyholder_url=url))
+    assert "--keyholder-url must be https://host[:port]" in text and "path, query or fragment" in text
+    assert "q=1" not in text and "#top" not in text and "/v1" not in text  # a query may hold a credential
+    assert not (Path(settings_args["--certs"]) / "aggregator" / "aggregator.toml").exists()
+
+
+@pytest.mark.parametrize("option", ["state_db", "audit_db"])
+def test_aggregator_settings_refuses_a_sqlite_file_that_is_no_database(
+    settings_args: dict[str, str], not_a_database: Path, option: str
+) -> None:
+    text = refused(*settings(settings_args, **{option: f"sqlite:///{not_a_database}"}))
+    named = "--" + option.replace("_", "-")
+    assert f"{named}: {not_a_database} is not a SQLite database" in text
+    assert not (Path(settings_args["--certs"]) / "aggregator" / "aggregator.toml").exists()
+
+
+def test_aggregator_settings_stores_sqlite_paths_absolute(
+    tmp_path: Path, settings_args: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)
+    code, text = invoke(*settings(settings_args, keyholder_url="https://kh.example:8443/"))
+    assert code == 0, text
+    with (Path(settings_args["--certs"]) / "aggregator" / "aggregator.toml").open("rb") as f:
+        doc = tomllib.load(f)
+    assert doc["state_db"] == f"sqlite:///{tmp_path.resolve() / 'state.sqlite'}"
+    assert doc["audit_db"] == f"sqlite:///{tmp_path.resolve() / 'audit.sqlite'}"
+
+
+def test_api_never_shows_the_password_of_a_database_url_from_the_environment(
+    provisioned: Path, started: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedchurn.server.database_url import DATABASE_URL_ENV
+
+    # Allowed in the environment, but nothing answers there (no driver, or a refused connection).
+    monkeypatch.setenv(DATABASE_URL_ENV, f"postgresql://agg:{SECRET}@127.0.0.1:1/fedchurn?password={SECRET}")
+    text = refused("api", "--dir", str(provisioned / "api"))
+    assert "error: $FEDCHURN_DATABASE_URL postgresql://agg:***@127.0.0.1:1/fedchurn?password=***" in text
+    assert SECRET not in text and started == []

@@ -209,6 +209,37 @@ def _run_for(store: AuditStore, run_id: str | None) -> RunRecord | None:
     return run
 
 
+# What each party learns in one run, by its mode and whether DP noise is added: the mode's own text
+# (i18n `mode.*`) and one sentence on the noise (i18n `noise.*`). The aggregator's declaration
+# (`PARTY_VIEWS` in shared/protection.py) describes every scheme at once (the noisy sum, CKKS); a
+# reviewer asks about this run (review 21).
+
+
+def _noise_multiplier(run: RunRecord) -> float:
+    """The run's training noise multiplier (0: no DP noise), from its DP record, else its parameters."""
+    for source in (run.dp, run.protection.get("params") or {}):
+        z = source.get("noise_multiplier") if isinstance(source, dict) else None
+        if isinstance(z, int | float) and not isinstance(z, bool):
+            return float(z)
+    return 0.0
+
+
+def party_views(mode: str, noise_multiplier: float, lang: i18n.Lang = "en") -> tuple[str, str]:
+    """(what the aggregator learns, what the key holder learns) in a run of `mode` with that noise."""
+    aggregator = i18n.t(lang, f"mode.{mode}.aggregator")
+    keyholder = i18n.t(lang, f"mode.{mode}.keyholder")
+    if not SCHEMES.get(mode, PLAINTEXT).private:  # no key holder, no noise: every update in the clear
+        return aggregator, keyholder
+    z = f"{noise_multiplier:.4g}"
+    noised = noise_multiplier > 0
+    held = f"noise.{mode}.keyholder.noised" if noised else "noise.keyholder.exact"
+    sep = "" if lang == "zh" else " "
+    return (
+        aggregator + sep + i18n.t(lang, f"noise.aggregator.{'noised' if noised else 'exact'}", z=z),
+        keyholder + sep + i18n.t(lang, held, z=z),
+    )
+
+
 def build_upload_spec(store: AuditStore, run_id: str | None = None, lang: i18n.Lang = "en") -> UploadSpec:
     run = _run_for(store, run_id)
     common: dict[str, Any] = {
@@ -232,10 +263,11 @@ def build_upload_spec(store: AuditStore, run_id: str | None = None, lang: i18n.L
             **common,
         )
     p = dict(run.protection)
-    rounds = store.list_rounds(run.run_id, limit=500).items
-    received = sum(r.received for r in rounds if not r.skipped)
-    got = sum(r.bytes_received for r in rounds if not r.skipped)
+    received, got = store.training_uploads(run.run_id)
     mode = p.pop("mode", "plaintext")
+    p.pop("aggregator_learns", None)  # the run's declaration stays in /v1/runs/{run_id}
+    p.pop("keyholder_learns", None)
+    aggregator_learns, keyholder_learns = party_views(mode, _noise_multiplier(run), lang)
     note = i18n.t(lang, "upload.available", run=run.run_id)
     if not SCHEMES.get(mode, PLAINTEXT).private:  # an unknown mode is not presented as private
         note += " " + i18n.t(lang, "upload.plaintext_warning")
@@ -248,8 +280,8 @@ def build_upload_spec(store: AuditStore, run_id: str | None = None, lang: i18n.L
         upload_bytes=p.pop("upload_bytes", None),
         observed_bytes_per_device=(got / received) if received else None,
         params=p.pop("params", {}) or {},
-        aggregator_learns=p.pop("aggregator_learns", None),
-        keyholder_learns=p.pop("keyholder_learns", None),
+        aggregator_learns=aggregator_learns,
+        keyholder_learns=keyholder_learns,
         extra=p,
         model_n_params=n_params if isinstance(n_params, int) else None,
         **common,

@@ -127,7 +127,7 @@ def run(run_id: RunIdPath, store: Store) -> RunDetail:
     response_model=AuditRoundPage,
     tags=["audit"],
     summary="Audit log of training rounds",
-    responses=problem_responses(422, 503),
+    responses=problem_responses(404, 422, 503),
 )
 def audit_rounds(
     store: Store,
@@ -151,9 +151,12 @@ def audit_rounds(
     """Time, cohort size, devices refused counted by reason (never named), bytes received,
     protection mode, DP noise and ε spent so far (against outsiders and against the
     aggregator), per round; in run order then round order. Unknown parameters and ranges
-    that hold nothing (`min_round` above `max_round`, `since` not before `until`) are 422."""
+    that hold nothing (`min_round` above `max_round`, `since` not before `until`) are 422; an
+    unknown `run_id` is 404, as on every route that takes one."""
     reject_inverted_range("min_round", min_round, "max_round", max_round)
     reject_inverted_range("since", since, "until", until, exclusive=True)
+    if run_id is not None and store.get_run(run_id) is None:
+        raise UnknownRunError(f"no run {run_id!r}")
     filters = RoundFilters(
         run_id=run_id,
         protection_mode=protection_mode,
