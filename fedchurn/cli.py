@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,10 +24,11 @@ from fedchurn.shared.run_config import (
     SIMULATION_NODES,
     RunConfig,
     option_name,
+    parse_target_epsilon,
 )
 
 if TYPE_CHECKING:
-    from fedchurn.server.i18n import Lang
+    pass
 
 _SIM = SIMULATE_DEFAULTS  # ... and `simulate`'s, a study-sized run
 
@@ -65,7 +65,7 @@ def _options(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -116,7 +116,7 @@ def categories(
         doc = {"catalogue_version": CATALOGUE_VERSION, "categories": [as_dict(c) for c in CATEGORIES]}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return
-    lg = cast("Lang", lang)
+    lg = lang  # narrowed to a Lang by the check above
     # Five narrow columns fit 80 terminal columns; everything else is in --json and the reviewer page.
     table = Table(title=t(lg, "cli.categories.title", version=CATALOGUE_VERSION))
     table.add_column(t(lg, "cat.col.number"), justify="right")
@@ -442,16 +442,11 @@ def _days(n: int) -> str:
 
 
 def _epsilon_option(value: str) -> float:
-    """--target-epsilon: `none` (or 0) for no DP, else a positive number."""
-    if value.strip().lower() in ("none", "0", "0.0"):
-        return 0.0
+    """--target-epsilon: `none` (or 0) for no DP, else a positive number (`parse_target_epsilon`)."""
     try:
-        eps = float(value)
-    except ValueError:
-        eps = math.nan
-    if not (math.isfinite(eps) and eps > 0):
-        _fail(f"--target-epsilon must be a positive number or none, got {value!r}")
-    return eps
+        return parse_target_epsilon(value)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def _print_privacy(summary: dict[str, Any], con: Console) -> None:

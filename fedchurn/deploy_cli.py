@@ -31,7 +31,7 @@ from fedchurn.client.device_config import (
     REPLY_AFTER_KEY,
     REPLY_AFTER_PER_DEVICE_KEY,
 )
-from fedchurn.shared.run_config import OPTION_HELP, RunConfig
+from fedchurn.shared.run_config import OPTION_HELP, RunConfig, parse_target_epsilon
 
 if TYPE_CHECKING:
     from fedchurn.server.deploy_secrets import Secrets
@@ -579,7 +579,9 @@ def run(
     ] = RunConfig().num_server_rounds,
     per_round: Annotated[int, typer.Option(help=OPTION_HELP["per_round"])] = RunConfig().per_round,
     k_min: Annotated[int, typer.Option(help=OPTION_HELP["k_min"])] = RunConfig().k_min,
-    target_epsilon: Annotated[float, typer.Option(help="DP target ε (0: no DP).")] = 0.0,
+    target_epsilon: Annotated[
+        str, typer.Option(help="DP target ε: a positive number, or none (as `fedchurn simulate` takes it).")
+    ] = "none",
     eval_noise: Annotated[float, typer.Option(help=OPTION_HELP["eval_noise"])] = RunConfig().eval_noise,
     round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for replies.")] = 600.0,
     run_name: Annotated[str, typer.Option(help="Identity a restarted run resumes under.")] = "",
@@ -593,13 +595,17 @@ def run(
     from fedchurn.server.app_package import write_run_config
     from fedchurn.server.deploy import app_pyproject
 
+    try:
+        epsilon = parse_target_epsilon(target_epsilon)
+    except ValueError as e:
+        _fail(str(e))
     cfg = _checked_run(
         replace(
             RunConfig(),
             num_server_rounds=rounds,
             per_round=per_round,
             k_min=k_min,
-            target_epsilon=target_epsilon,
+            target_epsilon=epsilon,
             eval_noise=eval_noise,
             round_timeout=round_timeout,
             run_name=run_name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,6 +117,10 @@ def serve(
         app = create_app(database_url, token)
     except AuditDatabaseError as e:
         raise ServeError(str(e)) from None
+    try:  # announce only an address this server can have (it named another server's before)
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise ServeError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
     mode = "writable (bearer token required)" if token else "read-only"
     where = shown(parse(database_url, "--database-url"))
     print(

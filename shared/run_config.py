@@ -42,6 +42,7 @@ __all__ = [
     "is_eval_device",
     "is_final_eval_device",
     "option_name",
+    "parse_target_epsilon",
     "round_seed",
 ]
 
@@ -422,6 +423,20 @@ OPTION_HELP: dict[str, str] = {
     "target_epsilon": "Differential privacy target ε against outsiders (a number > 0), or none (also "
     "0). Under DP each round is a Poisson sample and the key holder adds noise once.",
 }
+
+
+def parse_target_epsilon(text: str) -> float:
+    """`--target-epsilon` as every command takes it: `none` (or 0) for no DP, else a positive,
+    finite number; ValueError naming the option otherwise."""
+    if text.strip().lower() in ("none", "0", "0.0"):
+        return 0.0
+    try:
+        eps = float(text)
+    except ValueError:
+        eps = math.nan
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"--target-epsilon must be a positive number or none, got {text!r}")
+    return eps
 
 
 def option_name(field_name: str) -> str:

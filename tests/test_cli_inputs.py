@@ -452,3 +452,31 @@ def test_a_policy_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe name")
     code, text = _run("whatif", "--policy", str(bad), "--devices", "5")
     assert code == 2 and _folded(f"{bad}: not UTF-8 text") in text, text
+
+
+@pytest.mark.parametrize(
+    ("text", "eps"),
+    [("none", 0.0), ("None", 0.0), ("0", 0.0), ("8", 8.0), ("0.5", 0.5), ("-5", None), ("nan", None)],
+)
+def test_every_command_reads_target_epsilon_alike(text: str, eps: float | None) -> None:
+    """`simulate` took `none`, `deploy run` only 0 (review 21): one parser for both."""
+    from fedchurn.shared.run_config import parse_target_epsilon
+
+    if eps is None:
+        with pytest.raises(ValueError, match="--target-epsilon must be a positive number or none"):
+            parse_target_epsilon(text)
+    else:
+        assert parse_target_epsilon(text) == eps
+
+
+def test_serve_says_when_its_port_is_taken_before_announcing_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 21: the banner announced another server's address, then uvicorn failed to bind."""
+    import socket
+
+    from fedchurn.server import serve_cli
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert serve_cli.main(["--port", str(port), "--database-url", "sqlite://"]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen there" in err and "transparency API:" not in err
