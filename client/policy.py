@@ -13,8 +13,10 @@ state machine over many devices at once.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal, NamedTuple
 
@@ -24,7 +26,7 @@ from fedchurn.client.pipeline import device_features
 from fedchurn.client.signals import SIGNAL_NAMES, SignalThresholds, signals
 from fedchurn.shared.catalogue import BY_ID
 from fedchurn.shared.events import local_day
-from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX, N_FEATURES
+from fedchurn.shared.feature_spec import BASE_FEATURES, FEATURE_INDEX, N_FEATURES, RECENCY_CAP
 from fedchurn.shared.model_format import HIGH_RISK, MEDIUM_RISK, churn_probability
 
 SEGMENTS: tuple[str, ...] = ("price_sensitive", "content_dependent", "social", "utility")
@@ -157,35 +159,24 @@ class PolicyConfig:
         return self.episode_send_days[-1]
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "policy") -> PolicyConfig:
+    def from_dict(cls, d: Any, where: str = "") -> PolicyConfig:
         """The inverse of `as_dict`, for a config a person wrote (a what-if policy file): unset
-        knobs keep their defaults; an unknown knob or a value of the wrong kind is refused with
-        `where` and the knob's name, before anything runs."""
-        nested: dict[str, type] = {"signals": SignalThresholds, "segment_rule": SegmentRule}
-        kwargs: dict[str, Any] = {}
+        knobs keep their defaults; every knob is checked against its rule (`POLICY_RULES`,
+        `SIGNAL_RULES`, `SEGMENT_RULE_RULES`) and a bad one refused before anything runs, as
+        `ValueError("<where> [policy.<section>].<knob>: expected …, got …")`."""
+        knobs = _check_section("policy", d, where)
         defaults = cls()
-        known = {f.name: f for f in fields(cls)}
-        for key, value in d.items():
-            if key not in known:
-                raise ValueError(f"{where}: unknown policy knob {key!r}; known: {', '.join(sorted(known))}")
-            if key in nested:
-                kwargs[key] = _knobs(nested[key], value, f"{where}.{key}")
-            elif key in ("segment_triggers", "recall_content"):
-                if not isinstance(value, Mapping):
-                    raise ValueError(f"{where}.{key}: expected a table keyed by segment")
-                unknown = sorted(set(value) - set(SEGMENTS))
-                if unknown:
-                    raise ValueError(
-                        f"{where}.{key}: unknown segment(s) {unknown}; known: {', '.join(SEGMENTS)}"
-                    )
-                given = {str(k): tuple(v) if key == "segment_triggers" else str(v) for k, v in value.items()}
-                kwargs[key] = {**getattr(defaults, key), **given}  # a partial table overrides some segments
-            else:
-                kwargs[key] = _knob_value(getattr(defaults, key), value, f"{where}.{key}")
+        if "signals" in knobs:
+            knobs["signals"] = SignalThresholds(**knobs["signals"])
+        if "segment_rule" in knobs:
+            knobs["segment_rule"] = SegmentRule(**knobs["segment_rule"])
+        for key in ("segment_triggers", "recall_content"):
+            if key in knobs:  # a partial table overrides some segments
+                knobs[key] = {**getattr(defaults, key), **knobs[key]}
         try:
-            return cls(**kwargs)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            return cls(**knobs)
+        except ValueError as e:  # the rules above leave nothing for these checks; kept as a backstop
+            raise ValueError(f"{where} [policy]: {e}".strip()) from None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -196,30 +187,163 @@ class PolicyConfig:
         return d
 
 
-def _knob_value(default: Any, value: Any, where: str) -> Any:
-    """`value` as the kind of `default` (int, float, tuple of ints or names), or a ValueError."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    if isinstance(default, int) and isinstance(value, int):
-        return value
-    if isinstance(default, float) and isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(default, tuple) and isinstance(value, list):
-        kind = type(default[0]) if default else str
-        if all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-            return tuple(value)
-    raise ValueError(f"{where}: expected {type(default).__name__}, got {value!r}")
+# ---------------------------------------------------------------------------------------------
+# What a person may write in a policy file: one rule per knob, checked before anything runs
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """The kind and range of one knob a person may write (a what-if policy file).
+
+    `kind`: "int", "float" (an int is taken as a float), "days" (a list of ints, increasing and
+    starting at 1), "names" (a list of names among `choices`) or "name" (one of `choices`);
+    `per_segment`: a table keyed by segment, each value of that kind. Numbers must be finite and in
+    `lo..hi` (`lo_open`: strictly above `lo`); a boolean is never a number.
+    """
+
+    kind: Literal["int", "float", "days", "names", "name"]
+    lo: float = 0.0
+    hi: float = math.inf
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()
+    per_segment: bool = False
+    why: str = ""  # what the value is, said in the error (for names: "signal names", ...)
+
+    def expected(self) -> str:
+        span = (
+            f"above {self.lo:g} and at most {self.hi:g}" if self.lo_open else f"in {self.lo:g}..{self.hi:g}"
+        )
+        what = {
+            "int": f"an integer {span}",
+            "float": f"a finite number {span}",
+            "days": f"a list of increasing integers {span}, starting at 1",
+            "names": f"a list of {self.why} ({', '.join(self.choices)})",
+            "name": f"one {self.why} ({', '.join(self.choices)})",
+        }[self.kind]
+        return what + (f" ({self.why})" if self.why and self.kind not in ("names", "name") else "")
 
 
-def _knobs(cls: type, table: Any, where: str) -> Any:
+# Day and count bounds: the policy decides once per local day and caps recalls per calendar month,
+# so a recall episode lives inside a 30-day recall window; each bound below says why a larger value
+# means nothing. A knob of the device's own defaults (the brief's figures) sits well inside every range.
+_PROBABILITY = Rule("float", 0.0, 1.0, why="a probability")
+_SHARE = Rule("float", 0.0, 1.0, why="a share")
+# A streak of quiet days longer than a year only ever fires for users long gone.
+_STREAK_DAYS = Rule("int", 0, 365, why="days in a row, at most a year")
+# Carts abandoned in a row, views of one product in a week: above 1,000 it is no person's behaviour.
+_EVENTS = Rule("int", 0, 1000, why="a count of events")
+# Events per active day (the segment rule): above 1,000 no person qualifies for the segment.
+_RATE = Rule("float", 0.0, 1000.0, why="events per active day; above 1,000 no person qualifies")
+POLICY_RULES: dict[str, Rule] = {
+    # Send days fall within the 30-day recall window: day 1 starts the episode, later sends follow
+    # it up, and the monthly cap counts them (the brief: days 1, 7, 14).
+    "episode_send_days": Rule("days", 1, 30, why="days of a 30-day recall episode"),
+    # One decision a day: a calendar month never holds more than 31 recalls (the brief: 3; 0: none).
+    "max_recalls_per_month": Rule("int", 0, 31, why="one recall a day at most"),
+    # At least one rejection; at most one recall a day, so more than a year of rejected recalls in a
+    # row is no opt-out rule at all (the brief: 3).
+    "rejections_to_opt_out": Rule("int", 1, 365, why="consecutive rejected recalls"),
+    "high_risk": _PROBABILITY,
+    "high_risk_during_promotion": _PROBABILITY,
+    "signal_min_probability": _PROBABILITY,
+    "follow_up_min_probability": _PROBABILITY,
+    # "Never again" is `max_recalls_per_month = 0` or `targeting = "none"`; a cooldown longer than a
+    # few years outlives any user of the app (the lab itself runs at most 10 years).
+    "cooldown_days": Rule("int", 0, 3 * 365, why="days; at most three years"),
+    "universal_triggers": Rule("names", choices=SIGNAL_NAMES, why="signal names"),
+    "segment_triggers": Rule("names", choices=SIGNAL_NAMES, per_segment=True, why="signal names"),
+    "recall_content": Rule("name", choices=CONTENT_KINDS, per_segment=True, why="content kind"),
+}
+SIGNAL_RULES: dict[str, Rule] = {
+    "silence_days": _STREAK_DAYS,
+    "silence_days_during_promotion": _STREAK_DAYS,
+    "content_below_days": _STREAK_DAYS,
+    # `promo.days_since_discount_end` is capped at RECENCY_CAP (90): a tolerance at or past it would
+    # fire for every user who never saw a discount.
+    "price_tolerance_days": Rule("int", 0, RECENCY_CAP - 1, why="days; the feature stops at 90"),
+    "price_window_days": Rule("int", 0, RECENCY_CAP, why="days; the feature stops at 90"),
+    # The signal compares the content trend with log(ratio): 0 has no log, and above 1 it is no drop.
+    "content_drop_ratio": Rule("float", 0.0, 1.0, lo_open=True, why="a share of the usual week"),
+    "friends_lost_share": _SHARE,
+    "abandoned_carts": _EVENTS,
+    "repeat_views_7d": _EVENTS,
+}
+SEGMENT_RULE_RULES: dict[str, Rule] = {
+    "discount_dependence": _SHARE,
+    "commerce_per_active_day": _RATE,
+    "social_per_active_day": _RATE,
+    "content_per_active_day": _RATE,
+}
+# Every section of a policy file: the dataclass it builds and the rules of its knobs. A test checks
+# that every field of each dataclass has exactly one rule.
+SECTIONS: dict[str, tuple[type, dict[str, Rule]]] = {
+    "policy": (PolicyConfig, POLICY_RULES),
+    "policy.signals": (SignalThresholds, SIGNAL_RULES),
+    "policy.segment_rule": (SegmentRule, SEGMENT_RULE_RULES),
+}
+
+
+def _check_value(rule: Rule, value: Any, at: str) -> Any:
+    """`value` checked against `rule` and converted (lists to tuples, ints to floats), or a
+    ValueError `at: expected …, got …`."""
+
+    def bad() -> ValueError:
+        return ValueError(f"{at}: expected {rule.expected()}, got {value!r}")
+
+    def number(v: Any, integer: bool) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            return False
+        if not math.isfinite(v):
+            return False
+        return (v > rule.lo if rule.lo_open else v >= rule.lo) and v <= rule.hi
+
+    if rule.kind in ("int", "float"):
+        if not number(value, rule.kind == "int"):
+            raise bad()
+        return int(value) if rule.kind == "int" else float(value)
+    if rule.kind == "days":
+        if not (isinstance(value, list) and value and all(number(v, True) for v in value)):
+            raise bad()
+        if value[0] != 1 or any(b <= a for a, b in itertools.pairwise(value)):
+            raise bad()
+        return tuple(int(v) for v in value)
+    if rule.kind == "names":
+        if not (isinstance(value, list) and all(isinstance(v, str) and v in rule.choices for v in value)):
+            raise bad()
+        return tuple(value)
+    if not (isinstance(value, str) and value in rule.choices):  # "name"
+        raise bad()
+    return value
+
+
+def _check_section(section: str, table: Any, where: str) -> dict[str, Any]:
+    """The knobs of one section of a policy file, each checked against its rule (unknown knobs,
+    wrong kinds and values out of range refused naming `where [section].knob`)."""
+    at = f"{where} [{section}]".strip()
     if not isinstance(table, Mapping):
-        raise ValueError(f"{where}: expected a table")
-    defaults = cls()
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown knob(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**{k: _knob_value(getattr(defaults, k), v, f"{where}.{k}") for k, v in table.items()})
+        raise ValueError(f"{at}: expected a table of knobs, got {table!r}")
+    _, rules = SECTIONS[section]
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if f"{section}.{key}" in SECTIONS:
+            out[key] = _check_section(f"{section}.{key}", value, where)
+            continue
+        if key not in rules:
+            known = sorted(rules) + sorted(
+                s.rsplit(".", 1)[1] for s in SECTIONS if s.startswith(f"{section}.")
+            )
+            raise ValueError(f"{at}: unknown policy knob {key!r}; known: {', '.join(known)}")
+        rule = rules[key]
+        if rule.per_segment:
+            sub = f"{where} [{section}.{key}]".strip()
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{at}.{key}: expected a table keyed by segment, got {value!r}")
+            unknown = sorted(set(value) - set(SEGMENTS))
+            if unknown:
+                raise ValueError(f"{sub}: unknown segment(s) {unknown}; known: {', '.join(SEGMENTS)}")
+            out[key] = {seg: _check_value(rule, v, f"{sub}.{seg}") for seg, v in value.items()}
+        else:
+            out[key] = _check_value(rule, value, f"{at}.{key}")
+    return out
 
 
 @dataclass(frozen=True)

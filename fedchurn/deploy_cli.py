@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedchurn.client.device_config import (
     MAX_LOCAL_STEPS_KEY,
@@ -116,7 +117,7 @@ MinNoiseOpt = Annotated[
 def _fail(message: str) -> NoReturn:
     """Refuse a user's input, naming the option: the deploy commands' one error style (stderr, exit
     2), always before any work starts."""
-    console.print(f"[red]error:[/] {message}")
+    console.print(f"[red]error:[/] {escape(message)}")  # [policy], a path: text, not Rich markup
     raise typer.Exit(2)
 
 

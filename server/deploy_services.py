@@ -116,7 +116,7 @@ def serve_api(
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
-KEYHOLDER_TABLES = frozenset({"answered", "used_seals"})  # `keyholder._SCHEMA`
+KEYHOLDER_TABLES = frozenset({"answered", "used_seals", "owner"})  # `keyholder._SCHEMA`
 
 
 def check_sqlite_file(path: Path, what: str) -> None:

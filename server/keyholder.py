@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -74,6 +75,10 @@ _NOT_HONEST = (
 )
 _LOG = logging.getLogger(__name__)
 _REFUSED = "ckks refused"  # an answered cohort's mode once it was refused after decryption
+_BUDGET_SPENT = (
+    f"this key holder's CKKS key has been refused after decryption {CKKS_MAX_REFUSALS} times, each "
+    "an answer about what it decrypted: it decrypts no more; provision a new CKKS key (docs/deploy.md)"
+)
 _NO_DATA = "refused: too few carried data"  # a cohort consumed by its refusal (decision 150)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answered (
@@ -84,12 +89,25 @@ CREATE TABLE IF NOT EXISTS answered (
     answered_at REAL NOT NULL,
     PRIMARY KEY (round_id, cohort_id)
 );
+CREATE TABLE IF NOT EXISTS owner (
+    key_id BLOB NOT NULL,
+    state_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS used_seals (
     seal_id BLOB PRIMARY KEY,
     round_id INTEGER NOT NULL,
     cohort_id INTEGER NOT NULL
 );
 """
+
+
+class KeyHolderStateError(ValueError):
+    """A once-only state file that is not this key's (another key's, or a fresh one for a key that
+    answered with another): opening it would let cohorts be answered again."""
+
+
+class _BudgetSpentError(Exception):
+    """The CKKS refusal budget is spent (raised inside the state's commit)."""
 
 
 class KeyHolderRefusedError(Exception):
@@ -190,15 +208,28 @@ class _MemoryState:
     def used(self, seal_ids: Sequence[bytes]) -> set[bytes]:
         return {s for s in seal_ids if s in self._used}
 
-    def commit(self, round_id: int, cohort_id: int, mode: str, n: int, seal_ids: Sequence[bytes]) -> bool:
+    def commit(
+        self,
+        round_id: int,
+        cohort_id: int,
+        mode: str,
+        n: int,
+        seal_ids: Sequence[bytes],
+        max_refusals: int | None = None,
+    ) -> bool:
         if (round_id, cohort_id) in self._answered or any(s in self._used for s in seal_ids):
             return False
+        # `max_refusals` given: the cohort is recorded as refused (`_REFUSED`) within that budget
+        if max_refusals is not None and len(self._refused) >= max_refusals:
+            raise _BudgetSpentError
         self._answered.add((round_id, cohort_id))
         self._used.update(seal_ids)
+        if max_refusals is not None:
+            self._refused.add((round_id, cohort_id))
         return True
 
-    def refuse(self, round_id: int, cohort_id: int) -> None:
-        self._refused.add((round_id, cohort_id))
+    def release(self, round_id: int, cohort_id: int, mode: str) -> None:
+        self._refused.discard((round_id, cohort_id))
 
     def refusals(self) -> int:
         return len(self._refused)
@@ -214,12 +245,27 @@ class _State:
     """Once-only facts in SQLite (stdlib), durable across restarts of the key holder."""
 
     path: Path
+    key_id: bytes  # the key holder's public key: a state file serves one key (review 22)
     conn: sqlite3.Connection = field(init=False)
+    state_id: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(_SCHEMA)
+        self.conn.execute("BEGIN IMMEDIATE")
+        row = self.conn.execute("SELECT key_id, state_id FROM owner").fetchone()
+        if row is None:
+            row = (self.key_id, secrets.token_hex(16))
+            self.conn.execute("INSERT INTO owner VALUES (?, ?)", row)
+        self.conn.execute("COMMIT")
+        if bytes(row[0]) != self.key_id:
+            self.conn.close()
+            raise KeyHolderStateError(
+                f"{self.path} is the once-only state of another key holder key: with it this key "
+                "would answer cohorts its own state has seen answered"
+            )
+        self.state_id = str(row[1])
 
     def answered(self, round_id: int, cohort_id: int) -> bool:
         row = self.conn.execute(
@@ -236,10 +282,24 @@ class _State:
             out |= {bytes(r[0]) for r in rows}
         return out
 
-    def commit(self, round_id: int, cohort_id: int, mode: str, n: int, seal_ids: Sequence[bytes]) -> bool:
-        """Record the answer atomically; False if another answer got there first."""
+    def commit(
+        self,
+        round_id: int,
+        cohort_id: int,
+        mode: str,
+        n: int,
+        seal_ids: Sequence[bytes],
+        max_refusals: int | None = None,
+    ) -> bool:
+        """Record the answer atomically; False if another answer got there first. A cohort
+        committed as refused (`_REFUSED`, CKKS before its release) first checks, in the same
+        transaction, that fewer than `max_refusals` are recorded: two processes on one state file
+        recorded 17 against 16 when the check and the mark were apart (review 22)."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            if max_refusals is not None and self.refusals() >= max_refusals:
+                self.conn.execute("ROLLBACK")
+                raise _BudgetSpentError
             self.conn.execute(
                 "INSERT INTO answered VALUES (?, ?, ?, ?, ?)", (round_id, cohort_id, mode, n, time.time())
             )
@@ -252,11 +312,10 @@ class _State:
             self.conn.execute("ROLLBACK")
             return False
 
-    def refuse(self, round_id: int, cohort_id: int) -> None:
-        """Mark an answered cohort as refused after decryption (what `refusals` counts)."""
+    def release(self, round_id: int, cohort_id: int, mode: str) -> None:
+        """A cohort committed as refused was released after all: record it as `mode`."""
         self.conn.execute(
-            f"UPDATE answered SET mode = '{_REFUSED}' WHERE round_id = ? AND cohort_id = ?",
-            (round_id, cohort_id),
+            "UPDATE answered SET mode = ? WHERE round_id = ? AND cohort_id = ?", (mode, round_id, cohort_id)
         )
 
     def refusals(self) -> int:
@@ -266,6 +325,22 @@ class _State:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _bind_state(key_path: Path, state: _State) -> None:
+    """Record, beside the key, which state file it answers with, and refuse another: a fresh state
+    for a key that has answered let it answer every cohort again, and restarted its CKKS refusal
+    budget (review 22). Losing the state means provisioning a new key (docs/deploy.md)."""
+    marker = key_path.with_name(key_path.name + ".state-id")
+    if marker.exists():
+        if marker.read_text().strip() != state.state_id:
+            state.close()
+            raise KeyHolderStateError(
+                f"{state.path} is not the once-only state this key answered with ({marker} names "
+                "another): restore that state file, or provision a new key holder key"
+            )
+        return
+    _write_private(marker, f"{state.state_id}\n".encode())
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -315,7 +390,9 @@ class KeyHolder:
             raise ValueError("k_min must be >= 1 and min_noise_multiplier >= 0")
         self._sk = private_key
         self._pk = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self._state: _State | _MemoryState = _State(state_path) if state_path is not None else _MemoryState()
+        self._state: _State | _MemoryState = (
+            _State(state_path, self._pk) if state_path is not None else _MemoryState()
+        )
         self._lock = threading.Lock()
         self.k_min = k_min
         self.min_noise_multiplier = min_noise_multiplier
@@ -384,7 +461,10 @@ class KeyHolder:
         contexts = None
         if _ckks_path(key_path).exists():
             contexts = (_ckks_path(key_path).read_bytes(), _ckks_public_path(key_path).read_bytes())
-        return cls(sk, state_path, k_min, min_noise_multiplier, ckks_params, contexts, noise_exempt)
+        kh = cls(sk, state_path, k_min, min_noise_multiplier, ckks_params, contexts, noise_exempt)
+        if isinstance(kh._state, _State):
+            _bind_state(key_path, kh._state)
+        return kh
 
     def public_key(self) -> bytes:
         """The raw 32-byte X25519 public key devices seal their seeds to."""
@@ -425,10 +505,13 @@ class KeyHolder:
             raise KeyHolderRefusedError(Reason.BAD_REQUEST, str(e)) from None
         return max(self.k_min, params.k_min)
 
-    def _open_seals(self, scheme: Scheme, r: MaskSumRequest | CkksSumRequest, k: int) -> _Opened:
+    def _open_seals(
+        self, scheme: Scheme, r: MaskSumRequest | CkksSumRequest, k: int, *, require_data: bool = True
+    ) -> _Opened:
         """Open every seal under this cohort's context (caller holds the lock); refuses answered
-        cohorts, oversized ones, cohorts with fewer than k seals that open and cohorts with fewer
-        than k seeds whose data bit is set (`wire.with_data_bit`)."""
+        cohorts, oversized ones, cohorts with fewer than k seals that open and, unless the caller
+        checks it later (`require_data`), cohorts with fewer than k seeds whose data bit is set
+        (`wire.with_data_bit`)."""
         params, entries = r.params, r.entries
         if self._state.answered(r.round_id, r.cohort_id):
             raise KeyHolderRefusedError(Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}")
@@ -463,6 +546,18 @@ class KeyHolder:
             raise KeyHolderRefusedError(
                 Reason.COHORT_TOO_SMALL, f"{len(seeds)} valid devices < k={k}", dropped
             )
+        result = _Opened(seeds, seal_ids, tuple(included), tuple(dropped))
+        if require_data:
+            self._require_data(r, result, k)
+        return result
+
+    def _require_data(self, r: MaskSumRequest | CkksSumRequest, opened: _Opened, k: int) -> None:
+        """Refuse, spending the cohort, one with fewer than k seeds whose data bit is set. Every
+        refusal that spends nothing must come before this one: CKKS refused a seal that does not
+        open, or a ciphertext that does not parse, after it, so a request with one bad entry asked
+        "do k of these carry data?" for free, again and again with subsets of the same seals, and
+        read one device's bit in a cohort of real devices (12 of 12, review 22)."""
+        seeds, seal_ids, dropped = opened.seeds, opened.seal_ids, list(opened.dropped)
         if sum(wire.carries_data(s) for s in seeds) < k:
             # Uploads of exact zeros (devices without data) are values the aggregator can
             # predict: counted towards k, k-1 of them around one device released that device's
@@ -474,7 +569,6 @@ class KeyHolder:
             raise KeyHolderRefusedError(
                 Reason.COHORT_TOO_SMALL, f"fewer than k={k} of its valid devices sent data", dropped
             )
-        return _Opened(seeds, seal_ids, tuple(included), tuple(dropped))
 
     @staticmethod
     def _entry_problem(
@@ -498,8 +592,12 @@ class KeyHolder:
             return None
         return seed if len(seed) == wire.SEED_LEN else None
 
-    def _commit(self, r: MaskSumRequest | CkksSumRequest, scheme: Scheme, opened: _Opened) -> None:
-        if not self._state.commit(r.round_id, r.cohort_id, scheme.name, len(opened.seeds), opened.seal_ids):
+    def _commit(
+        self, r: MaskSumRequest | CkksSumRequest, mode: str, opened: _Opened, max_refusals: int | None = None
+    ) -> None:
+        if not self._state.commit(
+            r.round_id, r.cohort_id, mode, len(opened.seeds), opened.seal_ids, max_refusals
+        ):
             raise KeyHolderRefusedError(Reason.ALREADY_ANSWERED, f"round {r.round_id} cohort {r.cohort_id}")
 
     # --- secagg ---
@@ -518,7 +616,7 @@ class KeyHolder:
             sigma = p.noise_std_int(r.n_params)
             noise = discrete_gaussian(sigma, m)
             answer = (total - (noise % (1 << bits)).astype(np.uint64)) & ring_mask
-            self._commit(r, SECAGG, opened)
+            self._commit(r, SECAGG.name, opened)
         return MaskSumResponse(r.round_id, r.cohort_id, answer, opened.included, opened.dropped, sigma)
 
     # --- CKKS ---
@@ -566,14 +664,9 @@ class KeyHolder:
         grid, sigma = ckks_grid(p), ckks_release_std(p, r.n_params)
         with self._lock:
             if self._state.refusals() >= CKKS_MAX_REFUSALS:
-                raise KeyHolderRefusedError(
-                    Reason.MODE_DISABLED,
-                    f"this key holder's CKKS key has been refused after decryption {CKKS_MAX_REFUSALS} "
-                    "times, each an answer about what it decrypted: it decrypts no more; provision a "
-                    "new CKKS key (docs/deploy.md)",
-                )
+                raise KeyHolderRefusedError(Reason.MODE_DISABLED, _BUDGET_SPENT)
             ctx = self._ckks()
-            opened = self._open_seals(CKKS, r, k)
+            opened = self._open_seals(CKKS, r, k, require_data=False)
             if opened.dropped:
                 # Their ciphertexts are in the sum but their masks could not be removed: nothing is
                 # decrypted or spent; the aggregator takes them out of its sum and asks again.
@@ -584,24 +677,39 @@ class KeyHolder:
                 )
             try:
                 chunks = wire.parse_ckks_body(r.ciphertext)
-                decrypted = _decrypt_slots(ctx, [ts.ckks_vector_from(ctx, c) for c in chunks])
+                vectors = [ts.ckks_vector_from(ctx, c) for c in chunks]
+                _check_ciphertexts(ctx, vectors)
             except wire.WireError as e:
                 raise KeyHolderRefusedError(e.reason, e.detail) from None
             except Exception as e:  # TenSEAL raises plain exceptions on malformed ciphertexts
                 raise KeyHolderRefusedError(
                     Reason.MALFORMED_PAYLOAD, f"ciphertext does not decrypt: {e}"
                 ) from None
+            # Every refusal that spends nothing is behind us; this one spends the cohort.
+            self._require_data(r, opened, k)
+            try:
+                decrypted = _decrypt_slots(ctx, vectors)
+            except Exception as e:
+                raise KeyHolderRefusedError(
+                    Reason.MALFORMED_PAYLOAD, f"ciphertext does not decrypt: {e}"
+                ) from None
             # From here on something was decrypted: the cohort and its seals are spent whatever
-            # the outcome, so a refused answer cannot be retried to probe the sum.
-            self._commit(r, CKKS, opened)
+            # the outcome, so a refused answer cannot be retried to probe the sum. It is recorded
+            # as refused until its release succeeds (fail closed: a state write that fails later
+            # leaves a refusal counted, not a decryption uncounted; review 22), inside the
+            # budget's own transaction.
+            try:
+                self._commit(r, _REFUSED, opened, max_refusals=CKKS_MAX_REFUSALS)
+            except _BudgetSpentError:
+                raise KeyHolderRefusedError(Reason.MODE_DISABLED, _BUDGET_SPENT) from None
             try:
                 released = _checked_release(p, r.n_params, decrypted, opened, grid, sigma)
+                self._state.release(r.round_id, r.cohort_id, CKKS.name)
             except Exception as e:
                 # Counted against the key: each refusal after decryption answers the noise-free
                 # checks. Anything else raised here would reach the aggregator as another answer
                 # (the service maps a ValueError to bad_request): it is the same refusal, counted
                 # the same (review 11), with only its type logged, never its text.
-                self._state.refuse(r.round_id, r.cohort_id)
                 if isinstance(e, KeyHolderRefusedError):
                     raise
                 _LOG.error(
@@ -662,14 +770,9 @@ def _checked_release(
     return released
 
 
-def _decrypt_slots(ctx: Any, vectors: list[Any]) -> list[tuple[np.ndarray, int]]:
-    """Every slot, complex, of each one-ciphertext CKKS vector (TenSEAL decrypts only the real
-    parts of the first `size`), with its size."""
-    from tenseal import sealapi
-
+def _check_ciphertexts(ctx: Any, vectors: list[Any]) -> None:
+    """Each vector is one ciphertext at the devices' scale and level (ValueError otherwise)."""
     seal = ctx.seal_context().data
-    decryptor, encoder = sealapi.Decryptor(seal, ctx.secret_key().data), sealapi.CKKSEncoder(seal)
-    out = []
     for vector in vectors:
         (ciphertext,) = vector.ciphertext()
         # review 7: a product with a plaintext (or another ciphertext) decrypts to the same values
@@ -681,6 +784,19 @@ def _decrypt_slots(ctx: Any, vectors: list[Any]) -> list[tuple[np.ndarray, int]]
             or list(ciphertext.parms_id()) != list(seal.first_parms_id())
         ):
             raise ValueError("ciphertext is not at the devices' scale and level")
+
+
+def _decrypt_slots(ctx: Any, vectors: list[Any]) -> list[tuple[np.ndarray, int]]:
+    """Every slot, complex, of each one-ciphertext CKKS vector (TenSEAL decrypts only the real
+    parts of the first `size`), with its size; `_check_ciphertexts` first."""
+    from tenseal import sealapi
+
+    _check_ciphertexts(ctx, vectors)
+    seal = ctx.seal_context().data
+    decryptor, encoder = sealapi.Decryptor(seal, ctx.secret_key().data), sealapi.CKKSEncoder(seal)
+    out = []
+    for vector in vectors:
+        (ciphertext,) = vector.ciphertext()
         plain = sealapi.Plaintext()
         decryptor.decrypt(ciphertext, plain)
         # review 8: decode_double drops the imaginary parts, which the aggregator can fill (public

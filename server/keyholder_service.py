@@ -169,7 +169,7 @@ class _UnauthorizedError(Exception):
 def _params(d: dict[str, Any]) -> ProtectionParams:
     try:
         return ProtectionParams.from_dict(d)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # 10**400 overflowed a float (review 22)
         raise KeyHolderRefusedError(Reason.BAD_REQUEST, f"bad params: {e}") from None
 
 
@@ -227,7 +227,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: Exception) -> JSONResponse:
-        return _problem(422, Reason.BAD_REQUEST, str(exc)[:2000], request.url.path)
+        # Where and what, never the input echoed back nor the server's source location, which
+        # the exception's text carries (review 22).
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in errors)
+        return _problem(422, Reason.BAD_REQUEST, where[:2000] or "invalid request", request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: Exception) -> JSONResponse:

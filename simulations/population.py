@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -996,6 +997,10 @@ def write_population(pop: Population, out_dir: Path) -> dict[str, Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A calibration report of the population this one replaces would sit beside data it does not
+    # describe (review 23): it goes with the data it was made from.
+    if (out_dir / "report" / "calibration.json").is_file():
+        shutil.rmtree(out_dir / "report")
     paths = {
         "events": out_dir / "events.parquet",
         "truth": out_dir / "truth.parquet",

@@ -64,7 +64,7 @@ def population(
     from fedchurn.simulations.population import generate_population, write_population
 
     try:
-        sc = load_scenario(scenario)
+        sc = load_scenario(scenario).with_days(days)  # the override's volume, checked before the bar
     except ScenarioError as err:
         raise _fail(str(err)) from None
     try:

@@ -153,7 +153,8 @@ def check_population(pop_dir: Path) -> dict[str, Any]:
     PopulationInputError names the file and what is wrong."""
     pop_dir = Path(pop_dir)
     if not pop_dir.is_dir():
-        raise PopulationInputError(f"{pop_dir} is not a population folder (no such folder)")
+        what = "a file" if pop_dir.exists() else "no such folder"
+        raise PopulationInputError(f"{pop_dir} is not a population folder ({what})")
     missing = [n for n in POPULATION_FILES if not (pop_dir / n).is_file()]
     if missing:
         raise PopulationInputError(f"{pop_dir} is not a population folder (missing {', '.join(missing)})")

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
+import math
+import re
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -193,77 +197,370 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ScenarioError(msg)
-
-
 def _check_days(days: int) -> None:
-    _check(MIN_DAYS <= days <= MAX_DAYS, f"days must be in {MIN_DAYS}..{MAX_DAYS}, got {days}")
+    if not MIN_DAYS <= days <= MAX_DAYS:
+        raise ScenarioError(f"days must be in {MIN_DAYS}..{MAX_DAYS}, got {days}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: one table of rules, checked on the whole scenario before any generation.
+#
+# Types come from the dataclass annotations (int: an integer, never a bool or a float; float: an
+# integer or a finite float; str; tuples of the declared element type and length; the sections
+# and [[holidays]] as tables). Ranges come from `_RULES` below, one entry per numeric knob, and
+# the few rules that tie knobs together from `_cross_checks`. Every error reads
+# `FILE [section].knob: expected ..., got ...` (top-level knobs have no section).
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Range:
+    """Closed (or half-open) interval a number must lie in; `None` = unbounded on that side."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, x: float) -> bool:
+        lo_ok = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
+        hi_ok = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        return lo_ok and hi_ok
+
+    def text(self, integer: bool) -> str:
+        if integer and self.lo is not None and self.hi is not None:
+            lo = int(self.lo) + self.lo_open
+            hi = int(self.hi) - self.hi_open
+            return f"an integer in {lo}..{hi}"
+        noun = "an integer" if integer else "a number"
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"{noun} in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+        if self.lo is not None:
+            return f"{noun} {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.hi is not None:
+            return f"{noun} {'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return noun
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The evaluated field annotations of a dataclass (this module uses postponed annotations)."""
+    return typing.get_type_hints(cls)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+_PROB = _Range(0, 1)  # a probability or a share
+# A churn risk factor. The hazard is compared with a uniform draw, so past 100x a typical user
+# churns within days whatever the other knobs say: larger values only saturate.
+_FACTOR = _Range(0, 100)
+_TZ_MIN = _Range(-14 * 60, 14 * 60)  # UTC offsets in minutes: UTC-14:00 .. UTC+14:00 cover every zone
+# Delays after a trigger: beyond two months (the horizon's bound too) the churn no longer follows
+# from the trigger; at least 1-2 days so it never precedes it (see each knob).
+_DELAY_MAX = 60
+# Never more than this many events of one kind per device-day (population._MAX_PER_CELL).
+_MAX_PER_CELL = 40
+# The engagement level scales every rate by (0.4 + 0.6 x level); past 10x a typical user it is an
+# events_scale beyond that knob's bound.
+_LEVEL = _Range(0, 10, lo_open=True)
+# events_scale x days: the event volume of the longest history (MAX_DAYS) at the default rate,
+# what the generator's memory (a chunk of 512 devices x days x channels) is sized for.
+MAX_EVENT_DAYS = MAX_DAYS
+MAX_HOLIDAYS = 100  # each holiday is one pass over every device-day; a calendar, not a data set
+
+# (section, knob) -> range of every number in it; section "" = top level, "holidays" = [[holidays]].
+# A tuple of ranges gives one per position (timezones: offset, share).
+_RULES: dict[tuple[str, str], _Range | tuple[_Range, ...]] = {
+    ("", "days"): _Range(MIN_DAYS, MAX_DAYS),
+    # Churn is simulated this far past today; 14 gives truth its 14-day label, 60 is plenty.
+    ("", "horizon_days"): _Range(0, 60),
+    ("", "timezones"): (_TZ_MIN, _Range(0)),  # (offset minutes, share >= 0; shares are normalised)
+    **{("segments", s): _PROB for s in SEGMENTS},
+    ("engagement", "level_min"): _LEVEL,
+    ("engagement", "level_max"): _LEVEL,
+    ("engagement", "level_skew"): _Range(1, 2),  # blend of u (1) and u**2 (2)
+    # The drift multiplier 1 + z/(1+|z|) saturates at 0 or 2 long before an sd of 10.
+    ("engagement", "drift_sd"): _Range(0, 10),
+    ("engagement", "drift_persistence"): _Range(0, 1, hi_open=True),  # AR(1): 1 never mixes
+    # Every per-day rate x this: past 10 the busiest channels hit the cap of 40 events per
+    # device-day, so the knob no longer scales the data, only the memory (see MAX_EVENT_DAYS).
+    ("engagement", "events_scale"): _Range(0, 10, lo_open=True),
+    ("engagement", "night_user_rate"): _PROB,
+    # Weekday factor 1 + this x (w - 1): the lowest w (0.7, utility on Sundays) must stay > 0.
+    ("engagement", "weekend_effect"): _Range(0, 3),
+    ("churn", "base_hazard"): _PROB,  # a daily probability
+    ("churn", "engagement_sensitivity"): _Range(0, 6),  # an exponent, applied by repeated products
+    ("churn", "segment_hazard"): _FACTOR,
+    ("churn", "paid_channel_multiplier"): _FACTOR,
+    ("churn", "notifications_off_multiplier"): _FACTOR,
+    ("churn", "same_category_app_multiplier"): _FACTOR,  # added per app (0-5 apps)
+    ("churn", "low_tier_multiplier"): _FACTOR,
+    ("churn", "new_user_hazard_multiplier"): _FACTOR,
+    ("churn", "onboarding_days"): _Range(1, 59),  # onboarding is shorter than two months
+    ("churn", "no_warning_rate"): _PROB,
+    ("churn", "stray_event_rate"): _PROB,  # dismissals per day after churn: rare by definition
+    ("triggers", "discount_churn_prob"): _PROB,
+    # Churn falls this (+-1) days after the discount ends: >= 1 so it is never during the discount.
+    ("triggers", "discount_tolerance_days"): _Range(1, _DELAY_MAX),
+    ("triggers", "feed_drop_rate"): _PROB,
+    ("triggers", "feed_churn_prob"): _PROB,
+    # Churn falls this (+-2) days after the feed drop: >= 2 so it never precedes the drop.
+    ("triggers", "feed_reaction_days"): _Range(2, _DELAY_MAX),
+    ("triggers", "friends_episode_rate"): _PROB,
+    ("triggers", "friends_loss_max"): _PROB,  # a share of friends
+    ("triggers", "friends_churn_threshold"): _PROB,  # a share of friends
+    ("triggers", "friends_churn_prob"): _PROB,
+    ("triggers", "competitor_rate"): _PROB,
+    ("triggers", "competitor_churn_prob"): _PROB,
+    ("decay", "window_days"): _Range(2, 14),  # the brief's pre-churn week, two at most
+    ("decay", "predecline_days"): _Range(1, 60),
+    ("decay", "predecline_floor"): _Range(0, 1, lo_open=True),  # x engagement: a decline, never 0
+    ("decay", "private_messages_drop"): _PROB,  # a share of the earlier rate
+    ("decay", "profile_updates_drop"): _PROB,
+    ("decay", "content_ratio"): _Range(0, 1, lo_open=True),  # also < content_threshold
+    ("decay", "content_threshold"): _Range(0, 1, lo_open=True),  # a share of the historical mean
+    # Report target, days in a row within the pre-churn window (window_days is at most 14).
+    ("decay", "content_days"): _Range(1, 14),
+    ("decay", "cart_abandons_per_day"): _Range(0, _MAX_PER_CELL),  # the generator's per-day cap
+    # Report target; 3 is the brief's. The window holds at most 14 days x 40 abandons, but past
+    # 100 in a row the check could never pass at any rate this knob allows.
+    ("decay", "cart_abandon_streak"): _Range(1, 100),
+    # Price churners' repeat views (0.35 a day) x this: at 100 they already hit the cap of 40 a day.
+    ("decay", "repeat_view_multiplier"): _Range(0, 100),
+    ("decay", "activity_floor"): _PROB,  # x the normal session probability
+    ("decay", "notifications_off_prob"): _PROB,
+    # A discount starts in the first (period - 14) days of its period, so >= 14; at most one a
+    # year (set promo_participation to 0 for none): longer periods only push discounts past `today`.
+    ("foolers", "promo_period_days"): _Range(14, 365),
+    ("foolers", "promo_participation"): _PROB,
+    ("foolers", "promo_days_min"): _Range(1, 365),  # also <= promo_days_max < promo_period_days - 8
+    ("foolers", "promo_days_max"): _Range(1, 365),
+    ("foolers", "promo_lull_rate"): _PROB,
+    ("foolers", "promo_lull_days_max"): _Range(2, 10),  # a lull lasts 2..this days, never churn-long
+    ("foolers", "quiet_return_rate"): _PROB,
+    ("foolers", "quiet_days_min"): _Range(1, 10),
+    ("foolers", "quiet_days_max"): _Range(1, 10),  # < 14, so a quiet spell is never churn
+    ("foolers", "holiday_quiet_rate"): _PROB,
+    ("foolers", "new_user_rate"): _PROB,
+    # New users are 3..this days old; it is capped at days - 1, so MAX_DAYS is the most that matters.
+    ("foolers", "new_user_max_age_days"): _Range(3, MAX_DAYS),
+    ("holidays", "days"): _Range(1, 8),  # a holiday silence plus its margins stays < 14 days
+    ("holidays", "tz_min"): _TZ_MIN,
+}
+# String knobs: labels, or ISO dates (checked by _check_date).
+_STRINGS = {("", "name"), ("", "description"), ("", "start_date"), ("holidays", "start")}
+# Day numbers count from 1970-01-01 and the truth marks "none" with day -1, and an event's UTC
+# timestamp is its local time minus up to 14 hours: so the history starts on 1970-01-02 or later.
+_FIRST_START = dt.date(1970, 1, 2)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class _KnobError(ScenarioError):
+    """A knob breaks a rule; `scenario_from_dict` prefixes the file it came from."""
+
+    def __init__(self, knob: str, detail: str) -> None:
+        super().__init__(f"scenario {knob}: {detail}")
+        self.knob = knob
+        self.detail = detail
+
+
+def _got(v: Any) -> str:
+    """A value as the error shows it: TOML-like, with its kind when the kind is the problem."""
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, dt.date | dt.time):
+        return f"{v.isoformat()} (a TOML date/time, not a string)"
+    if isinstance(v, str):
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "...'"
+    if isinstance(v, list | tuple):
+        inner = ", ".join(_got(x) for x in v[:6]) + (", ..." if len(v) > 6 else "")
+        return f"[{inner}]"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    return f"a {type(v).__name__}"
+
+
+_NOUNS: dict[Any, tuple[str, str]] = {
+    int: ("an integer", "integers"),
+    float: ("a finite number", "finite numbers"),
+    str: ("a string", "strings"),
+}
+
+
+def _describe(tp: Any, plural: bool = False) -> str:
+    if tp in _NOUNS:
+        return _NOUNS[tp][plural]
+    if dataclasses.is_dataclass(tp):
+        return "tables" if plural else "a table"
+    args = typing.get_args(tp)
+    if args and args[-1] is Ellipsis:
+        return (
+            f"arrays of {_describe(args[0], True)}" if plural else f"an array of {_describe(args[0], True)}"
+        )
+    if len(set(args)) == 1:
+        return (
+            f"arrays of {len(args)} {_describe(args[0], True)}"
+            if plural
+            else f"an array of {len(args)} {_describe(args[0], True)}"
+        )
+    pair = "[" + ", ".join(_describe(a).split(" ", 1)[1] for a in args) + "]"
+    return f"{pair} arrays" if plural else f"a {pair} array"
+
+
+def _fits(v: Any, tp: Any) -> bool:
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, str)
+
+
+def _check_type(v: Any, tp: Any, knob: str) -> None:
+    """`v` has the annotated type `tp`, recursively; `knob` is the path the error names."""
+    if tp in _NOUNS:
+        if not _fits(v, tp):
+            raise _KnobError(knob, f"expected {_describe(tp)}, got {_got(v)}")
+        return
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(v, tp):
+            raise _KnobError(knob, f"expected a table, got {_got(v)}")
+        hints = _hints(tp)
+        for f in fields(tp):
+            sub = hints[f.name]
+            child = f"{knob}.{f.name}" if knob else f"[{f.name}]" if dataclasses.is_dataclass(sub) else f.name
+            _check_type(getattr(v, f.name), sub, child)
+        return
+    args = typing.get_args(tp)
+    if not isinstance(v, tuple):
+        raise _KnobError(knob, f"expected {_describe(tp)}, got {_got(v)}")
+    if not (args and args[-1] is Ellipsis) and len(v) != len(args):
+        n = f"{len(v)} value" + ("s" if len(v) != 1 else "")
+        raise _KnobError(knob, f"expected {_describe(tp)}, got {_got(v)} ({n})")
+    for i, x in enumerate(v):
+        et = args[0] if args[-1] is Ellipsis else args[i]
+        _check_type(x, et, f"[[holidays]][{i}]" if et is Holiday else f"{knob}[{i}]")
+
+
+def _check_date(knob: str, value: str, first: dt.date | None) -> None:
+    want = "an ISO date string (YYYY-MM-DD)" + (f" from {first} on" if first else "")
+    try:
+        ok = bool(_ISO_DATE.fullmatch(value)) and (first is None or dt.date.fromisoformat(value) >= first)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _KnobError(knob, f"expected {want}, got {_got(value)}")
+
+
+def _check_numbers(knob: str, value: Any, rule: _Range | tuple[_Range, ...], integer: bool) -> None:
+    if isinstance(value, tuple):
+        for i, x in enumerate(value):
+            if isinstance(x, tuple):  # timezones: one rule per position
+                assert isinstance(rule, tuple)
+                for j, (y, r) in enumerate(zip(x, rule, strict=True)):
+                    _check_numbers(f"{knob}[{i}][{j}]", y, r, isinstance(y, int) and j == 0)
+            else:
+                _check_numbers(f"{knob}[{i}]", x, rule, integer)
+        return
+    assert isinstance(rule, _Range)
+    if not rule.holds(value):
+        raise _KnobError(knob, f"expected {rule.text(integer)}, got {_got(value)}")
+
+
+def _sections(s: Scenario) -> list[tuple[str, str, Any]]:
+    """(rule section, error prefix, object holding the knobs): the top level, tables, holidays."""
+    return [
+        ("", "", s),
+        *((name, f"[{name}]", getattr(s, name)) for name in _SECTIONS),
+        *(("holidays", f"[[holidays]][{i}]", h) for i, h in enumerate(s.holidays)),
+    ]
 
 
 def _validate(s: Scenario) -> None:
-    _check_days(s.days)
-    try:
-        dt.date.fromisoformat(s.start_date)
-    except ValueError:
-        raise ScenarioError(f"start_date {s.start_date!r} is not an ISO date (YYYY-MM-DD)") from None
-    _check(0 <= s.horizon_days <= 60, "horizon_days must be in 0..60")
+    """Every knob's type (the annotations), then its range (`_RULES`), then `_cross_checks`."""
+    _check_type(s, Scenario, "")
+    for section, prefix, obj in _sections(s):
+        hints = _hints(obj.__class__)
+        for f in fields(obj):
+            key = (section, f.name)
+            if key in _STRINGS or (obj is s and f.name in (*_SECTIONS, "holidays")):
+                continue
+            knob = f"{prefix}.{f.name}" if prefix else f.name
+            # KeyError: a numeric knob without a rule (tests/test_scenario_inputs.py checks there is none)
+            _check_numbers(
+                knob, getattr(obj, f.name), _RULES[key], int in (hints[f.name], *_leaves(hints[f.name]))
+            )
+    _check_date("start_date", s.start_date, _FIRST_START)
+    for i, h in enumerate(s.holidays):
+        _check_date(f"[[holidays]][{i}].start", h.start, None)
+    _cross_checks(s)
+
+
+def _leaves(tp: Any) -> tuple[Any, ...]:
+    """The element types of a tuple annotation (one level)."""
+    return tuple(a for a in typing.get_args(tp) if a is not Ellipsis)
+
+
+def _need(cond: bool, knob: str, detail: str) -> None:
+    if not cond:
+        raise _KnobError(knob, detail)
+
+
+def _cross_checks(s: Scenario) -> None:
     shares = s.segments.shares()
-    _check(
-        all(x >= 0 for x in shares) and abs(sum(shares) - 1) < 1e-6, f"segment shares must sum to 1: {shares}"
+    _need(
+        abs(sum(shares) - 1) < 1e-6,
+        "[segments]",
+        f"expected shares that sum to 1, got {' + '.join(map(str, shares))} = {sum(shares):g}",
     )
-    _check(
-        len(s.timezones) > 0 and all(abs(tz) <= 14 * 60 and w >= 0 for tz, w in s.timezones),
-        "timezones must be (offset minutes within +-840, weight >= 0) pairs",
+    _need(
+        any(w > 0 for _, w in s.timezones),
+        "timezones",
+        f"expected at least one [offset minutes, share] pair with a share > 0, got {_got(s.timezones)}",
     )
-    _check(sum(w for _, w in s.timezones) > 0, "timezone weights sum to 0")
-    e = s.engagement
-    _check(0 < e.level_min <= e.level_max, "engagement levels must satisfy 0 < level_min <= level_max")
-    _check(1.0 <= e.level_skew <= 2.0, "engagement.level_skew must be in [1, 2]")
-    _check(0 <= e.drift_persistence < 1 and e.drift_sd >= 0, "drift_persistence in [0, 1), drift_sd >= 0")
-    _check(e.events_scale > 0 and e.weekend_effect >= 0, "events_scale > 0, weekend_effect >= 0")
-    c = s.churn
-    _check(
-        len(c.segment_hazard) == 4 and len(s.foolers.promo_participation) == 4,
-        "segment_hazard and promo_participation need one value per segment",
+    _need(
+        len(s.holidays) <= MAX_HOLIDAYS,
+        "holidays",
+        f"expected at most {MAX_HOLIDAYS} [[holidays]], got {len(s.holidays)}",
     )
-    _check(0 < c.onboarding_days < 60, "onboarding_days must be in 1..59")
-    _check(0 <= c.engagement_sensitivity <= 6, "engagement_sensitivity must be an integer in 0..6")
-    _check(
-        c.base_hazard >= 0 and 0 <= c.stray_event_rate <= 1, "base_hazard >= 0, stray_event_rate in [0, 1]"
+    e, d, f = s.engagement, s.decay, s.foolers
+    _need(
+        e.events_scale * s.days <= MAX_EVENT_DAYS,
+        "[engagement].events_scale",
+        f"expected events_scale x days <= {MAX_EVENT_DAYS} (the volume of {MAX_DAYS} days at the "
+        f"default rate), got {_num(e.events_scale)} x {s.days} days",
     )
-    d = s.decay
-    _check(2 <= d.window_days <= 14, "decay.window_days must be in 2..14")
-    _check(
-        1 <= d.predecline_days <= 60 and 0 < d.predecline_floor <= 1, "predecline_days 1..60, floor in (0, 1]"
+    _need(
+        e.level_max >= e.level_min,
+        "[engagement].level_max",
+        f"expected >= level_min ({_num(e.level_min)}), got {_num(e.level_max)}",
     )
-    _check(0 < d.content_ratio < d.content_threshold, "decay.content_ratio must be in (0, content_threshold)")
-    f = s.foolers
-    _check(1 <= f.quiet_days_min <= f.quiet_days_max <= 10, "quiet days must satisfy 1 <= min <= max <= 10")
-    _check(1 <= f.promo_days_min <= f.promo_days_max < f.promo_period_days - 8, "promo days out of range")
-    _check(2 <= f.promo_lull_days_max <= 10, "promo_lull_days_max must be in 2..10")
-    _check(f.new_user_max_age_days >= 3, "new_user_max_age_days must be >= 3 (it is capped at days - 1)")
-    probs = {
-        "engagement.night_user_rate": e.night_user_rate,
-        "churn.no_warning_rate": c.no_warning_rate,
-        "decay.notifications_off_prob": d.notifications_off_prob,
-        **{
-            f"triggers.{k.name}": getattr(s.triggers, k.name)
-            for k in fields(Triggers)
-            if k.name.endswith(("_prob", "_rate", "_threshold", "_max"))
-        },
-        **{f"foolers.{k.name}": getattr(f, k.name) for k in fields(Foolers) if k.name.endswith("_rate")},
-        **{f"decay.{k}": getattr(d, k) for k in ("private_messages_drop", "profile_updates_drop")},
-    }
-    for name, p in (*probs.items(), *(("foolers.promo_participation", p) for p in f.promo_participation)):
-        _check(0 <= p <= 1, f"{name} must be a probability in [0, 1], got {p}")
-    for h in s.holidays:
-        try:
-            dt.date.fromisoformat(h.start)
-        except ValueError:
-            raise ScenarioError(f"holiday start {h.start!r} is not an ISO date") from None
-        _check(1 <= h.days <= 8, f"holiday {h.start} must last 1..8 days")
+    _need(
+        d.content_ratio < d.content_threshold,
+        "[decay].content_ratio",
+        f"expected < content_threshold ({_num(d.content_threshold)}), got {_num(d.content_ratio)}",
+    )
+    _need(
+        f.quiet_days_max >= f.quiet_days_min,
+        "[foolers].quiet_days_max",
+        f"expected >= quiet_days_min ({f.quiet_days_min}), got {f.quiet_days_max}",
+    )
+    _need(
+        f.promo_days_max >= f.promo_days_min,
+        "[foolers].promo_days_max",
+        f"expected >= promo_days_min ({f.promo_days_min}), got {f.promo_days_max}",
+    )
+    _need(
+        f.promo_days_max < f.promo_period_days - 8,
+        "[foolers].promo_days_max",
+        f"expected < promo_period_days - 8 = {f.promo_period_days - 8} (a discount and the days "
+        f"after it fit in one period), got {f.promo_days_max}",
+    )
 
 
 _SECTIONS: dict[str, type] = {
@@ -287,35 +584,53 @@ def _tuples(x: Any) -> Any:
     return x
 
 
-def _section(cls: type, table: Any, where: str) -> Any:
+def _section(cls: type, table: Any, where: str, knob: str) -> Any:
+    """The dataclass `cls` from one TOML table; types and ranges are checked on the whole scenario."""
     if not isinstance(table, dict):
-        raise ScenarioError(f"{where}: expected a table")
+        raise ScenarioError(f"{where} {knob}: expected a table, got {_got(table)}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ScenarioError(
-            f"{where}: unknown knob(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            f"{where} {knob}: unknown knob(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    for f in fields(cls):
+        if (
+            f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and f.name not in table
+        ):
+            hint = _hints(cls)[f.name]
+            want = "an ISO date string (YYYY-MM-DD)" if hint is str else _describe(hint)
+            raise ScenarioError(f"{where} {knob}.{f.name}: expected {want} (required), got nothing")
     return cls(**{k: _tuples(v) for k, v in table.items()})
 
 
 def scenario_from_dict(data: dict[str, Any], where: str = "scenario") -> Scenario:
-    """Build a scenario from parsed TOML (or `Scenario.to_dict()` output); unset knobs keep defaults."""
+    """Build a scenario from parsed TOML (or `Scenario.to_dict()` output); unset knobs keep defaults.
+    Every knob is checked (type, range, the rules between knobs) before this returns; a
+    ScenarioError reads `WHERE [section].knob: expected ..., got ...`."""
     kwargs: dict[str, Any] = {}
     top = {f.name for f in fields(Scenario)}
     for key, value in data.items():
         if key in _SECTIONS:
-            kwargs[key] = _section(_SECTIONS[key], value, f"{where} [{key}]")
+            kwargs[key] = _section(_SECTIONS[key], value, where, f"[{key}]")
         elif key == "holidays":
-            kwargs[key] = tuple(_section(Holiday, h, f"{where} [[holidays]]") for h in value)
+            if not isinstance(value, list | tuple):
+                raise ScenarioError(
+                    f"{where} holidays: expected an array of tables ([[holidays]]), got {_got(value)}"
+                )
+            kwargs[key] = tuple(
+                _section(Holiday, h, where, f"[[holidays]][{i}]") for i, h in enumerate(value)
+            )
         elif key in top:
             kwargs[key] = _tuples(value)
         else:
             raise ScenarioError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(top))}")
     try:
         return Scenario(**kwargs)
-    except TypeError as err:
-        raise ScenarioError(f"{where}: {err}") from None
+    except _KnobError as err:
+        raise ScenarioError(f"{where} {err.knob}: {err.detail}") from None
 
 
 def read_named_toml(name_or_path: str | Path, folder: Path, kind: str) -> tuple[Path, dict[str, Any]]:

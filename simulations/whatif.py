@@ -108,13 +108,15 @@ def load_arm(spec: str) -> Arm:
     targeting = data.get("targeting", "model")
     if targeting not in ("model", "random", "none"):
         raise WhatIfError(f"{path}: targeting must be model, random or none, got {targeting!r}")
-    name = str(data.get("name", path.stem))
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise WhatIfError(f"{path} name: expected a non-empty string, got {name!r}")
     if targeting == "none":
-        if data.get("policy"):
+        if data.get("policy", {}) != {}:  # an empty [policy] is harmless; `policy = 0` is not
             raise WhatIfError(f"{path}: a control (targeting = none) sends nothing; remove [policy]")
         return Arm(name, "none", None, str(path))
     try:
-        cfg = PolicyConfig.from_dict(data.get("policy", {}), where=f"{path} [policy]")
+        cfg = PolicyConfig.from_dict(data.get("policy", {}), where=str(path))
     except ValueError as e:
         raise WhatIfError(str(e)) from None
     if len(cfg.episode_send_days) > MAX_SEND_DAYS:
@@ -525,7 +527,12 @@ def check_lab(arms: Sequence[Arm], devices: int, days: int) -> None:
         raise WhatIfError("--policy: give at least one policy")
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
-        raise WhatIfError(f"--policy: two policies share a name: {names}")
+        twice = next(n for n in names if names.count(n) > 1)
+        where = [a.source or "(no file)" for a in arms if a.name == twice]
+        raise WhatIfError(
+            f"--policy: two policies share the name {twice!r} ({', '.join(where)}); "
+            "give each file its own `name =`"
+        )
     if any(a.targeting == "random" for a in arms) and not any(a.targeting == "model" for a in arms):
         raise WhatIfError("--policy: random targeting matches a model-targeted policy's recalls; add one")
     if devices < 1:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +28,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}")  # [policy], a path: text, not Rich markup
     raise typer.Exit(2)
 
 
@@ -53,7 +54,7 @@ def whatif(
     ],
     devices: Annotated[int, typer.Option(help="Simulated devices (the same users in every arm).")] = 100_000,
     days: Annotated[int, typer.Option(help="Days of history; the lab starts on day 28.")] = 120,
-    seed: Annotated[int, typer.Option(help="Population and lab seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Population and lab seed.")] = 0,
     model: Annotated[
         Path | None,
         typer.Option(help="A run folder whose model scores the devices (default: the reference model)."),

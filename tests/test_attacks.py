@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sqlite3
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -1376,6 +1377,85 @@ def test_a_ckks_key_stops_decrypting_after_its_refusals_and_remembers_it(tmp_pat
     kh.close()
 
 
+def test_two_processes_on_one_state_never_exceed_the_ckks_refusal_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 22: the budget was checked under a lock of one process and recorded after the
+    decryption, so two key holders on one state file (a restart overlapping the old process)
+    recorded 17 refusals against 16. The check is now in the transaction that records the cohort:
+    here two instances decrypt at the same moment (a barrier) with 15 refusals recorded."""
+    import threading
+
+    key, state = tmp_path / "kh.key", tmp_path / "kh.sqlite"
+    keyholder_module.KeyHolder.provision(key)
+    first = keyholder_module.KeyHolder.open(key, state, k_min=5)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    extra = np.zeros(CKKS_N)
+    extra[3] = 100.0  # out of range: refused after decryption
+    budget = keyholder_module.CKKS_MAX_REFUSALS
+    for round_id in range(9700, 9700 + budget - 1):
+        blobs, seed = _ckks_cohort(first, params, _ckks_updates(params, 5, seed=round_id), round_id)
+        with pytest.raises(keyholder_module.KeyHolderRefusedError):
+            _ckks_ask(first, params, blobs, seed, round_id, extra)
+    second = keyholder_module.KeyHolder.open(key, state, k_min=5)
+    asks = [
+        (kh, *_ckks_cohort(kh, params, _ckks_updates(params, 5, seed=r), r), r)
+        for kh, r in ((first, 9800), (second, 9801))
+    ]
+    both = threading.Barrier(2, timeout=60)
+    decrypt = keyholder_module._decrypt_slots
+
+    def together(ctx: Any, vectors: list[Any]) -> Any:
+        both.wait()  # both have passed the budget's first check and decrypt now
+        return decrypt(ctx, vectors)
+
+    monkeypatch.setattr(keyholder_module, "_decrypt_slots", together)
+    reasons: list[wire.Reason] = []
+
+    def ask(kh: Any, blobs: list[bytes], seed: bytes, round_id: int) -> None:
+        try:
+            _ckks_ask(kh, params, blobs, seed, round_id, extra)
+        except keyholder_module.KeyHolderRefusedError as e:
+            reasons.append(e.reason)
+
+    threads = [threading.Thread(target=ask, args=a) for a in asks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    recorded = first._state.refusals()
+    assert recorded <= budget, f"{recorded} refusals recorded against a budget of {budget}: {reasons}"
+    assert sorted(r.value for r in reasons) == sorted(["mode_disabled", "out_of_range"])
+
+
+def test_a_ckks_release_whose_state_write_fails_stays_counted_as_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 22: with the refusal mark failing (a full disk), out-of-range requests were decrypted
+    and spent but no refusal was counted, so the budget never ran out. A cohort is now recorded as
+    refused before anything is released and marked released only after: a failing write leaves
+    it counted (fail closed)."""
+    key, state = tmp_path / "kh.key", tmp_path / "kh.sqlite"
+    keyholder_module.KeyHolder.provision(key)
+    kh = keyholder_module.KeyHolder.open(key, state, k_min=5)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+
+    def disk_full(*_: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(kh._state, "refuse", disk_full, raising=False)  # the old code's refusal mark
+    monkeypatch.setattr(kh._state, "release", disk_full)
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=3), 9600)
+    with pytest.raises((keyholder_module.KeyHolderRefusedError, sqlite3.OperationalError)):
+        _ckks_ask(kh, params, blobs, seed, 9600, np.zeros(CKKS_N))  # honest; its write fails: not released
+    extra = np.zeros(CKKS_N)
+    extra[3] = 100.0
+    blobs, seed = _ckks_cohort(kh, params, _ckks_updates(params, 5, seed=4), 9601)
+    with pytest.raises((keyholder_module.KeyHolderRefusedError, sqlite3.OperationalError)):
+        _ckks_ask(kh, params, blobs, seed, 9601, extra)
+    assert kh._state.refusals() == 2, "a decryption whose state write failed went uncounted"
+
+
 def test_attack_rounding_to_nearest_turns_a_sub_grid_term_into_a_whole_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1679,6 +1759,42 @@ def test_attack_a_cohort_refused_for_want_of_data_is_asked_again_with_a_subset()
         f"after a refusal for want of data, the same cohort was asked again and released "
         f"({len(answer.included)} devices): subsets of one cohort's seals read one device's data bit"
     )
+
+
+@pytest.mark.parametrize("spoiler", ["a seal that does not open", "a ciphertext that does not parse"])
+def test_attack_a_ckks_refusal_that_spends_nothing_reads_whether_a_device_carries_data(spoiler: str) -> None:
+    """Review 22: the CKKS key holder counted the data bits (a refusal that spends the cohort)
+    before it refused, spending nothing, a seal that does not open or a ciphertext that does not
+    parse. One bad entry in a request made "do k of these carry data?" a free answer, asked again
+    with subsets of the same real devices' seals until the one that spends came without the
+    target: 12 of 12 targets read, no Sybils, default noise. Every refusal that spends nothing now
+    comes first, so the answer to such a request does not depend on any device's data."""
+    import tenseal as ts
+
+    kh = keyholder_module.KeyHolder.generate(k_min=5)
+    params = RunConfig(protection="ckks", k_min=5, clip_norm=0.5).train_protection(0.0)
+    ctx = ts.context_from(kh.ckks_public_context())
+    answers = {}
+    for round_id, target_has_data in ((81_000, True), (81_001, False)):
+        updates = _ckks_updates(params, 5, seed=round_id)
+        if not target_has_data:
+            updates[0] = 0.0  # the target (device 0) has no labelled day: it uploads zeros
+        blobs = _cohort_uploads(kh, params, updates, round_id, ROUND_SEED)
+        request = _cohort_request(kh, params, blobs, ROUND_SEED, round_id, _summed(ctx, blobs))
+        if spoiler == "a seal that does not open":
+            garbage = keyholder_module.SealedEntry("nobody", os.urandom(wire.SEAL_LEN))
+            request = replace(request, entries=(*request.entries, garbage))
+        else:
+            request = replace(request, ciphertext=b"\x00")
+        with pytest.raises(keyholder_module.KeyHolderRefusedError) as refused:
+            kh.ckks_decrypt_sum(request)
+        answers[target_has_data] = refused.value.reason
+    if answers[True] != answers[False]:
+        pytest.fail(
+            f"with {spoiler}, the key holder answered {answers[True].value!r} when the target carried "
+            f"data and {answers[False].value!r} when it did not: a bit of its data, asked for free"
+        )
+    assert answers[True] is not wire.Reason.COHORT_TOO_SMALL  # a refusal that spends nothing
 
 
 def test_attack_an_exact_evaluation_shows_a_held_out_device_alone_in_its_score_bin(tmp_path: Path) -> None:

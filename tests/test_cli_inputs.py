@@ -480,3 +480,14 @@ def test_serve_says_when_its_port_is_taken_before_announcing_it(capsys: pytest.C
         assert serve_cli.main(["--port", str(port), "--database-url", "sqlite://"]) == 2
     err = capsys.readouterr().err
     assert f"--port {port}: cannot listen there" in err and "transparency API:" not in err
+
+
+def test_an_error_shows_its_brackets_as_text(tmp_path: Path) -> None:
+    """Review 23: Rich read `[policy]` in a message as a style and dropped it, and a path holding
+    `[/]` crashed the error printer itself."""
+    folder = tmp_path / "x[" / "]y"
+    folder.mkdir(parents=True)
+    bad = folder / "p[1].toml"
+    bad.write_text("[policy]\nhigh_risk = 5.0\n")
+    code, text = _run("whatif", "--policy", str(bad), "--devices", "5")
+    assert code == 2 and _folded(f"{bad} [policy].high_risk") in text, text

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from fedchurn.client.protect import protect_update
-from fedchurn.server.keyholder import KeyHolder, KeyHolderRefusedError, MaskSumRequest, SealedEntry
+from fedchurn.server.keyholder import (
+    KeyHolder,
+    KeyHolderRefusedError,
+    KeyHolderStateError,
+    MaskSumRequest,
+    SealedEntry,
+)
 from fedchurn.server.secure_sum import CohortAggregator, CohortRefusedError
 from fedchurn.shared import wire
 from fedchurn.shared.protection import DEFAULT, ProtectionParams, round_seed_bytes
@@ -68,11 +74,14 @@ def test_once_only_survives_a_restart(tmp_path: Path) -> None:
     with pytest.raises(KeyHolderRefusedError) as e:
         again.mask_sum(_req(entries))
     assert e.value.reason is Reason.ALREADY_ANSWERED
-    # a fresh key with the same state file still refuses the cohort (state, not key, decides)
-    fresh = KeyHolder.generate(tmp_path / "kh.sqlite", k_min=10)
-    with pytest.raises(KeyHolderRefusedError) as e:
-        fresh.mask_sum(_req(entries))
-    assert e.value.reason is Reason.ALREADY_ANSWERED
+    again.close()
+    # a state file serves one key: another key's state is refused, and so is a fresh state for a
+    # key that has answered with this one (it would answer every cohort again; review 22)
+    with pytest.raises(KeyHolderStateError, match="another key holder key"):
+        KeyHolder.generate(tmp_path / "kh.sqlite", k_min=10)
+    with pytest.raises(KeyHolderStateError, match="not the once-only state this key answered with"):
+        KeyHolder.open(key, tmp_path / "fresh.sqlite", k_min=10)
+    assert KeyHolder.open(key, state, k_min=10).answered(1, 1)  # its own state still opens
 
 
 def test_a_seal_is_used_in_one_answer_only() -> None:

@@ -120,8 +120,17 @@ def _body(**changes: object) -> dict[str, object]:
         {"n_params": 2**70},
         {"params": {**DEFAULT.to_dict(), "ckks_coeff_mod_bits": [999]}},
         {"params": {**DEFAULT.to_dict(), "ckks_scale_bits": 0}},
+        {"params": {**DEFAULT.to_dict(), "noise_multiplier": 10**400}},  # review 22: a float overflows
+        {"params": {**DEFAULT.to_dict(), "clip_norm": 10**400}},
     ],
-    ids=["n-params-over-32-bits", "n-params-huge", "modulus-bits-over-a-byte", "no-scale"],
+    ids=[
+        "n-params-over-32-bits",
+        "n-params-huge",
+        "modulus-bits-over-a-byte",
+        "no-scale",
+        "noise-huge",
+        "clip-huge",
+    ],
 )
 def test_out_of_range_numbers_are_refused_as_problem_json_not_a_server_error(
     served: tuple[KeyHolder, TestClient], changes: dict[str, object]
@@ -154,3 +163,16 @@ def test_a_fraction_where_a_whole_number_belongs_is_refused_as_problem_json(
     body = _body(params={**DEFAULT.to_dict(), field: 20.5})
     r = http.post("/v1/mask-sum", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), r.text
+
+
+def test_a_malformed_request_is_named_without_echoing_it_or_the_servers_source(
+    served: tuple[KeyHolder, TestClient],
+) -> None:
+    """Review 22: a 422's detail carried what the client sent and the server's file and line."""
+    _, http = served
+    body = _body(entries=[{"device_id": "a", "sealed_seed": 12345, "secret_marker": "zz-echo-zz"}])
+    r = http.post("/v1/mask-sum", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    detail = r.json()["detail"]
+    assert "entries" in detail and "zz-echo-zz" not in r.text and "12345" not in r.text
+    assert ".py" not in r.text and "line" not in detail
