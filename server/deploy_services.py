@@ -217,30 +217,16 @@ def database_url_from(argument: str | None, where: str = "--database-url", creat
     return text
 
 
-MAX_PORT = 65535
-
-
-def _port(text: str) -> int:
-    """A TCP port to listen on, 1..65535 (a larger number would wrap round to another port)."""
-    import argparse
-
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"a TCP port is a whole number from 1 to {MAX_PORT}, got {text!r}")
-    return port
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
+    from fedchurn.server.serve_cli import port_argument
 
     p = argparse.ArgumentParser(prog="python -m fedchurn.server.deploy_services", description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     k = sub.add_parser("keyholder", help="the key holder service (HTTPS)")
     k.add_argument("--host", default="127.0.0.1")
-    k.add_argument("--port", type=_port, default=8443)
+    k.add_argument("--port", type=port_argument, default=8443)
     k.add_argument(
         "--dir", type=Path, required=True, help="the key holder's folder from `fedchurn deploy certs`"
     )
@@ -251,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--eval-noise", type=float, default=0.0, help="runs' eval-noise (evaluation histograms)")
     a = sub.add_parser("api", help="the transparency API (HTTPS, read-only)")
     a.add_argument("--host", default="127.0.0.1")
-    a.add_argument("--port", type=_port, default=8444)
+    a.add_argument("--port", type=port_argument, default=8444)
     a.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
     a.add_argument("--dir", type=Path, required=True, help="the API's folder from `fedchurn deploy certs`")
     a.add_argument("--writable", action="store_true", help="accept the aggregator's writes (write.token)")

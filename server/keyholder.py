@@ -788,10 +788,9 @@ def _check_ciphertexts(ctx: Any, vectors: list[Any]) -> None:
 
 def _decrypt_slots(ctx: Any, vectors: list[Any]) -> list[tuple[np.ndarray, int]]:
     """Every slot, complex, of each one-ciphertext CKKS vector (TenSEAL decrypts only the real
-    parts of the first `size`), with its size; `_check_ciphertexts` first."""
+    parts of the first `size`), with its size; the caller has run `_check_ciphertexts`."""
     from tenseal import sealapi
 
-    _check_ciphertexts(ctx, vectors)
     seal = ctx.seal_context().data
     decryptor, encoder = sealapi.Decryptor(seal, ctx.secret_key().data), sealapi.CKKSEncoder(seal)
     out = []

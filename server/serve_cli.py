@@ -131,7 +131,8 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, loop=loop)
 
 
-def _port(text: str) -> int:
+def port_argument(text: str) -> int:
+    """An argparse `--port`: a TCP port to listen on, 1..65535 (a larger one would wrap round)."""
     port = int(text) if text.isdigit() else 0
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a TCP port is a whole number from 1 to 65535, got {text!r}")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m fedchurn.server.serve_cli", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--port", type=port_argument, default=8000)
     p.add_argument("--database-url", default=None, help=f"no password here; else ${DATABASE_URL_ENV}")
     p.add_argument("--create", action="store_true", help="start an empty SQLite audit database if missing")
     p.add_argument("--writable", action="store_true", help="accept authenticated writes")
